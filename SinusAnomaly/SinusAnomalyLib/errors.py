@@ -1,0 +1,30 @@
+"""Errors a user can act on. The CLI prints their message in one line and exits non-zero."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SinusAnomalyError(Exception):
+    """Base class of every expected failure (bad input, failed registration, bad dataset)."""
+
+
+class ImageError(SinusAnomalyError):
+    """An input image that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class RegistrationError(SinusAnomalyError):
+    """Registration to the reference head failed or landed implausibly."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: registration to the reference head failed: {problem}")
+
+
+class DatasetError(SinusAnomalyError):
+    """A labels table, manifest or dataset folder that cannot be used."""

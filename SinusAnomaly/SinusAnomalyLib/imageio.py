@@ -1,0 +1,119 @@
+"""Reading and writing head MRIs with SimpleITK, with clear errors for unusable input.
+
+Supported: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
+``.mhd``) and folders holding one DICOM series. Images are returned as 3D ``sitk.Image`` of
+float32 in SimpleITK's physical space (LPS millimetres).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ImageError
+from .fileio import atomic_path
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def is_image_path(path: Path) -> bool:
+    """True for a file with a supported image suffix (folders are DICOM candidates, not this)."""
+    name = path.name.lower()
+    return path.is_file() and any(name.endswith(s) for s in IMAGE_SUFFIXES)
+
+
+def _first_line(exc: Exception) -> str:
+    """The useful part of an ITK exception: ITK puts file/line noise before the description."""
+    text = str(exc).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.lower().startswith("description:"):
+            return line.split(":", 1)[1].strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    try:
+        series = reader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as exc:  # pragma: no cover - GDCM rarely raises here
+        raise ImageError(folder, f"cannot scan the folder for DICOM series: {_first_line(exc)}") from exc
+    if not series:
+        raise ImageError(folder, "is a folder with no DICOM series (give an image file or one DICOM series folder)")
+    if len(series) > 1:
+        raise ImageError(
+            folder,
+            f"holds {len(series)} DICOM series ({', '.join(series[:3])}{', ...' if len(series) > 3 else ''}); "
+            "give the folder of exactly one series",
+        )
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise ImageError(folder, f"DICOM series cannot be read (corrupt or truncated?): {_first_line(exc)}") from exc
+
+
+def _read_raw(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise ImageError(path, "does not exist")
+    if path.is_dir():
+        return _read_dicom_folder(path)
+    if path.stat().st_size == 0:
+        raise ImageError(path, "is an empty file")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageError(path, f"cannot be read (corrupt, truncated or not an image): {_first_line(exc)}") from exc
+
+
+def validate_array(path: str | Path, array: np.ndarray) -> None:
+    """Raise :class:`ImageError` for non-finite or constant voxel data."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - finite.sum())
+        raise ImageError(path, f"contains {bad} non-finite voxels (NaN or inf) of {array.size}")
+    lo, hi = float(array.min()), float(array.max())
+    if hi - lo <= 1e-6 * max(1.0, abs(hi)):
+        raise ImageError(path, f"is empty or constant (every voxel is {lo:g}); a head MRI is needed")
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read a 3D head MRI as float32 ``sitk.Image``; raise :class:`ImageError` when unusable.
+
+    Rejected: missing path, empty or corrupt/truncated file, folder with no or several DICOM
+    series, 2D images (also 3D with a single slice), 4D or multi-component images, NaN/inf voxels,
+    constant images.
+    """
+    path = Path(path)
+    image = _read_raw(path)
+    dim = image.GetDimension()
+    size = image.GetSize()
+    if dim == 4 and size[3] == 1:
+        image = image[:, :, :, 0]
+        dim, size = 3, image.GetSize()
+    if dim == 2 or (dim == 3 and min(size) == 1):
+        raise ImageError(path, f"is a 2D image (size {'x'.join(map(str, size))}); a 3D head volume is needed")
+    if dim != 3:
+        raise ImageError(path, f"is a {dim}D image (size {'x'.join(map(str, size))}); a single 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageError(
+            path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector); a scalar MRI is needed"
+        )
+    if min(size) < 8:
+        raise ImageError(path, f"is too small to be a head MRI (size {'x'.join(map(str, size))})")
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    try:
+        array = sitk.GetArrayViewFromImage(image)
+    except RuntimeError as exc:  # pragma: no cover
+        raise ImageError(path, f"voxel data cannot be read: {_first_line(exc)}") from exc
+    validate_array(path, array)
+    return image
+
+
+def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
+    """Write ``image`` atomically (format from the suffix)."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)

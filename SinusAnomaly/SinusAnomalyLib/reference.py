@@ -1,0 +1,64 @@
+"""The reference head: a reduced copy of pydeface's average T1 head with both sinus centres.
+
+Files in ``SinusAnomaly/Resources/Reference`` (made by ``Resources/Scripts/make_reference_head.py``):
+``reference_head.nii.gz`` (uint8, axis-aligned, 1.5 mm), ``reference_sinus_labels.nii.gz``
+(1 = left, 2 = right maxillary sinus air cavity) and ``reference.json`` (centres in world RAS mm,
+cavity extents, the midface region used by the local registration refinement).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+SIDES = ("left", "right")
+RESOURCES_ENV = "SINUS_ANOMALY_RESOURCES"
+
+
+def resources_dir() -> Path:
+    """The module's ``Resources`` folder (overridable with $SINUS_ANOMALY_RESOURCES)."""
+    override = os.environ.get(RESOURCES_ENV)
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "Resources"
+
+
+@dataclass(frozen=True)
+class ReferenceHead:
+    """The reference head and its landmarks. Coordinates are world RAS millimetres."""
+
+    image: sitk.Image  # float32, LPS physical space as SimpleITK keeps it
+    sinus_labels: sitk.Image  # uint8, 1 = left, 2 = right cavity
+    centers_ras: dict  # side -> np.ndarray (3,)
+    midface_center_ras: np.ndarray
+    midface_half_size_mm: np.ndarray
+    sha256: str
+    meta: dict
+
+    def center_lps(self, side: str) -> np.ndarray:
+        return np.diag([-1.0, -1.0, 1.0]) @ self.centers_ras[side]
+
+
+@functools.lru_cache(maxsize=2)
+def load_reference(folder: str | None = None) -> ReferenceHead:
+    """Load (once per process) the reference head shipped with the module."""
+    root = Path(folder) if folder else resources_dir() / "Reference"
+    head_path = root / "reference_head.nii.gz"
+    meta = json.loads((root / "reference.json").read_text())
+    image = sitk.Cast(sitk.ReadImage(str(head_path)), sitk.sitkFloat32)
+    labels = sitk.ReadImage(str(root / "reference_sinus_labels.nii.gz"), sitk.sitkUInt8)
+    return ReferenceHead(
+        image=image,
+        sinus_labels=labels,
+        centers_ras={s: np.asarray(meta[s]["center_ras_mm"], float) for s in SIDES},
+        midface_center_ras=np.asarray(meta["midface_region"]["center_ras_mm"], float),
+        midface_half_size_mm=np.asarray(meta["midface_region"]["half_size_mm"], float),
+        sha256=hashlib.sha256(head_path.read_bytes()).hexdigest(),
+        meta=meta,
+    )

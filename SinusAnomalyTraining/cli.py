@@ -1,0 +1,53 @@
+"""The ``sinus-anomaly`` command: one entry point, one module per subcommand."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from SinusAnomalyLib import __version__
+from SinusAnomalyLib.errors import SinusAnomalyError
+
+# Subcommand name -> module in SinusAnomalyTraining.commands defining add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "synth": "Make a synthetic cohort of head MRIs with known sinus lesions.",
+    "extract": "Locate both maxillary sinuses in a head MRI and write 64 mm crops.",
+    "prepare": "Extract every scan of a cohort, cache the crops and build patient-level splits.",
+    "demo": "Run the pipeline on a small synthetic cohort (the README's main command).",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sinus-anomaly",
+        description="SinusAnomaly: self-supervised detection of paranasal anomalies in the maxillary sinus on head MRI.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, summary in COMMANDS.items():
+        module = importlib.import_module(f"SinusAnomalyTraining.commands.{name}")
+        p = sub.add_parser(name, help=summary, description=(module.__doc__ or summary).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except SinusAnomalyError as exc:
+        print(f"sinus-anomaly {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sinus-anomaly {args.command}: interrupted; finished outputs are kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
