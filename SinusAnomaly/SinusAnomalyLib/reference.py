@@ -29,7 +29,7 @@ def resources_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "Resources"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: one loaded reference per process
 class ReferenceHead:
     """The reference head and its landmarks. Coordinates are world RAS millimetres."""
 

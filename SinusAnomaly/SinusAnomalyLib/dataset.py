@@ -1,0 +1,627 @@
+"""Dataset preparation: labels table -> cached sinus crops, one crop array, manifest and splits.
+
+``prepare_dataset(images_dir, labels_csv, out_dir)`` extracts both maxillary sinuses of every
+listed patient once, caches them per scan (so an interrupted or repeated run resumes), and writes
+the files training reads::
+
+    DATASET/
+      scans/<patient>/extraction.json  extraction summary + "cache" block (source image, size,
+                                       mtime, library version, reference hash): if any of these
+                                       changed the scan is extracted again
+      scans/<patient>/crops.npz        float16 arrays "left" and "right" (64^3, right mirrored);
+                                       both sides are cached even if the labels list one, so
+                                       labelling the other side later needs no new extraction
+      crops.npy                        float16 (N, 64, 64, 64), one crop per manifest row, in
+                                       manifest order; open with np.load(mmap_mode="r")
+      manifest.csv                     one row per extracted, labelled sinus (MANIFEST_COLUMNS)
+      splits.json                      patient-level test set, folds, label fractions (splits.py)
+      failures.csv                     scans that could not be used in the last run and why
+      dataset.json                     parameters, counts per split/label/type; written last, so
+                                       its presence marks a complete, consistent dataset
+
+The labels CSV has one row per sinus with columns ``patient, side, label, anomaly_type`` and an
+optional ``image`` (file or DICOM folder, relative to the images folder). Without it the image of
+patient P is the single entry of the images folder named P.nii.gz, P.nii, P.nrrd, P.nhdr, P.mha,
+P.mhd or a DICOM folder P.
+
+Every file is written atomically; ``crops.npz`` is written last for its scan (after the stale one
+is removed), so a scan's cache is either complete or absent and Ctrl-C loses at most the scan in
+progress.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from . import __version__
+from .errors import DatasetError, SinusAnomalyError
+from .extraction import extract_sinuses
+from .fileio import atomic_path, write_json_atomic, write_text_atomic
+from .imageio import IMAGE_SUFFIXES
+from .reference import SIDES, load_reference
+from .splits import DEFAULT_FRACTIONS, Sample, Splits, fraction_key, fraction_percent, load_splits, make_splits, save_splits
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("patient", "side", "label", "anomaly_type")
+OPTIONAL_COLUMNS = ("image",)
+MANIFEST_COLUMNS = (
+    "sample_id", "patient", "side", "label", "anomaly_type", "image",
+    "crop_file", "crop_key", "crop_index", "registration_quality",
+)
+FAILURE_COLUMNS = ("patient", "image", "error")
+CROP_SHAPE = (64, 64, 64)
+CROP_DTYPE = np.float16
+CACHE_FORMAT = 1
+
+SCANS_DIR = "scans"
+SCAN_CROPS = "crops.npz"
+SCAN_SUMMARY = "extraction.json"
+CROPS_FILE = "crops.npy"
+MANIFEST_FILE = "manifest.csv"
+SPLITS_FILE = "splits.json"
+FAILURES_FILE = "failures.csv"
+DATASET_FILE = "dataset.json"
+
+
+# --------------------------------------------------------------------------- labels table
+
+@dataclass(frozen=True)
+class LabelledSinus:
+    """One row of the labels CSV with its image resolved to an existing path."""
+
+    patient: str
+    side: str
+    label: int
+    anomaly_type: str
+    image: Path
+    line: int  # line of the CSV, for messages
+
+    @property
+    def sample(self) -> Sample:
+        return Sample(self.patient, self.side, self.label, self.anomaly_type)
+
+
+def _image_stem(entry: Path) -> str | None:
+    """The patient name an entry of the images folder stands for, or None if it is no image."""
+    if entry.name.startswith("."):
+        return None
+    if entry.is_dir():
+        return entry.name
+    lower = entry.name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return entry.name[: -len(suffix)]
+    return None
+
+
+def images_by_stem(images_dir: Path) -> dict[str, list[Path]]:
+    """Entries of ``images_dir`` (image files and folders) grouped by name without suffix."""
+    found: dict[str, list[Path]] = {}
+    for entry in sorted(images_dir.iterdir()):
+        stem = _image_stem(entry)
+        if stem:
+            found.setdefault(stem, []).append(entry)
+    return found
+
+
+def _parse_label(value: str) -> int | None:
+    """0 or 1 from "0", "1", "0.0", "1.0"; None for anything else."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number in (0.0, 1.0) else None
+
+
+def _check_patient_id(patient: str, where: str) -> None:
+    """Patient ids name cache folders, so they must be usable as one folder name."""
+    if not patient:
+        raise DatasetError(f"{where}: patient is empty")
+    if patient in (".", "..") or any(c in patient for c in "/\\\0"):
+        raise DatasetError(f"{where}: patient {patient!r} cannot be used as a folder name (no '/', '\\', '.' or '..')")
+
+
+def _read_rows(labels_csv: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header (lower-cased) and (line number, row) pairs; raise DatasetError for unreadable files."""
+    if not labels_csv.exists():
+        raise DatasetError(f"{labels_csv}: labels file does not exist")
+    try:
+        text = labels_csv.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{labels_csv}: labels file is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise DatasetError(f"{labels_csv}: labels file cannot be read: {exc.strerror or exc}") from exc
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(f"{labels_csv}: labels file is empty (a header {', '.join(REQUIRED_COLUMNS)} is needed)")
+        header = [name.strip().lower() for name in header]
+        repeated = sorted(name for name, n in Counter(header).items() if n > 1 and name)
+        if repeated:
+            raise DatasetError(f"{labels_csv}: column(s) {', '.join(repeated)} appear more than once in the header")
+        missing = [name for name in REQUIRED_COLUMNS if name not in header]
+        if missing:
+            raise DatasetError(
+                f"{labels_csv}: missing column(s) {', '.join(missing)} "
+                f"(required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(h for h in header if h) or 'none'})"
+            )
+        rows = []
+        for values in reader:
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) > len(header):
+                raise DatasetError(f"{labels_csv}: line {reader.line_num}: {len(values)} fields but the header has {len(header)}")
+            values = values + [""] * (len(header) - len(values))
+            rows.append((reader.line_num, {name: v.strip() for name, v in zip(header, values)}))
+    except csv.Error as exc:
+        raise DatasetError(f"{labels_csv}: line {reader.line_num}: not valid CSV: {exc}") from exc
+    if not rows:
+        raise DatasetError(f"{labels_csv}: labels file has a header but no rows")
+    return header, rows
+
+
+def read_labels(labels_csv: str | Path, images_dir: str | Path) -> list[LabelledSinus]:
+    """Read and validate the labels CSV; resolve every patient's image.
+
+    Raises :class:`DatasetError` naming the file, line and problem: missing or unreadable file,
+    missing columns, empty patient, side not left/right, label not 0/1, a sinus listed twice,
+    conflicting images for one patient, a patient with no (or several candidate) images.
+    An empty ``anomaly_type`` means "normal" for label 0 and "unspecified" for label 1.
+    Rows are returned sorted by patient, then side (left first).
+    """
+    labels_csv, images_dir = Path(labels_csv), Path(images_dir)
+    if not images_dir.is_dir():
+        raise DatasetError(f"{images_dir}: images folder does not exist")
+    header, rows = _read_rows(labels_csv)
+    has_image_column = "image" in header
+
+    parsed: dict[tuple[str, str], tuple[int, int, str]] = {}  # (patient, side) -> line, label, type
+    explicit_images: dict[str, tuple[int, Path]] = {}  # patient -> line, image
+    for line, row in rows:
+        where = f"{labels_csv}: line {line}"
+        patient = row["patient"]
+        _check_patient_id(patient, where)
+        side = row["side"].lower()
+        if side not in SIDES:
+            raise DatasetError(f"{where}: side must be 'left' or 'right', not {row['side']!r}")
+        label = _parse_label(row["label"])
+        if label is None:
+            raise DatasetError(f"{where}: label must be 0 or 1, not {row['label']!r}")
+        if (patient, side) in parsed:
+            first_line = parsed[(patient, side)][0]
+            raise DatasetError(f"{where}: {side} sinus of patient {patient} is already listed on line {first_line}")
+        anomaly_type = row["anomaly_type"] or ("normal" if label == 0 else "unspecified")
+        parsed[(patient, side)] = (line, label, anomaly_type)
+        if has_image_column and row["image"]:
+            image = Path(row["image"])
+            image = image if image.is_absolute() else images_dir / image
+            if not image.exists():
+                raise DatasetError(f"{where}: image {row['image']!r} of patient {patient} not found in {images_dir}")
+            if patient in explicit_images and explicit_images[patient][1] != image:
+                other_line, other = explicit_images[patient]
+                raise DatasetError(f"{where}: patient {patient} has image {row['image']!r} here but {other} on line {other_line}")
+            explicit_images[patient] = (line, image)
+
+    images = {patient: image for patient, (_, image) in explicit_images.items()}
+    unresolved = sorted({patient for patient, _ in parsed} - set(images))
+    if unresolved:
+        candidates = images_by_stem(images_dir)
+        missing = [p for p in unresolved if p not in candidates]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise DatasetError(
+                f"{labels_csv}: no image in {images_dir} for patient(s) {shown} (expected <patient>.nii.gz, "
+                ".nii, .nrrd, .mha or a DICOM folder <patient>; or give an 'image' column)"
+            )
+        for patient in unresolved:
+            if len(candidates[patient]) > 1:
+                names = ", ".join(c.name for c in candidates[patient])
+                raise DatasetError(
+                    f"{labels_csv}: patient {patient} has several images in {images_dir} ({names}); "
+                    "give an 'image' column to choose one"
+                )
+            images[patient] = candidates[patient][0]
+
+    sinuses = []
+    for patient, side in sorted(parsed, key=lambda key: (key[0], SIDES.index(key[1]))):
+        line, label, anomaly_type = parsed[patient, side]
+        sinuses.append(LabelledSinus(patient, side, label, anomaly_type, images[patient].resolve(), line))
+    return sinuses
+
+
+# --------------------------------------------------------------------------- per-scan cache
+
+def image_signature(image: Path) -> dict:
+    """Size and modification time of an image file (or of all files of a DICOM folder)."""
+    if image.is_dir():
+        files = [f for f in image.rglob("*") if f.is_file()]
+        stats = [f.stat() for f in files]
+        return {
+            "files": len(files),
+            "size": sum(s.st_size for s in stats),
+            "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
+        }
+    stat = image.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _cache_block(image: Path) -> dict:
+    """What a cached scan must match to be reused: same image, unchanged, same library and reference."""
+    return {
+        "format": CACHE_FORMAT,
+        "image": str(image),
+        "signature": image_signature(image),
+        "library_version": __version__,
+        "reference_sha256": load_reference().sha256,
+    }
+
+
+def cached_scan_is_complete(scan_dir: Path, image: Path) -> bool:
+    """True when ``scan_dir`` holds both crops and a summary made from ``image`` as it is now."""
+    crops_path, summary_path = scan_dir / SCAN_CROPS, scan_dir / SCAN_SUMMARY
+    if not crops_path.is_file() or not summary_path.is_file():
+        return False
+    try:
+        cached = json.loads(summary_path.read_text(encoding="utf-8")).get("cache")
+        with np.load(crops_path) as crops:
+            keys = set(crops.files)
+    except (OSError, ValueError, UnicodeDecodeError, zipfile.BadZipFile, AttributeError):
+        return False
+    return cached == _cache_block(image) and keys == set(SIDES)
+
+
+def extract_scan(image: Path, scan_dir: Path) -> dict:
+    """Extract both sinuses of ``image`` into ``scan_dir``; return the extraction summary.
+
+    The stale ``crops.npz`` goes first and the new one is written last, so a failure or an
+    interruption at any point leaves the scan without crops, i.e. not complete.
+    Raises :class:`SinusAnomalyError` for a scan that cannot be used.
+    """
+    (scan_dir / SCAN_CROPS).unlink(missing_ok=True)
+    cache = _cache_block(image)  # taken before reading, so a change during extraction is redone
+    result = extract_sinuses(image)
+    crops = {}
+    for side, array in result.arrays().items():
+        if array.shape != CROP_SHAPE:
+            raise ValueError(f"extraction returned a {side} crop of shape {array.shape}, expected {CROP_SHAPE}")
+        crops[side] = np.asarray(array, dtype=CROP_DTYPE)
+    if set(crops) != set(SIDES):
+        raise ValueError(f"extraction returned sides {sorted(crops)}, expected {list(SIDES)}")
+    summary = result.summary()
+    for side in SIDES:  # the crops live in crops.npz here, not in the NIfTI files `extract` writes
+        summary[side] = {**summary.get(side, {}), "crop_file": SCAN_CROPS, "crop_key": side}
+    write_json_atomic(scan_dir / SCAN_SUMMARY, {**summary, "cache": cache})
+    with atomic_path(scan_dir / SCAN_CROPS) as tmp:
+        np.savez_compressed(tmp, **crops)
+    return summary
+
+
+def _registration_quality(summary: dict) -> float | None:
+    """The registration quality an extraction summary reports, None if it reports none."""
+    quality = (summary.get("registration") or {}).get("quality")
+    return None if quality is None else float(quality)
+
+
+# --------------------------------------------------------------------------- manifest
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One extracted, labelled sinus; ``crop_index`` is its row in ``crops.npy``."""
+
+    sample_id: str
+    patient: str
+    side: str
+    label: int
+    anomaly_type: str
+    image: str
+    crop_file: str  # scans/<patient>/crops.npz, relative to the dataset folder
+    crop_key: str  # array name inside crop_file
+    crop_index: int
+    registration_quality: float | None
+
+    @property
+    def sample(self) -> Sample:
+        return Sample(self.patient, self.side, self.label, self.anomaly_type)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a CSV table atomically."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def write_manifest(path: Path, rows: Sequence[ManifestRow]) -> None:
+    """Write ``manifest.csv`` atomically (an unknown registration quality is an empty cell)."""
+    _write_csv(path, MANIFEST_COLUMNS, (
+        [getattr(r, c) if getattr(r, c) is not None else "" for c in MANIFEST_COLUMNS] for r in rows
+    ))
+
+
+def load_manifest(path: str | Path) -> list[ManifestRow]:
+    """Read ``manifest.csv``; raise :class:`DatasetError` for a missing or malformed file."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DatasetError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+            return [
+                ManifestRow(
+                    sample_id=r["sample_id"], patient=r["patient"], side=r["side"], label=int(r["label"]),
+                    anomaly_type=r["anomaly_type"], image=r["image"], crop_file=r["crop_file"],
+                    crop_key=r["crop_key"], crop_index=int(r["crop_index"]),
+                    registration_quality=float(r["registration_quality"]) if r["registration_quality"] else None,
+                )
+                for r in reader
+            ]
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: manifest does not exist (run 'sinus-anomaly prepare')") from None
+    except (OSError, ValueError, csv.Error) as exc:
+        raise DatasetError(f"{path}: manifest cannot be read: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- prepare
+
+@dataclass(frozen=True)
+class ScanFailure:
+    """A scan left out of the dataset: the patient, its image and the one-line reason."""
+
+    patient: str
+    image: str
+    error: str
+
+
+@dataclass
+class PrepareReport:
+    """What :func:`prepare_dataset` did: scan counts, failures and the split sizes."""
+
+    out_dir: Path
+    n_patients_listed: int
+    n_scans_extracted: int  # extracted in this run
+    n_scans_reused: int  # complete in the cache from an earlier run
+    failures: list[ScanFailure]
+    n_sinuses: int
+    n_normal: int
+    n_anomalous: int
+    anomaly_types: dict[str, int]
+    split_counts: dict  # "test" -> counts, "folds" -> [{"train": counts, "val": counts}]
+
+    @property
+    def n_scans_prepared(self) -> int:
+        return self.n_scans_extracted + self.n_scans_reused
+
+
+def _counts(rows: Sequence[ManifestRow]) -> dict:
+    anomalous = sum(r.label for r in rows)
+    return {
+        "patients": len({r.patient for r in rows}),
+        "sinuses": len(rows),
+        "normal": len(rows) - anomalous,
+        "anomalous": anomalous,
+    }
+
+
+def _split_counts(rows: Sequence[ManifestRow], splits: Splits) -> dict:
+    def of_patients(patients: Iterable[str]) -> dict:
+        wanted = set(patients)
+        return _counts([r for r in rows if r.patient in wanted])
+
+    return {
+        "test": of_patients(splits.test),
+        "folds": [
+            {
+                "train": of_patients(fold.train),
+                "val": of_patients(fold.val),
+                "labelled": {key: len(ids) for key, ids in fold.labelled.items()},
+            }
+            for fold in splits.folds
+        ],
+    }
+
+
+def _write_crops(out_dir: Path, rows: Sequence[ManifestRow]) -> None:
+    """Gather every row's crop from the per-scan caches into ``crops.npy`` (atomically)."""
+    with atomic_path(out_dir / CROPS_FILE) as tmp:
+        crops = np.lib.format.open_memmap(tmp, mode="w+", dtype=CROP_DTYPE, shape=(len(rows), *CROP_SHAPE))
+        by_file: dict[str, list[ManifestRow]] = {}
+        for row in rows:
+            by_file.setdefault(row.crop_file, []).append(row)
+        for crop_file, file_rows in by_file.items():
+            with np.load(out_dir / crop_file) as cached:
+                for row in file_rows:
+                    crops[row.crop_index] = cached[row.crop_key]
+        crops.flush()
+        del crops
+
+
+def _one_line(exc: Exception) -> str:
+    """An exception's message on one line, for the log and failures.csv."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def prepare_dataset(
+    images_dir: str | Path,
+    labels_csv: str | Path,
+    out_dir: str | Path,
+    n_folds: int = 5,
+    test_fraction: float = 0.2,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    progress: bool = True,
+) -> PrepareReport:
+    """Extract and cache every labelled scan, then write crops, manifest, splits and summary.
+
+    Scans complete in the cache (same image, unchanged) are reused. A scan failing with
+    :class:`SinusAnomalyError` is logged as ``skipped <patient>: <message>``, recorded in
+    ``failures.csv`` and left out; other exceptions propagate. Raises :class:`DatasetError` for
+    an invalid labels table, when no scan could be prepared, or when too few patients remain for
+    the folds. See the module docstring for the layout of ``out_dir``.
+    """
+    images_dir, labels_csv, out_dir = Path(images_dir), Path(labels_csv), Path(out_dir)
+    sinuses = read_labels(labels_csv, images_dir)
+    make_splits([s.sample for s in sinuses], n_folds, test_fraction, fractions, seed)  # fail early on bad parameters
+    by_patient: dict[str, list[LabelledSinus]] = {}
+    for sinus in sinuses:
+        by_patient.setdefault(sinus.patient, []).append(sinus)
+
+    summaries: dict[str, dict] = {}
+    failures: list[ScanFailure] = []
+    n_extracted = n_reused = 0
+    with logging_redirect_tqdm(), tqdm(by_patient.items(), desc="prepare", unit="scan", disable=not progress) as bar:
+        for patient, patient_sinuses in bar:
+            image = patient_sinuses[0].image
+            scan_dir = out_dir / SCANS_DIR / patient
+            if cached_scan_is_complete(scan_dir, image):
+                summaries[patient] = json.loads((scan_dir / SCAN_SUMMARY).read_text(encoding="utf-8"))
+                n_reused += 1
+            else:
+                try:
+                    summaries[patient] = extract_scan(image, scan_dir)
+                    n_extracted += 1
+                except SinusAnomalyError as exc:
+                    failures.append(ScanFailure(patient, str(image), _one_line(exc)))
+                    logger.warning("skipped %s: %s", patient, _one_line(exc))
+            bar.set_postfix(extracted=n_extracted, reused=n_reused, failed=len(failures))
+
+    # From here on the outputs change together; dataset.json marks them consistent again at the end.
+    (out_dir / DATASET_FILE).unlink(missing_ok=True)
+    _write_csv(out_dir / FAILURES_FILE, FAILURE_COLUMNS, ([f.patient, f.image, f.error] for f in failures))
+    if not summaries:
+        raise DatasetError(
+            f"none of the {len(by_patient)} scans could be prepared; see {out_dir / FAILURES_FILE}"
+        )
+
+    rows = []
+    for sinus in sinuses:
+        if sinus.patient not in summaries:
+            continue
+        rows.append(ManifestRow(
+            sample_id=sinus.sample.sample_id, patient=sinus.patient, side=sinus.side, label=sinus.label,
+            anomaly_type=sinus.anomaly_type, image=str(sinus.image),
+            crop_file=f"{SCANS_DIR}/{sinus.patient}/{SCAN_CROPS}", crop_key=sinus.side, crop_index=len(rows),
+            registration_quality=_registration_quality(summaries[sinus.patient]),
+        ))
+    splits = make_splits([r.sample for r in rows], n_folds, test_fraction, fractions, seed)
+
+    _write_crops(out_dir, rows)
+    write_manifest(out_dir / MANIFEST_FILE, rows)
+    save_splits(splits, out_dir / SPLITS_FILE)
+    report = PrepareReport(
+        out_dir=out_dir,
+        n_patients_listed=len(by_patient),
+        n_scans_extracted=n_extracted,
+        n_scans_reused=n_reused,
+        failures=failures,
+        n_sinuses=len(rows),
+        n_normal=sum(1 for r in rows if r.label == 0),
+        n_anomalous=sum(1 for r in rows if r.label == 1),
+        anomaly_types=dict(sorted(Counter(r.anomaly_type for r in rows).items())),
+        split_counts=_split_counts(rows, splits),
+    )
+    write_json_atomic(out_dir / DATASET_FILE, {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "library_version": __version__,
+        "parameters": {
+            "images_dir": str(images_dir.resolve()),
+            "labels_csv": str(labels_csv.resolve()),
+            "n_folds": n_folds,
+            "test_fraction": test_fraction,
+            "fractions": [fraction_percent(f) for f in sorted(fractions)],
+            "seed": seed,
+        },
+        "counts": {
+            "patients_listed": report.n_patients_listed,
+            "patients": report.n_scans_prepared,
+            "sinuses": report.n_sinuses,
+            "normal": report.n_normal,
+            "anomalous": report.n_anomalous,
+            "failures": len(failures),
+        },
+        "anomaly_types": report.anomaly_types,
+        "splits": report.split_counts,
+        "crops": {"file": CROPS_FILE, "shape": [len(rows), *CROP_SHAPE], "dtype": np.dtype(CROP_DTYPE).name},
+    })
+    return report
+
+
+# --------------------------------------------------------------------------- reading a prepared dataset
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset opened for training: manifest, memory-mapped crops and splits."""
+
+    root: Path
+    manifest: list[ManifestRow]
+    crops: np.ndarray  # float16 (N, 64, 64, 64), memory-mapped, row i = manifest[i]
+    splits: Splits
+    info: dict = field(default_factory=dict)  # dataset.json
+
+    def rows_of_patients(self, patients: Iterable[str]) -> np.ndarray:
+        """Crop indices of every sinus of the given patients, in manifest order."""
+        wanted = set(patients)
+        return np.array([r.crop_index for r in self.manifest if r.patient in wanted], dtype=np.int64)
+
+    def rows_of_samples(self, sample_ids: Iterable[str]) -> np.ndarray:
+        """Crop indices of the given sample ids, in manifest order."""
+        wanted = set(sample_ids)
+        return np.array([r.crop_index for r in self.manifest if r.sample_id in wanted], dtype=np.int64)
+
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.manifest], dtype=np.int64)
+
+
+def load_dataset(dataset_dir: str | Path) -> PreparedDataset:
+    """Open a dataset made by :func:`prepare_dataset` and check its parts agree.
+
+    Checked: the run finished (``dataset.json`` present), manifest rows match ``crops.npy``
+    (count, order, shape), the splits cover exactly the manifest's patients, and each fold's
+    100 % label fraction holds every training sinus.
+    """
+    root = Path(dataset_dir)
+    info_path = root / DATASET_FILE
+    if not info_path.is_file():
+        raise DatasetError(
+            f"{root}: not a complete prepared dataset ({DATASET_FILE} missing; run or resume 'sinus-anomaly prepare')"
+        )
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{info_path}: cannot be read: {exc}") from exc
+    manifest = load_manifest(root / MANIFEST_FILE)
+    try:
+        crops = np.load(root / CROPS_FILE, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{root / CROPS_FILE}: cannot be read: {exc}") from exc
+    if crops.shape != (len(manifest), *CROP_SHAPE):
+        raise DatasetError(f"{root / CROPS_FILE}: shape {crops.shape} does not match {len(manifest)} manifest rows")
+    if [r.crop_index for r in manifest] != list(range(len(manifest))):
+        raise DatasetError(f"{root / MANIFEST_FILE}: crop_index is not 0..N-1 in row order")
+    splits = load_splits(root / SPLITS_FILE)
+    patients = {r.patient for r in manifest}
+    if splits.patients() != patients:
+        raise DatasetError(f"{root / SPLITS_FILE}: patients differ from those of {root / MANIFEST_FILE}")
+    if 100 in splits.fractions:
+        for k, fold in enumerate(splits.folds):
+            train = set(fold.train)
+            expected = sorted(r.sample_id for r in manifest if r.patient in train)
+            if sorted(fold.labelled[fraction_key(1.0)]) != expected:
+                raise DatasetError(f"{root / SPLITS_FILE}: fold {k} 100 % labelled set is not every training sinus")
+    return PreparedDataset(root=root, manifest=manifest, crops=crops, splits=splits, info=info)

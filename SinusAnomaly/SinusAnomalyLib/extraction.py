@@ -1,0 +1,181 @@
+"""Locating both maxillary sinuses and cutting comparable 64 mm crops (the paper's Figure 1a).
+
+The head is registered to the reference (:mod:`.registration`); the reference's sinus centres are
+mapped into the input's world space, and a 64 x 64 x 64 grid of 1 mm voxels is laid around each
+centre with its axes along the reference's axes as seen in the input (the rotation part of the
+registration). Crops of a head in any pose, spacing or orientation therefore show the same
+anatomy in the same array orientation, at true 1 mm. Array axes follow the reference's RAS axes
+(axis 0: towards the patient's right, 1: anterior, 2: superior; nibabel order). The right crop is
+mirrored along axis 0 so both sides look like a left sinus; its NIfTI affine still places every
+voxel where it was sampled in the input.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .errors import ImageError, RegistrationError
+from .fileio import write_json_atomic
+from .geometry import lps_to_ras
+from .imageio import read_image, write_image
+from .reference import SIDES, ReferenceHead, load_reference
+from .registration import RegistrationResult, register_to_reference
+
+CROP_SIZE = 64
+CROP_SPACING_MM = 1.0
+PERCENTILES = (1.0, 99.0)
+# A crop whose centre is outside the scanned volume cannot show the sinus.
+MIN_CROP_INSIDE_FRACTION = 0.5
+
+
+@dataclass
+class SinusExtraction:
+    """Both sinus crops of one head and where they came from."""
+
+    source: str
+    crops: dict  # side -> sitk.Image (64^3 float32 in [0, 1], physical placement in the input's space)
+    centers_ras: dict  # side -> np.ndarray (3,), world RAS mm of the input
+    registration: RegistrationResult
+    reference_sha256: str
+
+    def arrays(self) -> dict:
+        """side -> float32 array (64, 64, 64) indexed [i, j, k] along the reference's RAS axes."""
+        return {side: sitk.GetArrayFromImage(img).transpose(2, 1, 0).copy() for side, img in self.crops.items()}
+
+    def summary(self) -> dict:
+        """The content of ``extraction.json``."""
+        out = {"source": self.source, "version": __version__}
+        for side in SIDES:
+            out[side] = {
+                "center_ras_mm": [round(float(v), 3) for v in self.centers_ras[side]],
+                "crop_file": f"{side}_crop.nii.gz",
+                "mirrored": side == "right",
+            }
+        out["crop"] = {
+            "size_voxels": [CROP_SIZE] * 3,
+            "spacing_mm": CROP_SPACING_MM,
+            "axes": "reference RAS axes (0: right, 1: anterior, 2: superior); right crop mirrored along axis 0",
+            "intensity": f"percentiles {PERCENTILES[0]:g}/{PERCENTILES[1]:g} of each crop mapped to 0/1, clipped",
+        }
+        out["reference_sha256"] = self.reference_sha256
+        out["registration"] = self.registration.summary()
+        return out
+
+
+def crop_grid(center_lps: np.ndarray, rotation_lps: np.ndarray) -> sitk.Image:
+    """Empty 64^3 image of 1 mm voxels centred on ``center_lps`` with axes along the reference RAS axes.
+
+    ``rotation_lps`` maps reference directions to input directions (LPS). Array axis i of the crop
+    points along reference RAS axis i, i.e. LPS direction (-1, -1, +1) * e_i.
+    """
+    direction = rotation_lps @ np.diag([-1.0, -1.0, 1.0])
+    half = (CROP_SIZE - 1) / 2.0 * CROP_SPACING_MM
+    origin = center_lps - direction @ np.full(3, half)
+    grid = sitk.Image([CROP_SIZE] * 3, sitk.sitkFloat32)
+    grid.SetSpacing([CROP_SPACING_MM] * 3)
+    grid.SetDirection(direction.ravel().tolist())
+    grid.SetOrigin(origin.tolist())
+    return grid
+
+
+def mirror_axis0(image: sitk.Image) -> sitk.Image:
+    """Reverse array axis 0 while every voxel keeps its physical position.
+
+    The voxel data are flipped and the geometry compensates (first direction column negated,
+    origin moved to the former last voxel), so a viewer shows the mirrored crop exactly where it
+    was sampled. (``sitk.Flip`` instead moves the content in physical space.)
+    """
+    array = sitk.GetArrayFromImage(image)[:, :, ::-1]  # numpy order is (k, j, i)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    direction = np.asarray(image.GetDirection()).reshape(3, 3).copy()
+    last = image.TransformIndexToPhysicalPoint((image.GetSize()[0] - 1, 0, 0))
+    direction[:, 0] *= -1
+    out.SetSpacing(image.GetSpacing())
+    out.SetDirection(direction.ravel().tolist())
+    out.SetOrigin(last)
+    return out
+
+
+def normalize_percentiles(crop: sitk.Image) -> sitk.Image:
+    """Map the crop's 1st/99th intensity percentiles to 0/1 and clip (the paper's [0, 1] range)."""
+    array = sitk.GetArrayViewFromImage(crop)
+    lo, hi = np.percentile(array, PERCENTILES)
+    scaled = sitk.Clamp((crop - float(lo)) / float(max(hi - lo, 1e-6)), sitk.sitkFloat32, 0.0, 1.0)
+    return scaled
+
+
+def _grid_index_points(image: sitk.Image, grid: sitk.Image, step: int = 1) -> np.ndarray:
+    """Continuous indices in ``image`` of every ``step``-th voxel of ``grid`` (N x 3)."""
+    axes = [np.arange(0, CROP_SIZE, step)] * 3
+    idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    g_dir = np.asarray(grid.GetDirection()).reshape(3, 3)
+    points = (g_dir @ (idx * np.asarray(grid.GetSpacing())).T).T + np.asarray(grid.GetOrigin())
+    i_dir = np.asarray(image.GetDirection()).reshape(3, 3)
+    return (np.linalg.inv(i_dir) @ (points - np.asarray(image.GetOrigin())).T).T / np.asarray(image.GetSpacing())
+
+
+def _sample_crop(image: sitk.Image, grid: sitk.Image, source: str, side: str) -> sitk.Image:
+    """Resample ``image`` on ``grid`` (cubic B-spline) after cutting the input down to the crop's
+    bounding box: the B-spline coefficients are then computed for a small region, not the head."""
+    index = _grid_index_points(image, grid, step=3)
+    size = np.asarray(image.GetSize())
+    inside = np.all((index >= -0.5) & (index <= size - 0.5), axis=1).mean()
+    if inside < MIN_CROP_INSIDE_FRACTION:
+        raise RegistrationError(
+            source, f"the {side} sinus crop lies {100 * (1 - inside):.0f} % outside the scan (does the field of view cover the face?)"
+        )
+    lo = np.clip(np.floor(index.min(0)).astype(int) - 4, 0, size - 1)
+    hi = np.clip(np.ceil(index.max(0)).astype(int) + 5, lo + 1, size)
+    region = image[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])]
+    return sitk.Resample(region, grid, sitk.Transform(), sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
+
+
+def extract_sinuses(image: sitk.Image | str | Path, reference: ReferenceHead | None = None, source: str | None = None) -> SinusExtraction:
+    """Register ``image`` (a path or a ``sitk.Image``) and cut both sinus crops.
+
+    Raises :class:`ImageError` for unusable input and :class:`RegistrationError` when the
+    registration fails or the sinuses land outside the scan.
+    """
+    if not isinstance(image, sitk.Image):
+        source = source or str(image)
+        image = read_image(image)
+    source = source or "image"
+    reference = reference or load_reference()
+    reg = register_to_reference(image, reference, source)
+    rotation = reg.rotation_lps
+    crops, centers = {}, {}
+    for side in SIDES:
+        center_lps = reg.map_point_lps(reference.center_lps(side))
+        crop = normalize_percentiles(_sample_crop(image, crop_grid(center_lps, rotation), source, side))
+        if side == "right":
+            crop = mirror_axis0(crop)
+        crops[side] = crop
+        centers[side] = lps_to_ras(center_lps)
+    return SinusExtraction(source=source, crops=crops, centers_ras=centers, registration=reg, reference_sha256=reference.sha256)
+
+
+def save_extraction(result: SinusExtraction, out_dir: str | Path) -> Path:
+    """Write ``left_crop.nii.gz``, ``right_crop.nii.gz`` and ``extraction.json`` (each atomically).
+
+    ``extraction.json`` is written last, so its presence marks a complete extraction.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = result.summary()
+    for side in SIDES:
+        write_image(result.crops[side], out_dir / summary[side]["crop_file"])
+    write_json_atomic(out_dir / "extraction.json", summary)
+    return out_dir / "extraction.json"
+
+
+def load_extraction_summary(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ImageError(path, f"is not a readable extraction.json ({exc})") from exc
