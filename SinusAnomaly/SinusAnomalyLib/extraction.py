@@ -135,7 +135,9 @@ def _sample_crop(image: sitk.Image, grid: sitk.Image, source: str, side: str) ->
     return sitk.Resample(region, grid, sitk.Transform(), sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
 
 
-def extract_sinuses(image: sitk.Image | str | Path, reference: ReferenceHead | None = None, source: str | None = None) -> SinusExtraction:
+def extract_sinuses(
+    image: sitk.Image | str | Path, reference: ReferenceHead | None = None, source: str | None = None, refine_midface: bool = True
+) -> SinusExtraction:
     """Register ``image`` (a path or a ``sitk.Image``) and cut both sinus crops.
 
     Raises :class:`ImageError` for unusable input and :class:`RegistrationError` when the
@@ -146,7 +148,7 @@ def extract_sinuses(image: sitk.Image | str | Path, reference: ReferenceHead | N
         image = read_image(image)
     source = source or "image"
     reference = reference or load_reference()
-    reg = register_to_reference(image, reference, source)
+    reg = register_to_reference(image, reference, source, refine_midface=refine_midface)
     rotation = reg.rotation_lps
     crops, centers = {}, {}
     for side in SIDES:

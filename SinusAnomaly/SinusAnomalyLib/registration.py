@@ -173,8 +173,12 @@ def _fixed_side(reference: ReferenceHead) -> tuple:
     return fixed, _box_mask(fixed, midface_lps, reference.midface_half_size_mm)
 
 
-def register_to_reference(image: sitk.Image, reference: ReferenceHead, source: str = "image") -> RegistrationResult:
+def register_to_reference(
+    image: sitk.Image, reference: ReferenceHead, source: str = "image", refine_midface: bool = True
+) -> RegistrationResult:
     """Register ``image`` (any pose, spacing, orientation) to ``reference``.
+
+    ``refine_midface=False`` stops after the whole-head affine stage (for comparisons only).
 
     Raises :class:`RegistrationError` naming ``source`` when the fit fails or is implausible.
     """
@@ -194,11 +198,15 @@ def register_to_reference(image: sitk.Image, reference: ReferenceHead, source: s
         whole, value, iters = _register(fixed, moving, affine_init, [4, 2], [4.0, 2.0], 100, [0.3, 0.06])
         whole = _as_affine(whole, head_center)
         stages.append({"stage": "affine whole head", "metric": round(value, 5), "iterations": iters})
-        local, value, iters = _register(fixed, moving, _as_affine(whole, midface_lps), [2, 1], [2.0, 0.0], 100, [0.5, 0.2], fixed_mask=midface_mask)
-        local = _as_affine(local, midface_lps)
-        stages.append({"stage": "affine midface", "metric": round(value, 5), "iterations": iters})
+        local = whole
+        if refine_midface:
+            local, value, iters = _register(
+                fixed, moving, _as_affine(whole, midface_lps), [2, 1], [2.0, 0.0], 100, [0.5, 0.2], fixed_mask=midface_mask
+            )
+            local = _as_affine(local, midface_lps)
+            stages.append({"stage": "affine midface", "metric": round(value, 5), "iterations": iters})
     except RuntimeError as exc:
-        raise RegistrationError(source, f"the optimiser stopped with an error ({str(exc).strip().splitlines()[-1]})") from exc
+        raise RegistrationError(source, _explain_itk_failure(str(exc))) from exc
 
     result = RegistrationResult(
         matrix_lps=affine_to_matrix(local),
@@ -211,6 +219,16 @@ def register_to_reference(image: sitk.Image, reference: ReferenceHead, source: s
     _check_plausible(result, reference, source)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _explain_itk_failure(message: str) -> str:
+    """Plain words for the ITK failures that bad input causes; the ITK text for anything else."""
+    if "outside moving image buffer" in message or "do not sufficiently overlap" in message:
+        return "the scan does not overlap the reference head enough (is the whole face in the field of view?)"
+    if "Total Mass of the image was zero" in message:
+        return "the image has no head-like intensity distribution (nearly all voxels share one value)"
+    last = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return f"the optimiser stopped with an error ({last[-1] if last else 'no message'})"
 
 
 def _check_plausible(result: RegistrationResult, reference: ReferenceHead, source: str) -> None:
