@@ -143,7 +143,7 @@ def test_unet_encoder_layout(unet):
             hook.remove()
     assert [widths[name] for name in STAGES] == [64, 128, 256, 512]
     assert [sizes[name] for name in STAGES] == [16, 8, 4, 2]
-    assert [f.shape[1] for f in features] == list(ResNet18Encoder.feature_channels)
+    assert [f.shape[1] for f in features] == list(encoder.feature_channels) == [64, 64, 128, 256, 512]
     # two basic blocks per stage: ResNet18
     assert [len(getattr(encoder, name)) for name in STAGES] == [2, 2, 2, 2]
     # the U-Net's upsampling is trilinear and its decoder uses every skip connection
@@ -339,3 +339,18 @@ def test_build_model():
         build_model("vae")
     with pytest.raises(ModelError, match="cannot build 'cae'"):
         build_model("cae", depth=3)
+
+
+def test_narrow_encoder_widths_for_cpu_runs():
+    """The demo's quarter-width networks keep the structure and transplant like the full ones."""
+    widths = (16, 32, 64, 128)
+    unet = ResidualUNet(encoder_widths=widths)
+    classifier = SinusClassifier(encoder_widths=widths)
+    x = torch.rand(2, 1, 32, 32, 32)
+    assert unet(x).shape == x.shape
+    assert classifier(x).shape == (2, 2)
+    assert classifier.encoder.feature_channels == (16, 16, 32, 64, 128)
+    classifier.load_encoder(unet.state_dict())
+    for key, value in unet.encoder.state_dict().items():
+        assert torch.equal(classifier.encoder.state_dict()[key], value)
+    assert count_parameters(classifier) < count_parameters(SinusClassifier()) / 10

@@ -28,7 +28,7 @@ import torch
 from monai.networks.blocks import Convolution, UpSample
 from monai.networks.layers.utils import get_act_layer
 from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
-from monai.networks.nets.resnet import ResNet, ResNetFeatures, get_inplanes
+from monai.networks.nets.resnet import ResNet, ResNetFeatures
 from torch import nn
 
 from .errors import SinusAnomalyError
@@ -256,6 +256,7 @@ class ConvAutoencoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 SHORTCUT_TYPES = ("A", "B")
+RESNET18_WIDTHS = (64, 128, 256, 512)  # the paper's encoder; narrower widths serve CPU demos
 
 
 class ResNet18Encoder(ResNetFeatures):
@@ -290,19 +291,18 @@ class ResNet18Encoder(ResNetFeatures):
         shortcut_type: ``"B"`` or ``"A"``, see above.
     """
 
-    feature_channels: tuple[int, ...] = (64, 64, 128, 256, 512)
-    """Channels of the five feature maps returned by :meth:`forward`."""
-
-    def __init__(self, in_channels: int = 1, shortcut_type: str = "B") -> None:
+    def __init__(self, in_channels: int = 1, shortcut_type: str = "B", widths: Sequence[int] = RESNET18_WIDTHS) -> None:
         if shortcut_type not in SHORTCUT_TYPES:
             raise ModelError(f"shortcut_type must be one of {SHORTCUT_TYPES}, got {shortcut_type!r}")
+        if len(widths) != 4 or any(int(w) < 1 for w in widths):
+            raise ModelError(f"widths needs 4 positive stage widths, got {tuple(widths)}")
         # ResNetFeatures.__init__ would only look up MONAI's preset (shortcut "A") and optionally
         # download weights; the preset is spelled out here with the shortcut as a choice.
         ResNet.__init__(
             self,
             block="basic",
             layers=[2, 2, 2, 2],
-            block_inplanes=get_inplanes(),
+            block_inplanes=[int(w) for w in widths],
             spatial_dims=3,
             n_input_channels=in_channels,
             conv1_t_size=7,
@@ -313,10 +313,12 @@ class ResNet18Encoder(ResNetFeatures):
         )
         self.in_channels = int(in_channels)
         self.shortcut_type = shortcut_type
+        # channels of the five feature maps returned by forward: stem, then the four stages
+        self.feature_channels = (int(widths[0]), *(int(w) for w in widths))
 
     @property
     def out_channels(self) -> int:
-        """Channels of the deepest feature map (512)."""
+        """Channels of the deepest feature map (512 at the paper's widths)."""
         return self.feature_channels[-1]
 
 
@@ -351,17 +353,21 @@ class ResidualUNet(nn.Module):
         self,
         in_channels: int = 1,
         out_channels: int = 1,
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        decoder_channels: Sequence[int] | None = None,
         shortcut_type: str = "B",
+        encoder_widths: Sequence[int] = RESNET18_WIDTHS,
     ) -> None:
         super().__init__()
-        n_features = len(ResNet18Encoder.feature_channels)
+        self.encoder = ResNet18Encoder(in_channels, shortcut_type, encoder_widths)
+        if decoder_channels is None:  # the encoder's widths reversed, then on to full resolution
+            w = self.encoder.feature_channels
+            decoder_channels = (w[3], w[2], w[1], max(w[1] // 2, 1), max(w[1] // 4, 1))
+        n_features = len(self.encoder.feature_channels)
         if len(decoder_channels) != n_features:
             raise ModelError(f"decoder_channels needs {n_features} widths, got {tuple(decoder_channels)}")
-        self.encoder = ResNet18Encoder(in_channels, shortcut_type)
         self.decoder = UNetDecoder(
             spatial_dims=3,
-            encoder_channels=(in_channels, *ResNet18Encoder.feature_channels),
+            encoder_channels=(in_channels, *self.encoder.feature_channels),
             decoder_channels=tuple(decoder_channels),
             act=("relu", {"inplace": True}),
             norm="batch",
@@ -405,10 +411,15 @@ class SinusClassifier(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 1, num_classes: int = 2, hidden_dim: int = 256, shortcut_type: str = "B"
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        hidden_dim: int = 256,
+        shortcut_type: str = "B",
+        encoder_widths: Sequence[int] = RESNET18_WIDTHS,
     ) -> None:
         super().__init__()
-        self.encoder = ResNet18Encoder(in_channels, shortcut_type)
+        self.encoder = ResNet18Encoder(in_channels, shortcut_type, encoder_widths)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(1))
         self.head = nn.Sequential(
             nn.Linear(self.encoder.out_channels, hidden_dim),
