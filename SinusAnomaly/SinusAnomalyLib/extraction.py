@@ -55,6 +55,7 @@ class SinusExtraction:
                 "center_ras_mm": [round(float(v), 3) for v in self.centers_ras[side]],
                 "crop_file": f"{side}_crop.nii.gz",
                 "mirrored": side == "right",
+                "affine_ras": crop_affine_ras(self.crops[side]).round(6).tolist(),
             }
         out["crop"] = {
             "size_voxels": [CROP_SIZE] * 3,
@@ -65,6 +66,15 @@ class SinusExtraction:
         out["reference_sha256"] = self.reference_sha256
         out["registration"] = self.registration.summary()
         return out
+
+
+def crop_affine_ras(crop: sitk.Image) -> np.ndarray:
+    """4x4 voxel (i, j, k) -> world RAS mm matrix of a crop (the NIfTI affine it is written with)."""
+    direction = np.asarray(crop.GetDirection()).reshape(3, 3) * np.asarray(crop.GetSpacing())
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ direction
+    affine[:3, 3] = lps_to_ras(np.asarray(crop.GetOrigin()))
+    return affine
 
 
 def crop_grid(center_lps: np.ndarray, rotation_lps: np.ndarray) -> sitk.Image:

@@ -1,0 +1,396 @@
+"""The method's stages for one fold: CAE, residuals, residual pretraining, fine-tuning.
+
+Run directory layout (``RUN``)::
+
+    RUN/config.json                         the resolved configuration of the run
+    RUN/fold<k>/cae/                        last.pt, best.pt, history.*, train.log, done.json
+    RUN/fold<k>/residuals/                  residuals.npy (N, S, S, S) float16, residuals.json
+    RUN/fold<k>/pretrain/                   last.pt, best.pt, history.*, train.log, done.json
+    RUN/fold<k>/finetune/<method>/frac<p>/  best.pt, ..., predictions.csv, done.json
+
+Each stage writes ``done.json`` last, recording what it was made from (checksums of its inputs,
+its settings); a stage whose ``done.json`` matches is skipped, one whose inputs changed is an error
+that says which stage to re-run. One CAE per fold, trained on that fold's training normals only:
+a CAE shared by folds would have seen other folds' validation sinuses.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import median_filter
+
+from SinusAnomalyLib.dataset import PreparedDataset
+from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
+from SinusAnomalyLib.fileio import atomic_path, write_json_atomic, write_text_atomic
+from SinusAnomalyLib.models import ConvAutoencoder, ResidualUNet, SinusClassifier
+from SinusAnomalyLib.splits import fraction_key
+
+from . import runtime
+from .data import SinusCrops, augmentation, make_loader, resize_crops
+from .engine import Checkpointer, fit, load_checkpoint
+from .optim import LARS, WarmupCosine, lars_param_groups, scaled_lr
+
+DONE = "done.json"
+
+
+class StageInputError(SinusAnomalyError):
+    """A stage's input is missing or was made from something else (stale)."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class FoldContext:
+    """Everything a stage needs for one fold."""
+
+    dataset: PreparedDataset
+    config: dict
+    run_dir: Path
+    fold: int
+    device: torch.device
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fold < len(self.dataset.splits.folds):
+            raise DatasetError(f"fold {self.fold} does not exist: the dataset has {len(self.dataset.splits.folds)} folds")
+
+    @property
+    def fold_dir(self) -> Path:
+        return Path(self.run_dir) / f"fold{self.fold}"
+
+    @property
+    def splits(self):
+        return self.dataset.splits
+
+    def indices(self, split: str) -> np.ndarray:
+        """Crop indices of ``train`` / ``val`` (this fold's patients) or ``test``."""
+        fold = self.splits.folds[self.fold]
+        patients = {"train": fold.train, "val": fold.val, "test": self.splits.test}[split]
+        return self.dataset.rows_of_patients(patients)
+
+    def labelled_indices(self, fraction: float) -> np.ndarray:
+        key = fraction_key(float(fraction) / 100.0)
+        labelled = self.splits.folds[self.fold].labelled
+        if key not in labelled:
+            raise DatasetError(f"label fraction {fraction} % is not in the dataset's splits (has {sorted(labelled)})")
+        return self.dataset.rows_of_samples(labelled[key])
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        """Checksum of the manifest and splits: a stage made from other data is stale."""
+        root = self.dataset.root
+        return hashlib.sha256((sha256_file(root / "manifest.csv") + sha256_file(root / "splits.json")).encode()).hexdigest()
+
+    def logger(self, stage_dir: Path) -> runtime.RunLogger:
+        return runtime.setup_run_logging(stage_dir)
+
+
+def _done(stage_dir: Path) -> dict | None:
+    path = stage_dir / DONE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _finished(stage_dir: Path, made_from: dict) -> bool:
+    """True when ``stage_dir`` holds a finished stage made from exactly ``made_from``."""
+    done = _done(stage_dir)
+    return done is not None and done.get("made_from") == made_from
+
+
+def _mark_done(stage_dir: Path, made_from: dict, **outputs) -> None:
+    if runtime.is_main_process():
+        write_json_atomic(stage_dir / DONE, {"made_from": made_from, **outputs})
+
+
+def _require(path: Path, stage: str, fold_dir: Path) -> Path:
+    if not path.is_file():
+        raise StageInputError(f"{path} is missing: run the '{stage}' stage for {fold_dir.name} first")
+    return path
+
+
+def _image_batch(batch: dict, device: torch.device) -> torch.Tensor:
+    return batch["image"].to(device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------- 1. CAE
+
+def cae_model(config: dict) -> ConvAutoencoder:
+    cfg = config["cae"]
+    return ConvAutoencoder(in_size=config["crop_size"], channels=tuple(cfg["channels"]), latent_dim=int(cfg["latent_dim"]))
+
+
+def train_cae(ctx: FoldContext) -> Path:
+    """Train the fold's CAE on the normal sinuses of its training patients (L1, Adam, no augmentation).
+
+    Returns the path of the best checkpoint (lowest L1 on the validation patients' normals).
+    """
+    stage_dir = ctx.fold_dir / "cae"
+    cfg = ctx.config["cae"]
+    made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "crop_size": ctx.config["crop_size"], "cae": cfg,
+                 "seed": ctx.config["seed"]}
+    if _finished(stage_dir, made_from):
+        return stage_dir / Checkpointer.BEST
+    labels = ctx.dataset.labels()
+    train = [i for i in ctx.indices("train") if labels[i] == 0]
+    val = [i for i in ctx.indices("val") if labels[i] == 0]
+    if not train:
+        raise DatasetError(f"fold {ctx.fold} has no normal training sinus to train the CAE on")
+    size = ctx.config["crop_size"]
+    train_loader = make_loader(SinusCrops(ctx.dataset, train, size), int(cfg["batch_size"]), True, ctx.config["seed"])
+    val_loader = make_loader(SinusCrops(ctx.dataset, val, size), int(cfg["batch_size"]), False, ctx.config["seed"]) if val else None
+    runtime.seed_everything(ctx.config["seed"])
+    model = cae_model(ctx.config).to(ctx.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
+
+    def l1_step(net, batch, device):
+        x = _image_batch(batch, device)
+        return F.l1_loss(net(x), x)
+
+    with ctx.logger(stage_dir) as log:
+        log.info(f"CAE fold {ctx.fold}: {len(train)} normal training sinuses, {len(val)} normal validation sinuses")
+        fit(runtime.wrap_ddp(model, ctx.device), train_loader, val_loader, l1_step, int(cfg["epochs"]), optimizer, None,
+            ctx.device, Checkpointer(stage_dir), resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress,
+            log=log, seed=ctx.config["seed"], extra={"model": "ConvAutoencoder", "config": cfg})
+    runtime.barrier()
+    best = stage_dir / Checkpointer.BEST
+    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(best), n_train=len(train), n_val=len(val))
+    return best
+
+
+def load_cae(ctx: FoldContext) -> tuple[ConvAutoencoder, str]:
+    """The fold's trained CAE (eval mode) and the checksum of its checkpoint."""
+    path = _require(ctx.fold_dir / "cae" / Checkpointer.BEST, "train-cae", ctx.fold_dir)
+    model = cae_model(ctx.config)
+    model.load_state_dict(load_checkpoint(path)["model"])
+    return model.to(ctx.device).eval(), sha256_file(path)
+
+
+# --------------------------------------------------------------------------- 2. residuals
+
+def residual_maps(cae: ConvAutoencoder, images: torch.Tensor, percentiles=(1.0, 99.0), median_kernel: int = 5) -> torch.Tensor:
+    """``(B, 1, S, S, S)`` images -> residual targets ``(B, 1, S, S, S)`` in [0, 1].
+
+    |x - CAE(x)|, each map rescaled so its 1st/99th percentiles become 0/1 (clipped), then a
+    median filter (kernel ``median_kernel``) removes speckle while keeping lesion edges.
+    """
+    with torch.no_grad():
+        residual = (images - cae(images)).abs()
+        flat = residual.flatten(1)
+        lo = torch.quantile(flat, percentiles[0] / 100.0, dim=1).view(-1, 1, 1, 1, 1)
+        hi = torch.quantile(flat, percentiles[1] / 100.0, dim=1).view(-1, 1, 1, 1, 1)
+        residual = ((residual - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
+        if median_kernel > 1:
+            residual = median_filter(residual, kernel_size=(median_kernel,) * 3)
+    return residual
+
+
+def compute_residuals(ctx: FoldContext) -> Path:
+    """Residual targets of every crop of the dataset with the fold's CAE; cached with its identity."""
+    stage_dir = ctx.fold_dir / "residuals"
+    cfg = ctx.config["residuals"]
+    cae, cae_sha = load_cae(ctx)
+    made_from = {"cae_sha256": cae_sha, "residuals": cfg, "crop_size": ctx.config["crop_size"]}
+    if _finished(stage_dir, made_from):
+        return stage_dir / "residuals.npy"
+    sample_ids = [r.sample_id for r in ctx.dataset.manifest]
+    size = ctx.config["crop_size"]
+    out = np.zeros((len(sample_ids), size, size, size), dtype=np.float16)
+    batch = int(cfg["batch_size"])
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    for start in tqdm(range(0, len(sample_ids), batch), desc=f"residuals fold {ctx.fold}", disable=not ctx.progress, unit="batch"):
+        crops = resize_crops(ctx.dataset.crops[start:start + batch], size)
+        images = torch.from_numpy(crops)[:, None].to(ctx.device)
+        out[start:start + batch] = residual_maps(cae, images, tuple(cfg["percentiles"]), int(cfg["median_kernel"]))[:, 0].cpu().numpy()
+    if runtime.is_main_process():
+        with atomic_path(stage_dir / "residuals.npy") as tmp:
+            np.save(tmp, out)
+        write_json_atomic(stage_dir / "residuals.json", {"sample_ids": sample_ids, **made_from})
+    runtime.barrier()
+    _mark_done(stage_dir, made_from, residuals_sha256=sha256_file(stage_dir / "residuals.npy"))
+    return stage_dir / "residuals.npy"
+
+
+def load_residuals(ctx: FoldContext) -> dict:
+    """``{sample_id: (S, S, S) residual}`` of the fold, refusing residuals of another CAE."""
+    stage_dir = ctx.fold_dir / "residuals"
+    npy = _require(stage_dir / "residuals.npy", "residuals", ctx.fold_dir)
+    meta = json.loads(_require(stage_dir / "residuals.json", "residuals", ctx.fold_dir).read_text())
+    cae_path = _require(ctx.fold_dir / "cae" / Checkpointer.BEST, "train-cae", ctx.fold_dir)
+    if meta.get("cae_sha256") != sha256_file(cae_path):
+        raise StageInputError(
+            f"{npy} was made by a different CAE than {cae_path} (stale): re-run the 'residuals' stage for {ctx.fold_dir.name}"
+        )
+    if meta.get("crop_size") != ctx.config["crop_size"]:
+        raise StageInputError(f"{npy} has crop size {meta.get('crop_size')}, the run uses {ctx.config['crop_size']}: re-run 'residuals'")
+    array = np.load(npy, mmap_mode="r")
+    if len(meta["sample_ids"]) != len(array):
+        raise StageInputError(f"{npy}: {len(array)} maps for {len(meta['sample_ids'])} sample ids (corrupt): re-run 'residuals'")
+    return {sid: array[i] for i, sid in enumerate(meta["sample_ids"])}
+
+
+# --------------------------------------------------------------------------- 3. pretraining
+
+def unet_model(config: dict) -> ResidualUNet:
+    return ResidualUNet(encoder_widths=tuple(config["encoder_widths"]))
+
+
+def pretrain(ctx: FoldContext) -> Path:
+    """Residual-reconstruction pretraining: the U-Net predicts the CAE residual from the image.
+
+    BCE with logits against the soft residual target; LARS with the learning rate scaled
+    linearly with the (global) batch, warm-up then cosine to zero; geometric augmentations move
+    image and target together, noise touches the image only. Labels are not used: every sinus of
+    the fold's training patients is unlabelled data.
+    """
+    stage_dir = ctx.fold_dir / "pretrain"
+    cfg = ctx.config["pretrain"]
+    residuals = load_residuals(ctx)
+    residual_sha = _done(ctx.fold_dir / "residuals")["residuals_sha256"]
+    made_from = {"residuals_sha256": residual_sha, "pretrain": cfg, "encoder_widths": ctx.config["encoder_widths"], "seed": ctx.config["seed"]}
+    if _finished(stage_dir, made_from):
+        return stage_dir / Checkpointer.BEST
+    size = ctx.config["crop_size"]
+    train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size, residuals, augmentation(cfg["augment"], with_residual=True))
+    val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size, residuals)
+    batch = min(int(cfg["batch_size"]), len(train_set))
+    train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"], drop_last=True)
+    val_loader = make_loader(val_set, batch, False, ctx.config["seed"]) if len(val_set) else None
+    runtime.seed_everything(ctx.config["seed"])
+    model = unet_model(ctx.config).to(ctx.device)
+    lr = scaled_lr(float(cfg["base_lr"]), batch * runtime.world_size(), int(cfg["base_batch"]))
+    optimizer = LARS(lars_param_groups(model, float(cfg["weight_decay"])), lr=lr, momentum=float(cfg["momentum"]),
+                     weight_decay=float(cfg["weight_decay"]))
+    scheduler = WarmupCosine.for_loader(optimizer, train_loader, int(cfg["epochs"]), float(cfg["warmup_epochs"]))
+
+    def bce_step(net, batch_, device):
+        x = _image_batch(batch_, device)
+        target = batch_["residual"].to(device, non_blocking=True)
+        return F.binary_cross_entropy_with_logits(net(x), target)
+
+    with ctx.logger(stage_dir) as log:
+        log.info(f"pretraining fold {ctx.fold}: {len(train_set)} sinuses, batch {batch}, LARS lr {lr:.4g}")
+        fit(runtime.wrap_ddp(model, ctx.device), train_loader, val_loader, bce_step, int(cfg["epochs"]), optimizer, scheduler,
+            ctx.device, Checkpointer(stage_dir), resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress,
+            log=log, seed=ctx.config["seed"], extra={"model": "ResidualUNet"})
+    runtime.barrier()
+    best = stage_dir / Checkpointer.BEST
+    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(best))
+    return best
+
+
+# --------------------------------------------------------------------------- 4. fine-tuning
+
+PREDICTION_COLUMNS = ("sample_id", "patient", "side", "split", "label", "anomaly_type", "p_anomalous")
+
+
+def classifier_model(config: dict) -> SinusClassifier:
+    return SinusClassifier(encoder_widths=tuple(config["encoder_widths"]))
+
+
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    """w_j = n / (2 n_j): both classes weigh the same in the loss whatever the imbalance."""
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (2.0 * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def predict(model: SinusClassifier, dataset: SinusCrops, device: torch.device, batch_size: int = 16) -> np.ndarray:
+    """P(anomalous) for every item of ``dataset``, in order."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            x = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
+            out.append(torch.softmax(model(x), dim=1)[:, 1].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
+    """Fine-tune a classifier with ``fraction`` % of the fold's training labels.
+
+    ``method`` "none" starts from random weights (the first baseline), "residual" from the
+    pretrained U-Net's encoder (every key must match). Weighted cross-entropy, AdamW (no decay on
+    norm and bias parameters), augmentations at the configured probability; the checkpoint of
+    lowest validation loss predicts the validation and test sinuses (``predictions.csv``).
+    """
+    stage_dir = ctx.fold_dir / "finetune" / method / f"frac{fraction_key(float(fraction) / 100.0)}"
+    cfg = ctx.config["finetune"]
+    made_from = {"method": method, "fraction": fraction, "finetune": cfg, "encoder_widths": ctx.config["encoder_widths"],
+                 "seed": ctx.config["seed"], "dataset": ctx.dataset_fingerprint}
+    pretrained_path = None
+    if method == "residual":
+        pretrained_path = _require(ctx.fold_dir / "pretrain" / Checkpointer.BEST, "pretrain", ctx.fold_dir)
+        made_from["pretrained_sha256"] = sha256_file(pretrained_path)
+    elif method != "none":
+        raise SinusAnomalyError(f"unknown pretraining method '{method}' (known: none, residual)")
+    if _finished(stage_dir, made_from):
+        return stage_dir / "predictions.csv"
+    size = ctx.config["crop_size"]
+    labelled = ctx.labelled_indices(fraction)
+    train_set = SinusCrops(ctx.dataset, labelled, size, transform=augmentation(cfg["augment"], with_residual=False))
+    val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size)
+    test_set = SinusCrops(ctx.dataset, ctx.indices("test"), size)
+    batch = min(int(cfg["batch_size"]), len(train_set))
+    train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"])
+    val_loader = make_loader(val_set, batch, False, ctx.config["seed"]) if len(val_set) else None
+    runtime.seed_everything(ctx.config["seed"])
+    model = classifier_model(ctx.config)
+    if pretrained_path is not None:
+        model.load_encoder(load_checkpoint(pretrained_path)["model"], prefix="encoder.")
+    model = model.to(ctx.device)
+    weights = class_weights(train_set.labels).to(ctx.device)
+    optimizer = torch.optim.AdamW(lars_param_groups(model, float(cfg["weight_decay"])), lr=float(cfg["lr"]))
+
+    def ce_step(net, batch_, device):
+        x = _image_batch(batch_, device)
+        return F.cross_entropy(net(x), batch_["label"].to(device), weight=weights)
+
+    with ctx.logger(stage_dir) as log:
+        log.info(f"fine-tuning fold {ctx.fold}, {method} pretraining, {fraction} % labels: {len(train_set)} sinuses "
+                 f"({int(train_set.labels.sum())} anomalous)")
+        fit(runtime.wrap_ddp(model, ctx.device), train_loader, val_loader, ce_step, int(cfg["epochs"]), optimizer, None,
+            ctx.device, Checkpointer(stage_dir), resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress,
+            log=log, seed=ctx.config["seed"], extra={"model": "SinusClassifier", "method": method})
+    runtime.barrier()
+    best = classifier_model(ctx.config)
+    best.load_state_dict(load_checkpoint(stage_dir / Checkpointer.BEST)["model"])
+    best = best.to(ctx.device)
+    rows = []
+    for split, subset in (("val", val_set), ("test", test_set)):
+        probabilities = predict(best, subset, ctx.device)
+        for index, p in zip(subset.indices, probabilities):
+            r = ctx.dataset.manifest[index]
+            rows.append((r.sample_id, r.patient, r.side, split, r.label, r.anomaly_type, f"{float(p):.6f}"))
+    if runtime.is_main_process():
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(PREDICTION_COLUMNS)
+        writer.writerows(rows)
+        write_text_atomic(stage_dir / "predictions.csv", buf.getvalue())
+    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(stage_dir / Checkpointer.BEST))
+    return stage_dir / "predictions.csv"
+
+
+def read_predictions(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [dict(row, label=int(row["label"]), p_anomalous=float(row["p_anomalous"])) for row in csv.DictReader(fh)]

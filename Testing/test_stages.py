@@ -1,0 +1,107 @@
+"""The method's stages on a tiny prepared dataset: what each makes, pairing, staleness, pretrained transfer."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from SinusAnomalyLib.dataset import load_dataset
+from SinusAnomalyTraining import stages
+from SinusAnomalyTraining.engine import load_checkpoint
+from conftest import TINY_CONFIG
+
+
+@pytest.fixture(scope="module")
+def trained_fold(tiny_dataset, tmp_path_factory):
+    """Fold 0 run through CAE, residuals, pretraining and both fine-tunings at 50 %."""
+    run = tmp_path_factory.mktemp("run")
+    ctx = stages.FoldContext(load_dataset(tiny_dataset), copy.deepcopy(TINY_CONFIG), run, 0, torch.device("cpu"), progress=False)
+    stages.train_cae(ctx)
+    stages.compute_residuals(ctx)
+    stages.pretrain(ctx)
+    predictions = {m: stages.finetune(ctx, m, 50) for m in ("none", "residual")}
+    return ctx, predictions
+
+
+def test_cae_trains_on_training_normals_only(trained_fold):
+    ctx, _ = trained_fold
+    done = json.loads((ctx.fold_dir / "cae" / "done.json").read_text())
+    labels = ctx.dataset.labels()
+    train = ctx.indices("train")
+    assert done["n_train"] == int((labels[train] == 0).sum())
+    history = json.loads((ctx.fold_dir / "cae" / "history.json").read_text())
+    assert len(history) == TINY_CONFIG["cae"]["epochs"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_residuals_are_paired_by_sample_id_and_in_unit_range(trained_fold):
+    ctx, _ = trained_fold
+    residuals = stages.load_residuals(ctx)
+    assert set(residuals) == {r.sample_id for r in ctx.dataset.manifest}
+    # recompute one residual from its own crop and compare: the pairing is by identity
+    cae, _ = stages.load_cae(ctx)
+    row = ctx.dataset.manifest[5]
+    image = torch.from_numpy(stages.resize_crops(ctx.dataset.crops[5:6], 32))[:, None]
+    expected = stages.residual_maps(cae, image, (1, 99), 3)[0, 0].numpy()
+    assert np.allclose(residuals[row.sample_id], expected, atol=2e-3)  # stored as float16
+    stacked = np.stack(list(residuals.values()))
+    assert stacked.min() >= 0.0 and stacked.max() <= 1.0
+
+
+def test_residuals_of_another_cae_are_refused(trained_fold, tmp_path):
+    ctx, _ = trained_fold
+    other = stages.FoldContext(ctx.dataset, ctx.config, tmp_path, 0, ctx.device, progress=False)
+    (other.fold_dir / "cae").mkdir(parents=True)
+    (other.fold_dir / "residuals").mkdir(parents=True)
+    import shutil
+
+    for name in ("residuals.npy", "residuals.json"):
+        shutil.copy(ctx.fold_dir / "residuals" / name, other.fold_dir / "residuals" / name)
+    # a CAE checkpoint with different weights
+    payload = load_checkpoint(ctx.fold_dir / "cae" / "best.pt")
+    payload["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in payload["model"].items()}
+    torch.save(payload, other.fold_dir / "cae" / "best.pt")
+    with pytest.raises(stages.StageInputError, match="different CAE"):
+        stages.load_residuals(other)
+
+
+def test_pretraining_needs_residuals(tiny_dataset, tmp_path):
+    ctx = stages.FoldContext(load_dataset(tiny_dataset), copy.deepcopy(TINY_CONFIG), tmp_path, 0, torch.device("cpu"), progress=False)
+    with pytest.raises(stages.StageInputError, match="residuals"):
+        stages.pretrain(ctx)
+
+
+def test_finetuning_from_pretraining_starts_from_the_pretrained_encoder(trained_fold):
+    ctx, _ = trained_fold
+    pretrained = load_checkpoint(ctx.fold_dir / "pretrain" / "best.pt")["model"]
+    model = stages.classifier_model(ctx.config)
+    model.load_encoder(pretrained)
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(value, pretrained[f"encoder.{key}"])
+
+
+def test_predictions_cover_validation_and_test_sinuses(trained_fold):
+    ctx, predictions = trained_fold
+    for method, path in predictions.items():
+        rows = stages.read_predictions(path)
+        by_split = {s: {r["sample_id"] for r in rows if r["split"] == s} for s in ("val", "test")}
+        assert by_split["val"] == {ctx.dataset.manifest[i].sample_id for i in ctx.indices("val")}
+        assert by_split["test"] == {ctx.dataset.manifest[i].sample_id for i in ctx.indices("test")}
+        assert all(0.0 <= r["p_anomalous"] <= 1.0 for r in rows)
+
+
+def test_finished_stages_are_skipped(trained_fold):
+    ctx, predictions = trained_fold
+    before = {p: p.stat().st_mtime_ns for p in (ctx.fold_dir / "cae" / "best.pt", predictions["none"])}
+    stages.train_cae(ctx)
+    stages.finetune(ctx, "none", 50)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_class_weights_balance_the_classes():
+    weights = stages.class_weights(np.array([0, 0, 0, 1]))
+    assert torch.allclose(weights, torch.tensor([4 / 6, 4 / 2]))
+    assert float((weights * torch.tensor([3.0, 1.0])).sum()) == pytest.approx(4.0)
