@@ -14,6 +14,12 @@ COMMANDS = {
     "synth": "Make a synthetic cohort of head MRIs with known sinus lesions.",
     "extract": "Locate both maxillary sinuses in a head MRI and write 64 mm crops.",
     "prepare": "Extract every scan of a cohort, cache the crops and build patient-level splits.",
+    "train-cae": "Train the fold's convolutional autoencoder on its normal training sinuses.",
+    "residuals": "Compute the CAE residual targets of every crop for a fold.",
+    "pretrain": "Residual-reconstruction pretraining of the 3D ResNet18 U-Net for a fold.",
+    "finetune": "Fine-tune the classifier with a label fraction, with or without pretraining.",
+    "evaluate": "Metrics, intervals, ROC/PR plots and report of a run's fine-tuned classifiers.",
+    "run": "Run every stage for the configured folds, methods and label fractions, then evaluate.",
     "demo": "Run the pipeline on a small synthetic cohort (the README's main command).",
 }
 
@@ -27,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, summary in COMMANDS.items():
-        module = importlib.import_module(f"SinusAnomalyTraining.commands.{name}")
+        module = importlib.import_module(f"SinusAnomalyTraining.commands.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=summary, description=(module.__doc__ or summary).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)

@@ -73,7 +73,9 @@ def load_config(name_or_path: str | Path) -> dict:
     paper_path = CONFIG_DIR / "paper.json"
     base = _read(paper_path)
     path = CONFIG_DIR / f"{name_or_path}.json" if str(name_or_path) in BUILTIN else Path(name_or_path)
-    config = _merge(base, _read(path), "", path) if path != paper_path else base
+    override = _read(path)
+    override.pop("source", None)  # written into a run's saved config.json, not a setting
+    config = _merge(base, override, "", path) if path != paper_path else base
     _validate(config, path)
     config["source"] = str(path)
     return config

@@ -105,3 +105,32 @@ def test_class_weights_balance_the_classes():
     weights = stages.class_weights(np.array([0, 0, 0, 1]))
     assert torch.allclose(weights, torch.tensor([4 / 6, 4 / 2]))
     assert float((weights * torch.tensor([3.0, 1.0])).sum()) == pytest.approx(4.0)
+
+
+def test_run_command_runs_every_stage_evaluates_and_resumes(tiny_dataset, tmp_path, capsys):
+    from SinusAnomalyTraining.cli import main
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({k: v for k, v in TINY_CONFIG.items()}))
+    run = tmp_path / "run"
+    args = ["run", "--config", str(config), "--dataset", str(tiny_dataset), "--run", str(run), "--no-progress"]
+    assert main(args) == 0
+    report = (run / "evaluation" / "report.md").read_text()
+    for method in ("none", "residual"):
+        for fraction in (50, 100):
+            assert f"| {method} | {fraction} % |" in report
+            assert (run / "evaluation" / f"{method}_frac{fraction}" / "metrics.json").is_file()
+    assert (run / "evaluation" / "roc_pr_frac50.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = (run / "evaluation" / "results.csv").read_text().splitlines()
+    assert len(results) == 1 + 4
+    stamp = (run / "fold0" / "pretrain" / "best.pt").stat().st_mtime_ns
+    assert main(args) == 0  # everything finished: skipped, same files
+    assert (run / "fold0" / "pretrain" / "best.pt").stat().st_mtime_ns == stamp
+
+
+def test_stage_command_without_its_input_fails_clearly(tiny_dataset, tmp_path, capsys):
+    from SinusAnomalyTraining.cli import main
+
+    code = main(["pretrain", "--config", "demo", "--dataset", str(tiny_dataset), "--run", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2
+    assert "run the 'residuals' stage" in capsys.readouterr().err

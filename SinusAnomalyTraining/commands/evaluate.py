@@ -1,0 +1,21 @@
+"""Evaluate a run: AUROC, AUPRC and F1 on the held-out test set per fold and label fraction.
+
+F1 at the threshold maximising F1 on the fold's validation set and at 0.5; means with 95 %
+intervals over folds; a patient-level bootstrap interval on the pooled predictions; ROC and PR
+curves as PNG; RUN/evaluation/{report.md,results.csv,<method>_frac<p>/metrics.{json,csv}}.
+"""
+from __future__ import annotations
+
+from .. import pipeline
+from ._training import add_run_arguments, setup
+
+
+def add_arguments(parser) -> None:
+    add_run_arguments(parser, fold=False)
+
+
+def run(args) -> int:
+    config, dataset, _ = setup(args)
+    pipeline.evaluate_run(config, dataset, args.run)
+    print((args.run / "evaluation" / "report.md").read_text())
+    return 0

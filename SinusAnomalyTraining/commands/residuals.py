@@ -1,0 +1,20 @@
+"""Compute the residual targets |x - CAE(x)| of every crop with the fold's CAE.
+
+Each map is rescaled by its 1st/99th percentiles to [0, 1] and median filtered; the cache
+RUN/fold<k>/residuals/ records the CAE checkpoint's checksum and the sample id of every map, so
+pretraining refuses residuals of another CAE and pairs images and residuals by identity.
+"""
+from __future__ import annotations
+
+from .. import stages
+from ._training import add_run_arguments, fold_context
+
+
+def add_arguments(parser) -> None:
+    add_run_arguments(parser)
+
+
+def run(args) -> int:
+    path = stages.compute_residuals(fold_context(args))
+    print(f"residuals: {path}")
+    return 0

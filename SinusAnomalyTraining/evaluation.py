@@ -1,0 +1,616 @@
+"""Evaluation of normal (0) vs anomalous (1) sinus classification: metrics, thresholds, CIs, files, plots.
+
+Conventions used throughout this module
+---------------------------------------
+* ``y_true``: 1-D array of shape ``(n,)`` with labels 0 (normal) / 1 (anomalous); bools are accepted.
+* ``p`` / ``p_anomalous``: 1-D array of shape ``(n,)`` with the model's score for class 1 (normally
+  the softmax probability of "anomalous"; any finite monotone score works for AUROC / AUPRC).
+  Pass ``probs[:, 1]``, not the whole ``(n, 2)`` softmax output.
+* A sample is predicted anomalous when ``p >= threshold`` (the convention of the precision-recall
+  curve, so a threshold taken from that curve means the same thing here).
+* Undefined values are ``float('nan')``, never an exception, so a grid of runs does not stop on a
+  tiny fold. ``binary_metrics`` says why in ``notes`` and sets ``single_class``. Summaries
+  (:func:`mean_ci`, :func:`summarize_folds`) leave NaN values out and report how many they used.
+* Metric values are Python ``float``; counts are Python ``int``. :func:`summarize_folds` relies on
+  this: it summarises the float-valued entries of the per-fold dicts and leaves ints (counts),
+  bools (flags) and strings alone.
+
+The paper (Bhattacharya et al.) reports, per method and training fraction, the mean and 95 %
+confidence interval over the five cross-validation folds of AUROC, AUPRC and F1 on the test folds,
+with the F1 threshold chosen on the validation set. :func:`evaluate_fold` +
+:func:`summarize_folds` give exactly those numbers; :func:`bootstrap_ci` adds a CI on the pooled
+out-of-fold predictions, resampling patients (``groups``) since a patient's two sinuses are
+correlated.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from SinusAnomalyLib.fileio import atomic_path, write_json_atomic, write_text_atomic
+
+__all__ = [
+    "THRESHOLD_METRICS",
+    "binary_metrics",
+    "best_f1_threshold",
+    "evaluate_fold",
+    "mean_ci",
+    "bootstrap_ci",
+    "pooled_bootstrap",
+    "summarize_folds",
+    "write_metrics",
+    "plot_roc_pr",
+]
+
+#: Metrics of :func:`binary_metrics` that depend on the decision threshold.
+THRESHOLD_METRICS = ("f1", "precision", "recall", "specificity", "accuracy")
+_RANKING_METRICS = ("auroc", "auprc")
+_NAN = float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# input checking
+# --------------------------------------------------------------------------------------------
+def _as_labels(y_true, name: str = "y_true") -> np.ndarray:
+    y = np.asarray(y_true)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (n,), got shape {y.shape}")
+    if y.size == 0:
+        raise ValueError(f"{name} is empty")
+    if y.dtype == bool:
+        return y.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{name} must be numeric 0/1 labels, got dtype {y.dtype}")
+    bad = ~np.isin(y, (0, 1))
+    if bad.any():
+        raise ValueError(f"{name} must contain only 0 (normal) and 1 (anomalous); found {np.unique(y[bad])[:5]}")
+    return y.astype(np.int64)
+
+
+def _as_scores(p, n: int, name: str = "p_anomalous") -> np.ndarray:
+    s = np.asarray(p, dtype=np.float64)
+    if s.ndim == 2 and s.shape[1] == 2:
+        raise ValueError(f"{name} has shape {s.shape}: pass the anomalous-class column, e.g. probs[:, 1]")
+    if s.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (n,), got shape {s.shape}")
+    if s.shape[0] != n:
+        raise ValueError(f"{name} has {s.shape[0]} values but the labels have {n}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return s
+
+
+def _check_pair(y_true, p) -> tuple[np.ndarray, np.ndarray]:
+    y = _as_labels(y_true)
+    return y, _as_scores(p, y.shape[0])
+
+
+def _ratio(num: int, den: int) -> float:
+    return float(num) / float(den) if den > 0 else _NAN
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------
+def binary_metrics(y_true, p_anomalous, threshold: float = 0.5) -> dict:
+    """Classification metrics of one set of predictions.
+
+    Args:
+        y_true: ``(n,)`` labels, 0 normal / 1 anomalous.
+        p_anomalous: ``(n,)`` scores for "anomalous"; predicted anomalous iff ``p >= threshold``.
+        threshold: decision threshold for the threshold-dependent metrics.
+
+    Returns:
+        dict with floats ``auroc``, ``auprc`` (average precision, scikit-learn's step-wise
+        estimate), ``f1``, ``precision``, ``recall`` (sensitivity), ``specificity``, ``accuracy``,
+        ``threshold``; ints ``n``, ``n_positive``, ``n_negative``, ``tp``, ``fp``, ``tn``, ``fn``;
+        bool ``single_class``; list of str ``notes``.
+
+    Undefined values (no exception):
+        * one class only in ``y_true``: ``auroc`` and ``auprc`` are NaN, ``single_class`` is True
+          and ``notes`` says so; ``recall`` (no positives) or ``specificity`` (no negatives) is NaN.
+        * ``precision`` is 0.0 when nothing is predicted anomalous (scikit-learn's
+          ``zero_division=0``; conservative when averaged over folds).
+        * ``f1 = 2tp / (2tp + fp + fn)``, NaN only when that denominator is 0 (no anomalous labels
+          and none predicted).
+
+    Raises:
+        ValueError: empty or mismatched inputs, labels other than 0/1, non-finite scores or threshold.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: PLC0415
+
+    y, s = _check_pair(y_true, p_anomalous)
+    threshold = float(threshold)
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    pred = s >= threshold
+    pos = y == 1
+    tp = int(np.sum(pred & pos))
+    fp = int(np.sum(pred & ~pos))
+    fn = int(np.sum(~pred & pos))
+    tn = int(np.sum(~pred & ~pos))
+    n_pos, n_neg = tp + fn, tn + fp
+    notes: list[str] = []
+    single = n_pos == 0 or n_neg == 0
+    if single:
+        only = "anomalous (1)" if n_neg == 0 else "normal (0)"
+        notes.append(f"y_true has only {only} samples (n={y.size}): AUROC and AUPRC are undefined (NaN)")
+        auroc = auprc = _NAN
+    else:
+        auroc = float(roc_auc_score(y, s))
+        auprc = float(average_precision_score(y, s))
+    return {
+        "auroc": auroc,
+        "auprc": auprc,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "precision": float(tp) / (tp + fp) if tp + fp > 0 else 0.0,
+        "recall": _ratio(tp, n_pos),
+        "specificity": _ratio(tn, n_neg),
+        "accuracy": _ratio(tp + tn, y.size),
+        "threshold": threshold,
+        "n": int(y.size),
+        "n_positive": n_pos,
+        "n_negative": n_neg,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "single_class": bool(single),
+        "notes": notes,
+    }
+
+
+def best_f1_threshold(y_true, p) -> float:
+    """Threshold that maximises F1 on ``(y_true, p)`` (meant for the validation fold).
+
+    Candidate thresholds are the points of the precision-recall curve (the distinct scores; a
+    sample is positive iff ``p >= t``). Among candidates with equal, maximal F1 the lowest one is
+    taken (the one with the higher recall, the safer side for anomaly screening). Any threshold in
+    the gap between that score and the next lower score gives the same validation predictions;
+    the midpoint of the gap is returned, which keeps the largest margin to the validation scores
+    on either side (the PR-curve point itself sits on a validation score, so test scores a hair
+    below it would flip). When the optimum predicts every sample anomalous, there is no lower
+    score and the lowest score itself is returned.
+
+    Args:
+        y_true: ``(n,)`` labels 0/1.
+        p: ``(n,)`` scores for "anomalous".
+
+    Returns:
+        the threshold, a float; validation F1 at it equals the maximum over the PR curve.
+
+    Raises:
+        ValueError: no anomalous sample in ``y_true`` (F1 is 0 or undefined at every threshold),
+            or invalid inputs. :func:`evaluate_fold` catches this and falls back to 0.5.
+    """
+    from sklearn.metrics import precision_recall_curve  # noqa: PLC0415
+
+    y, s = _check_pair(y_true, p)
+    if not np.any(y == 1):
+        raise ValueError("best_f1_threshold needs at least one anomalous (1) sample; F1 is undefined otherwise")
+    precision, recall, thresholds = precision_recall_curve(y, s)
+    precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    best = f1.max()
+    ties = np.flatnonzero(f1 >= best - 1e-12)
+    t_star = float(np.min(thresholds[ties]))
+    below = s[s < t_star]
+    if below.size == 0:
+        return t_star
+    return float((t_star + below.max()) / 2.0)
+
+
+def evaluate_fold(y_val, p_val, y_test, p_test) -> dict:
+    """Test-set metrics of one cross-validation fold, with the F1 threshold chosen on validation.
+
+    Args:
+        y_val, p_val: ``(n_val,)`` validation labels and anomalous-class scores (threshold choice).
+        y_test, p_test: ``(n_test,)`` test labels and scores (all reported metrics).
+
+    Returns:
+        flat dict:
+        * ``auroc``, ``auprc``: test, threshold-free.
+        * ``threshold``: :func:`best_f1_threshold` on validation; 0.5 when validation has no
+          anomalous sample (``threshold_source`` is then ``"fallback_0.5"`` instead of
+          ``"validation_f1"`` and ``notes`` says so).
+        * ``f1_at_val_threshold``, ``precision_at_val_threshold``, ``recall_at_val_threshold``,
+          ``specificity_at_val_threshold``, ``accuracy_at_val_threshold``: test metrics at
+          ``threshold`` (the paper's F1); the same five with suffix ``_at_0.5`` at 0.5.
+        * ``val_auroc``, ``val_auprc``, ``val_f1_at_threshold``: validation metrics, for reference.
+        * ints ``n_val``, ``n_val_positive``, ``n_test``, ``n_test_positive`` and ``tp``, ``fp``,
+          ``tn``, ``fn`` (test, at ``threshold``); bool ``single_class`` (test); list ``notes``.
+    """
+    notes: list[str] = []
+    try:
+        threshold = best_f1_threshold(y_val, p_val)
+        source = "validation_f1"
+    except ValueError as exc:
+        _check_pair(y_val, p_val)  # re-raise real input errors; only "no anomalous sample" falls back
+        threshold, source = 0.5, "fallback_0.5"
+        notes.append(f"validation: {exc}; threshold 0.5 used")
+    val = binary_metrics(y_val, p_val, threshold)
+    at_val = binary_metrics(y_test, p_test, threshold)
+    at_half = binary_metrics(y_test, p_test, 0.5)
+    notes += [f"validation: {n}" for n in val["notes"]] + [f"test: {n}" for n in at_val["notes"]]
+    out: dict = {
+        "auroc": at_val["auroc"],
+        "auprc": at_val["auprc"],
+        "threshold": float(threshold),
+        "threshold_source": source,
+    }
+    for key in THRESHOLD_METRICS:
+        out[f"{key}_at_val_threshold"] = at_val[key]
+    for key in THRESHOLD_METRICS:
+        out[f"{key}_at_0.5"] = at_half[key]
+    out.update(
+        val_auroc=val["auroc"],
+        val_auprc=val["auprc"],
+        val_f1_at_threshold=val["f1"],
+        n_val=val["n"],
+        n_val_positive=val["n_positive"],
+        n_test=at_val["n"],
+        n_test_positive=at_val["n_positive"],
+        tp=at_val["tp"],
+        fp=at_val["fp"],
+        tn=at_val["tn"],
+        fn=at_val["fn"],
+        single_class=at_val["single_class"],
+        notes=notes,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# confidence intervals
+# --------------------------------------------------------------------------------------------
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval of per-fold values (the paper's "mean (95 % CI)").
+
+    ``half = t_{(1+confidence)/2, n-1} * sd / sqrt(n)`` with the sample standard deviation
+    (``ddof=1``); the interval is ``(mean - half, mean + half)``, not clipped to [0, 1].
+
+    Args:
+        values: sequence of numbers (one per fold). NaN values are left out (``n`` counts the rest).
+        confidence: two-sided coverage, in (0, 1).
+
+    Returns:
+        ``(mean, low, high)`` as floats. With one usable value the interval is undefined:
+        ``(value, nan, nan)``. With none: ``(nan, nan, nan)``.
+    """
+    from scipy import stats  # noqa: PLC0415
+
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return _NAN, _NAN, _NAN
+    mean = float(v.mean())
+    if v.size == 1:
+        return mean, _NAN, _NAN
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return mean, mean - half, mean + half
+
+
+def _metric_function(metric: str | Callable, threshold: float) -> Callable[[np.ndarray, np.ndarray], float]:
+    if callable(metric):
+        return metric
+    from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: PLC0415
+
+    if metric == "auroc":
+        return lambda y, s: float(roc_auc_score(y, s))
+    if metric == "auprc":
+        return lambda y, s: float(average_precision_score(y, s))
+    if metric in THRESHOLD_METRICS:
+        return lambda y, s: binary_metrics(y, s, threshold)[metric]
+    raise ValueError(f"unknown metric {metric!r}: use a callable(y_true, p) or one of {_RANKING_METRICS + THRESHOLD_METRICS}")
+
+
+def bootstrap_ci(
+    y_true,
+    p,
+    metric: str | Callable[[np.ndarray, np.ndarray], float],
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    groups=None,
+    threshold: float = 0.5,
+) -> tuple[float, float, float]:
+    """Percentile-bootstrap confidence interval of a metric on pooled predictions.
+
+    Args:
+        y_true: ``(n,)`` labels 0/1 (e.g. the out-of-fold test predictions of all folds).
+        p: ``(n,)`` anomalous-class scores.
+        metric: ``callable(y_true, p) -> float`` or a name: ``"auroc"``, ``"auprc"`` or one of
+            :data:`THRESHOLD_METRICS` (evaluated at ``threshold``).
+        n_boot: number of bootstrap replicates drawn.
+        seed: seed of ``numpy.random.default_rng``; same inputs and seed give the same interval.
+        confidence: two-sided coverage; the bounds are the ``(1 -+ confidence) / 2`` quantiles of
+            the replicate values.
+        groups: optional ``(n,)`` patient ids. Given, each replicate draws patients with
+            replacement (as many as there are patients) and takes all sinuses of each drawn
+            patient, so the correlation of a patient's two sinuses widens the interval as it should.
+            Without it, sinuses are drawn independently.
+        threshold: decision threshold for named threshold metrics.
+
+    Returns:
+        ``(estimate, low, high)``: ``estimate`` is the metric on the full data. Replicates with one
+        class only, or whose metric is NaN, are skipped (not redrawn). When the full data has one
+        class only, or every replicate was skipped, the undefined parts are NaN.
+    """
+    y, s = _check_pair(y_true, p)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    fn = _metric_function(metric, threshold)
+    both = lambda yy: 0 < int(yy.sum()) < yy.size  # noqa: E731
+    estimate = float(fn(y, s)) if both(y) else _NAN
+    if not both(y):
+        return estimate, _NAN, _NAN
+
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        g = np.asarray(groups)
+        if g.shape != y.shape:
+            raise ValueError(f"groups must have shape {y.shape}, got {g.shape}")
+        _, inverse = np.unique(g, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.r_[0, np.cumsum(np.bincount(inverse))]
+        members = [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+        def draw() -> np.ndarray:
+            picks = rng.integers(0, len(members), size=len(members))
+            return np.concatenate([members[i] for i in picks])
+    else:
+
+        def draw() -> np.ndarray:
+            return rng.integers(0, y.size, size=y.size)
+
+    reps = []
+    for _ in range(int(n_boot)):
+        idx = draw()
+        yb = y[idx]
+        if not both(yb):
+            continue
+        value = float(fn(yb, s[idx]))
+        if not math.isnan(value):
+            reps.append(value)
+    if not reps:
+        return estimate, _NAN, _NAN
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(np.asarray(reps), [alpha, 1.0 - alpha])
+    return estimate, float(low), float(high)
+
+
+def pooled_bootstrap(
+    y_true,
+    p,
+    groups=None,
+    metrics: Sequence[str] = ("auroc", "auprc", "f1"),
+    threshold: float = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """:func:`bootstrap_ci` for several named metrics: ``{metric: {"estimate", "low", "high"}}``.
+
+    Every metric uses the same seed, hence the same replicates. The result is the ``pooled``
+    argument of :func:`write_metrics`.
+    """
+    out = {}
+    for name in metrics:
+        est, low, high = bootstrap_ci(y_true, p, name, n_boot=n_boot, seed=seed, confidence=confidence,
+                                      groups=groups, threshold=threshold)
+        out[name] = {"estimate": est, "low": low, "high": high}
+    return out
+
+
+def _is_metric_value(v) -> bool:
+    return isinstance(v, (float, np.floating)) and not isinstance(v, bool)
+
+
+def summarize_folds(fold_results: list[dict], confidence: float = 0.95, keys: Sequence[str] | None = None) -> dict:
+    """Mean and Student-t CI over folds of every metric in the per-fold dicts.
+
+    Args:
+        fold_results: one dict per fold, e.g. from :func:`evaluate_fold`.
+        confidence: passed to :func:`mean_ci`.
+        keys: metrics to summarise; default: every key whose value is a float in at least one fold
+            (ints are counts, bools flags, strings and lists notes), in order of first appearance.
+
+    Returns:
+        ``{metric: {"mean", "low", "high", "n", "n_missing"}}``; ``n`` is the number of folds that
+        gave a number, ``n_missing`` those that gave NaN or lack the key.
+    """
+    if keys is None:
+        seen: dict[str, None] = {}
+        for res in fold_results:
+            for k, v in res.items():
+                if _is_metric_value(v):
+                    seen.setdefault(k, None)
+        keys = list(seen)
+    summary = {}
+    for k in keys:
+        vals = [float(r[k]) if k in r and r[k] is not None else _NAN for r in fold_results]
+        mean, low, high = mean_ci(vals, confidence)
+        n = int(np.sum(~np.isnan(np.asarray(vals, dtype=np.float64)))) if vals else 0
+        summary[k] = {"mean": mean, "low": low, "high": high, "n": n, "n_missing": len(vals) - n}
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------
+def _jsonable(obj):
+    """NaN / inf -> None (JSON has no NaN), numpy scalars and arrays -> Python, keys -> str."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def _csv_cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)):
+        return "; ".join(str(x) for x in v)
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return "" if math.isnan(f) else repr(f)
+    return str(v)
+
+
+def _pooled_triplet(v) -> tuple:
+    if isinstance(v, Mapping):
+        return v.get("estimate", v.get("mean")), v.get("low"), v.get("high")
+    if isinstance(v, (list, tuple)) and len(v) == 3:
+        return tuple(v)
+    return v, None, None
+
+
+def write_metrics(out_dir: str | Path, per_fold: list[dict], summary: dict, pooled: dict | None = None) -> tuple[Path, Path]:
+    """Write ``metrics.json`` and ``metrics.csv`` into ``out_dir``, each atomically.
+
+    Args:
+        out_dir: folder (created if missing).
+        per_fold: per-fold dicts (:func:`evaluate_fold`, optionally with a ``"fold"`` entry).
+        summary: :func:`summarize_folds` output, ``{metric: {"mean", "low", "high", ...}}``.
+        pooled: optional ``{metric: {"estimate", "low", "high"}}`` (:func:`pooled_bootstrap`);
+            ``(estimate, low, high)`` tuples or bare numbers are accepted too.
+
+    ``metrics.json``: ``{"per_fold": [...], "summary": {...}, "pooled": {...}}``, NaN written as
+    ``null``. ``metrics.csv``: first column ``row``, then every key of the per-fold dicts (in order
+    of first appearance) followed by any summary / pooled metric not among them; rows
+    ``fold_<i>`` (``i`` from the dict's ``"fold"`` or its position), then ``mean``, ``ci_low``,
+    ``ci_high``, then ``pooled``, ``pooled_ci_low``, ``pooled_ci_high`` when ``pooled`` is given.
+    Empty cells mean NaN / not applicable; list cells (notes) are joined with ``"; "``.
+
+    Returns:
+        ``(json_path, csv_path)``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pooled = dict(pooled or {})
+    json_path, csv_path = out_dir / "metrics.json", out_dir / "metrics.csv"
+    write_json_atomic(json_path, _jsonable({"per_fold": list(per_fold), "summary": summary, "pooled": pooled}))
+
+    columns: dict[str, None] = {}
+    for res in per_fold:
+        for k in res:
+            columns.setdefault(str(k), None)
+    for k in list(summary) + list(pooled):
+        columns.setdefault(str(k), None)
+    columns.pop("row", None)
+    header = ["row", *columns]
+
+    rows: list[dict] = []
+    for i, res in enumerate(per_fold):
+        label = f"fold_{res['fold']}" if "fold" in res else f"fold_{i}"
+        rows.append({"row": label, **{str(k): v for k, v in res.items()}})
+    for label, field in (("mean", "mean"), ("ci_low", "low"), ("ci_high", "high")):
+        rows.append({"row": label, **{str(k): st.get(field) for k, st in summary.items()}})
+    if pooled:
+        trip = {str(k): _pooled_triplet(v) for k, v in pooled.items()}
+        for j, label in enumerate(("pooled", "pooled_ci_low", "pooled_ci_high")):
+            rows.append({"row": label, **{k: t[j] for k, t in trip.items()}})
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(row.get(k)) for k in header})
+    write_text_atomic(csv_path, buf.getvalue())
+    return json_path, csv_path
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib  # noqa: PLC0415  (lazy: plotting is optional and slow to import)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def plot_roc_pr(curves: Mapping[str, tuple], path: str | Path, title: str = "") -> Path:
+    """ROC (left) and precision-recall (right) curves, one line per entry, saved as PNG atomically.
+
+    Args:
+        curves: ``{label: (y_true, p_anomalous)}`` with ``(n,)`` arrays each, e.g. one entry per
+            fold or per pre-training method. The legend shows AUROC / AUPRC per entry; entries with
+            one class only cannot be drawn and are listed as such in the legend.
+        path: output ``.png`` file (parent folders are created).
+        title: optional figure title.
+
+    Chance lines: the diagonal on the ROC panel; on the PR panel a horizontal line at the
+    prevalence of anomalous samples (of all entries pooled), the precision of a random classifier.
+
+    Returns:
+        ``Path(path)``.
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: PLC0415
+
+    plt = _pyplot()
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 5))
+    colours = plt.get_cmap("tab10")
+    n_pos = n_all = 0
+    for i, (label, (y_true, p)) in enumerate(curves.items()):
+        y, s = _check_pair(y_true, p)
+        colour = colours(i % 10)
+        if y.min() == y.max():
+            for ax in (ax_roc, ax_pr):
+                ax.plot([], [], color=colour, label=f"{label} (one class only, not drawn)")
+            continue
+        n_pos += int(y.sum())
+        n_all += y.size
+        m = binary_metrics(y, s)
+        fpr, tpr, _ = roc_curve(y, s)
+        ax_roc.plot(fpr, tpr, color=colour, lw=1.8, label=f"{label}: AUROC {m['auroc']:.3f}")
+        prec, rec, _ = precision_recall_curve(y, s)
+        ax_pr.plot(rec, prec, color=colour, lw=1.8, drawstyle="steps-post", label=f"{label}: AUPRC {m['auprc']:.3f}")
+    ax_roc.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance")
+    if n_all:
+        prevalence = n_pos / n_all
+        ax_pr.axhline(prevalence, color="grey", ls="--", lw=1, label=f"chance (prevalence {prevalence:.2f})")
+    ax_roc.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+               title="ROC", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall",
+              xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    for ax in (ax_roc, ax_pr):
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8, framealpha=0.9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return Path(path)
