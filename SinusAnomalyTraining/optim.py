@@ -2,7 +2,7 @@
 
 * :class:`LARS` — SGD with momentum and layer-wise adaptive rate scaling (You, Gitman & Ginsburg,
   2017), the optimiser the paper uses for pre-training. Parameter groups flagged
-  ``{"lars_exclude": True}`` (normalisation weights and biases, see :func:`lars_param_groups`) get
+  ``{"lars_exclude": True}`` (normalisation weights and biases, see :func:`SinusAnomalyLib.models.parameter_groups`) get
   plain momentum SGD: no weight decay and no trust-ratio scaling.
 * :func:`scaled_lr` — the linear learning-rate scaling rule (the paper: 0.2 at batch 256).
 * :class:`WarmupCosine` — linear warm-up then cosine decay, stepped once per optimisation step,
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["LARS", "lars_param_groups", "scaled_lr", "WarmupCosine"]
+__all__ = ["LARS", "scaled_lr", "WarmupCosine"]
 
 
 class LARS(torch.optim.Optimizer):
@@ -44,7 +44,7 @@ class LARS(torch.optim.Optimizer):
 
     For a group with ``lars_exclude=True`` both the weight decay and the trust ratio are skipped
     (``d = g``, ``r = 1``): plain momentum SGD. Use it for BatchNorm weights and all biases, whose
-    scale is not meaningful to decay or to normalise (:func:`lars_param_groups` builds the two
+    scale is not meaningful to decay or to normalise (:func:`SinusAnomalyLib.models.parameter_groups` builds the two
     groups).
 
     Args:
@@ -108,31 +108,6 @@ class LARS(torch.optim.Optimizer):
                     buf.mul_(momentum).add_(d)
                 p.add_(buf, alpha=-lr)
         return loss
-
-
-def lars_param_groups(model: nn.Module, weight_decay: float | None = None) -> list[dict]:
-    """Split ``model``'s trainable parameters into a LARS group and an excluded group.
-
-    Parameters with at most one dimension — every bias and the affine weights of BatchNorm /
-    GroupNorm / LayerNorm — go to a group flagged ``lars_exclude=True`` (no weight decay, no trust
-    ratio); the rest (convolution and linear weights) to a normal group. ``weight_decay``, when
-    given, is set on the normal group; otherwise the optimiser's default applies. Empty groups are
-    left out.
-    """
-    adapted, excluded = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (excluded if p.ndim <= 1 else adapted).append(p)
-    groups: list[dict] = []
-    if adapted:
-        group: dict = {"params": adapted, "lars_exclude": False}
-        if weight_decay is not None:
-            group["weight_decay"] = weight_decay
-        groups.append(group)
-    if excluded:
-        groups.append({"params": excluded, "lars_exclude": True, "weight_decay": 0.0})
-    return groups
 
 
 def scaled_lr(base_lr: float, batch_size: int, base_batch: int = 256) -> float:

@@ -30,13 +30,13 @@ from monai.networks.layers import median_filter
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
 from SinusAnomalyLib.fileio import atomic_path, write_json_atomic, write_text_atomic
-from SinusAnomalyLib.models import ConvAutoencoder, ResidualUNet, SinusClassifier
+from SinusAnomalyLib.models import ConvAutoencoder, ResidualUNet, SinusClassifier, parameter_groups
 from SinusAnomalyLib.splits import fraction_key
 
 from . import runtime
 from .data import SinusCrops, augmentation, make_loader, resize_crops
 from .engine import Checkpointer, fit, load_checkpoint
-from .optim import LARS, WarmupCosine, lars_param_groups, scaled_lr
+from .optim import LARS, WarmupCosine, scaled_lr
 
 DONE = "done.json"
 
@@ -278,7 +278,7 @@ def pretrain(ctx: FoldContext) -> Path:
     runtime.seed_everything(ctx.config["seed"])
     model = unet_model(ctx.config).to(ctx.device)
     lr = scaled_lr(float(cfg["base_lr"]), batch * runtime.world_size(), int(cfg["base_batch"]))
-    optimizer = LARS(lars_param_groups(model, float(cfg["weight_decay"])), lr=lr, momentum=float(cfg["momentum"]),
+    optimizer = LARS(parameter_groups(model, float(cfg["weight_decay"])), lr=lr, momentum=float(cfg["momentum"]),
                      weight_decay=float(cfg["weight_decay"]))
     scheduler = WarmupCosine.for_loader(optimizer, train_loader, int(cfg["epochs"]), float(cfg["warmup_epochs"]))
 
@@ -359,7 +359,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
         model.load_encoder(load_checkpoint(pretrained_path)["model"], prefix="encoder.")
     model = model.to(ctx.device)
     weights = class_weights(train_set.labels).to(ctx.device)
-    optimizer = torch.optim.AdamW(lars_param_groups(model, float(cfg["weight_decay"])), lr=float(cfg["lr"]))
+    optimizer = torch.optim.AdamW(parameter_groups(model, float(cfg["weight_decay"])), lr=float(cfg["lr"]))
 
     def ce_step(net, batch_, device):
         x = _image_batch(batch_, device)

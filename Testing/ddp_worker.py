@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from SinusAnomalyTraining import engine, runtime
-from SinusAnomalyTraining.optim import LARS, WarmupCosine, lars_param_groups
+from SinusAnomalyLib.models import parameter_groups
+from SinusAnomalyTraining.optim import LARS, WarmupCosine
 
 
 class Volumes(Dataset):
@@ -74,7 +75,7 @@ def main() -> int:
         sampler = runtime.distributed_sampler(ds, shuffle=True, seed=7)
         loader = DataLoader(ds, batch_size=4, sampler=sampler)
         val_loader = DataLoader(ds, batch_size=4, sampler=runtime.distributed_sampler(ds, shuffle=False))
-        opt = LARS(lars_param_groups(runtime.unwrap_model(model), 1e-4), lr=0.5, eta=0.02)
+        opt = LARS(parameter_groups(runtime.unwrap_model(model), 1e-4), lr=0.5, eta=0.02)
         sched = WarmupCosine.for_loader(opt, loader, epochs=2, warmup_epochs=1)
         ckpt = RecordingCheckpointer(run_dir)
         history = engine.fit(model, loader, val_loader, loss_step, 2, opt, sched, device, ckpt,

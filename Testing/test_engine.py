@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from SinusAnomalyLib.errors import SinusAnomalyError
 from SinusAnomalyTraining import engine, runtime
 from SinusAnomalyTraining.engine import CheckpointError, Checkpointer, fit, load_checkpoint
-from SinusAnomalyTraining.optim import LARS, WarmupCosine, lars_param_groups, scaled_lr
+from SinusAnomalyLib.models import parameter_groups
+from SinusAnomalyTraining.optim import LARS, WarmupCosine, scaled_lr
 
 HERE = Path(__file__).resolve().parent
 
@@ -79,7 +80,7 @@ def make_run(init_seed: int, num_workers: int = 0, epochs: int = 4):
                              generator=runtime.make_generator(123))
     train = DataLoader(ds, batch_size=6, shuffle=True, num_workers=num_workers, **loader_kwargs)
     val = DataLoader(AugmentedVolumes(12), batch_size=6, shuffle=False)
-    opt = LARS(lars_param_groups(model, weight_decay=1e-4), lr=scaled_lr(0.2, 6, base_batch=2), eta=0.02)
+    opt = LARS(parameter_groups(model, weight_decay=1e-4), lr=scaled_lr(0.2, 6, base_batch=2), eta=0.02)
     sched = WarmupCosine.for_loader(opt, train, epochs=epochs, warmup_epochs=1)
     return model, train, val, opt, sched
 
@@ -162,9 +163,9 @@ def test_lars_zero_weight_uses_unit_trust_ratio():
     assert torch.allclose(p.detach(), torch.tensor([-0.1, -0.2, -0.3]))
 
 
-def test_lars_param_groups_excludes_biases_and_norm_weights():
+def test_parameter_groups_feed_lars_exclusion():
     model = TinyNet()
-    groups = lars_param_groups(model, weight_decay=1e-4)
+    groups = parameter_groups(model, weight_decay=1e-4)
     adapted = {id(p) for p in groups[0]["params"]}
     excluded = {id(p) for p in groups[1]["params"]}
     assert groups[0]["lars_exclude"] is False and groups[0]["weight_decay"] == 1e-4
@@ -334,7 +335,7 @@ def test_checkpoint_rejects_foreign_files_by_name(tmp_path):
 
 def test_checkpoint_save_is_atomic_and_plain(tmp_path, monkeypatch):
     model = TinyNet()
-    opt = LARS(lars_param_groups(model), lr=0.1)
+    opt = LARS(parameter_groups(model, 0.0), lr=0.1)
     ck = Checkpointer(tmp_path)
     assert ck.save(1, model, opt, best_metric=0.5, is_best=True) == tmp_path / "last.pt"
     before = (tmp_path / "last.pt").read_bytes()
