@@ -1,0 +1,413 @@
+"""Synthetic cohort: head MRIs made from the reference head, with maxillary sinus lesions of known extent.
+
+Real clinical data are private, so this is the project's default data. Each head:
+
+1. Anatomy: the reference head at 1 mm with both maxillary sinus cavities (slightly dilated, as a
+   real adult sinus is larger than the blurred average template's) made into dark air, as on FLAIR.
+2. Lesions drawn into the cavities in reference space, bright tissue in dark air like the
+   paper's Figure 1b: mucosal thickening (a shell of random, uneven thickness along the wall),
+   polyps (rounded masses grown from the wall), retention cysts (smooth bright domes on the
+   floor) and fully occupied sinuses (the whole cavity filled, heterogeneous).
+3. Shape and pose: a smooth random displacement field over the head plus a local one around the
+   midface (a patient's face differs in shape from the reference), a global anisotropic scale,
+   a rotation about a random axis and a translation; resampled onto a grid of random spacing
+   (0.9-2 mm, anisotropic) and orientation (RAS-like, LPS-like or oblique).
+4. Intensity: a smooth multiplicative bias field, Rician noise, random gain and gamma.
+
+Ground truth: the lesion label map on the image's grid (1 = left lesion, 2 = right lesion) and the
+true sinus centres: centroids of the deformed, posed cavities in the image's world RAS mm.
+Everything is deterministic given the random generator; case ``i`` of a cohort with seed ``s``
+uses ``numpy.random.default_rng([s, i])`` and so does not depend on the cohort's size.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from .errors import SinusAnomalyError
+from .fileio import write_json_atomic, write_text_atomic
+from .geometry import lps_to_ras
+from .imageio import write_image
+from .reference import SIDES, ReferenceHead, load_reference
+
+ANOMALY_TYPES = ("mucosal_thickening", "polyp", "retention_cyst", "fully_occupied")
+LESION_LABELS = {"left": 1, "right": 2}
+ANATOMY_SPACING_MM = 1.0
+AIR_LEVEL = 4.0  # reference units (uint8 scale of the template)
+LESION_BOX_HALF_MM = 32  # lesions are drawn in a box of this half-size around each sinus
+
+
+@dataclass
+class SynthParams:
+    """Knobs of the synthetic heads (defaults: moderate variation, as in the demo cohort)."""
+
+    deformation_mm: float = 4.0  # amplitude of the smooth shape change (global and midface)
+    max_rotation_deg: float = 15.0
+    max_translation_mm: float = 20.0
+    spacing_range_mm: tuple = (0.9, 2.0)
+    anisotropic: bool = True
+    max_scale_change: float = 0.08  # global anisotropic scale within 1 +- this
+    noise_std: float = 0.03  # Rician noise, fraction of the bright-tissue intensity
+    bias_strength: float = 0.3  # bias field within about exp(+-this)
+    anomaly_rate: float = 0.55  # fraction of patients with at least one anomalous sinus
+
+
+@dataclass
+class SyntheticCase:
+    """One synthetic head and its ground truth."""
+
+    patient: str
+    image: sitk.Image  # float32
+    lesion_labels: sitk.Image  # uint8 on the image's grid: 1 left lesion, 2 right lesion
+    centers_ras: dict  # side -> np.ndarray (3,), world RAS mm of the image
+    anomalies: dict  # side -> anomaly type or None
+    pose: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- anatomy
+
+@functools.lru_cache(maxsize=2)
+def _anatomy(reference: ReferenceHead) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """(1 mm head with air-filled sinuses, cavity label array, head mask array); arrays are [x, y, z]."""
+    ref = reference.image
+    size = [int(round(s * sp / ANATOMY_SPACING_MM)) for s, sp in zip(ref.GetSize(), ref.GetSpacing())]
+    grid = sitk.Image(size, sitk.sitkFloat32)
+    grid.SetSpacing([ANATOMY_SPACING_MM] * 3)
+    grid.SetOrigin(ref.GetOrigin())
+    grid.SetDirection(ref.GetDirection())
+    head = sitk.Resample(ref, grid, sitk.Transform(), sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
+    labels = sitk.Resample(reference.sinus_labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    head_arr = np.clip(sitk.GetArrayFromImage(head).transpose(2, 1, 0), 0, None)
+    label_arr = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
+    cavity = np.zeros_like(label_arr)
+    for value in (1, 2):  # an adult sinus is larger than the blurred template's dark core
+        grown = ndi.binary_dilation(label_arr == value, ndi.generate_binary_structure(3, 1), iterations=3)
+        grown &= head_arr < 0.45 * np.percentile(head_arr[head_arr > 20], 60)  # stay out of bright tissue
+        grown = ndi.binary_closing(grown, iterations=2) | (label_arr == value)
+        cavity[grown & (cavity == 0)] = value
+    weight = ndi.gaussian_filter((cavity > 0).astype(np.float32), 0.8)
+    head_arr = head_arr * (1.0 - weight) + AIR_LEVEL * weight
+    air_head = sitk.GetImageFromArray(head_arr.transpose(2, 1, 0).astype(np.float32))
+    air_head.CopyInformation(grid)
+    head_mask = ndi.binary_fill_holes(ndi.binary_opening(head_arr > 20, iterations=2))
+    return air_head, cavity, head_mask
+
+
+def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
+    """Smooth noise in [-1, 1]-ish with correlation length ``sigma`` voxels."""
+    field_ = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return field_ / (np.abs(field_).max() + 1e-6)
+
+
+def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(lesion mask, lesion intensity map) inside the boolean ``cavity`` box (1 mm voxels, [x, y, z])."""
+    depth = ndi.distance_transform_edt(cavity)  # mm from the wall, inside the cavity
+    coords = np.indices(cavity.shape).astype(np.float32)
+    texture = 1.0 + 0.08 * _smooth_noise(rng, cavity.shape, 2.0)
+    if kind == "mucosal_thickening":
+        thickness = rng.uniform(2.0, 5.0) * (1.0 + 0.45 * _smooth_noise(rng, cavity.shape, 6.0))
+        lesion = cavity & (depth <= np.maximum(thickness, 1.0))
+        level = rng.uniform(150, 210)
+    elif kind == "polyp":
+        lesion = np.zeros_like(cavity)
+        wall = np.argwhere(cavity & (depth <= 1.5))
+        grad = np.stack(np.gradient(ndi.gaussian_filter(depth, 1.0)))
+        for _ in range(int(rng.integers(1, 4))):
+            anchor = wall[rng.integers(len(wall))]
+            inward = grad[(slice(None), *anchor)]
+            inward = inward / (np.linalg.norm(inward) + 1e-6)
+            radius = rng.uniform(4.0, 8.0)
+            centre = anchor + inward * radius * 0.7
+            radii = radius * rng.uniform(0.8, 1.2, 3)
+            lesion |= cavity & ((((coords - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) <= 1.0)
+        level = rng.uniform(140, 200)
+    elif kind == "retention_cyst":
+        floor = np.argwhere(cavity & (depth <= 1.5))
+        low = floor[floor[:, 2] <= np.percentile(floor[:, 2], 15)]
+        anchor = low[rng.integers(len(low))]
+        radius = rng.uniform(5.0, 12.0)
+        lesion = cavity & (((coords - anchor[:, None, None, None].astype(np.float32)) ** 2).sum(0) <= radius**2)
+        level = rng.uniform(190, 240)
+        texture = np.ones_like(texture)  # a cyst is homogeneous fluid
+    elif kind == "fully_occupied":
+        lesion = cavity.copy()
+        level = rng.uniform(120, 190)
+        texture = 1.0 + 0.2 * _smooth_noise(rng, cavity.shape, 3.0)
+    else:
+        raise SinusAnomalyError(f"unknown anomaly type '{kind}' (known: {', '.join(ANOMALY_TYPES)})")
+    return lesion, level * texture
+
+
+def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomalies: dict) -> tuple[sitk.Image, sitk.Image]:
+    """The 1 mm anatomy with lesions drawn in, and its lesion label image."""
+    head, cavity, _ = _anatomy(reference)
+    array = sitk.GetArrayFromImage(head).transpose(2, 1, 0).copy()
+    labels = np.zeros(array.shape, np.uint8)
+    for side in SIDES:
+        kind = anomalies.get(side)
+        if not kind:
+            continue
+        centre_idx = np.round(head.TransformPhysicalPointToContinuousIndex(reference.center_lps(side).tolist())).astype(int)
+        box = tuple(slice(max(c - LESION_BOX_HALF_MM, 0), c + LESION_BOX_HALF_MM) for c in centre_idx)
+        lesion, intensity = _draw_lesion(rng, cavity[box] == LESION_LABELS[side], kind)
+        soft = ndi.gaussian_filter(lesion.astype(np.float32), 0.6)  # partial-volume edge
+        array[box] = array[box] * (1.0 - soft) + intensity * soft
+        labels[box][lesion] = LESION_LABELS[side]
+    out = sitk.GetImageFromArray(array.transpose(2, 1, 0).astype(np.float32))
+    out.CopyInformation(head)
+    lab = sitk.GetImageFromArray(labels.transpose(2, 1, 0))
+    lab.CopyInformation(head)
+    return out, lab
+
+
+# --------------------------------------------------------------------------- shape and pose
+
+def _random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    axis = rng.standard_normal(3)
+    axis /= np.linalg.norm(axis)
+    angle = np.radians(rng.uniform(0.0, max_deg))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def _displacement(reference: ReferenceHead, rng: np.random.Generator, amplitude_mm: float) -> sitk.Transform:
+    """Smooth displacement field (reference space, 4 mm grid): global shape change + midface change."""
+    ref = reference.image
+    spacing = 4.0
+    size = [int(np.ceil(s * sp / spacing)) + 1 for s, sp in zip(ref.GetSize(), ref.GetSpacing())]
+    shape = tuple(size)
+    field_ = np.stack([_smooth_noise(rng, shape, 30.0 / spacing) for _ in range(3)], -1) * amplitude_mm
+    # the midface moves on its own: a smooth bump around the sinuses
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in size], indexing="ij"), -1).astype(np.float32)
+    origin = np.asarray(ref.GetOrigin())
+    direction = np.asarray(ref.GetDirection()).reshape(3, 3)
+    points = idx * spacing @ direction.T + origin
+    midface = np.diag([-1.0, -1.0, 1.0]) @ reference.midface_center_ras
+    window = np.exp(-((points - midface) ** 2).sum(-1) / (2 * 22.0**2))[..., None]
+    shift = rng.standard_normal(3)
+    shift *= amplitude_mm * rng.uniform(0.5, 1.0) / np.linalg.norm(shift)
+    field_ = field_ + window * shift
+    image = sitk.GetImageFromArray(field_.transpose(2, 1, 0, 3).astype(np.float64), isVector=True)
+    image.SetSpacing([spacing] * 3)
+    image.SetOrigin(ref.GetOrigin())
+    image.SetDirection(ref.GetDirection())
+    return sitk.DisplacementFieldTransform(image)
+
+
+def _output_grid(rng: np.random.Generator, params: SynthParams, head_points_lps: np.ndarray) -> sitk.Image:
+    """An empty image grid of random spacing and orientation covering ``head_points_lps``."""
+    lo, hi = params.spacing_range_mm
+    spacing = rng.uniform(lo, hi, 3) if params.anisotropic else np.full(3, rng.uniform(lo, hi))
+    choice = rng.integers(3)
+    if choice == 0:
+        direction = np.eye(3)  # LPS-like (DICOM)
+    elif choice == 1:
+        direction = np.diag([-1.0, -1.0, 1.0])  # RAS-like (NIfTI)
+    else:
+        direction = _random_rotation(rng, 30.0) @ np.diag([-1.0, -1.0, 1.0])  # oblique
+    local = head_points_lps @ direction  # coordinates along the grid's axes
+    start, stop = local.min(0) - 8.0, local.max(0) + 8.0
+    size = np.ceil((stop - start) / spacing).astype(int) + 1
+    grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetDirection(direction.ravel().tolist())
+    grid.SetOrigin((direction @ start).tolist())
+    return grid
+
+
+def _bias_field(rng: np.random.Generator, shape, strength: float) -> np.ndarray:
+    """exp of a random quadratic polynomial over the volume: a smooth intensity inhomogeneity."""
+    axes = [np.linspace(-1, 1, s, dtype=np.float32) for s in shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    terms = [x, y, z, x * y, x * z, y * z, x * x - 0.33, y * y - 0.33, z * z - 0.33]
+    coeff = rng.uniform(-1, 1, len(terms)) * strength / 2.0
+    return np.exp(sum(c * t for c, t in zip(coeff, terms)))
+
+
+def _weighted_centroid_ras(image: sitk.Image) -> np.ndarray:
+    arr = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
+    idx = np.argwhere(arr > 0)
+    weights = arr[arr > 0]
+    mean_idx = (idx * weights[:, None]).sum(0) / weights.sum()
+    return lps_to_ras(np.asarray(image.TransformContinuousIndexToPhysicalPoint(mean_idx.tolist())))
+
+
+def _true_centre(reference: ReferenceHead, side: str, pull: sitk.Transform, forward_guess_lps: np.ndarray) -> np.ndarray:
+    """Centroid (RAS mm) of the posed, deformed cavity, resampled on a 1 mm box around a guess."""
+    _, cavity, _ = _anatomy(reference)
+    head, _, _ = _anatomy(reference)
+    mask = sitk.GetImageFromArray((cavity == LESION_LABELS[side]).transpose(2, 1, 0).astype(np.float32))
+    mask.CopyInformation(head)
+    box = sitk.Image([72, 72, 72], sitk.sitkFloat32)
+    box.SetOrigin((forward_guess_lps - 35.5).tolist())
+    resampled = sitk.Resample(mask, box, pull, sitk.sitkLinear, 0.0)
+    if sitk.GetArrayViewFromImage(resampled).sum() < 100:
+        raise SinusAnomalyError(f"synthetic {side} sinus fell outside its truth box (deformation too strong?)")
+    return _weighted_centroid_ras(resampled)
+
+
+def random_anomalies(rng: np.random.Generator, anomaly_rate: float) -> dict:
+    """None, one or both sides anomalous; types equally likely."""
+    anomalies = {"left": None, "right": None}
+    if rng.random() < anomaly_rate:
+        sides = [SIDES[int(rng.integers(2))]] if rng.random() < 0.5 else list(SIDES)
+        for side in sides:
+            anomalies[side] = ANOMALY_TYPES[int(rng.integers(len(ANOMALY_TYPES)))]
+    return anomalies
+
+
+def make_case(patient: str, rng: np.random.Generator, params: SynthParams = SynthParams(), anomalies: dict | None = None,
+              reference: ReferenceHead | None = None) -> SyntheticCase:
+    """One synthetic head with ground truth (see the module docstring)."""
+    reference = reference or load_reference()
+    if anomalies is None:
+        anomalies = random_anomalies(rng, params.anomaly_rate)
+    anatomy, lesions = _lesioned_anatomy(reference, rng, anomalies)
+    _, _, head_mask = _anatomy(reference)
+
+    # pull transform: image point -> reference point = deformation(scale(rigid^-1(point)))
+    head_centre = np.asarray(anatomy.TransformContinuousIndexToPhysicalPoint((np.asarray(anatomy.GetSize()) - 1) / 2.0))
+    rotation = _random_rotation(rng, params.max_rotation_deg)
+    translation = rng.uniform(-1, 1, 3) * params.max_translation_mm
+    scale = 1.0 + rng.uniform(-params.max_scale_change, params.max_scale_change, 3)
+    inverse_pose = sitk.AffineTransform(3)
+    inverse_pose.SetCenter(head_centre.tolist())
+    inverse_pose.SetMatrix((np.diag(1.0 / scale) @ rotation.T).ravel().tolist())
+    inverse_pose.SetTranslation((-(rotation.T @ translation)).tolist())
+    deformation = _displacement(reference, rng, params.deformation_mm)
+    pull = sitk.CompositeTransform([deformation, inverse_pose])  # the last added is applied first
+
+    def forward(point_lps):  # reference -> image, ignoring the (small) deformation
+        return rotation @ (scale * (point_lps - head_centre)) + head_centre + translation
+
+    corners = np.argwhere(head_mask[::8, ::8, ::8]) * 8
+    head_points = np.array([anatomy.TransformIndexToPhysicalPoint([int(v) for v in c]) for c in corners])
+    grid = _output_grid(rng, params, np.array([forward(p) for p in head_points]))
+    image = sitk.Resample(anatomy, grid, pull, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    lesion_labels = sitk.Resample(lesions, grid, pull, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    centers = {side: _true_centre(reference, side, pull, forward(reference.center_lps(side))) for side in SIDES}
+
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    array *= _bias_field(rng, array.shape, params.bias_strength)
+    bright = float(np.percentile(array[array > 20], 95)) if (array > 20).any() else 1.0
+    sigma = params.noise_std * bright
+    array = np.sqrt((array + rng.normal(0, sigma, array.shape)) ** 2 + rng.normal(0, sigma, array.shape) ** 2)  # Rician
+    gamma = rng.uniform(0.85, 1.2)
+    gain = rng.uniform(2.0, 8.0)
+    array = (gain * bright * (array / bright) ** gamma).astype(np.float32)
+    out = sitk.GetImageFromArray(array.transpose(2, 1, 0))
+    out.CopyInformation(grid)
+    pose = {
+        "rotation_deg": round(float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1)))), 2),
+        "translation_mm": [round(float(v), 2) for v in translation],
+        "scale": [round(float(v), 4) for v in scale],
+        "spacing_mm": [round(float(v), 3) for v in grid.GetSpacing()],
+        "direction": [round(float(v), 4) for v in grid.GetDirection()],
+        "deformation_mm": params.deformation_mm,
+    }
+    return SyntheticCase(patient, out, lesion_labels, centers, dict(anomalies), pose)
+
+
+# --------------------------------------------------------------------------- cohort
+
+def _suffix(index: int) -> str:
+    """Mostly NIfTI; some NRRD and MetaImage so every reader gets exercised."""
+    if index % 7 == 3:
+        return ".nrrd"
+    if index % 11 == 5:
+        return ".mha"
+    return ".nii.gz"
+
+
+def save_preview(case: SyntheticCase, path: Path) -> Path:
+    """Axial, coronal and sagittal slices through each sinus centre with the lesion outline (PNG)."""
+    import matplotlib  # noqa: PLC0415  (plotting only here)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from .fileio import atomic_path  # noqa: PLC0415
+
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6))
+    for row, side in enumerate(SIDES):
+        box = sitk.Image([64, 64, 64], sitk.sitkFloat32)  # world-aligned RAS view around the true centre
+        box.SetDirection(np.diag([-1.0, -1.0, 1.0]).ravel().tolist())
+        centre_lps = np.diag([-1.0, -1.0, 1.0]) @ case.centers_ras[side]
+        box.SetOrigin((centre_lps - np.diag([-1.0, -1.0, 1.0]) @ np.full(3, 31.5)).tolist())
+        view = sitk.GetArrayFromImage(sitk.Resample(case.image, box, sitk.Transform(), sitk.sitkLinear, 0.0)).transpose(2, 1, 0)
+        mask = sitk.GetArrayFromImage(sitk.Resample(case.lesion_labels, box, sitk.Transform(), sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0)
+        vmax = np.percentile(view, 99.5)
+        for col, (name, take) in enumerate((("axial", lambda a: a[:, :, 32].T), ("coronal", lambda a: a[:, 32, :].T),
+                                            ("sagittal", lambda a: a[32, :, :].T))):
+            ax = axes[row, col]
+            ax.imshow(take(view), cmap="gray", origin="lower", vmin=0, vmax=vmax)
+            if (take(mask) > 0).any():
+                ax.contour(take(mask) > 0, levels=[0.5], colors="r", linewidths=0.8)
+            ax.set_title(f"{side}: {case.anomalies[side] or 'normal'} ({name})", fontsize=8)
+            ax.axis("off")
+    fig.suptitle(f"{case.patient} (true centres; red: lesion mask)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return path
+
+
+def generate_cohort(out_dir: str | Path, n_cases: int, seed: int, params: SynthParams = SynthParams(), progress: bool = True,
+                    previews: int = 4) -> Path:
+    """Write a cohort of ``n_cases`` heads (see README: images/, masks/, labels.csv, truth.json, previews/).
+
+    Resumable: a case whose image, mask and truth entry exist is not made again; ``labels.csv``
+    and ``truth.json`` are rewritten (atomically) after every case.
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    if n_cases < 1:
+        raise SinusAnomalyError(f"--cases must be at least 1 (got {n_cases})")
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    truth_path = out_dir / "truth.json"
+    truth = json.loads(truth_path.read_text()) if truth_path.is_file() else {}
+    reference = load_reference()
+    shown = sum(1 for p in (out_dir / "previews").glob("*.png")) if (out_dir / "previews").is_dir() else 0
+    for index in tqdm(range(n_cases), desc="synthetic heads", unit="head", disable=not progress):
+        patient = f"synth-{index:04d}"
+        image_name = f"{patient}{_suffix(index)}"
+        mask_name = f"{patient}_lesions.nii.gz"
+        if patient in truth and (out_dir / "images" / image_name).is_file() and (out_dir / "masks" / mask_name).is_file():
+            continue
+        case = make_case(patient, np.random.default_rng([seed, index]), params, reference=reference)
+        write_image(case.image, out_dir / "images" / image_name)
+        write_image(case.lesion_labels, out_dir / "masks" / mask_name)
+        truth[patient] = {
+            "image": f"images/{image_name}",
+            "lesion_mask": f"masks/{mask_name}",
+            **{side: {"center_ras_mm": [round(float(v), 3) for v in case.centers_ras[side]], "anomaly": case.anomalies[side]}
+               for side in SIDES},
+            "pose": case.pose,
+        }
+        write_json_atomic(truth_path, {k: truth[k] for k in sorted(truth)})
+        if shown < previews and any(case.anomalies.values()):
+            save_preview(case, out_dir / "previews" / f"{patient}.png")
+            shown += 1
+    truth = {k: v for k, v in sorted(truth.items()) if int(k.split("-")[1]) < n_cases}
+    write_json_atomic(truth_path, truth)
+    write_json_atomic(out_dir / "synth.json", {"seed": seed, "cases": n_cases, "params": asdict(params)})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["patient", "side", "label", "anomaly_type", "image"])
+    for patient, entry in truth.items():
+        for side in SIDES:
+            kind = entry[side]["anomaly"]
+            writer.writerow([patient, side, int(kind is not None), kind or "normal", Path(entry["image"]).name])
+    write_text_atomic(out_dir / "labels.csv", buf.getvalue())
+    return out_dir
