@@ -6,6 +6,9 @@ float32 in SimpleITK's physical space (LPS millimetres).
 """
 from __future__ import annotations
 
+import gzip
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +59,47 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         raise ImageError(folder, f"DICOM series cannot be read (corrupt or truncated?): {_first_line(exc)}") from exc
 
 
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_problem(path: Path) -> str | None:
+    """Check a NIfTI file's voxel data against its header, as ITK does not.
+
+    ITK reads a truncated .nii/.nii.gz without complaint (the missing voxels become zeros) and
+    turns NaN voxels into zeros; both would silently corrupt the crops. Returns a description of
+    the problem, or None.
+    """
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"is truncated or corrupt ({exc})"
+    for endian in "<>":
+        if len(data) >= 4 and struct.unpack(endian + "i", data[:4])[0] in (348, 540):
+            break
+    else:
+        return None  # not a NIfTI header: let ITK's own error speak
+    if struct.unpack(endian + "i", data[:4])[0] == 348:
+        dims = struct.unpack(endian + "8h", data[40:56])
+        datatype, bitpix = struct.unpack(endian + "2h", data[70:74])
+        offset = int(struct.unpack(endian + "f", data[108:112])[0])
+    else:
+        datatype, bitpix = struct.unpack(endian + "2h", data[12:16])
+        dims = struct.unpack(endian + "8q", data[16:80])
+        offset = int(struct.unpack(endian + "q", data[168:176])[0])
+    n_voxels = int(np.prod([max(int(d), 1) for d in dims[1:dims[0] + 1]])) if 0 < dims[0] <= 7 else 0
+    expected = offset + n_voxels * bitpix // 8
+    if len(data) < expected:
+        return f"is truncated: the header describes {expected} bytes of image, the file holds {len(data)}"
+    if datatype in _NIFTI_FLOATS:
+        voxels = np.frombuffer(data, dtype=np.dtype(endian + _NIFTI_FLOATS[datatype]), count=n_voxels, offset=offset)
+        bad = int(voxels.size - np.isfinite(voxels).sum())
+        if bad:
+            return f"contains {bad} non-finite voxels (NaN or inf) of {voxels.size}"
+    return None
+
+
 def _read_raw(path: Path) -> sitk.Image:
     if not path.exists():
         raise ImageError(path, "does not exist")
@@ -63,6 +107,10 @@ def _read_raw(path: Path) -> sitk.Image:
         return _read_dicom_folder(path)
     if path.stat().st_size == 0:
         raise ImageError(path, "is an empty file")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        problem = _nifti_problem(path)
+        if problem:
+            raise ImageError(path, problem)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
