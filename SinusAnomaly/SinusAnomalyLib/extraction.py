@@ -77,6 +77,18 @@ def crop_affine_ras(crop: sitk.Image) -> np.ndarray:
     return affine
 
 
+def grid_from_affine_ras(affine_ras, size: int = CROP_SIZE) -> sitk.Image:
+    """Empty ``size``^3 image whose voxels sit where a crop with NIfTI affine ``affine_ras`` has them."""
+    affine = np.asarray(affine_ras, dtype=float)
+    linear = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]  # voxel -> LPS
+    spacing = np.linalg.norm(linear, axis=0)
+    grid = sitk.Image([int(size)] * 3, sitk.sitkFloat32)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetDirection((linear / spacing).ravel().tolist())
+    grid.SetOrigin((np.diag([-1.0, -1.0, 1.0]) @ affine[:3, 3]).tolist())
+    return grid
+
+
 def crop_grid(center_lps: np.ndarray, rotation_lps: np.ndarray) -> sitk.Image:
     """Empty 64^3 image of 1 mm voxels centred on ``center_lps`` with axes along the reference RAS axes.
 
