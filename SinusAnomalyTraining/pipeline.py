@@ -72,7 +72,8 @@ def _fmt(entry: dict) -> str:
     low, high = entry.get("low"), entry.get("high")
     if low is None or not np.isfinite(low) or low == high:
         return f"{entry['mean']:.2f}"
-    return f"{entry['mean']:.2f} ({low:.2f}-{high:.2f})"
+    # these metrics live in [0, 1]; a t interval over few folds can reach past either end
+    return f"{entry['mean']:.2f} ({max(low, 0.0):.2f}-{min(high, 1.0):.2f})"
 
 
 def evaluate_run(config: dict, dataset: PreparedDataset, run_dir: str | Path) -> dict:
@@ -142,7 +143,8 @@ def _write_report(out_dir: Path, table: list[dict], plots: list[Path], config: d
         "",
         f"Configuration: `{config.get('source', '?')}` (crop {config['crop_size']}^3, encoder widths "
         f"{config['encoder_widths']}). Test set: the dataset's held-out patients; metrics per fold on it, "
-        "mean with a 95 % Student-t interval over folds; F1 at the threshold maximising F1 on the fold's "
+        "mean with a 95 % Student-t interval over folds (shown clipped to [0, 1]; unclipped in results.csv); "
+        "F1 at the threshold maximising F1 on the fold's "
         "validation set. Pooled: all folds' test predictions, 95 % bootstrap interval resampling patients.",
         "",
         "| pretraining | labels | AUROC | AUPRC | F1 | F1 at 0.5 | pooled AUROC (bootstrap) |",

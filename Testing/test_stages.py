@@ -113,7 +113,7 @@ def test_run_command_runs_every_stage_evaluates_and_resumes(tiny_dataset, tmp_pa
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({k: v for k, v in TINY_CONFIG.items()}))
     run = tmp_path / "run"
-    args = ["run", "--config", str(config), "--dataset", str(tiny_dataset), "--run", str(run), "--no-progress"]
+    args = ["run", "--config", str(config), "--dataset", str(tiny_dataset), "--run-dir", str(run), "--no-progress"]
     assert main(args) == 0
     report = (run / "evaluation" / "report.md").read_text()
     for method in ("none", "residual"):
@@ -131,6 +131,38 @@ def test_run_command_runs_every_stage_evaluates_and_resumes(tiny_dataset, tmp_pa
 def test_stage_command_without_its_input_fails_clearly(tiny_dataset, tmp_path, capsys):
     from SinusAnomalyTraining.cli import main
 
-    code = main(["pretrain", "--config", "demo", "--dataset", str(tiny_dataset), "--run", str(tmp_path / "r"), "--no-progress"])
+    code = main(["pretrain", "--config", "demo", "--dataset", str(tiny_dataset), "--run-dir", str(tmp_path / "r"), "--no-progress"])
     assert code == 2
     assert "run the 'residuals' stage" in capsys.readouterr().err
+
+
+def test_pretraining_and_finetuning_under_torchrun_with_two_cpu_processes(trained_fold, tmp_path):
+    """DistributedDataParallel on CPU (gloo), as on several GPUs: both ranks run, rank 0 writes."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    ctx, _ = trained_fold
+    run = tmp_path / "ddp"
+    shutil.copytree(ctx.fold_dir / "cae", run / "fold0" / "cae")
+    shutil.copytree(ctx.fold_dir / "residuals", run / "fold0" / "residuals")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    common = ["--config", str(config), "--dataset", str(ctx.dataset.root), "--run-dir", str(run), "--no-progress"]
+    for stage in (["pretrain"], ["finetune", "--method", "residual", "--fraction", "100"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", str(port), "-m", "SinusAnomalyTraining", *stage, *common],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "fold0" / "pretrain" / "best.pt").is_file()
+    history = json.loads((run / "fold0" / "pretrain" / "history.json").read_text())
+    assert len(history) == TINY_CONFIG["pretrain"]["epochs"]
+    rows = stages.read_predictions(run / "fold0" / "finetune" / "residual" / "frac100" / "predictions.csv")
+    assert {r["split"] for r in rows} == {"val", "test"}
+    assert len(rows) == len(ctx.indices("val")) + len(ctx.indices("test"))  # written once, by rank 0

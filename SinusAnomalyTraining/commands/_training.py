@@ -11,7 +11,8 @@ from .. import pipeline, runtime
 
 def add_run_arguments(parser: argparse.ArgumentParser, fold: bool = True) -> None:
     parser.add_argument("--dataset", required=True, type=Path, help="prepared dataset folder (sinus-anomaly prepare)")
-    parser.add_argument("--run", "--out", dest="run", required=True, type=Path, help="run folder (created; holds every stage's output)")
+    # not "--run": torchrun would take it for an abbreviation of its own --run-path
+    parser.add_argument("--run-dir", dest="run", required=True, type=Path, help="run folder (created; holds every stage's output)")
     parser.add_argument("--config", help="'paper' (default for a new run), 'demo', or a JSON file; "
                                          "default for an existing run: its saved config.json")
     if fold:
