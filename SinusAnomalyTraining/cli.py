@@ -20,6 +20,8 @@ COMMANDS = {
     "finetune": "Fine-tune the classifier with a label fraction, with or without pretraining.",
     "evaluate": "Metrics, intervals, ROC/PR plots and report of a run's fine-tuned classifiers.",
     "run": "Run every stage for the configured folds, methods and label fractions, then evaluate.",
+    "export": "Export a finished run as a model bundle (.sabundle).",
+    "classify": "Classify both maxillary sinuses of head MRIs with a model bundle.",
     "demo": "Run the pipeline on a small synthetic cohort (the README's main command).",
 }
 

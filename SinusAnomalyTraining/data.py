@@ -14,23 +14,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms import Compose, RandAffined, RandFlipd, RandGaussianNoised
 from torch.utils.data import DataLoader, Dataset
 
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.errors import DatasetError
+from SinusAnomalyLib.residuals import resize_crops
 
 from . import runtime
-
-
-def resize_crops(crops: np.ndarray, crop_size: int) -> np.ndarray:
-    """``(N, 64, 64, 64)`` -> ``(N, S, S, S)`` float32 by area averaging (S divides 64) or as is."""
-    crops = np.asarray(crops, dtype=np.float32)
-    if crops.shape[-1] == crop_size:
-        return crops
-    tensor = torch.from_numpy(crops)[:, None]
-    return F.adaptive_avg_pool3d(tensor, crop_size)[:, 0].numpy()
 
 
 class SinusCrops(Dataset):

@@ -18,7 +18,7 @@ from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.extraction import CROP_SIZE, grid_from_affine_ras
 from SinusAnomalyLib.synth import LESION_LABELS
 
-from .data import resize_crops
+from SinusAnomalyLib.residuals import resize_crops
 
 
 def lesion_masks_in_crops(cohort_dir: Path, dataset: PreparedDataset, crop_size: int) -> dict:

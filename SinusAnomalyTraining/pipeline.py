@@ -37,16 +37,18 @@ def fold_context(config: dict, dataset: PreparedDataset, run_dir: Path, fold: in
     return stages.FoldContext(dataset, config, Path(run_dir), fold, device, resume=resume, progress=progress)
 
 
-def save_run_config(config: dict, run_dir: Path) -> None:
+def save_run_config(config: dict, run_dir: Path, dataset: PreparedDataset) -> None:
+    """``RUN/config.json`` and ``RUN/dataset.json`` (where the data came from, its summary)."""
     if runtime.is_main_process():
         write_json_atomic(Path(run_dir) / "config.json", config)
+        write_json_atomic(Path(run_dir) / "dataset.json", {"path": str(Path(dataset.root).resolve()), "summary": dataset.info})
 
 
 def run_pipeline(config: dict, dataset_dir: str | Path, run_dir: str | Path, device: torch.device, progress: bool = True) -> dict:
     """Run every stage for the configured folds, methods and fractions, then evaluate."""
     dataset = load_dataset(dataset_dir)
     run_dir = Path(run_dir)
-    save_run_config(config, run_dir)
+    save_run_config(config, run_dir, dataset)
     for fold in chosen_folds(config, dataset):
         ctx = fold_context(config, dataset, run_dir, fold, device, progress=progress)
         stages.train_cae(ctx)

@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import median_filter
 
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
 from SinusAnomalyLib.fileio import atomic_path, write_json_atomic, write_text_atomic
 from SinusAnomalyLib.models import ConvAutoencoder, ResidualUNet, SinusClassifier, parameter_groups
+from SinusAnomalyLib.residuals import residual_maps, resize_crops
 from SinusAnomalyLib.splits import fraction_key
 
 from . import runtime
-from .data import SinusCrops, augmentation, make_loader, resize_crops
+from .data import SinusCrops, augmentation, make_loader
 from .engine import Checkpointer, fit, load_checkpoint
 from .optim import LARS, WarmupCosine, scaled_lr
 
@@ -185,23 +185,6 @@ def load_cae(ctx: FoldContext) -> tuple[ConvAutoencoder, str]:
 
 
 # --------------------------------------------------------------------------- 2. residuals
-
-def residual_maps(cae: ConvAutoencoder, images: torch.Tensor, percentiles=(1.0, 99.0), median_kernel: int = 5) -> torch.Tensor:
-    """``(B, 1, S, S, S)`` images -> residual targets ``(B, 1, S, S, S)`` in [0, 1].
-
-    |x - CAE(x)|, each map rescaled so its 1st/99th percentiles become 0/1 (clipped), then a
-    median filter (kernel ``median_kernel``) removes speckle while keeping lesion edges.
-    """
-    with torch.no_grad():
-        residual = (images - cae(images)).abs()
-        flat = residual.flatten(1)
-        lo = torch.quantile(flat, percentiles[0] / 100.0, dim=1).view(-1, 1, 1, 1, 1)
-        hi = torch.quantile(flat, percentiles[1] / 100.0, dim=1).view(-1, 1, 1, 1, 1)
-        residual = ((residual - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
-        if median_kernel > 1:
-            residual = median_filter(residual, kernel_size=(median_kernel,) * 3)
-    return residual
-
 
 def compute_residuals(ctx: FoldContext) -> Path:
     """Residual targets of every crop of the dataset with the fold's CAE; cached with its identity."""

@@ -30,7 +30,7 @@ def setup(args: argparse.Namespace):
         config["device"] = args.device
     device = runtime.select_device(config["device"])
     dataset = load_dataset(args.dataset)
-    pipeline.save_run_config(config, args.run)
+    pipeline.save_run_config(config, args.run, dataset)
     return config, dataset, device
 
 

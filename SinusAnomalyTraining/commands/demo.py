@@ -24,6 +24,7 @@ import numpy as np
 
 from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
 from SinusAnomalyLib.fileio import atomic_path, write_text_atomic
+from SinusAnomalyLib.residuals import resize_crops
 from SinusAnomalyLib.synth import generate_cohort
 
 from .. import localisation, pipeline, runtime, stages
@@ -65,7 +66,7 @@ def save_residual_examples(dataset, residuals: dict, masks: dict, crop_size: int
         return path
     fig, axes = plt.subplots(len(rows), 3, figsize=(7, 2.3 * len(rows)), squeeze=False)
     for i, row in enumerate(rows):
-        image = stages.resize_crops(dataset.crops[row.crop_index:row.crop_index + 1], crop_size)[0]
+        image = resize_crops(dataset.crops[row.crop_index:row.crop_index + 1], crop_size)[0]
         mask = masks[row.sample_id]
         k = int(np.argmax(mask.sum(axis=(0, 1)))) if mask.any() else crop_size // 2  # slice with most lesion
         for j, (title, vol, cmap) in enumerate((("image", image, "gray"), ("CAE residual", residuals[row.sample_id], "hot"),

@@ -1,0 +1,213 @@
+"""Model bundles: one self-describing file holding everything ``classify`` needs.
+
+A bundle (``*.sabundle``) is a zip archive of
+
+* ``bundle.json`` — format marker and version, crop geometry and intensity normalisation, the
+  reference head's checksum, the decision threshold chosen on validation, the evaluation
+  metrics, a training data summary, library versions, and the SHA-256 of every other member;
+* ``cae_fold<k>.npz`` and ``classifier_fold<k>.npz`` — the state dicts of each fold's CAE and
+  fine-tuned classifier as plain numpy arrays.
+
+Loading reads arrays with ``numpy.load(allow_pickle=False)``: nothing is ever unpickled, so a
+bundle cannot run code. A file that is not a bundle, is truncated or corrupt (zip CRC or member
+checksum), needs a newer version of this library, or was made with another reference head is
+refused with a message naming the file. Bundles live in a per-user models folder
+(``$SINUS_ANOMALY_MODELS``, default ``~/.sinus-anomaly/models``) or anywhere, given by path.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import zipfile
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import SinusAnomalyError
+from .fileio import atomic_path
+from .models import ConvAutoencoder, SinusClassifier
+
+BUNDLE_FORMAT = "sinus-anomaly-bundle"
+BUNDLE_VERSION = 1
+BUNDLE_SUFFIX = ".sabundle"
+MODELS_ENV = "SINUS_ANOMALY_MODELS"
+MANIFEST = "bundle.json"
+
+
+class BundleError(SinusAnomalyError):
+    """A model bundle that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def models_folder() -> Path:
+    """The per-user models folder: ``$SINUS_ANOMALY_MODELS`` or ``~/.sinus-anomaly/models``."""
+    override = os.environ.get(MODELS_ENV)
+    return Path(override).expanduser() if override else Path.home() / ".sinus-anomaly" / "models"
+
+
+def list_bundles() -> list[Path]:
+    folder = models_folder()
+    return sorted(folder.glob(f"*{BUNDLE_SUFFIX}")) if folder.is_dir() else []
+
+
+def resolve_bundle(name_or_path: str | Path) -> Path:
+    """A path as given if it exists, else the bundle of that name in the models folder."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    for candidate in (models_folder() / path.name, models_folder() / f"{path.name}{BUNDLE_SUFFIX}"):
+        if candidate.is_file():
+            return candidate
+    raise BundleError(path, f"no such bundle file, and none of that name in the models folder {models_folder()}")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _state_to_npz(state: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{key: value.detach().cpu().numpy() for key, value in state.items()})
+    return buf.getvalue()
+
+
+def _npz_to_state(data: bytes) -> dict:
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        return {key: torch.from_numpy(np.array(arrays[key])) for key in arrays.files}
+
+
+def library_versions() -> dict:
+    import monai  # noqa: PLC0415
+    import SimpleITK  # noqa: PLC0415
+
+    return {"sinus_anomaly": __version__, "torch": str(torch.__version__), "monai": str(monai.__version__),
+            "simpleitk": str(SimpleITK.Version_VersionString()), "python": platform.python_version()}
+
+
+def write_bundle(path: str | Path, meta: dict, cae_states: list[dict], classifier_states: list[dict]) -> Path:
+    """Write a bundle atomically. ``meta`` holds everything but the format fields and checksums."""
+    if len(cae_states) != len(classifier_states) or not cae_states:
+        raise ValueError("a bundle needs one CAE and one classifier per fold, at least one fold")
+    members = {}
+    for k, (cae, classifier) in enumerate(zip(cae_states, classifier_states)):
+        members[f"cae_fold{k}.npz"] = _state_to_npz(cae)
+        members[f"classifier_fold{k}.npz"] = _state_to_npz(classifier)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+        "n_folds": len(cae_states),
+        "versions": library_versions(),
+        "members": {name: _sha256(data) for name, data in members.items()},
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MANIFEST, json.dumps(manifest, indent=2))
+            for name, data in members.items():
+                archive.writestr(name, data)
+    return path
+
+
+@dataclass
+class ModelBundle:
+    """A loaded bundle: its metadata and the models of every fold (eval mode)."""
+
+    path: Path
+    meta: dict
+    caes: list
+    classifiers: list
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def model_crop_size(self) -> int:
+        return int(self.meta["crop"]["model_crop_size"])
+
+    def to(self, device: torch.device) -> "ModelBundle":
+        for model in (*self.caes, *self.classifiers):
+            model.to(device)
+        return self
+
+
+def _build(kind: str, meta: dict) -> torch.nn.Module:
+    models = meta["models"]
+    if kind == "cae":
+        cfg = models["cae"]
+        return ConvAutoencoder(in_size=int(meta["crop"]["model_crop_size"]), channels=tuple(cfg["channels"]),
+                               latent_dim=int(cfg["latent_dim"]))
+    return SinusClassifier(encoder_widths=tuple(models["encoder_widths"]))
+
+
+def load_bundle(path: str | Path, expected_reference_sha256: str | None = None) -> ModelBundle:
+    """Read and check a bundle; see the module docstring for what is refused."""
+    path = resolve_bundle(path)
+    if path.is_dir():
+        raise BundleError(path, "is a folder; a model bundle is a single .sabundle file")
+    if not zipfile.is_zipfile(path):
+        raise BundleError(path, "is not a SinusAnomaly model bundle (not a zip archive, or truncated)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if MANIFEST not in names:
+                raise BundleError(path, f"is not a SinusAnomaly model bundle (no {MANIFEST} inside)")
+            try:
+                meta = json.loads(archive.read(MANIFEST))
+            except json.JSONDecodeError as exc:
+                raise BundleError(path, f"has an unreadable {MANIFEST} ({exc})") from exc
+            if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+                raise BundleError(path, f"is not a SinusAnomaly model bundle ({MANIFEST} has no '{BUNDLE_FORMAT}' marker)")
+            version = meta.get("format_version")
+            if not isinstance(version, int) or version > BUNDLE_VERSION:
+                raise BundleError(path, f"needs a newer SinusAnomaly: bundle format {version}, this version "
+                                        f"({__version__}) reads up to {BUNDLE_VERSION}")
+            members = meta.get("members") or {}
+            data = {}
+            for name, digest in members.items():
+                if name not in names:
+                    raise BundleError(path, f"is incomplete: member {name} is missing")
+                blob = archive.read(name)
+                if _sha256(blob) != digest:
+                    raise BundleError(path, f"is corrupt: checksum of {name} does not match")
+                data[name] = blob
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+        raise BundleError(path, f"is corrupt or truncated ({exc})") from exc
+    reference = meta.get("reference_sha256")
+    if expected_reference_sha256 is not None and reference != expected_reference_sha256:
+        raise BundleError(path, "was made with a different reference head than this installation's; "
+                                "its crops would not match (retrain or update SinusAnomaly)")
+    caes, classifiers = [], []
+    for k in range(int(meta.get("n_folds", 0))):
+        for kind, bucket in (("cae", caes), ("classifier", classifiers)):
+            name = f"{kind}_fold{k}.npz"
+            if name not in data:
+                raise BundleError(path, f"is incomplete: member {name} is missing")
+            model = _build(kind, meta)
+            try:
+                state = _npz_to_state(data[name])
+            except (ValueError, OSError, zipfile.BadZipFile) as exc:  # object arrays need pickle: refused
+                raise BundleError(path, f"{name} is not a plain array archive ({exc})") from exc
+            try:
+                model.load_state_dict(state, strict=True)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise BundleError(path, f"{name} does not fit the network described in {MANIFEST}: {exc}") from exc
+            bucket.append(model.eval())
+    if not classifiers:
+        raise BundleError(path, "holds no models")
+    return ModelBundle(path=path, meta=meta, caes=caes, classifiers=classifiers)
+

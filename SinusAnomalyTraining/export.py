@@ -1,0 +1,82 @@
+"""Exporting a finished run as a model bundle (see :mod:`SinusAnomalyLib.bundle`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from SinusAnomalyLib.bundle import write_bundle
+from SinusAnomalyLib.extraction import CROP_SIZE, CROP_SPACING_MM, PERCENTILES
+from SinusAnomalyLib.reference import load_reference
+from SinusAnomalyLib.splits import fraction_key
+
+from . import evaluation, stages
+from .config import load_config
+from .engine import load_checkpoint
+
+DEFAULT_RESIDUAL_THRESHOLD = 0.5
+
+
+def _fold_dirs(run_dir: Path, method: str, fraction: float) -> list[tuple[int, Path]]:
+    key = fraction_key(float(fraction) / 100.0)
+    found = []
+    for fold_dir in sorted(run_dir.glob("fold*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1):
+        if not fold_dir.name[4:].isdigit():
+            continue
+        finetune = fold_dir / "finetune" / method / f"frac{key}"
+        if (finetune / "done.json").is_file():
+            found.append((int(fold_dir.name[4:]), finetune))
+    return found
+
+
+def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", fraction: float = 100,
+               residual_threshold: float = DEFAULT_RESIDUAL_THRESHOLD, name: str | None = None) -> Path:
+    """Bundle every finished fold of ``run_dir`` for ``method`` at ``fraction`` % labels.
+
+    The decision threshold is the median over folds of the F1-maximising threshold on each fold's
+    validation predictions (each fold's model predicting its own validation patients).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise stages.StageInputError(f"{run_dir} is not a run folder (no config.json)")
+    config = load_config(run_dir / "config.json")
+    folds = _fold_dirs(run_dir, method, fraction)
+    if not folds:
+        raise stages.StageInputError(f"{run_dir} has no finished fine-tuning for method '{method}' at {fraction} % labels")
+    cae_states, classifier_states, thresholds = [], [], []
+    for fold, finetune in folds:
+        cae_path = run_dir / f"fold{fold}" / "cae" / "best.pt"
+        if not cae_path.is_file():
+            raise stages.StageInputError(f"{cae_path} is missing")
+        cae_states.append(load_checkpoint(cae_path)["model"])
+        classifier_states.append(load_checkpoint(finetune / "best.pt")["model"])
+        rows = [r for r in stages.read_predictions(finetune / "predictions.csv") if r["split"] == "val"]
+        y = np.array([r["label"] for r in rows])
+        p = np.array([r["p_anomalous"] for r in rows])
+        thresholds.append(evaluation.best_f1_threshold(y, p) if len(set(y.tolist())) == 2 else 0.5)
+    metrics_path = run_dir / "evaluation" / f"{method}_frac{fraction_key(float(fraction) / 100.0)}" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()).get("summary", {}) if metrics_path.is_file() else {}
+    dataset_path = run_dir / "dataset.json"
+    training_data = json.loads(dataset_path.read_text()).get("summary", {}) if dataset_path.is_file() else {}
+    meta = {
+        "name": name or f"{run_dir.name}-{method}-{fraction_key(float(fraction) / 100.0)}pct",
+        "method": method,
+        "fraction": fraction,
+        "folds": [fold for fold, _ in folds],
+        "threshold": float(np.median(thresholds)),
+        "fold_thresholds": [float(t) for t in thresholds],
+        "threshold_rule": "median over folds of the F1-maximising threshold on each fold's validation predictions",
+        "residual_threshold": float(residual_threshold),
+        "crop": {"size_voxels": CROP_SIZE, "spacing_mm": CROP_SPACING_MM, "model_crop_size": int(config["crop_size"]),
+                 "mirror": "right crop mirrored along axis 0"},
+        "intensity": {"percentiles": list(PERCENTILES), "range": [0, 1]},
+        "residuals": config["residuals"],
+        "models": {"cae": {k: config["cae"][k] for k in ("channels", "latent_dim")}, "encoder_widths": config["encoder_widths"]},
+        "reference_sha256": load_reference().sha256,
+        "metrics": {k: {kk: vv for kk, vv in v.items() if kk in ("mean", "low", "high", "n")} for k, v in metrics.items()
+                    if k in ("auroc", "auprc", "f1_at_val_threshold", "f1_at_0.5")},
+        "training_data": {k: training_data.get(k) for k in ("counts", "splits", "anomaly_types", "created") if k in training_data},
+        "intended_use": "research; bundles trained on synthetic data are for trying the workflow only",
+    }
+    return write_bundle(out, meta, cae_states, classifier_states)

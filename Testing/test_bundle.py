@@ -1,0 +1,186 @@
+"""Model bundles and classify: export of a run trained in the test, end-to-end classification of a
+synthetic head, and every kind of bad bundle."""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from SinusAnomalyLib.bundle import BundleError, load_bundle, models_folder, resolve_bundle
+from SinusAnomalyLib.dataset import load_dataset
+from SinusAnomalyLib.imageio import write_image
+from SinusAnomalyLib.reference import load_reference
+from SinusAnomalyLib.synth import SynthParams, make_case
+from SinusAnomalyTraining import pipeline
+from SinusAnomalyTraining.cli import main
+from SinusAnomalyTraining.export import export_run
+from conftest import TINY_CONFIG
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    config = copy.deepcopy(TINY_CONFIG)
+    config.update(methods=["residual"], fractions=[100], folds=[0, 1])
+    pipeline.run_pipeline(config, tiny_dataset, root / "run", torch.device("cpu"), progress=False)
+    return export_run(root / "run", root / "tiny.sabundle", "residual", 100)
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    case = make_case("classify-me", np.random.default_rng(42), SynthParams(),
+                     anomalies={"left": "fully_occupied", "right": None})
+    path = tmp_path_factory.mktemp("head") / "head.nii.gz"
+    write_image(case.image, path)
+    return case, path
+
+
+def test_bundle_holds_every_fold_and_its_metadata(bundle_path):
+    bundle = load_bundle(bundle_path)
+    assert len(bundle.classifiers) == len(bundle.caes) == 2
+    meta = bundle.meta
+    assert meta["format"] == "sinus-anomaly-bundle" and meta["format_version"] == 1
+    assert meta["reference_sha256"] == load_reference().sha256
+    assert 0.0 < meta["threshold"] < 1.0 and len(meta["fold_thresholds"]) == 2
+    assert meta["crop"]["model_crop_size"] == 32 and meta["crop"]["size_voxels"] == 64
+    assert meta["metrics"]["auroc"]["n"] == 2
+    assert meta["training_data"]["counts"]["patients"] == 20
+    assert {"torch", "monai", "sinus_anomaly"} <= set(meta["versions"])
+
+
+def test_classify_writes_results_on_the_input_grid(bundle_path, head, tmp_path, capsys):
+    case, path = head
+    out = tmp_path / "result"
+    assert main(["classify", str(path), "--model", str(bundle_path), "--out", str(out), "--device", "cpu"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    for side in ("left", "right"):
+        entry = result["sides"][side]
+        assert 0.0 <= entry["probability"] <= 1.0
+        assert entry["verdict"] in ("normal", "anomalous")
+        assert (entry["verdict"] == "anomalous") == (entry["probability"] >= entry["threshold"])
+        assert entry["spread"] >= 0 and len(entry["fold_probabilities"]) == 2
+        assert np.linalg.norm(np.subtract(entry["center_ras_mm"], case.centers_ras[side])) < 10.0
+        assert (out / entry["crop_file"]).is_file() and "crop" in entry["crop_file"]
+    head_img = nib.load(str(path))
+    for name in ("heatmap.nii.gz", "labelmap.nii.gz"):
+        overlay = nib.load(str(out / name))
+        assert overlay.shape == head_img.shape
+        assert np.allclose(overlay.affine, head_img.affine, atol=1e-4)
+    heat = np.asarray(nib.load(str(out / "heatmap.nii.gz")).dataobj)
+    assert 0.0 <= heat.min() and heat.max() <= 1.0 and heat.max() > 0.1
+    labels = np.asarray(nib.load(str(out / "labelmap.nii.gz")).dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    for side, value in (("left", 1), ("right", 2)):
+        if result["sides"][side]["verdict"] == "normal":
+            assert not (labels == value).any()
+        voxel_ml = float(np.prod(head_img.header.get_zooms())) / 1000.0
+        assert result["sides"][side]["anomalous_volume_ml"] == pytest.approx((labels == value).sum() * voxel_ml, abs=1e-3)
+
+
+def test_batch_classify_goes_past_a_bad_scan(bundle_path, head, tmp_path):
+    _, path = head
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "good.nii.gz").write_bytes(path.read_bytes())
+    (folder / "broken.nii.gz").write_bytes(path.read_bytes()[:5000])
+    code = main(["classify", str(folder), "--model", str(bundle_path), "--out", str(tmp_path / "out")])
+    assert code == 1
+    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("image,status,error")
+    assert len(rows) == 3
+    by_name = {r.split(",")[0].rsplit("/", 1)[-1]: r for r in rows[1:]}
+    assert ",failed," in by_name["broken.nii.gz"] and "truncated" in by_name["broken.nii.gz"]
+    assert ",ok," in by_name["good.nii.gz"]
+    assert (tmp_path / "out" / "good" / "result.json").is_file()
+
+
+def test_bundle_found_by_name_in_the_models_folder(bundle_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SINUS_ANOMALY_MODELS", str(tmp_path / "models"))
+    assert models_folder() == tmp_path / "models"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny.sabundle").write_bytes(bundle_path.read_bytes())
+    assert resolve_bundle("tiny") == tmp_path / "models" / "tiny.sabundle"
+    assert len(load_bundle("tiny").classifiers) == 2
+
+
+def _rewrite(src, dst, change):
+    """Copy a bundle, letting ``change(name, data) -> data | None`` edit or drop members."""
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w") as b:
+        for name in a.namelist():
+            data = change(name, a.read(name))
+            if data is not None:
+                b.writestr(name, data)
+    return dst
+
+
+def _expect(path, fragment, **kwargs):
+    with pytest.raises(BundleError) as info:
+        load_bundle(path, **kwargs)
+    assert str(path) in str(info.value) and fragment in str(info.value), str(info.value)
+
+
+def test_bad_bundles_are_refused_with_clear_messages(bundle_path, tmp_path):
+    data = bundle_path.read_bytes()
+    (tmp_path / "random.sabundle").write_bytes(np.random.default_rng(0).bytes(4000))
+    _expect(tmp_path / "random.sabundle", "not a SinusAnomaly model bundle")
+    (tmp_path / "truncated.sabundle").write_bytes(data[: len(data) // 2])
+    _expect(tmp_path / "truncated.sabundle", "truncated")
+    torch.save({"model": torch.zeros(3)}, tmp_path / "checkpoint.pt")  # a torch file is a zip too
+    _expect(tmp_path / "checkpoint.pt", "no bundle.json")
+
+    def newer(name, blob):
+        if name == "bundle.json":
+            meta = json.loads(blob)
+            meta["format_version"] = 99
+            return json.dumps(meta)
+        return blob
+
+    _expect(_rewrite(bundle_path, tmp_path / "newer.sabundle", newer), "needs a newer SinusAnomaly")
+    flipped = _rewrite(bundle_path, tmp_path / "tampered.sabundle",
+                       lambda n, b: b if n != "classifier_fold1.npz" else b[:-10] + bytes(10))
+    _expect(flipped, "checksum of classifier_fold1.npz does not match")
+    _expect(_rewrite(bundle_path, tmp_path / "missing.sabundle", lambda n, b: None if n == "cae_fold0.npz" else b),
+            "member cae_fold0.npz is missing")
+    _expect(bundle_path, "different reference head", expected_reference_sha256="0" * 64)
+
+
+def test_pickled_arrays_are_never_loaded(bundle_path, tmp_path):
+    buf = io.BytesIO()
+    np.savez(buf, weight=np.array([object()], dtype=object))
+    evil = buf.getvalue()
+
+    def swap(name, blob):
+        if name == "bundle.json":
+            meta = json.loads(blob)
+            import hashlib
+
+            meta["members"]["classifier_fold0.npz"] = hashlib.sha256(evil).hexdigest()
+            return json.dumps(meta)
+        return evil if name == "classifier_fold0.npz" else blob
+
+    _expect(_rewrite(bundle_path, tmp_path / "pickle.sabundle", swap), "not a plain array archive")
+
+
+def test_classify_with_a_bad_bundle_exits_with_an_error(tmp_path, head, capsys):
+    _, path = head
+    bad = tmp_path / "bad.sabundle"
+    bad.write_text("not a bundle")
+    assert main(["classify", str(path), "--model", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.sabundle" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_command_installs_into_the_models_folder(bundle_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SINUS_ANOMALY_MODELS", str(tmp_path / "models"))
+    run = bundle_path.parent / "run"
+    assert main(["export", str(run), "--out", str(tmp_path / "again"), "--install"]) == 0
+    assert (tmp_path / "again.sabundle").is_file()
+    assert (tmp_path / "models" / "again.sabundle").is_file()
+    assert main(["export", str(run), "--out", str(tmp_path / "x"), "--method", "none"]) == 2
+    assert "no finished fine-tuning" in capsys.readouterr().err
