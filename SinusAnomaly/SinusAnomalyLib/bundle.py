@@ -115,10 +115,10 @@ def write_bundle(path: str | Path, meta: dict, cae_states: list[dict], classifie
     }
     path = Path(path)
     with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(MANIFEST, json.dumps(manifest, indent=2))
-            for name, data in members.items():
-                archive.writestr(name, data)
+        with zipfile.ZipFile(tmp, "w") as archive:
+            archive.writestr(MANIFEST, json.dumps(manifest, indent=2), compress_type=zipfile.ZIP_DEFLATED)
+            for name, data in members.items():  # float weights barely compress; stored, they load faster
+                archive.writestr(name, data, compress_type=zipfile.ZIP_STORED)
     return path
 
 
