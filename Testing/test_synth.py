@@ -105,3 +105,26 @@ def test_cli_writes_a_cohort_and_rejects_bad_arguments(tmp_path, capsys):
 def test_unknown_anomaly_type_is_an_error():
     with pytest.raises(SinusAnomalyError, match="unknown anomaly type"):
         make_case("x", np.random.default_rng(0), anomalies={"left": "tumour", "right": None})
+
+
+def test_prepare_with_real_extraction_on_the_cohort(cohort, tmp_path):
+    """synth -> prepare end to end: every scan extracted, crops cached, centres near the truth."""
+    from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
+
+    report = prepare_dataset(cohort / "images", cohort / "labels.csv", tmp_path / "ds", n_folds=2, seed=0, progress=False)
+    assert report.n_scans_prepared == 4 and not report.failures
+    dataset = load_dataset(tmp_path / "ds")
+    assert dataset.crops.shape == (8, 64, 64, 64)
+    crops = np.asarray(dataset.crops, dtype=np.float32)
+    assert crops.min() >= 0 and crops.max() <= 1 and crops.std() > 0.1
+    truth = json.loads((cohort / "truth.json").read_text())
+    for patient in truth:
+        found = json.loads((tmp_path / "ds" / "scans" / patient / "extraction.json").read_text())
+        for side in SIDES:
+            error = np.linalg.norm(np.subtract(found[side]["center_ras_mm"], truth[patient][side]["center_ras_mm"]))
+            assert error < 10.0, (patient, side, error)
+
+
+def test_resume_with_other_settings_is_refused(cohort):
+    with pytest.raises(SinusAnomalyError, match="other settings"):
+        generate_cohort(cohort, n_cases=4, seed=4, progress=False)

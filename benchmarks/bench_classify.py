@@ -22,10 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from SinusAnomalyLib.bundle import load_bundle, write_bundle
+from SinusAnomalyLib.bundle import build_untrained_bundle, load_bundle
 from SinusAnomalyLib.imageio import write_image
 from SinusAnomalyLib.inference import classify, save_classification
-from SinusAnomalyLib.models import ConvAutoencoder, SinusClassifier
 from SinusAnomalyLib.reference import load_reference
 from SinusAnomalyLib.synth import make_case
 
@@ -36,15 +35,7 @@ SIZES = {
 
 
 def random_bundle(path: Path, size: dict, folds: int) -> Path:
-    caes = [ConvAutoencoder(in_size=size["crop"], channels=tuple(size["cae"]["channels"]), latent_dim=size["cae"]["latent_dim"]).state_dict()
-            for _ in range(folds)]
-    classifiers = [SinusClassifier(encoder_widths=tuple(size["widths"])).state_dict() for _ in range(folds)]
-    meta = {"name": path.stem, "method": "residual", "fraction": 100, "threshold": 0.5, "residual_threshold": 0.5,
-            "crop": {"size_voxels": 64, "spacing_mm": 1.0, "model_crop_size": size["crop"]},
-            "residuals": {"median_kernel": 5, "percentiles": [1, 99]},
-            "models": {"cae": size["cae"], "encoder_widths": size["widths"]},
-            "reference_sha256": load_reference().sha256}
-    return write_bundle(path, meta, caes, classifiers)
+    return build_untrained_bundle(path, size["crop"], size["widths"], size["cae"]["channels"], size["cae"]["latent_dim"], folds)
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import platform
 import zipfile
 import zlib
@@ -31,46 +30,14 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import SinusAnomalyError
+from .errors import BundleError
 from .fileio import atomic_path
 from .models import ConvAutoencoder, SinusClassifier
+from .modelstore import BUNDLE_SUFFIX, MODELS_ENV, list_bundles, models_folder, resolve_bundle  # noqa: F401  (re-exported)
 
 BUNDLE_FORMAT = "sinus-anomaly-bundle"
 BUNDLE_VERSION = 1
-BUNDLE_SUFFIX = ".sabundle"
-MODELS_ENV = "SINUS_ANOMALY_MODELS"
 MANIFEST = "bundle.json"
-
-
-class BundleError(SinusAnomalyError):
-    """A model bundle that cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path: str | Path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-
-def models_folder() -> Path:
-    """The per-user models folder: ``$SINUS_ANOMALY_MODELS`` or ``~/.sinus-anomaly/models``."""
-    override = os.environ.get(MODELS_ENV)
-    return Path(override).expanduser() if override else Path.home() / ".sinus-anomaly" / "models"
-
-
-def list_bundles() -> list[Path]:
-    folder = models_folder()
-    return sorted(folder.glob(f"*{BUNDLE_SUFFIX}")) if folder.is_dir() else []
-
-
-def resolve_bundle(name_or_path: str | Path) -> Path:
-    """A path as given if it exists, else the bundle of that name in the models folder."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return path
-    for candidate in (models_folder() / path.name, models_folder() / f"{path.name}{BUNDLE_SUFFIX}"):
-        if candidate.is_file():
-            return candidate
-    raise BundleError(path, f"no such bundle file, and none of that name in the models folder {models_folder()}")
 
 
 def _sha256(data: bytes) -> str:
@@ -211,3 +178,26 @@ def load_bundle(path: str | Path, expected_reference_sha256: str | None = None) 
         raise BundleError(path, "holds no models")
     return ModelBundle(path=path, meta=meta, caes=caes, classifiers=classifiers)
 
+
+
+def build_untrained_bundle(path: str | Path, model_crop_size: int = 32, encoder_widths=(8, 16, 32, 64),
+                           cae_channels=(8, 16, 32), latent_dim: int = 64, folds: int = 1) -> Path:
+    """A bundle of RANDOMLY initialised networks: for tests, self-tests and timing, never for use.
+
+    Speed does not depend on the weights, and every file format, check and overlay can be
+    exercised without training. Its name and ``intended_use`` say what it is.
+    """
+    from .reference import load_reference  # noqa: PLC0415
+
+    cae = {"channels": list(cae_channels), "latent_dim": int(latent_dim)}
+    meta = {"name": f"untrained-{Path(path).stem}", "method": "untrained", "fraction": 0, "threshold": 0.5,
+            "residual_threshold": 0.5,
+            "crop": {"size_voxels": 64, "spacing_mm": 1.0, "model_crop_size": int(model_crop_size)},
+            "residuals": {"median_kernel": 3, "percentiles": [1, 99]},
+            "models": {"cae": cae, "encoder_widths": list(encoder_widths)},
+            "reference_sha256": load_reference().sha256,
+            "intended_use": "RANDOM WEIGHTS: tests and timing only; its predictions mean nothing"}
+    caes = [ConvAutoencoder(in_size=int(model_crop_size), channels=tuple(cae_channels), latent_dim=int(latent_dim)).state_dict()
+            for _ in range(folds)]
+    classifiers = [SinusClassifier(encoder_widths=tuple(encoder_widths)).state_dict() for _ in range(folds)]
+    return write_bundle(path, meta, caes, classifiers)

@@ -28,3 +28,12 @@ class RegistrationError(SinusAnomalyError):
 
 class DatasetError(SinusAnomalyError):
     """A labels table, manifest or dataset folder that cannot be used."""
+
+
+class BundleError(SinusAnomalyError):
+    """A model bundle that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from .errors import SinusAnomalyError
+from .errors import DatasetError, SinusAnomalyError
 from .fileio import write_json_atomic, write_text_atomic
 from .geometry import lps_to_ras
 from .imageio import write_image
@@ -329,14 +329,15 @@ def _suffix(index: int) -> str:
 
 def save_preview(case: SyntheticCase, path: Path) -> Path:
     """Axial, coronal and sagittal slices through each sinus centre with the lesion outline (PNG)."""
-    import matplotlib  # noqa: PLC0415  (plotting only here)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    # a Figure with its own Agg canvas: no pyplot, so the host's plotting backend (Slicer, Jupyter) is untouched
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
     from .fileio import atomic_path  # noqa: PLC0415
 
-    fig, axes = plt.subplots(2, 3, figsize=(9, 6))
+    fig = Figure(figsize=(9, 6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
     for row, side in enumerate(SIDES):
         box = sitk.Image([64, 64, 64], sitk.sitkFloat32)  # world-aligned RAS view around the true centre
         box.SetDirection(np.diag([-1.0, -1.0, 1.0]).ravel().tolist())
@@ -357,16 +358,34 @@ def save_preview(case: SyntheticCase, path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
     return path
+
+
+def _claim_folder(settings_path: Path, seed: int, params: SynthParams) -> None:
+    """Record the cohort's seed and parameters, or refuse a folder made with other ones."""
+    wanted = json.loads(json.dumps({"seed": seed, "params": asdict(params)}))  # tuples as JSON lists
+    if settings_path.is_file():
+        made = json.loads(settings_path.read_text())
+        differing = [f"seed {made.get('seed')}"] if made.get("seed") != seed else []
+        differing += [f"{name} {value}" for name, value in (made.get("params") or {}).items()
+                      if wanted["params"].get(name) != value]
+        if differing:
+            raise DatasetError(
+                f"{settings_path.parent} holds a synthetic cohort made with other settings ({', '.join(differing)}); "
+                "use a new output folder, or the same seed and options to resume it")
+        return
+    write_json_atomic(settings_path, wanted)
 
 
 def generate_cohort(out_dir: str | Path, n_cases: int, seed: int, params: SynthParams = SynthParams(), progress: bool = True,
                     previews: int = 4) -> Path:
     """Write a cohort of ``n_cases`` heads (see README: images/, masks/, labels.csv, truth.json, previews/).
 
-    Resumable: a case whose image, mask and truth entry exist is not made again; ``labels.csv``
-    and ``truth.json`` are rewritten (atomically) after every case.
+    Resumable: a case whose image, mask and truth entry exist is not made again (``truth.json`` is
+    rewritten atomically after every case, ``labels.csv`` at the end); resuming with another seed
+    or other settings is refused rather than mixing two cohorts. ``synth.json`` records the seed
+    and parameters before the first case, so resuming with other settings (which would mix heads
+    of two cohorts) raises :class:`DatasetError`.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -375,6 +394,7 @@ def generate_cohort(out_dir: str | Path, n_cases: int, seed: int, params: SynthP
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    _claim_folder(out_dir / "synth.json", seed, params)
     truth_path = out_dir / "truth.json"
     truth = json.loads(truth_path.read_text()) if truth_path.is_file() else {}
     reference = load_reference()

@@ -1,0 +1,784 @@
+"""SinusAnomaly: anomalies of the maxillary sinuses on head MRI, as a 3D Slicer scripted module.
+
+The widget only wires the GUI; the logic (usable in batch mode and from scripts) writes the input
+volume to a temporary file, runs ``SinusAnomalyTraining/slicer_script.py classify`` with
+``PythonSlicer`` in a background process (the GUI never freezes; Cancel ends it), and loads the
+result folder into the scene with :mod:`SinusAnomalyMRML` (Qt-free, tested outside Slicer).
+"""
+import importlib
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import qt
+import vtk
+
+import slicer
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLTableNode,
+)
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Slicer before 5.4 has no translation support
+    def _(text):
+        return text
+
+import SinusAnomalyMRML
+
+MODULE_DIR = Path(__file__).resolve().parent
+
+
+#
+# SinusAnomaly
+#
+
+
+class SinusAnomaly(ScriptedLoadableModule):
+    """Module description shown in Slicer's module panel and Help & Acknowledgement section."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Sinus Anomaly")
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []  # the PyTorch extension is used when installed, not required
+        self.parent.contributors = ["SinusAnomaly developers"]
+        self.parent.helpText = _("""
+Detects anomalies (mucosal thickening, polyps, retention cysts, fully occupied sinuses) in both
+maxillary sinuses of a head MRI. Both sinuses are located by registration to a reference head and
+cropped (64 mm boxes, shown as ROIs); each crop is classified by the folds of a model bundle
+(probability, verdict against the bundle's threshold, spread across folds), and a convolutional
+autoencoder's residuals give a heat map and an anomaly label map (1 left, 2 right).
+<br><br>
+Method: Bhattacharya et al., <i>Self-supervised learning for classifying paranasal anomalies in the
+maxillary sinus</i>.
+<br><br>
+<b>No clinically validated weights ship with this module.</b> Choose a model bundle (*.sabundle)
+that you trained and exported with the <tt>sinus-anomaly</tt> command-line tools; bundles in the
+models folder ($SINUS_ANOMALY_MODELS or ~/.sinus-anomaly/models) are listed automatically.
+Not for clinical use.
+""")
+        self.parent.acknowledgementText = _("""
+Implements the method of D. Bhattacharya, F. Behrendt, B. T. Becker, L. Maack, D. Beyersdorff,
+E. Petersen, M. Petersen, B. Cheng, D. Eggert, C. Betz, A. S. Hoffmann and A. Schlaefer (Hamburg
+University of Technology and University Medical Center Hamburg-Eppendorf). The reference head is
+derived from pydeface's average head (MIT licence). Built on 3D Slicer, PyTorch, MONAI and SimpleITK.
+""")
+
+
+#
+# SinusAnomalyParameterNode
+#
+
+
+@parameterNodeWrapper
+class SinusAnomalyParameterNode:
+    """The module's parameters, saved with the scene.
+
+    inputVolume - the head MRI to classify.
+    modelPath - the model bundle (*.sabundle) file.
+    forceCpu - run on the CPU even when a GPU is available (CUDA_VISIBLE_DEVICES=-1).
+    heatmapVolume, labelmapVolume, resultTable, leftCropROI, rightCropROI - the latest results.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelPath: str = ""
+    forceCpu: bool = False
+    heatmapVolume: vtkMRMLScalarVolumeNode
+    labelmapVolume: vtkMRMLLabelMapVolumeNode
+    resultTable: vtkMRMLTableNode
+    leftCropROI: vtkMRMLMarkupsROINode
+    rightCropROI: vtkMRMLMarkupsROINode
+
+
+OUTPUT_PARAMETERS = {  # SinusAnomalyMRML.load_results key -> parameter name
+    "heatmap": "heatmapVolume",
+    "labelmap": "labelmapVolume",
+    "table": "resultTable",
+    "roi_left": "leftCropROI",
+    "roi_right": "rightCropROI",
+}
+
+
+#
+# SinusAnomalyWidget
+#
+
+
+class SinusAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """GUI wiring only; all work is done by SinusAnomalyLogic."""
+
+    IDLE, STARTING, RUNNING, CANCELLING, LOADING = range(5)
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._task = None
+        self._state = self.IDLE
+        self._updatingModelCombo = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SinusAnomaly.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        # The .ui connects the top-level widget's mrmlSceneChanged(vtkMRMLScene*) to every MRML widget
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = SinusAnomalyLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelComboChanged)
+        self.ui.browseModelButton.connect("clicked()", self.onBrowseModel)
+        self.ui.refreshModelsButton.connect("clicked()", self.refreshModelList)
+        self.ui.openModelsFolderButton.connect("clicked()", self.onOpenModelsFolder)
+        self.ui.heatmapOpacitySlider.connect("valueChanged(double)", self.onHeatmapOpacityChanged)
+        self.ui.showResultsButton.connect("clicked()", self.onShowResults)
+
+        self.ui.progressBar.hide()
+        self.ui.modelsFolderLabel.text = str(SinusAnomalyMRML.models_folder())
+        self.refreshModelList()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._task is not None and self._task.running:
+            self.logic.cancel(self._task)
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.refreshModelList()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._task is not None and self._task.running:
+            self.logic.cancel(self._task)  # its input volume is about to disappear
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ parameter node
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolumeNode
+        if not self._parameterNode.modelPath:
+            bundles = SinusAnomalyMRML.list_bundles()
+            if bundles:
+                self._parameterNode.modelPath = str(bundles[0])
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # widgets with the dynamic property SlicerParameterName (see the .ui) follow the node
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self._selectModelInCombo()
+        table = self._parameterNode.resultTable if self._parameterNode else None
+        self.ui.resultsTableView.setMRMLTableNode(table)
+        self._updateButtons()
+
+    # ------------------------------------------------------------------ model bundles
+
+    def refreshModelList(self) -> None:
+        self._updatingModelCombo = True
+        try:
+            combo = self.ui.modelComboBox
+            combo.clear()
+            bundles = SinusAnomalyMRML.list_bundles()
+            for path in bundles:
+                combo.addItem(path.name, str(path))
+                combo.setItemData(combo.count - 1, str(path), qt.Qt.ToolTipRole)
+            if not bundles:
+                combo.addItem(_("(no bundles in the models folder)"), "")
+        finally:
+            self._updatingModelCombo = False
+        self._selectModelInCombo()
+
+    def _selectModelInCombo(self) -> None:
+        if not self._parameterNode:
+            return
+        combo = self.ui.modelComboBox
+        wanted = self._parameterNode.modelPath
+        self._updatingModelCombo = True
+        try:
+            index = -1
+            for i in range(combo.count):
+                if combo.itemData(i) and wanted and Path(combo.itemData(i)) == Path(wanted):
+                    index = i
+                    break
+            if index < 0 and wanted:
+                # a bundle chosen with Browse, outside the models folder
+                combo.addItem(Path(wanted).name, wanted)
+                index = combo.count - 1
+                combo.setItemData(index, wanted, qt.Qt.ToolTipRole)
+            if index >= 0:
+                combo.currentIndex = index
+        finally:
+            self._updatingModelCombo = False
+
+    def onModelComboChanged(self, index) -> None:
+        if self._updatingModelCombo or not self._parameterNode or index < 0:
+            return
+        path = self.ui.modelComboBox.itemData(index)
+        if path:
+            self._parameterNode.modelPath = str(path)
+
+    def onBrowseModel(self) -> None:
+        start = self._parameterNode.modelPath if self._parameterNode and self._parameterNode.modelPath else str(SinusAnomalyMRML.models_folder())
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Choose a SinusAnomaly model bundle"), start,
+            _("SinusAnomaly model bundles (*.sabundle);;All files (*)"))
+        if path and self._parameterNode:
+            self._parameterNode.modelPath = str(path)
+
+    def onOpenModelsFolder(self) -> None:
+        folder = SinusAnomalyMRML.models_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    # ------------------------------------------------------------------ processing
+
+    def _updateButtons(self) -> None:
+        button = self.ui.applyButton
+        if self._state == self.IDLE:
+            button.text = _("Classify")
+            problem = self.logic.inputProblem(
+                self._parameterNode.inputVolume if self._parameterNode else None,
+                self._parameterNode.modelPath if self._parameterNode else "") if self.logic else "no logic"
+            button.enabled = problem is None
+            button.toolTip = problem or _("Classify both maxillary sinuses of the input volume")
+        elif self._state == self.RUNNING:
+            button.text = _("Cancel")
+            button.enabled = True
+            button.toolTip = _("Stop the running classification")
+        else:
+            button.enabled = False
+            button.toolTip = _("Please wait")
+        idle = self._state == self.IDLE
+        for widget in (self.ui.inputSelector, self.ui.modelComboBox, self.ui.browseModelButton,
+                       self.ui.refreshModelsButton, self.ui.forceCpuCheckBox):
+            widget.enabled = idle
+        hasResults = bool(self._parameterNode and self._parameterNode.heatmapVolume)
+        self.ui.showResultsButton.enabled = hasResults
+
+    def _setState(self, state, message=None) -> None:
+        self._state = state
+        self._updateButtons()
+        bar = self.ui.progressBar
+        steps = {self.STARTING: (1, _("Preparing")), self.RUNNING: (2, _("Classifying")),
+                 self.CANCELLING: (2, _("Cancelling")), self.LOADING: (3, _("Loading results"))}
+        if state == self.IDLE:
+            bar.setRange(0, 4)
+            bar.value = 4
+            bar.setFormat(message or _("Done"))
+            qt.QTimer.singleShot(2000, lambda: bar.hide() if self._state == self.IDLE else None)
+        else:
+            value, text = steps[state]
+            bar.show()
+            bar.setRange(0, 4)
+            bar.value = value
+            bar.setFormat(text)
+            self.addLog(text + "...")
+        slicer.app.processEvents()
+
+    def addLog(self, text) -> None:
+        log = self.ui.statusLabel
+        if log.document().characterCount() > 256 * 1024:
+            log.clear()
+            log.appendPlainText(_("(log cleared)"))
+        log.appendPlainText(str(text))
+        log.ensureCursorVisible()
+
+    def onApplyButton(self) -> None:
+        if self._state == self.RUNNING and self._task is not None:
+            self._setState(self.CANCELLING)
+            self.logic.cancel(self._task)
+            return
+        if self._state != self.IDLE:
+            return
+        self.ui.statusLabel.clear()
+        self._setState(self.STARTING)
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the classification."), waitCursor=True):
+            try:
+                pn = self._parameterNode
+                if not self.logic.ensureDependencies(askConfirmation=True):
+                    self.addLog(_("Python packages were not installed; nothing was run."))
+                    self._setState(self.IDLE, _("Not run"))
+                    return
+                self._task = self.logic.classify(
+                    pn.inputVolume, pn.modelPath, forceCpu=pn.forceCpu, wait=False,
+                    logCallback=self.addLog, completedCallback=self.onTaskCompleted,
+                    loadingCallback=lambda task: self._setState(self.LOADING),
+                    outputs=self.logic.previousOutputs(pn, pn.inputVolume), installDependencies=False)
+                self._setState(self.RUNNING)
+            except Exception:
+                self._task = None
+                self._setState(self.IDLE, _("Failed"))
+                raise
+
+    def onTaskCompleted(self, task) -> None:
+        self._task = None
+        if task.status == "completed":
+            if self._parameterNode:
+                for key, name in OUTPUT_PARAMETERS.items():
+                    setattr(self._parameterNode, name, task.outputs.get(key))
+            for row in SinusAnomalyMRML.result_rows(task.outputs["result"]):
+                self.addLog(_("{side}: probability {p:.3f}, {verdict} (spread {s:.3f}), anomalous volume {v:.2f} mL").format(
+                    side=row[0], p=row[1], verdict=row[2], s=row[3], v=row[4]))
+            self.addLog(_("Finished in {seconds:.1f} s.").format(seconds=task.elapsed))
+            self.ui.outputsCollapsibleButton.collapsed = False
+            self._setState(self.IDLE, _("Done"))
+        elif task.status == "cancelled":
+            self.addLog(_("Cancelled."))
+            self._setState(self.IDLE, _("Cancelled"))
+        else:
+            self.addLog(_("Failed: {message}").format(message=task.errorMessage))
+            self._setState(self.IDLE, _("Failed"))
+            slicer.util.errorDisplay(_("Classification failed."), detailedText=task.errorMessage)
+
+    # ------------------------------------------------------------------ display
+
+    def onHeatmapOpacityChanged(self, value) -> None:
+        slicer.util.setSliceViewerLayers(foregroundOpacity=value)
+
+    def onShowResults(self) -> None:
+        pn = self._parameterNode
+        if not pn or not pn.heatmapVolume:
+            return
+        outputs = {key: getattr(pn, name) for key, name in OUTPUT_PARAMETERS.items()}
+        self.logic.showResults(pn.inputVolume, outputs, foregroundOpacity=self.ui.heatmapOpacitySlider.value)
+
+
+#
+# SinusAnomalyLogic
+#
+
+
+class ClassificationTask:
+    """One classify run: input, temporary folder, background process and, once loaded, the outputs.
+
+    ``status``: "running", "loading", "completed", "failed" or "cancelled".
+    """
+
+    def __init__(self, inputVolumeNode, modelPath, forceCpu, tempDir, process):
+        self.inputVolumeNode = inputVolumeNode
+        self.modelPath = str(modelPath)
+        self.forceCpu = bool(forceCpu)
+        self.tempDir = Path(tempDir)
+        self.resultDir = self.tempDir / "result"
+        self.process = process
+        self.status = "running"
+        self.outputs = {}
+        self.errorMessage = ""
+        self.reuseOutputs = None
+        self.logCallback = None
+        self.completedCallback = None
+        self.loadingCallback = None
+        self.timer = None
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "loading")
+
+    @property
+    def elapsed(self) -> float:
+        return self.process.elapsed
+
+
+class SinusAnomalyLogic(ScriptedLoadableModuleLogic):
+    """Classification of a volume node with a model bundle; usable without the widget.
+
+    From a script (blocking)::
+
+        logic = SinusAnomalyLogic()
+        task = logic.classify(volumeNode, "/path/model.sabundle", forceCpu=True, wait=True)
+        task.outputs["table"], task.outputs["heatmap"], task.outputs["labelmap"], ...
+    """
+
+    POLL_INTERVAL_MS = 200
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.keepTemporaryFiles = False  # set True to inspect the background process's files
+        self.showResultsWhenDone = True
+        self._tasks = []
+
+    def getParameterNode(self):
+        return SinusAnomalyParameterNode(super().getParameterNode())
+
+    # ------------------------------------------------------------------ environment
+
+    @staticmethod
+    def trainingScript() -> Path:
+        script = SinusAnomalyMRML.find_training_script(MODULE_DIR)
+        if script is None:
+            raise RuntimeError(
+                f"SinusAnomalyTraining/slicer_script.py was found neither in {MODULE_DIR} nor in {MODULE_DIR.parent}; "
+                "the extension is incompletely installed")
+        return script
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        """PythonSlicer: Slicer's Python launcher, on PATH inside Slicer (else next to this interpreter)."""
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+        for candidate in (Path(sys.executable).parent / "PythonSlicer", Path(sys.executable).parent / "PythonSlicer.exe"):
+            if candidate.is_file():
+                return str(candidate)
+        return sys.executable
+
+    @staticmethod
+    def processEnvironment(forceCpu: bool) -> dict:
+        """The environment Slicer was started with (PythonSlicer adds its own settings), plus ours."""
+        try:
+            base = slicer.util.startupEnvironment()
+        except Exception:  # noqa: BLE001 (older Slicer or no application: the current environment)
+            base = dict(os.environ)
+        script = SinusAnomalyLogic.trainingScript()
+        return SinusAnomalyMRML.classify_environment(base, forceCpu, python_paths=[MODULE_DIR, script.parent.parent])
+
+    # ------------------------------------------------------------------ dependencies
+
+    @staticmethod
+    def missingDependencies() -> list:
+        return SinusAnomalyMRML.missing_requirements()
+
+    def ensureDependencies(self, askConfirmation: bool = True) -> bool:
+        """Install torch, MONAI and the other packages the background process needs, if missing.
+
+        Returns False when the user declined. SimpleITK is never installed or upgraded: Slicer
+        ships its own build (see SinusAnomalyMRML.PYTHON_REQUIREMENTS for how that is ensured).
+        """
+        missing = self.missingDependencies()
+        if not missing:
+            return True
+        listing = ", ".join(requirement for _name, requirement, _noDeps in missing)
+        if askConfirmation and not slicer.app.testingEnabled():
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("SinusAnomaly needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
+                      "Download and install them now? This can take several minutes.").format(packages=listing),
+                    _("Install Python packages")):
+                return False
+        # Errors (no network, pip failures) propagate: the widget shows them, scripts get the exception.
+        constraintsFile = Path(slicer.util.tempDirectory("SinusAnomalyPip")) / "constraints.txt"
+        if any(name == "torch" for name, _requirement, _noDeps in missing):
+            if not self._installTorch(constraintsFile):
+                return False
+        others = [entry for entry in missing if entry[0] != "torch"]
+        if others:
+            constraintsFile.write_text(SinusAnomalyMRML.pip_constraints())  # pins SimpleITK and the torch just installed
+            for args in SinusAnomalyMRML.pip_install_arguments(others, constraintsFile):
+                logging.info(f"SinusAnomaly: pip install {' '.join(args)}")
+                slicer.util.pip_install(args)
+        importlib.invalidate_caches()
+        still = self.missingDependencies()
+        if still:
+            raise RuntimeError("Python packages still missing after installation: "
+                               + ", ".join(requirement for _name, requirement, _noDeps in still))
+        return True
+
+    @staticmethod
+    def _installTorch(constraintsFile: Path) -> bool:
+        try:
+            import PyTorchUtils  # the PyTorch extension: picks the build that fits the GPU driver
+        except ImportError:
+            PyTorchUtils = None
+        if PyTorchUtils is not None:
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            try:
+                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=SinusAnomalyMRML.TORCH_REQUIREMENT)
+            except TypeError:  # older PyTorch extension without version requirements
+                torch = torchLogic.installTorch(askConfirmation=True)
+            if torch is None:
+                logging.info("SinusAnomaly: PyTorch installation was declined")
+                return False
+            return True
+        # No PyTorch extension: the pinned release from PyPI (a CPU build on most systems; install the
+        # PyTorch extension for a CUDA build). The constraints file keeps Slicer's SimpleITK.
+        constraintsFile.write_text(SinusAnomalyMRML.pip_constraints())
+        slicer.util.pip_install([SinusAnomalyMRML.TORCH_FALLBACK_REQUIREMENT, "-c", str(constraintsFile)])
+        return True
+
+    # ------------------------------------------------------------------ classification
+
+    @staticmethod
+    def inputProblem(inputVolumeNode, modelPath):
+        """Why classification cannot start with these inputs, or None."""
+        if inputVolumeNode is None:
+            return _("Select an input volume")
+        if inputVolumeNode.GetImageData() is None:
+            return _("The input volume has no image data")
+        if not modelPath:
+            return _("Choose a model bundle (*.sabundle); none ships with SinusAnomaly, see the module help")
+        if not Path(modelPath).is_file():
+            return _("Model bundle not found: {path}").format(path=modelPath)
+        return None
+
+    @staticmethod
+    def previousOutputs(parameterNode, inputVolumeNode) -> dict:
+        """Result nodes of an earlier run on the same input (they are refilled instead of duplicated)."""
+        if parameterNode is None or inputVolumeNode is None:
+            return {}
+        outputs = {}
+        for key, name in OUTPUT_PARAMETERS.items():
+            node = getattr(parameterNode, name)
+            if node is not None and node.GetAttribute(SinusAnomalyMRML.ATTRIBUTE_INPUT) == inputVolumeNode.GetID():
+                outputs[key] = node
+        return outputs
+
+    def classify(self, inputVolumeNode, modelPath, forceCpu=False, wait=True, logCallback=None,
+                 completedCallback=None, loadingCallback=None, outputs=None, installDependencies=True):
+        """Classify both maxillary sinuses of ``inputVolumeNode`` with the bundle at ``modelPath``.
+
+        Runs ``classify`` in a background PythonSlicer process (``CUDA_VISIBLE_DEVICES=-1`` and
+        ``--device cpu`` with ``forceCpu``). ``wait=True`` blocks until the results are loaded and
+        raises RuntimeError when the process fails; ``wait=False`` returns at once and calls
+        ``completedCallback(task)`` at the end (``task.status`` says how it went). The loaded nodes
+        are in ``task.outputs`` (see SinusAnomalyMRML.load_results); ``outputs`` may hold nodes
+        of an earlier run to refill.
+        """
+        problem = self.inputProblem(inputVolumeNode, modelPath)
+        if problem:
+            raise ValueError(problem)
+        if installDependencies and not self.ensureDependencies(askConfirmation=True):
+            raise RuntimeError("SinusAnomaly's Python packages are not installed")
+        script = self.trainingScript()
+        tempDir = Path(slicer.util.tempDirectory("SinusAnomaly"))
+        inputFile = tempDir / "input.nrrd"
+        self._log(logCallback, _("Writing the input volume to {path}").format(path=inputFile))
+        SinusAnomalyMRML.write_volume_to_file(inputVolumeNode, inputFile)
+        command = SinusAnomalyMRML.classify_command(self.pythonExecutable(), script, inputFile, modelPath,
+                                                    tempDir / "result", force_cpu=forceCpu)
+        env = self.processEnvironment(forceCpu)
+        logging.info(f"SinusAnomaly: {' '.join(command)}" + (" (CUDA_VISIBLE_DEVICES=-1)" if forceCpu else ""))
+        process = SinusAnomalyMRML.ClassificationProcess(command, env=env, cwd=tempDir)
+        task = ClassificationTask(inputVolumeNode, modelPath, forceCpu, tempDir, process)
+        task.reuseOutputs = outputs
+        task.logCallback = logCallback
+        task.completedCallback = completedCallback
+        task.loadingCallback = loadingCallback
+        process.start()
+        self._tasks.append(task)
+        self._log(logCallback, _("Started the classification (process {pid})").format(pid=process.pid))
+
+        if wait:
+            def forward(line):
+                self._log(logCallback, line)
+                if slicer.app is not None:
+                    slicer.app.processEvents()
+            process.wait(on_line=forward)
+            self._finish(task)
+            if task.status != "completed":
+                raise RuntimeError(f"SinusAnomaly classification {task.status}: {task.errorMessage}")
+            return task
+
+        task.timer = qt.QTimer()
+        task.timer.setInterval(self.POLL_INTERVAL_MS)
+        task.timer.connect("timeout()", lambda: self._poll(task))
+        task.timer.start()
+        return task
+
+    def cancel(self, task=None) -> None:
+        """End the background process of ``task`` (default: every running one)."""
+        # The timer (wait=False) or the waiting loop (wait=True) then sees the process end and
+        # finishes the task with status "cancelled".
+        for t in ([task] if task is not None else list(self._tasks)):
+            if t is not None and t.status == "running":
+                t.process.cancel()
+
+    def _poll(self, task) -> None:
+        for line in task.process.poll():
+            self._log(task.logCallback, line)
+        if task.process.finished:
+            task.timer.stop()
+            self._finish(task)
+
+    def _finish(self, task) -> None:
+        if task.status != "running":
+            return  # finished already
+        process = task.process
+        process.poll()
+        try:
+            if process.cancelled:
+                task.status = "cancelled"
+            elif process.returncode != 0:
+                task.status = "failed"
+                tail = "\n".join(process.lines[-15:])
+                task.errorMessage = f"the classify process ended with exit code {process.returncode}\n{tail}"
+            elif task.inputVolumeNode.GetScene() is None:
+                task.status = "cancelled"
+                task.errorMessage = "the input volume was removed from the scene"
+            else:
+                task.status = "loading"
+                if task.loadingCallback:
+                    task.loadingCallback(task)
+                try:
+                    task.outputs = SinusAnomalyMRML.load_results(task.resultDir, slicer.mrmlScene, task.inputVolumeNode,
+                                                                 outputs=task.reuseOutputs)
+                    task.status = "completed"
+                    if self.showResultsWhenDone:
+                        self.showResults(task.inputVolumeNode, task.outputs)
+                except Exception as exc:  # noqa: BLE001 (reported through the task)
+                    logging.exception("SinusAnomaly: loading the results failed")
+                    task.status = "failed"
+                    task.errorMessage = f"loading the results failed: {exc}"
+        finally:
+            if task in self._tasks:
+                self._tasks.remove(task)
+            if not self.keepTemporaryFiles:
+                shutil.rmtree(task.tempDir, ignore_errors=True)
+            else:
+                logging.info(f"SinusAnomaly: temporary files kept in {task.tempDir}")
+            if task.completedCallback:
+                task.completedCallback(task)
+
+    @staticmethod
+    def _log(callback, text) -> None:
+        logging.info(text)
+        if callback:
+            callback(text)
+
+    # ------------------------------------------------------------------ display
+
+    @staticmethod
+    def showResults(inputVolumeNode, outputs, foregroundOpacity=SinusAnomalyMRML.HEATMAP_OPACITY) -> None:
+        """Input as background, heat map as coloured foreground, anomalies as label layer; ROIs shown."""
+        if slicer.app is None or not hasattr(slicer.app, "layoutManager") or slicer.app.layoutManager() is None:
+            return  # no views (batch mode)
+        slicer.util.setSliceViewerLayers(
+            background=inputVolumeNode, foreground=outputs.get("heatmap"), label=outputs.get("labelmap"),
+            foregroundOpacity=foregroundOpacity, labelOpacity=0.8)
+        for key in ("roi_left", "roi_right"):
+            roi = outputs.get(key)
+            if roi is not None and roi.GetDisplayNode() is not None:
+                roi.GetDisplayNode().SetVisibility(True)
+
+
+#
+# SinusAnomalyTest
+#
+
+
+class SinusAnomalyTest(ScriptedLoadableModuleTest):
+    """Self-test (inside Slicer): colour table, models folder, and a classification of a synthetic head."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ColorTableAndModelsFolder()
+        self.setUp()
+        self.test_ClassifySyntheticHead()
+
+    def test_ColorTableAndModelsFolder(self):
+        self.delayDisplay("Colour table and models folder")
+        table = SinusAnomalyMRML.create_anomaly_color_table(slicer.mrmlScene)
+        self.assertEqual(table.GetNumberOfColors(), 3)
+        self.assertEqual(table.GetColorName(1), "left maxillary sinus anomaly")
+        self.assertEqual(table.GetColorName(2), "right maxillary sinus anomaly")
+        self.assertIs(SinusAnomalyMRML.create_anomaly_color_table(slicer.mrmlScene), table)
+        self.assertTrue(str(SinusAnomalyMRML.models_folder()))
+        self.assertIsNotNone(SinusAnomalyMRML.find_training_script(MODULE_DIR))
+        self.delayDisplay("Colour table and models folder: passed")
+
+    def _bundleForTest(self, folder: Path):
+        """A bundle from the models folder, else an untrained one (no training in a self-test)."""
+        bundles = SinusAnomalyMRML.list_bundles()
+        if bundles:
+            return bundles[0]
+        try:
+            from SinusAnomalyLib import bundle as bundleModule
+        except ImportError as exc:
+            self.delayDisplay(f"Skipped classification: SinusAnomalyLib.bundle cannot be imported ({exc})")
+            return None
+        builder = getattr(bundleModule, "build_untrained_bundle", None)
+        if builder is None:
+            self.delayDisplay("Skipped classification: no bundle in the models folder and no "
+                              "SinusAnomalyLib.bundle.build_untrained_bundle to make a random-weight one")
+            return None
+        return Path(builder(folder / "untrained.sabundle"))
+
+    def test_ClassifySyntheticHead(self):
+        self.delayDisplay("Classification of a synthetic head")
+        logic = SinusAnomalyLogic()
+        missing = logic.missingDependencies()
+        if missing:
+            self.delayDisplay("Skipped classification: Python packages missing ("
+                              + ", ".join(r for _n, r, _d in missing) + "); click Classify once to install them")
+            return
+
+        import numpy as np
+        from SinusAnomalyLib.imageio import write_image
+        from SinusAnomalyLib.synth import make_case
+
+        folder = Path(slicer.util.tempDirectory("SinusAnomalyTest"))
+        bundlePath = self._bundleForTest(folder)
+        if bundlePath is None:
+            return
+        case = make_case("selftest", np.random.default_rng(7), anomalies={"left": "polyp", "right": None})
+        imagePath = folder / "synthetic_head.nrrd"
+        write_image(case.image, imagePath)
+        volumeNode = slicer.util.loadVolume(str(imagePath))
+        self.delayDisplay("Synthetic head loaded; classifying (background process)")
+
+        start = time.time()
+        task = logic.classify(volumeNode, bundlePath, forceCpu=True, wait=True)
+        self.assertEqual(task.status, "completed")
+        outputs = task.outputs
+        for key, className in (("heatmap", "vtkMRMLScalarVolumeNode"), ("labelmap", "vtkMRMLLabelMapVolumeNode"),
+                               ("table", "vtkMRMLTableNode"), ("roi_left", "vtkMRMLMarkupsROINode"),
+                               ("roi_right", "vtkMRMLMarkupsROINode")):
+            self.assertIsNotNone(outputs.get(key), key)
+            self.assertTrue(outputs[key].IsA(className), key)
+            self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(outputs[key].GetID()))
+        table = outputs["table"]
+        self.assertEqual(table.GetNumberOfRows(), 2)
+        for row in range(2):
+            probability = float(table.GetCellText(row, 1))
+            self.assertTrue(0.0 <= probability <= 1.0)
+        heat = slicer.util.arrayFromVolume(outputs["heatmap"])
+        self.assertEqual(heat.shape, slicer.util.arrayFromVolume(volumeNode).shape)
+        self.assertTrue(0.0 <= float(heat.min()) and float(heat.max()) <= 1.0)
+        labels = set(np.unique(slicer.util.arrayFromVolume(outputs["labelmap"])).tolist())
+        self.assertTrue(labels <= {0, 1, 2})
+        self.delayDisplay(f"Classification of a synthetic head: passed ({time.time() - start:.1f} s)")

@@ -1,0 +1,39 @@
+"""Where model bundles live: the per-user models folder, and resolving a bundle by name or path.
+
+Light on purpose (no torch): the Slicer GUI lists bundles before torch is installed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import BundleError
+
+BUNDLE_SUFFIX = ".sabundle"
+MODELS_ENV = "SINUS_ANOMALY_MODELS"
+
+
+def models_folder() -> Path:
+    """The per-user models folder: ``$SINUS_ANOMALY_MODELS`` or ``~/.sinus-anomaly/models``."""
+    override = os.environ.get(MODELS_ENV)
+    return Path(override).expanduser() if override else Path.home() / ".sinus-anomaly" / "models"
+
+
+def list_bundles(folder: str | Path | None = None) -> list[Path]:
+    """Bundles (``*.sabundle`` files) in ``folder`` (default: the models folder), sorted by name."""
+    folder = Path(folder) if folder is not None else models_folder()
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(BUNDLE_SUFFIX)),
+                  key=lambda p: p.name.lower())
+
+
+def resolve_bundle(name_or_path: str | Path) -> Path:
+    """A path as given if it exists, else the bundle of that name in the models folder."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    for candidate in (models_folder() / path.name, models_folder() / f"{path.name}{BUNDLE_SUFFIX}"):
+        if candidate.is_file():
+            return candidate
+    raise BundleError(path, f"no such bundle file, and none of that name in the models folder {models_folder()}")
