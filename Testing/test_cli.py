@@ -53,3 +53,15 @@ def test_slicer_script_works_without_installation_and_passes_exit_code(tmp_path)
     assert bad.returncode == 2
     assert "missing.nii.gz: does not exist" in bad.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_extension_build_lists_every_python_file():
+    """SinusAnomaly/CMakeLists.txt names files one by one; a file missing there is missing in Slicer."""
+    import re
+
+    cmake = (REPO / "SinusAnomaly" / "CMakeLists.txt").read_text()
+    listed = set(re.findall(r"^\s*([\w/]+\.py)\s*$", cmake, flags=re.M))
+    lib = {f"SinusAnomalyLib/{p.name}" for p in (REPO / "SinusAnomaly" / "SinusAnomalyLib").glob("*.py")}
+    training = {str(p.relative_to(REPO / "SinusAnomalyTraining")) for p in (REPO / "SinusAnomalyTraining").rglob("*.py")}
+    assert lib <= listed, sorted(lib - listed)
+    assert training <= listed, sorted(training - listed)
