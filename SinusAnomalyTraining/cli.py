@@ -20,6 +20,7 @@ COMMANDS = {
     "finetune": "Fine-tune the classifier with a label fraction, with or without pretraining.",
     "evaluate": "Metrics, intervals, ROC/PR plots and report of a run's fine-tuned classifiers.",
     "run": "Run every stage for the configured folds, methods and label fractions, then evaluate.",
+    "experiment": "The paper's comparison grid (methods x label fractions x folds, CAE ablation) and its report.",
     "export": "Export a finished run as a model bundle (.sabundle).",
     "classify": "Classify both maxillary sinuses of head MRIs with a model bundle.",
     "demo": "Run the pipeline on a small synthetic cohort (the README's main command).",

@@ -14,8 +14,9 @@ from pathlib import Path
 from SinusAnomalyLib.errors import SinusAnomalyError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-BUILTIN = ("paper", "demo")
-METHODS = ("none", "residual")
+BUILTIN = ("paper", "demo", "grid-cpu", "grid-paper")
+PRETEXT = ("ae", "dae", "simclr", "byol", "simsiam", "spark")  # the baselines of the paper's Table 2
+METHODS = ("none", "residual", *PRETEXT, "medicalnet")
 
 
 class ConfigError(SinusAnomalyError):
@@ -39,7 +40,9 @@ def _merge(base: dict, override: dict, where: str, path: Path) -> dict:
     for key, value in override.items():
         if key not in base:
             raise ConfigError(f"{path}: unknown setting '{where}{key}' (known: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict):
+        if where == "pretext.":  # a method's options are checked by build_pretext, which knows them
+            out[key] = value
+        elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: '{where}{key}' must be an object")
             out[key] = _merge(base[key], value, f"{where}{key}.", path)
@@ -64,6 +67,11 @@ def _validate(config: dict, path: Path) -> None:
     for stage in ("cae", "pretrain", "finetune"):
         if int(config[stage]["epochs"]) < 1 or int(config[stage]["batch_size"]) < 1:
             raise ConfigError(f"{path}: {stage}.epochs and {stage}.batch_size must be at least 1")
+    if "medicalnet" in config["methods"] and not config["medicalnet_weights"]:
+        raise ConfigError(f"{path}: method 'medicalnet' needs medicalnet_weights: the path of a local MedicalNet "
+                          "ResNet18 file (nothing is downloaded)")
+    if any(not (0 < float(f) <= 100) for f in config["cae_fractions"]):
+        raise ConfigError(f"{path}: cae_fractions must be percentages in (0, 100]")
     if int(config["residuals"]["median_kernel"]) % 2 != 1:
         raise ConfigError(f"{path}: residuals.median_kernel must be odd")
 

@@ -339,7 +339,7 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
         progress: bool = True, log=None, *, seed: int = 0, grad_clip_norm: float | None = None,
         scaler: torch.amp.GradScaler | None = None,
         metrics_fn: Callable[[nn.Module, torch.device], dict] | None = None,
-        extra: dict | None = None) -> list[dict]:
+        extra: dict | None = None, after_step: Callable[[int, int], None] | None = None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs; return the per-epoch history.
 
     Args:
@@ -366,6 +366,8 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
         metrics_fn: ``metrics_fn(model, device) -> dict`` of extra per-epoch numbers (after
             validation, model in eval mode); they join the history and can be monitored.
         extra: caller data stored in every checkpoint (plain data only).
+        after_step: ``after_step(step, total_steps)`` after every optimisation step (1-based global
+            step; e.g. BYOL's target update). A function of the step only, so resuming repeats it.
 
     Returns:
         A list with one dict per epoch: ``epoch`` (1-based), ``train_loss``, ``val_loss`` (or None),
@@ -441,6 +443,8 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
                 scheduler.step()
             total += loss.detach().to(torch.float64)
             n_steps += 1
+            if after_step is not None:
+                after_step(epoch * len(train_loader) + n_steps, epochs * len(train_loader))
             if show and (n_steps % 10 == 1 or n_steps == len(train_loader)):
                 bar.set_postfix(loss=f"{total.item() / n_steps:.4g}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
         bar.close()

@@ -36,7 +36,9 @@ from SinusAnomalyLib.splits import fraction_key
 from . import runtime
 from .data import SinusCrops, augmentation, make_loader
 from .engine import Checkpointer, fit, load_checkpoint
+from .config import METHODS, PRETEXT
 from .optim import LARS, WarmupCosine, scaled_lr
+from .pretext import build_pretext, load_medicalnet_encoder
 
 DONE = "done.json"
 
@@ -64,6 +66,7 @@ class FoldContext:
     device: torch.device
     resume: bool = True
     progress: bool = True
+    cae_fraction: float = 100  # the paper's CAE ablation: the CAE sees this % of the training normals
 
     def __post_init__(self) -> None:
         if not 0 <= self.fold < len(self.dataset.splits.folds):
@@ -72,6 +75,27 @@ class FoldContext:
     @property
     def fold_dir(self) -> Path:
         return Path(self.run_dir) / f"fold{self.fold}"
+
+    @property
+    def _cae_suffix(self) -> str:
+        return "" if float(self.cae_fraction) == 100 else f"_cae{fraction_key(float(self.cae_fraction) / 100.0)}"
+
+    @property
+    def cae_dir(self) -> Path:
+        return self.fold_dir / f"cae{self._cae_suffix}"
+
+    @property
+    def residuals_dir(self) -> Path:
+        return self.fold_dir / f"residuals{self._cae_suffix}"
+
+    @property
+    def pretrain_dir(self) -> Path:
+        return self.fold_dir / f"pretrain{self._cae_suffix}"
+
+    @property
+    def residual_method(self) -> str:
+        """Name of residual pretraining in the fine-tuning folders ("residual", or "residual_cae20" etc.)."""
+        return f"residual{self._cae_suffix}"
 
     @property
     def splits(self):
@@ -116,6 +140,27 @@ def _finished(stage_dir: Path, made_from: dict) -> bool:
     return done is not None and done.get("made_from") == made_from
 
 
+def _start_stage(stage_dir: Path, made_from: dict) -> None:
+    """Record what a stage is being made from; leftovers of a run with other inputs are removed.
+
+    Without this, changing a setting and re-running would resume the old run's checkpoint.
+    """
+    if not runtime.is_main_process():
+        runtime.barrier()
+        return
+    started = stage_dir / "started.json"
+    if started.is_file():
+        try:
+            previous = json.loads(started.read_text()).get("made_from")
+        except json.JSONDecodeError:
+            previous = None
+        if previous != made_from:
+            for name in (Checkpointer.LAST, Checkpointer.BEST, "history.json", "history.csv", DONE, "predictions.csv"):
+                (stage_dir / name).unlink(missing_ok=True)
+    write_json_atomic(started, {"made_from": made_from})
+    runtime.barrier()
+
+
 def _mark_done(stage_dir: Path, made_from: dict, **outputs) -> None:
     if runtime.is_main_process():
         write_json_atomic(stage_dir / DONE, {"made_from": made_from, **outputs})
@@ -143,14 +188,18 @@ def train_cae(ctx: FoldContext) -> Path:
 
     Returns the path of the best checkpoint (lowest L1 on the validation patients' normals).
     """
-    stage_dir = ctx.fold_dir / "cae"
+    stage_dir = ctx.cae_dir
     cfg = ctx.config["cae"]
     made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "crop_size": ctx.config["crop_size"], "cae": cfg,
-                 "seed": ctx.config["seed"]}
+                 "seed": ctx.config["seed"], "cae_fraction": ctx.cae_fraction}
     if _finished(stage_dir, made_from):
         return stage_dir / Checkpointer.BEST
+    _start_stage(stage_dir, made_from)
     labels = ctx.dataset.labels()
     train = [i for i in ctx.indices("train") if labels[i] == 0]
+    if float(ctx.cae_fraction) < 100:  # fixed nested subsets: one seeded order, a prefix per fraction
+        order = np.random.default_rng([int(ctx.config["seed"]), ctx.fold, 7]).permutation(len(train))
+        train = sorted(np.asarray(train)[order[: max(1, round(len(train) * float(ctx.cae_fraction) / 100.0))]].tolist())
     val = [i for i in ctx.indices("val") if labels[i] == 0]
     if not train:
         raise DatasetError(f"fold {ctx.fold} has no normal training sinus to train the CAE on")
@@ -178,7 +227,7 @@ def train_cae(ctx: FoldContext) -> Path:
 
 def load_cae(ctx: FoldContext) -> tuple[ConvAutoencoder, str]:
     """The fold's trained CAE (eval mode) and the checksum of its checkpoint."""
-    path = _require(ctx.fold_dir / "cae" / Checkpointer.BEST, "train-cae", ctx.fold_dir)
+    path = _require(ctx.cae_dir / Checkpointer.BEST, "train-cae", ctx.fold_dir)
     model = cae_model(ctx.config)
     model.load_state_dict(load_checkpoint(path)["model"])
     return model.to(ctx.device).eval(), sha256_file(path)
@@ -188,7 +237,7 @@ def load_cae(ctx: FoldContext) -> tuple[ConvAutoencoder, str]:
 
 def compute_residuals(ctx: FoldContext) -> Path:
     """Residual targets of every crop of the dataset with the fold's CAE; cached with its identity."""
-    stage_dir = ctx.fold_dir / "residuals"
+    stage_dir = ctx.residuals_dir
     cfg = ctx.config["residuals"]
     cae, cae_sha = load_cae(ctx)
     made_from = {"cae_sha256": cae_sha, "residuals": cfg, "crop_size": ctx.config["crop_size"]}
@@ -215,10 +264,10 @@ def compute_residuals(ctx: FoldContext) -> Path:
 
 def load_residuals(ctx: FoldContext) -> dict:
     """``{sample_id: (S, S, S) residual}`` of the fold, refusing residuals of another CAE."""
-    stage_dir = ctx.fold_dir / "residuals"
+    stage_dir = ctx.residuals_dir
     npy = _require(stage_dir / "residuals.npy", "residuals", ctx.fold_dir)
     meta = json.loads(_require(stage_dir / "residuals.json", "residuals", ctx.fold_dir).read_text())
-    cae_path = _require(ctx.fold_dir / "cae" / Checkpointer.BEST, "train-cae", ctx.fold_dir)
+    cae_path = _require(ctx.cae_dir / Checkpointer.BEST, "train-cae", ctx.fold_dir)
     if meta.get("cae_sha256") != sha256_file(cae_path):
         raise StageInputError(
             f"{npy} was made by a different CAE than {cae_path} (stale): re-run the 'residuals' stage for {ctx.fold_dir.name}"
@@ -245,13 +294,14 @@ def pretrain(ctx: FoldContext) -> Path:
     image and target together, noise touches the image only. Labels are not used: every sinus of
     the fold's training patients is unlabelled data.
     """
-    stage_dir = ctx.fold_dir / "pretrain"
+    stage_dir = ctx.pretrain_dir
     cfg = ctx.config["pretrain"]
     residuals = load_residuals(ctx)
-    residual_sha = _done(ctx.fold_dir / "residuals")["residuals_sha256"]
+    residual_sha = _done(ctx.residuals_dir)["residuals_sha256"]
     made_from = {"residuals_sha256": residual_sha, "pretrain": cfg, "encoder_widths": ctx.config["encoder_widths"], "seed": ctx.config["seed"]}
     if _finished(stage_dir, made_from):
         return stage_dir / Checkpointer.BEST
+    _start_stage(stage_dir, made_from)
     size = ctx.config["crop_size"]
     train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size, residuals, augmentation(cfg["augment"], with_residual=True))
     val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size, residuals)
@@ -281,13 +331,62 @@ def pretrain(ctx: FoldContext) -> Path:
     return best
 
 
+# --------------------------------------------------------------------------- 3b. baseline pretraining
+
+def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
+    """A baseline self-supervised pretraining (AE, DAE, SimCLR, BYOL, SimSiam, SparK) of the same encoder.
+
+    Same data (every sinus of the fold's training patients, labels unused), optimiser and schedule
+    as residual pretraining, so the comparison differs in the pretext task only. Each method
+    brings its own augmentation (see :mod:`.pretext`); BYOL's target moves by EMA after each step.
+    """
+    if method not in PRETEXT:
+        raise SinusAnomalyError(f"'{method}' is not a baseline pretraining method (known: {', '.join(PRETEXT)})")
+    stage_dir = ctx.fold_dir / f"pretrain_{method}"
+    cfg = ctx.config["pretrain"]
+    options = dict(ctx.config["pretext"].get(method, {}))
+    made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "method": method, "options": options,
+                 "pretrain": {k: v for k, v in cfg.items() if k != "augment"}, "encoder_widths": ctx.config["encoder_widths"],
+                 "crop_size": ctx.config["crop_size"], "seed": ctx.config["seed"]}
+    if _finished(stage_dir, made_from):
+        return stage_dir / Checkpointer.BEST
+    _start_stage(stage_dir, made_from)
+    size = ctx.config["crop_size"]
+    train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size)
+    val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size)
+    batch = min(int(cfg["batch_size"]), len(train_set))
+    train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"], drop_last=True)
+    val_loader = make_loader(val_set, batch, False, ctx.config["seed"], drop_last=True) if len(val_set) >= 2 else None
+    runtime.seed_everything(ctx.config["seed"])
+    model = build_pretext(method, encoder_widths=tuple(ctx.config["encoder_widths"]), **options).to(ctx.device)
+    lr = scaled_lr(float(cfg["base_lr"]), batch * runtime.world_size(), int(cfg["base_batch"]))
+    optimizer = LARS(parameter_groups(model, float(cfg["weight_decay"])), lr=lr, momentum=float(cfg["momentum"]),
+                     weight_decay=float(cfg["weight_decay"]))
+    scheduler = WarmupCosine.for_loader(optimizer, train_loader, int(cfg["epochs"]), float(cfg["warmup_epochs"]))
+    wrapped = runtime.wrap_ddp(model, ctx.device)
+
+    def pretext_step(net, batch_, device):
+        return net(_image_batch(batch_, device))  # each pretext model returns its own loss
+
+    with ctx.logger(stage_dir) as log:
+        log.info(f"{method} pretraining fold {ctx.fold}: {len(train_set)} sinuses, batch {batch}, LARS lr {lr:.4g}")
+        fit(wrapped, train_loader, val_loader, pretext_step, int(cfg["epochs"]), optimizer, scheduler, ctx.device,
+            Checkpointer(stage_dir), resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress, log=log,
+            seed=ctx.config["seed"], extra={"model": type(model).__name__, "method": method},
+            after_step=runtime.unwrap_model(wrapped).after_optimizer_step)
+    runtime.barrier()
+    best = stage_dir / Checkpointer.BEST
+    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(best))
+    return best
+
+
 # --------------------------------------------------------------------------- 4. fine-tuning
 
 PREDICTION_COLUMNS = ("sample_id", "patient", "side", "split", "label", "anomaly_type", "p_anomalous")
 
 
-def classifier_model(config: dict) -> SinusClassifier:
-    return SinusClassifier(encoder_widths=tuple(config["encoder_widths"]))
+def classifier_model(config: dict, shortcut: str = "B") -> SinusClassifier:
+    return SinusClassifier(encoder_widths=tuple(config["encoder_widths"]), shortcut_type=shortcut)
 
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:
@@ -316,18 +415,25 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
     norm and bias parameters), augmentations at the configured probability; the checkpoint of
     lowest validation loss predicts the validation and test sinuses (``predictions.csv``).
     """
-    stage_dir = ctx.fold_dir / "finetune" / method / f"frac{fraction_key(float(fraction) / 100.0)}"
+    name = ctx.residual_method if method == "residual" else method
+    stage_dir = ctx.fold_dir / "finetune" / name / f"frac{fraction_key(float(fraction) / 100.0)}"
     cfg = ctx.config["finetune"]
-    made_from = {"method": method, "fraction": fraction, "finetune": cfg, "encoder_widths": ctx.config["encoder_widths"],
+    made_from = {"method": name, "fraction": fraction, "finetune": cfg, "encoder_widths": ctx.config["encoder_widths"],
                  "seed": ctx.config["seed"], "dataset": ctx.dataset_fingerprint}
-    pretrained_path = None
+    pretrained_path, shortcut = None, "B"
     if method == "residual":
-        pretrained_path = _require(ctx.fold_dir / "pretrain" / Checkpointer.BEST, "pretrain", ctx.fold_dir)
-        made_from["pretrained_sha256"] = sha256_file(pretrained_path)
+        pretrained_path = _require(ctx.pretrain_dir / Checkpointer.BEST, "pretrain", ctx.fold_dir)
+    elif method in PRETEXT:
+        pretrained_path = _require(ctx.fold_dir / f"pretrain_{method}" / Checkpointer.BEST, f"pretrain ({method})", ctx.fold_dir)
+    elif method == "medicalnet":
+        pretrained_path, shortcut = Path(ctx.config["medicalnet_weights"]), "A"  # MedicalNet's layout
     elif method != "none":
-        raise SinusAnomalyError(f"unknown pretraining method '{method}' (known: none, residual)")
+        raise SinusAnomalyError(f"unknown pretraining method '{method}' (known: {', '.join(METHODS)})")
+    if pretrained_path is not None:
+        made_from["pretrained_sha256"] = sha256_file(pretrained_path) if pretrained_path.is_file() else None
     if _finished(stage_dir, made_from):
         return stage_dir / "predictions.csv"
+    _start_stage(stage_dir, made_from)
     size = ctx.config["crop_size"]
     labelled = ctx.labelled_indices(fraction)
     train_set = SinusCrops(ctx.dataset, labelled, size, transform=augmentation(cfg["augment"], with_residual=False))
@@ -337,8 +443,12 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
     train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"])
     val_loader = make_loader(val_set, batch, False, ctx.config["seed"]) if len(val_set) else None
     runtime.seed_everything(ctx.config["seed"])
-    model = classifier_model(ctx.config)
-    if pretrained_path is not None:
+    model = classifier_model(ctx.config, shortcut)
+    transfer = {}
+    if method == "medicalnet":
+        report = load_medicalnet_encoder(pretrained_path, model.encoder)
+        transfer = {"medicalnet": {k: report[k] for k in ("loaded", "ignored", "missing", "unexpected")}}
+    elif pretrained_path is not None:
         model.load_encoder(load_checkpoint(pretrained_path)["model"], prefix="encoder.")
     model = model.to(ctx.device)
     weights = class_weights(train_set.labels).to(ctx.device)
@@ -355,7 +465,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
             ctx.device, Checkpointer(stage_dir), resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress,
             log=log, seed=ctx.config["seed"], extra={"model": "SinusClassifier", "method": method})
     runtime.barrier()
-    best = classifier_model(ctx.config)
+    best = classifier_model(ctx.config, shortcut)
     best.load_state_dict(load_checkpoint(stage_dir / Checkpointer.BEST)["model"])
     best = best.to(ctx.device)
     rows = []
@@ -370,7 +480,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
         writer.writerow(PREDICTION_COLUMNS)
         writer.writerows(rows)
         write_text_atomic(stage_dir / "predictions.csv", buf.getvalue())
-    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(stage_dir / Checkpointer.BEST))
+    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(stage_dir / Checkpointer.BEST), **transfer)
     return stage_dir / "predictions.csv"
 
 

@@ -65,3 +65,12 @@ def test_extension_build_lists_every_python_file():
     training = {str(p.relative_to(REPO / "SinusAnomalyTraining")) for p in (REPO / "SinusAnomalyTraining").rglob("*.py")}
     assert lib <= listed, sorted(lib - listed)
     assert training <= listed, sorted(training - listed)
+
+
+def test_extension_build_lists_every_data_file_of_the_training_package():
+    import re
+
+    cmake = (REPO / "SinusAnomaly" / "CMakeLists.txt").read_text()
+    listed = set(re.findall(r"^\s*([\w/.-]+\.json)\s*$", cmake, flags=re.M))
+    package = REPO / "SinusAnomalyTraining"
+    assert {str(p.relative_to(package)) for p in package.rglob("*.json")} <= listed

@@ -166,3 +166,26 @@ def test_pretraining_and_finetuning_under_torchrun_with_two_cpu_processes(traine
     rows = stages.read_predictions(run / "fold0" / "finetune" / "residual" / "frac100" / "predictions.csv")
     assert {r["split"] for r in rows} == {"val", "test"}
     assert len(rows) == len(ctx.indices("val")) + len(ctx.indices("test"))  # written once, by rank 0
+
+
+def test_grid_with_baselines_and_cae_ablation(tiny_dataset, tmp_path):
+    """Two baselines plus the CAE ablation through the same pipeline; report in the paper's form."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config.update(methods=["none", "residual", "simsiam", "spark"], fractions=[50, 100], folds=[0],
+                  cae_fractions=[50, 100], cae_ablation_label_fraction=50,
+                  pretext={"simsiam": {}, "spark": {"patch_size": 4}}, medicalnet_weights=None)
+    from SinusAnomalyTraining import pipeline
+
+    result = pipeline.run_pipeline(config, tiny_dataset, tmp_path / "run", torch.device("cpu"), progress=False)
+    fold = tmp_path / "run" / "fold0"
+    assert (fold / "pretrain_simsiam" / "best.pt").is_file() and (fold / "pretrain_spark" / "best.pt").is_file()
+    assert (fold / "cae_cae50" / "done.json").is_file()
+    # the ablation CAE saw half of the training normals, a subset of the full CAE's
+    assert json.loads((fold / "cae_cae50" / "done.json").read_text())["n_train"] == round(
+        json.loads((fold / "cae" / "done.json").read_text())["n_train"] * 0.5)
+    assert (fold / "finetune" / "residual_cae50" / "frac50" / "predictions.csv").is_file()
+    report = (tmp_path / "run" / "evaluation" / "report.md").read_text()
+    assert "| simsiam | 50 % |" in report and "| spark | 100 % |" in report
+    assert "| simsiam | 100 % |" in report and "0.92 (0.91-0.93)" in report  # beside it, the paper's SimSiam at 100 %
+    assert [r["cae_fraction"] for r in result["ablation"]] == [50.0, 100.0]
+    assert (tmp_path / "run" / "evaluation" / "metrics_vs_fraction.png").is_file()

@@ -1,0 +1,14 @@
+"""The comparison grid of the paper: pretraining methods x label fractions x folds, and the CAE ablation.
+
+Each pretraining runs once per fold and serves every label fraction; finished cells are skipped on
+re-run. Ends with RUN/evaluation/report.md: a table in the form of the paper's Table 2 (method x
+fraction: AUROC, AUPRC, F1 with 95 % intervals) beside the paper's own numbers (HCHS data, not
+ours), the CAE ablation in the form of Table 3, and AUPRC/AUROC-versus-fraction curves (Figure 3).
+
+Configurations: 'grid-cpu' (synthetic cohort on 2 CPU cores: 32^3 crops, narrow networks, few
+epochs, no transfer learning) and 'grid-paper' (the paper's sizes, for GPUs; set
+medicalnet_weights to a local MedicalNet ResNet18 file), or a JSON file of your own.
+"""
+from __future__ import annotations
+
+from .run import add_arguments, run  # noqa: F401  (the same pipeline; the grid is in the configuration)
