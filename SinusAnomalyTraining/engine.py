@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from SinusAnomalyLib.errors import SinusAnomalyError
+from SinusAnomalyLib.errors import PathError, SinusAnomalyError
 from SinusAnomalyLib.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 from . import runtime
@@ -52,13 +52,8 @@ CHECKPOINT_VERSION = 1
 LossStepFn = Callable[[nn.Module, Any, torch.device], torch.Tensor]
 
 
-class CheckpointError(SinusAnomalyError):
+class CheckpointError(PathError):
     """A checkpoint that cannot be used; the message names the file."""
-
-    def __init__(self, path: str | Path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 class TrainingError(SinusAnomalyError):

@@ -8,8 +8,8 @@ class SinusAnomalyError(Exception):
     """Base class of every expected failure (bad input, failed registration, bad dataset)."""
 
 
-class ImageError(SinusAnomalyError):
-    """An input image that cannot be used; the message names the file and the problem."""
+class PathError(SinusAnomalyError):
+    """A problem with one file or folder: the message is ``"<path>: <problem>"``."""
 
     def __init__(self, path: str | Path, problem: str):
         self.path = str(path)
@@ -17,23 +17,21 @@ class ImageError(SinusAnomalyError):
         super().__init__(f"{self.path}: {problem}")
 
 
-class RegistrationError(SinusAnomalyError):
+class ImageError(PathError):
+    """An input image that cannot be used."""
+
+
+class RegistrationError(PathError):
     """Registration to the reference head failed or landed implausibly."""
 
     def __init__(self, path: str | Path, problem: str):
-        self.path = str(path)
+        super().__init__(path, f"registration to the reference head failed: {problem}")
         self.problem = problem
-        super().__init__(f"{self.path}: registration to the reference head failed: {problem}")
+
+
+class BundleError(PathError):
+    """A model bundle that cannot be used."""
 
 
 class DatasetError(SinusAnomalyError):
     """A labels table, manifest or dataset folder that cannot be used."""
-
-
-class BundleError(SinusAnomalyError):
-    """A model bundle that cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path: str | Path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
