@@ -174,7 +174,7 @@ def _plot_vs_fraction(table: list[dict], path: Path) -> Path:
             high = np.array([min((r[metric] or {}).get("high", np.nan), 1.0) for r in rows], dtype=float)
             line, = ax.plot(x, mean, marker="o", label=METHOD_TITLES.get(method, method))
             if np.isfinite(low).any():
-                ax.fill_between(x, np.nan_to_num(low, nan=mean), np.nan_to_num(high, nan=mean), alpha=0.12, color=line.get_color())
+                ax.fill_between(x, np.nan_to_num(low, nan=mean), np.nan_to_num(high, nan=mean), alpha=0.06, color=line.get_color())
         ax.set_xlabel("labelled training sinuses (%)")
         ax.set_ylabel(title)
         ax.set_title(f"{title} vs label fraction (mean over folds, 95 % interval)", fontsize=9)
