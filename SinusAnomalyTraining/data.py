@@ -71,6 +71,10 @@ class SinusCrops(Dataset):
         if self.residuals is not None:
             item["residual"] = torch.from_numpy(self.residuals[i][None].copy())
         if self.transform is not None:
+            # MONAI's random transforms keep generators of their own, seeded from OS entropy at
+            # import; seeding them from torch's generator (reseeded every epoch by the training
+            # loop, per worker by the loader) makes augmentation reproducible and resumable.
+            self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ()).item()))
             item = self.transform(item)
         return item
 
