@@ -103,5 +103,9 @@ TINY_CONFIG = {
                  "augment": {"prob": 0.5, "rotate_deg": 10, "scale": 0.1, "translate_voxels": 2, "noise_std": 0.05}},
     "finetune": {"epochs": 2, "batch_size": 8, "lr": 0.001, "weight_decay": 0.01,
                  "augment": {"prob": 0.5, "rotate_deg": 10, "scale": 0.1, "translate_voxels": 2, "noise_std": 0.05}},
+    "pretext": {},
+    "medicalnet_weights": None,
+    "cae_fractions": [],
+    "cae_ablation_label_fraction": 10,
     "evaluate": {"bootstrap": 50},
 }
