@@ -14,7 +14,6 @@ import math
 from typing import Callable, Iterable
 
 import torch
-from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = ["LARS", "scaled_lr", "WarmupCosine"]

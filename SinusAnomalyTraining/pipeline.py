@@ -8,8 +8,6 @@ predictions, ROC/PR plots, and ``RUN/evaluation/report.md``.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import numpy as np
 import torch
 
 from SinusAnomalyLib.dataset import PreparedDataset, load_dataset
-from SinusAnomalyLib.fileio import write_json_atomic, write_text_atomic
+from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic, write_text_atomic
 from SinusAnomalyLib.splits import fraction_key
 
 from . import evaluation, runtime, stages
@@ -188,11 +186,10 @@ def _plot_vs_fraction(table: list[dict], path: Path) -> Path:
 
 
 def _write_table(out_dir: Path, table: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
     columns = ("auroc", "auprc", "f1", "f1_at_0.5")
-    writer.writerow(["method", "fraction", "folds"] + [f"{c}_{s}" for c in columns for s in ("mean", "low", "high")]
-                    + ["pooled_auroc", "pooled_auroc_low", "pooled_auroc_high"])
+    header = (["method", "fraction", "folds"] + [f"{c}_{s}" for c in columns for s in ("mean", "low", "high")]
+              + ["pooled_auroc", "pooled_auroc_low", "pooled_auroc_high"])
+    rows = []
     for row in table:
         cells = [row["method"], row["fraction"], row["folds"]]
         for c in columns:
@@ -200,8 +197,8 @@ def _write_table(out_dir: Path, table: list[dict]) -> None:
             cells += [entry.get("mean"), entry.get("low"), entry.get("high")]
         pa = row["pooled"].get("auroc", {})
         cells += [pa.get("estimate"), pa.get("low"), pa.get("high")]
-        writer.writerow(["" if v is None else v for v in cells])
-    write_text_atomic(out_dir / "results.csv", buf.getvalue())
+        rows.append(cells)
+    write_csv_atomic(out_dir / "results.csv", header, rows)
 
 
 def _paper_cell(paper: dict, method: str, fraction, metric_index: int) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
-from SinusAnomalyLib.fileio import atomic_path, write_json_atomic, write_text_atomic
+from SinusAnomalyLib.fileio import atomic_path, write_csv_atomic, write_json_atomic
 from SinusAnomalyLib.models import ConvAutoencoder, ResidualUNet, SinusClassifier, parameter_groups
 from SinusAnomalyLib.residuals import residual_maps, resize_crops
 from SinusAnomalyLib.splits import fraction_key
@@ -475,11 +474,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
             r = ctx.dataset.manifest[index]
             rows.append((r.sample_id, r.patient, r.side, split, r.label, r.anomaly_type, f"{float(p):.6f}"))
     if runtime.is_main_process():
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(PREDICTION_COLUMNS)
-        writer.writerows(rows)
-        write_text_atomic(stage_dir / "predictions.csv", buf.getvalue())
+        write_csv_atomic(stage_dir / "predictions.csv", PREDICTION_COLUMNS, rows)
     _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(stage_dir / Checkpointer.BEST), **transfer)
     return stage_dir / "predictions.csv"
 

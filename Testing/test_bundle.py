@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from SinusAnomalyLib.bundle import BundleError, load_bundle, models_folder, resolve_bundle
+from SinusAnomalyLib.bundle import BundleError, load_bundle
+from SinusAnomalyLib.modelstore import models_folder, resolve_bundle
 from SinusAnomalyLib.dataset import load_dataset
 from SinusAnomalyLib.imageio import write_image
 from SinusAnomalyLib.reference import load_reference

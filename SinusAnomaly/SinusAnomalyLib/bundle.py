@@ -33,7 +33,7 @@ from . import __version__
 from .errors import BundleError
 from .fileio import atomic_path
 from .models import ConvAutoencoder, SinusClassifier
-from .modelstore import BUNDLE_SUFFIX, MODELS_ENV, list_bundles, models_folder, resolve_bundle  # noqa: F401  (re-exported)
+from .modelstore import resolve_bundle
 
 BUNDLE_FORMAT = "sinus-anomaly-bundle"
 BUNDLE_VERSION = 1

@@ -48,7 +48,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import __version__
 from .errors import DatasetError, SinusAnomalyError
 from .extraction import extract_sinuses
-from .fileio import atomic_path, write_json_atomic, write_text_atomic
+from .fileio import atomic_path, write_csv_atomic, write_json_atomic
 from .imageio import IMAGE_SUFFIXES
 from .reference import SIDES, load_reference
 from .splits import DEFAULT_FRACTIONS, Sample, Splits, fraction_key, fraction_percent, load_splits, make_splits, save_splits
@@ -338,18 +338,9 @@ class ManifestRow:
         return Sample(self.patient, self.side, self.label, self.anomaly_type)
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
-    """Write a CSV table atomically."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
-
-
 def write_manifest(path: Path, rows: Sequence[ManifestRow]) -> None:
     """Write ``manifest.csv`` atomically (an unknown registration quality is an empty cell)."""
-    _write_csv(path, MANIFEST_COLUMNS, (
+    write_csv_atomic(path, MANIFEST_COLUMNS, (
         [getattr(r, c) if getattr(r, c) is not None else "" for c in MANIFEST_COLUMNS] for r in rows
     ))
 
@@ -503,7 +494,7 @@ def prepare_dataset(
 
     # From here on the outputs change together; dataset.json marks them consistent again at the end.
     (out_dir / DATASET_FILE).unlink(missing_ok=True)
-    _write_csv(out_dir / FAILURES_FILE, FAILURE_COLUMNS, ([f.patient, f.image, f.error] for f in failures))
+    write_csv_atomic(out_dir / FAILURES_FILE, FAILURE_COLUMNS, ([f.patient, f.image, f.error] for f in failures))
     if not summaries:
         raise DatasetError(
             f"none of the {len(by_patient)} scans could be prepared; see {out_dir / FAILURES_FILE}"

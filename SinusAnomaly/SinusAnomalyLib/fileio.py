@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -41,3 +43,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv_atomic(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a CSV table (header ``columns``, then ``rows``; None becomes an empty cell) atomically."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(["" if v is None else v for v in row] for row in rows)
+    write_text_atomic(path, buffer.getvalue())

@@ -21,9 +21,7 @@ uses ``numpy.random.default_rng([s, i])`` and so does not depend on the cohort's
 """
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from .errors import DatasetError, SinusAnomalyError
-from .fileio import write_json_atomic, write_text_atomic
+from .fileio import write_csv_atomic, write_json_atomic
 from .geometry import lps_to_ras
 from .imageio import write_image
 from .reference import SIDES, ReferenceHead, load_reference
@@ -422,12 +420,7 @@ def generate_cohort(out_dir: str | Path, n_cases: int, seed: int, params: SynthP
     truth = {k: v for k, v in sorted(truth.items()) if int(k.split("-")[1]) < n_cases}
     write_json_atomic(truth_path, truth)
     write_json_atomic(out_dir / "synth.json", {"seed": seed, "cases": n_cases, "params": asdict(params)})
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["patient", "side", "label", "anomaly_type", "image"])
-    for patient, entry in truth.items():
-        for side in SIDES:
-            kind = entry[side]["anomaly"]
-            writer.writerow([patient, side, int(kind is not None), kind or "normal", Path(entry["image"]).name])
-    write_text_atomic(out_dir / "labels.csv", buf.getvalue())
+    rows = [[patient, side, int(entry[side]["anomaly"] is not None), entry[side]["anomaly"] or "normal", Path(entry["image"]).name]
+            for patient, entry in truth.items() for side in SIDES]
+    write_csv_atomic(out_dir / "labels.csv", ["patient", "side", "label", "anomaly_type", "image"], rows)
     return out_dir

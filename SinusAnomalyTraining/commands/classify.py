@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
-import json
 from pathlib import Path
 
 from SinusAnomalyLib.bundle import load_bundle
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
-from SinusAnomalyLib.fileio import write_text_atomic
+from SinusAnomalyLib.fileio import write_csv_atomic
 from SinusAnomalyLib.imageio import IMAGE_SUFFIXES, is_image_path
 from SinusAnomalyLib.inference import classify, save_classification
 from SinusAnomalyLib.reference import SIDES, load_reference
@@ -95,10 +93,7 @@ def run(args: argparse.Namespace) -> int:
             row.update(status="failed", error=str(exc))
             tqdm.write(f"skipped {scan}: {exc}")
         rows.append(row)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=BATCH_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(args.out / "results.csv", buf.getvalue())  # after every scan: progress survives
+        # after every scan, so the table survives an interruption
+        write_csv_atomic(args.out / "results.csv", BATCH_COLUMNS, ([r.get(c) for c in BATCH_COLUMNS] for r in rows))
     print(f"{len(rows) - failed} of {len(rows)} scans classified; {args.out}/results.csv")
     return 1 if failed else 0

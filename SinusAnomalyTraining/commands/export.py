@@ -12,7 +12,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from SinusAnomalyLib.bundle import BUNDLE_SUFFIX, load_bundle, models_folder
+from SinusAnomalyLib.bundle import load_bundle
+from SinusAnomalyLib.modelstore import BUNDLE_SUFFIX, models_folder
 
 from ..config import METHODS
 from ..export import DEFAULT_RESIDUAL_THRESHOLD, export_run
