@@ -10,6 +10,7 @@ verdict is anomalous: 1 left, 2 right. The anomalous volume is that label's volu
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +79,16 @@ def _into_input(values: sitk.Image, image: sitk.Image, interpolator) -> tuple[tu
     return region, sitk.GetArrayFromImage(out).transpose(2, 1, 0)
 
 
+@functools.lru_cache(maxsize=4)
+def _grown_cavity(reference: ReferenceHead, side: str) -> sitk.Image:
+    """The side's reference cavity grown by the margin; the same for every scan, so made once."""
+    radius = [int(round(CAVITY_MARGIN_MM / s)) for s in reference.sinus_labels.GetSpacing()]
+    return sitk.BinaryDilate(reference.sinus_labels == SIDE_LABELS[side], radius)
+
+
 def _cavity_in_crop(reference: ReferenceHead, extraction: SinusExtraction, side: str) -> np.ndarray:
     """Boolean (64, 64, 64) [i, j, k] mask of the side's reference cavity (grown) in crop space."""
-    grown = sitk.BinaryDilate(reference.sinus_labels == SIDE_LABELS[side], [int(round(CAVITY_MARGIN_MM / s)) for s in
-                                                                            reference.sinus_labels.GetSpacing()])
+    grown = _grown_cavity(reference, side)
     to_reference = sitk.AffineTransform(3)
     inverse = np.linalg.inv(extraction.registration.matrix_lps)  # input -> reference
     to_reference.SetMatrix(inverse[:3, :3].ravel().tolist())
