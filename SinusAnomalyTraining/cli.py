@@ -27,7 +27,17 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is one), if any."""
+    return next((word for word in argv if word in COMMANDS), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``command``, only that subcommand's module is imported.
+
+    Importing every command would import every training dependency: a cold ``classify`` or
+    ``--help`` should pay only for what it uses.
+    """
     parser = argparse.ArgumentParser(
         prog="sinus-anomaly",
         description="SinusAnomaly: self-supervised detection of paranasal anomalies in the maxillary sinus on head MRI.",
@@ -36,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, summary in COMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name, help=summary, description=summary)
+            continue
         module = importlib.import_module(f"SinusAnomalyTraining.commands.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=summary, description=(module.__doc__ or summary).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,9 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_chosen_command(argv) or "")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.verbose:  # ours only: third-party debug output (matplotlib, pydot) would drown it
+        for name in ("SinusAnomalyLib", "SinusAnomalyTraining"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
     try:
         return int(args._run(args) or 0)
     except SinusAnomalyError as exc:

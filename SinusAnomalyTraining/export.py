@@ -35,7 +35,8 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     """Bundle every finished fold of ``run_dir`` for ``method`` at ``fraction`` % labels.
 
     The decision threshold is the median over folds of the F1-maximising threshold on each fold's
-    validation predictions (each fold's model predicting its own validation patients).
+    validation predictions (each fold's model predicting its own validation patients). The heat
+    map's CAE is the first bundled fold's (any fold's CAE has seen only normal training sinuses).
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
@@ -44,12 +45,13 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     folds = _fold_dirs(run_dir, method, fraction)
     if not folds:
         raise stages.StageInputError(f"{run_dir} has no finished fine-tuning for method '{method}' at {fraction} % labels")
-    cae_states, classifier_states, thresholds = [], [], []
+    cae_fold = folds[0][0]
+    cae_path = run_dir / f"fold{cae_fold}" / "cae" / "best.pt"
+    if not cae_path.is_file():
+        raise stages.StageInputError(f"{cae_path} is missing")
+    cae_state = load_checkpoint(cae_path)["model"]
+    classifier_states, thresholds = [], []
     for fold, finetune in folds:
-        cae_path = run_dir / f"fold{fold}" / "cae" / "best.pt"
-        if not cae_path.is_file():
-            raise stages.StageInputError(f"{cae_path} is missing")
-        cae_states.append(load_checkpoint(cae_path)["model"])
         classifier_states.append(load_checkpoint(finetune / "best.pt")["model"])
         rows = [r for r in stages.read_predictions(finetune / "predictions.csv") if r["split"] == "val"]
         y = np.array([r["label"] for r in rows])
@@ -64,6 +66,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         "method": method,
         "fraction": fraction,
         "folds": [fold for fold, _ in folds],
+        "cae_fold": cae_fold,
         "threshold": float(np.median(thresholds)),
         "fold_thresholds": [float(t) for t in thresholds],
         "threshold_rule": "median over folds of the F1-maximising threshold on each fold's validation predictions",
@@ -79,4 +82,4 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         "training_data": {k: training_data.get(k) for k in ("counts", "splits", "anomaly_types", "created") if k in training_data},
         "intended_use": "research; bundles trained on synthetic data are for trying the workflow only",
     }
-    return write_bundle(out, meta, cae_states, classifier_states)
+    return write_bundle(out, meta, cae_state, classifier_states)

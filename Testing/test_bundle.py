@@ -44,9 +44,14 @@ def head(tmp_path_factory):
 
 def test_bundle_holds_every_fold_and_its_metadata(bundle_path):
     bundle = load_bundle(bundle_path)
-    assert len(bundle.classifiers) == len(bundle.caes) == 2
+    assert len(bundle.classifiers) == 2 and bundle.cae is not None
+    # every fold keeps its own weights (folds are loaded into copies of one built network)
+    first, second = (dict(m.named_parameters()) for m in bundle.classifiers)
+    assert all(first[k].data_ptr() != second[k].data_ptr() for k in first)
+    assert not all(torch.equal(first[k], second[k]) for k in first)
     meta = bundle.meta
-    assert meta["format"] == "sinus-anomaly-bundle" and meta["format_version"] == 1
+    assert meta["format"] == "sinus-anomaly-bundle" and meta["format_version"] == 2
+    assert meta["cae_fold"] == 0 and meta["folds"] == [0, 1]
     assert meta["reference_sha256"] == load_reference().sha256
     assert 0.0 < meta["threshold"] < 1.0 and len(meta["fold_thresholds"]) == 2
     assert meta["crop"]["model_crop_size"] == 32 and meta["crop"]["size_voxels"] == 64
@@ -143,11 +148,20 @@ def test_bad_bundles_are_refused_with_clear_messages(bundle_path, tmp_path):
         return blob
 
     _expect(_rewrite(bundle_path, tmp_path / "newer.sabundle", newer), "needs a newer SinusAnomaly")
+
+    def older(name, blob):
+        if name == "bundle.json":
+            meta = json.loads(blob)
+            meta["format_version"] = 1
+            return json.dumps(meta)
+        return blob
+
+    _expect(_rewrite(bundle_path, tmp_path / "older.sabundle", older), "export it again")
     flipped = _rewrite(bundle_path, tmp_path / "tampered.sabundle",
                        lambda n, b: b if n != "classifier_fold1.npz" else b[:-10] + bytes(10))
     _expect(flipped, "checksum of classifier_fold1.npz does not match")
-    _expect(_rewrite(bundle_path, tmp_path / "missing.sabundle", lambda n, b: None if n == "cae_fold0.npz" else b),
-            "member cae_fold0.npz is missing")
+    _expect(_rewrite(bundle_path, tmp_path / "missing.sabundle", lambda n, b: None if n == "cae.npz" else b),
+            "member cae.npz is missing")
     _expect(bundle_path, "different reference head", expected_reference_sha256="0" * 64)
 
 

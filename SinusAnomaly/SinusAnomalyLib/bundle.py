@@ -5,8 +5,12 @@ A bundle (``*.sabundle``) is a zip archive of
 * ``bundle.json`` — format marker and version, crop geometry and intensity normalisation, the
   reference head's checksum, the decision threshold chosen on validation, the evaluation
   metrics, a training data summary, library versions, and the SHA-256 of every other member;
-* ``cae_fold<k>.npz`` and ``classifier_fold<k>.npz`` — the state dicts of each fold's CAE and
-  fine-tuned classifier as plain numpy arrays.
+* ``cae.npz`` — the state dict of the CAE that draws the residual heat map, and
+  ``classifier_fold<k>.npz`` — each fold's fine-tuned classifier (the prediction is their
+  ensemble), as plain numpy arrays.
+
+One CAE, not one per fold: it only draws the heat map, and a CAE pass at 64^3 costs about as
+much as a classifier pass, which an ensemble of heat maps would pay on every scan.
 
 Loading reads arrays with ``numpy.load(allow_pickle=False)``: nothing is ever unpickled, so a
 bundle cannot run code. A file that is not a bundle, is truncated or corrupt (zip CRC or member
@@ -16,6 +20,7 @@ refused with a message naming the file. Bundles live in a per-user models folder
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -36,8 +41,9 @@ from .models import ConvAutoencoder, SinusClassifier
 from .modelstore import resolve_bundle
 
 BUNDLE_FORMAT = "sinus-anomaly-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 1: one CAE per fold (development versions before 0.2)
 MANIFEST = "bundle.json"
+CAE_MEMBER = "cae.npz"
 
 
 def _sha256(data: bytes) -> str:
@@ -51,8 +57,8 @@ def _state_to_npz(state: dict) -> bytes:
 
 
 def _npz_to_state(data: bytes) -> dict:
-    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-        return {key: torch.from_numpy(np.array(arrays[key])) for key in arrays.files}
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:  # each array is read into fresh memory
+        return {key: torch.from_numpy(arrays[key]) for key in arrays.files}
 
 
 def library_versions() -> dict:
@@ -63,20 +69,19 @@ def library_versions() -> dict:
             "simpleitk": str(SimpleITK.Version_VersionString()), "python": platform.python_version()}
 
 
-def write_bundle(path: str | Path, meta: dict, cae_states: list[dict], classifier_states: list[dict]) -> Path:
+def write_bundle(path: str | Path, meta: dict, cae_state: dict, classifier_states: list[dict]) -> Path:
     """Write a bundle atomically. ``meta`` holds everything but the format fields and checksums."""
-    if len(cae_states) != len(classifier_states) or not cae_states:
-        raise ValueError("a bundle needs one CAE and one classifier per fold, at least one fold")
-    members = {}
-    for k, (cae, classifier) in enumerate(zip(cae_states, classifier_states)):
-        members[f"cae_fold{k}.npz"] = _state_to_npz(cae)
+    if not classifier_states:
+        raise ValueError("a bundle needs one classifier per fold, at least one")
+    members = {CAE_MEMBER: _state_to_npz(cae_state)}
+    for k, classifier in enumerate(classifier_states):
         members[f"classifier_fold{k}.npz"] = _state_to_npz(classifier)
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **meta,
-        "n_folds": len(cae_states),
+        "n_folds": len(classifier_states),
         "versions": library_versions(),
         "members": {name: _sha256(data) for name, data in members.items()},
     }
@@ -91,11 +96,11 @@ def write_bundle(path: str | Path, meta: dict, cae_states: list[dict], classifie
 
 @dataclass
 class ModelBundle:
-    """A loaded bundle: its metadata and the models of every fold (eval mode)."""
+    """A loaded bundle: its metadata, the heat-map CAE and every fold's classifier (eval mode)."""
 
     path: Path
     meta: dict
-    caes: list
+    cae: torch.nn.Module
     classifiers: list
 
     @property
@@ -107,7 +112,7 @@ class ModelBundle:
         return int(self.meta["crop"]["model_crop_size"])
 
     def to(self, device: torch.device) -> "ModelBundle":
-        for model in (*self.caes, *self.classifiers):
+        for model in (self.cae, *self.classifiers):
             model.to(device)
         return self
 
@@ -143,6 +148,9 @@ def load_bundle(path: str | Path, expected_reference_sha256: str | None = None) 
             if not isinstance(version, int) or version > BUNDLE_VERSION:
                 raise BundleError(path, f"needs a newer SinusAnomaly: bundle format {version}, this version "
                                         f"({__version__}) reads up to {BUNDLE_VERSION}")
+            if version < BUNDLE_VERSION:
+                raise BundleError(path, f"has the old bundle format {version} of a development version; "
+                                        "export it again from its run folder with 'sinus-anomaly export'")
             members = meta.get("members") or {}
             data = {}
             for name, digest in members.items():
@@ -158,25 +166,29 @@ def load_bundle(path: str | Path, expected_reference_sha256: str | None = None) 
     if expected_reference_sha256 is not None and reference != expected_reference_sha256:
         raise BundleError(path, "was made with a different reference head than this installation's; "
                                 "its crops would not match (retrain or update SinusAnomaly)")
-    caes, classifiers = [], []
-    for k in range(int(meta.get("n_folds", 0))):
-        for kind, bucket in (("cae", caes), ("classifier", classifiers)):
-            name = f"{kind}_fold{k}.npz"
-            if name not in data:
-                raise BundleError(path, f"is incomplete: member {name} is missing")
-            model = _build(kind, meta)
-            try:
-                state = _npz_to_state(data[name])
-            except (ValueError, OSError, zipfile.BadZipFile) as exc:  # object arrays need pickle: refused
-                raise BundleError(path, f"{name} is not a plain array archive ({exc})") from exc
-            try:
-                model.load_state_dict(state, strict=True)
-            except (RuntimeError, ValueError, KeyError) as exc:
-                raise BundleError(path, f"{name} does not fit the network described in {MANIFEST}: {exc}") from exc
-            bucket.append(model.eval())
+    # Random initialisation of a full-width 3D ResNet takes about 0.4 s on two cores; build each
+    # network once and give further folds a copy whose tensors the loaded ones then replace.
+    templates = {}
+
+    def load_member(name: str, kind: str) -> torch.nn.Module:
+        if name not in data:
+            raise BundleError(path, f"is incomplete: member {name} is missing")
+        try:
+            state = _npz_to_state(data.pop(name))
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:  # object arrays need pickle: refused
+            raise BundleError(path, f"{name} is not a plain array archive ({exc})") from exc
+        try:
+            model = copy.deepcopy(templates[kind]) if kind in templates else templates.setdefault(kind, _build(kind, meta))
+            model.load_state_dict(state, strict=True, assign=True)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise BundleError(path, f"{name} does not fit the network described in {MANIFEST}: {exc}") from exc
+        return model.eval()
+
+    cae = load_member(CAE_MEMBER, "cae")
+    classifiers = [load_member(f"classifier_fold{k}.npz", "classifier") for k in range(int(meta.get("n_folds", 0)))]
     if not classifiers:
-        raise BundleError(path, "holds no models")
-    return ModelBundle(path=path, meta=meta, caes=caes, classifiers=classifiers)
+        raise BundleError(path, "holds no classifier")
+    return ModelBundle(path=path, meta=meta, cae=cae, classifiers=classifiers)
 
 
 
@@ -197,7 +209,6 @@ def build_untrained_bundle(path: str | Path, model_crop_size: int = 32, encoder_
             "models": {"cae": cae, "encoder_widths": list(encoder_widths)},
             "reference_sha256": load_reference().sha256,
             "intended_use": "RANDOM WEIGHTS: tests and timing only; its predictions mean nothing"}
-    caes = [ConvAutoencoder(in_size=int(model_crop_size), channels=tuple(cae_channels), latent_dim=int(latent_dim)).state_dict()
-            for _ in range(folds)]
+    cae_state = ConvAutoencoder(in_size=int(model_crop_size), channels=tuple(cae_channels), latent_dim=int(latent_dim)).state_dict()
     classifiers = [SinusClassifier(encoder_widths=tuple(encoder_widths)).state_dict() for _ in range(folds)]
-    return write_bundle(path, meta, caes, classifiers)
+    return write_bundle(path, meta, cae_state, classifiers)

@@ -2,8 +2,8 @@
 
 For each side: the crop (extraction as in training) is classified by every fold's classifier;
 the probability is their mean, ``spread`` their standard deviation, the verdict compares the mean
-with the bundle's validation-chosen threshold. The heat map is the mean CAE residual of the folds,
-brought back to 1 mm and resampled into the INPUT image's grid; the anomaly label map marks
+with the bundle's validation-chosen threshold. The heat map is the bundle CAE's residual map (as in
+training), brought back to 1 mm and resampled into the INPUT image's grid; the anomaly label map marks
 heat-map voxels at or above the bundle's residual threshold inside that side's sinus (the
 reference cavity mapped through the registration, grown by a few millimetres), on sides whose
 verdict is anomalous: 1 left, 2 right. The anomalous volume is that label's volume in mL.
@@ -19,7 +19,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import median_filter
 
 from .bundle import ModelBundle
 from .extraction import CROP_SIZE, SinusExtraction, crop_affine_ras, extract_sinuses
@@ -55,7 +54,7 @@ class Classification:
     sides: dict  # side -> SideResult
     heatmap: sitk.Image  # float32 on the input grid, [0, 1]
     labelmap: sitk.Image  # uint8 on the input grid: 0, 1 left, 2 right
-    seconds: float
+    seconds: float  # wall time: reading and extraction included when classify() did them
 
 
 def _region_of(image: sitk.Image, grid: sitk.Image) -> tuple[slice, slice, slice]:
@@ -108,27 +107,36 @@ def classify(image: sitk.Image | str | Path, bundle: ModelBundle, device: torch.
              reference: ReferenceHead | None = None, source: str | None = None) -> Classification:
     """Classify both sinuses of one head; see the module docstring."""
     start = time.perf_counter()
-    device = torch.device(device)
     if not isinstance(image, sitk.Image):
         source = source or str(image)
         image = read_image(image)
     source = source or "image"
     reference = reference or load_reference()
     extraction = extract_sinuses(image, reference, source=source)
+    result = classify_extraction(image, extraction, bundle, device, reference)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: ModelBundle,
+                        device: torch.device | str = "cpu", reference: ReferenceHead | None = None) -> Classification:
+    """:func:`classify` for a head whose sinuses were already extracted (``extract_sinuses(image)``).
+
+    Extraction needs only SimpleITK, so callers can run it in another thread while torch loads
+    or while the networks look at the previous scan.
+    """
+    start = time.perf_counter()
+    device = torch.device(device)
+    reference = reference or load_reference()
+    source = extraction.source
     arrays = extraction.arrays()
     size = bundle.model_crop_size
     batch = torch.from_numpy(resize_crops(np.stack([arrays[s] for s in SIDES]), size))[:, None].to(device)
     residual_cfg = bundle.meta.get("residuals", {})
-    with torch.no_grad():
+    with torch.inference_mode():
         probabilities = torch.stack([torch.softmax(m(batch), dim=1)[:, 1] for m in bundle.classifiers]).cpu().numpy()  # (folds, 2)
-        # one median filter on the folds' mean residual instead of one per fold: the filter costs
-        # more than a CAE pass at 64^3, and the mean of the folds' maps is what is shown anyway
-        residuals = torch.stack([
-            residual_maps(cae, batch, tuple(residual_cfg.get("percentiles", (1, 99))), median_kernel=1) for cae in bundle.caes
-        ]).mean(0)
-        kernel = int(residual_cfg.get("median_kernel", 5))
-        if kernel > 1:
-            residuals = median_filter(residuals, kernel_size=(kernel,) * 3)
+        residuals = residual_maps(bundle.cae, batch, tuple(residual_cfg.get("percentiles", (1, 99))),
+                                  int(residual_cfg.get("median_kernel", 5)))
         residuals = F.interpolate(residuals, size=(CROP_SIZE,) * 3, mode="trilinear", align_corners=False)[:, 0].cpu().numpy()
     threshold = bundle.threshold
     residual_threshold = float(bundle.meta.get("residual_threshold", 0.5))

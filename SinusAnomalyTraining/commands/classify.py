@@ -16,16 +16,23 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from SinusAnomalyLib.bundle import load_bundle
-from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
+# Only SimpleITK-based modules here: torch and MONAI (about 4 s to import on two cores) are
+# imported in run(), while the first scan is already being read and registered.
+from SinusAnomalyLib.errors import DatasetError, ImageError, SinusAnomalyError
+from SinusAnomalyLib.extraction import extract_sinuses
 from SinusAnomalyLib.fileio import write_csv_atomic
-from SinusAnomalyLib.imageio import IMAGE_SUFFIXES, is_image_path
-from SinusAnomalyLib.inference import classify, save_classification
-from SinusAnomalyLib.reference import SIDES, load_reference
+from SinusAnomalyLib.imageio import IMAGE_SUFFIXES, is_image_path, read_image
+from SinusAnomalyLib.modelstore import resolve_bundle
+from SinusAnomalyLib.reference import SIDES, ReferenceHead, load_reference
 
-from .. import runtime
+log = logging.getLogger(__name__)
+PREFETCH = 2  # scans read and registered ahead of the networks (bounded: each holds an image)
 
 BATCH_COLUMNS = ["image", "status", "error"] + [f"{s}_{k}" for s in SIDES for k in ("probability", "verdict", "spread", "volume_ml")]
 
@@ -61,13 +68,77 @@ def batch_inputs(target: Path) -> list[Path] | None:
     return None
 
 
+def _read_and_extract(scan: Path, reference: ReferenceHead) -> tuple:
+    """(image, extraction, seconds) of one scan: the SimpleITK part of classifying it."""
+    start = time.perf_counter()
+    image = read_image(scan)
+    extraction = extract_sinuses(image, reference, source=str(scan))
+    return image, extraction, time.perf_counter() - start
+
+
+def _prefetched(scans: list[Path], reference: ReferenceHead):
+    """Yield (scan, Future of :func:`_read_and_extract`) in order, keeping ``PREFETCH`` under way.
+
+    ITK releases the GIL, so registration of the next scans overlaps torch's import and the
+    network passes of the current scan.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract") as pool:
+        pending: deque[tuple[Path, Future]] = deque()
+        queue = iter(scans)
+        try:
+            while True:
+                while len(pending) < PREFETCH:
+                    scan = next(queue, None)
+                    if scan is None:
+                        break
+                    pending.append((scan, pool.submit(_read_and_extract, scan, reference)))
+                if not pending:
+                    return
+                yield pending.popleft()
+        finally:
+            for _, future in pending:  # interrupted: do not start what is queued
+                future.cancel()
+
+
 def run(args: argparse.Namespace) -> int:
-    device = runtime.select_device(args.device)
     reference = load_reference()
-    bundle = load_bundle(args.model, expected_reference_sha256=reference.sha256).to(device)
+    model = resolve_bundle(args.model)  # a wrong name fails now, not after torch has loaded
     scans = batch_inputs(args.image)
-    if scans is None:
-        result = classify(args.image, bundle, device, reference)
+    single = scans is None
+    if single and not args.image.exists():
+        raise ImageError(args.image, "does not exist")
+    prefetch = _prefetched([args.image] if single else scans, reference)
+    first = next(prefetch)  # starts reading and registering before torch is imported
+    start = time.perf_counter()
+
+    from SinusAnomalyLib.bundle import load_bundle  # noqa: PLC0415
+    from SinusAnomalyLib.inference import classify_extraction, save_classification  # noqa: PLC0415
+
+    from .. import runtime  # noqa: PLC0415
+
+    device = runtime.select_device(args.device)
+    log.debug("torch and MONAI imported in %.2f s", time.perf_counter() - start)
+    try:
+        start = time.perf_counter()
+        bundle = load_bundle(model, expected_reference_sha256=reference.sha256).to(device)
+        log.debug("bundle %s loaded in %.2f s", model, time.perf_counter() - start)
+    except BaseException:
+        prefetch.close()
+        raise
+
+    def classify_scan(scan: Path, future: Future):
+        start = time.perf_counter()
+        image, extraction, extract_seconds = future.result()
+        log.debug("%s: read and extracted in %.2f s (waited %.2f s for it)", scan, extract_seconds, time.perf_counter() - start)
+        result = classify_extraction(image, extraction, bundle, device, reference)
+        log.debug("%s: networks and maps in %.2f s", scan, result.seconds)
+        result.seconds += extract_seconds
+        return result
+
+    if single:
+        scan, future = first
+        prefetch.close()
+        result = classify_scan(scan, future)
         save_classification(result, bundle, args.out)
         for side in SIDES:
             r = result.sides[side]
@@ -77,11 +148,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from tqdm.auto import tqdm  # noqa: PLC0415
 
+    def all_scans():
+        yield first
+        yield from prefetch
+
     rows, failed = [], 0
-    for scan in tqdm(scans, desc="classify", unit="scan"):
+    for scan, future in tqdm(all_scans(), total=len(scans), desc="classify", unit="scan"):
         row = {"image": str(scan)}
         try:
-            result = classify(scan, bundle, device, reference)
+            result = classify_scan(scan, future)
             save_classification(result, bundle, args.out / _scan_name(scan))
             row["status"] = "ok"
             for side in SIDES:
@@ -95,5 +170,6 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
         # after every scan, so the table survives an interruption
         write_csv_atomic(args.out / "results.csv", BATCH_COLUMNS, ([r.get(c) for c in BATCH_COLUMNS] for r in rows))
+    prefetch.close()
     print(f"{len(rows) - failed} of {len(rows)} scans classified; {args.out}/results.csv")
     return 1 if failed else 0
