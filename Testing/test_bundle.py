@@ -199,3 +199,51 @@ def test_export_command_installs_into_the_models_folder(bundle_path, tmp_path, m
     assert (tmp_path / "models" / "again.sabundle").is_file()
     assert main(["export", str(run), "--out", str(tmp_path / "x"), "--method", "none"]) == 2
     assert "no finished fine-tuning" in capsys.readouterr().err
+
+
+def test_weights_are_stored_half_size_and_predict_as_the_float32_checkpoints(bundle_path, tiny_dataset):
+    """Conv/linear weights are float16 in the file, everything else float32, and the loaded
+    classifiers predict what the run's float32 checkpoints predict (to well under 1e-3)."""
+    from SinusAnomalyLib.bundlefile import read_bundle_file
+    from SinusAnomalyLib.models import SinusClassifier
+    from SinusAnomalyTraining.engine import load_checkpoint
+
+    stored = read_bundle_file(bundle_path).classifiers[0]
+    assert all(a.dtype == (np.float16 if a.ndim >= 2 else a.dtype) for a in stored.values())
+    assert {a.dtype for a in stored.values() if a.ndim < 2} <= {np.dtype(np.float32), np.dtype(np.int64)}
+    assert any(a.dtype == np.float16 for a in stored.values())
+
+    bundle = load_bundle(bundle_path)
+    assert all(p.dtype == torch.float32 for p in bundle.classifiers[0].parameters())
+    run = bundle_path.parent / "run"
+    reference = SinusClassifier(encoder_widths=tuple(bundle.meta["models"]["encoder_widths"]))
+    reference.load_state_dict(load_checkpoint(run / "fold0" / "finetune" / "residual" / "frac100" / "best.pt")["model"])
+    dataset = load_dataset(tiny_dataset)
+    crops = torch.from_numpy(np.asarray(dataset.crops[:16], dtype=np.float32))[:, None]
+    crops = torch.nn.functional.adaptive_avg_pool3d(crops, bundle.model_crop_size)
+    with torch.no_grad():
+        expected = torch.softmax(reference.eval()(crops), 1)[:, 1]
+        got = torch.softmax(bundle.classifiers[0](crops), 1)[:, 1]
+    assert (got - expected).abs().max().item() < 1e-3
+
+
+def test_bundle_file_reads_without_torch(bundle_path):
+    """The file layer (format, checks, arrays) needs numpy only: the Slicer GUI describes bundles
+    before torch is installed, and classify reads the file while torch is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom SinusAnomalyLib.bundlefile import read_bundle_file, read_bundle_meta\n"
+            f"meta = read_bundle_meta({str(bundle_path)!r})\nfile = read_bundle_file({str(bundle_path)!r})\n"
+            "print(meta['n_folds'], len(file.classifiers), 'torch' in sys.modules, 'monai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "2", "False", "False"]
+
+
+def test_classify_fails_fast_on_a_missing_image_or_bundle(bundle_path, tmp_path, capsys):
+    assert main(["classify", str(tmp_path / "nothing.nii.gz"), "--model", str(bundle_path), "--out", str(tmp_path / "o")]) == 2
+    assert "nothing.nii.gz: does not exist" in capsys.readouterr().err
+    assert main(["classify", str(tmp_path / "nothing.nii.gz"), "--model", "no-such-model", "--out", str(tmp_path / "o")]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

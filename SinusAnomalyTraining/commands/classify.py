@@ -24,6 +24,7 @@ from pathlib import Path
 
 # Only SimpleITK-based modules here: torch and MONAI (about 4 s to import on two cores) are
 # imported in run(), while the first scan is already being read and registered.
+from SinusAnomalyLib.bundlefile import read_bundle_file
 from SinusAnomalyLib.errors import DatasetError, ImageError, SinusAnomalyError
 from SinusAnomalyLib.extraction import extract_sinuses
 from SinusAnomalyLib.fileio import write_csv_atomic
@@ -109,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         raise ImageError(args.image, "does not exist")
     prefetch = _prefetched([args.image] if single else scans, reference)
     first = next(prefetch)  # starts reading and registering before torch is imported
+    # the bundle's bytes are read and checked meanwhile too (file reads and hashing release the GIL)
+    bundle_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle")
+    bundle_file = bundle_reader.submit(read_bundle_file, model, reference.sha256)
+    bundle_reader.shutdown(wait=False)
     start = time.perf_counter()
 
     from SinusAnomalyLib.bundle import load_bundle  # noqa: PLC0415
@@ -120,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
     log.debug("torch and MONAI imported in %.2f s", time.perf_counter() - start)
     try:
         start = time.perf_counter()
-        bundle = load_bundle(model, expected_reference_sha256=reference.sha256).to(device)
-        log.debug("bundle %s loaded in %.2f s", model, time.perf_counter() - start)
+        bundle = load_bundle(bundle_file.result()).to(device)
+        log.debug("bundle %s ready %.2f s after torch", model, time.perf_counter() - start)
     except BaseException:
         prefetch.close()
         raise
