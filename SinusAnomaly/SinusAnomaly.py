@@ -225,7 +225,7 @@ class SinusAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             bundles = SinusAnomalyMRML.list_bundles()
             for path in bundles:
                 combo.addItem(path.name, str(path))
-                combo.setItemData(combo.count - 1, str(path), qt.Qt.ToolTipRole)
+                combo.setItemData(combo.count - 1, SinusAnomalyMRML.bundle_tooltip(path), qt.Qt.ToolTipRole)
             if not bundles:
                 combo.addItem(_("(no bundles in the models folder)"), "")
         finally:
@@ -248,7 +248,7 @@ class SinusAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 # a bundle chosen with Browse, outside the models folder
                 combo.addItem(Path(wanted).name, wanted)
                 index = combo.count - 1
-                combo.setItemData(index, wanted, qt.Qt.ToolTipRole)
+                combo.setItemData(index, SinusAnomalyMRML.bundle_tooltip(wanted), qt.Qt.ToolTipRole)
             if index >= 0:
                 combo.currentIndex = index
         finally:

@@ -9,7 +9,8 @@ real MRML classes without the application), which is how ``Testing/test_slicer_m
   map as a coloured scalar volume, the anomaly label map with its colour table
   (:func:`create_anomaly_color_table`), the results table and both crop boxes as ROIs, placed
   next to the input volume in the subject hierarchy;
-* the per-user models folder (:func:`models_folder`, :func:`list_bundles`);
+* the per-user models folder (:func:`models_folder`, :func:`list_bundles`) and what each bundle
+  is (:func:`bundle_tooltip`);
 * locating the ``classify`` entry script, building its command line and environment, and running
   it as a background process whose output is read by a thread and collected by polling
   (:class:`ClassificationProcess`: the module polls it from a ``qt.QTimer``, a script waits on it);
@@ -36,6 +37,8 @@ import numpy as np
 import vtk
 
 import slicer
+from SinusAnomalyLib.bundlefile import describe_bundle, read_bundle_meta
+from SinusAnomalyLib.errors import BundleError
 from SinusAnomalyLib.modelstore import BUNDLE_SUFFIX, MODELS_ENV, list_bundles, models_folder  # noqa: F401  (used by the widget)
 
 RESULT_FORMAT = "sinus-anomaly-result"
@@ -88,6 +91,15 @@ class ResultError(ValueError):
 
 # --------------------------------------------------------------------------- models folder
 
+
+def bundle_tooltip(path: str | Path) -> str:
+    """The bundle's path and description (numpy only: works before torch is installed), or why
+    it cannot be used."""
+    try:
+        return f"{path}\n{describe_bundle(read_bundle_meta(path))}"
+    except BundleError as exc:
+        return f"cannot be used: {exc}"
+
 # --------------------------------------------------------------------------- background process
 
 def find_training_script(module_dir: str | Path) -> Path | None:
@@ -103,8 +115,11 @@ def find_training_script(module_dir: str | Path) -> Path | None:
 
 def classify_command(python: str | Path, script: str | Path, input_file: str | Path, model: str | Path,
                      out_dir: str | Path, force_cpu: bool = False) -> list[str]:
-    """``PythonSlicer slicer_script.py classify INPUT --model BUNDLE --out DIR [--device cpu]``."""
-    command = [str(python), str(script), "classify", str(input_file), "--model", str(model), "--out", str(out_dir)]
+    """``PythonSlicer slicer_script.py -v classify INPUT --model BUNDLE --out DIR [--device cpu]``.
+
+    ``-v`` makes the process log each phase with its time, which the module's log shows.
+    """
+    command = [str(python), str(script), "-v", "classify", str(input_file), "--model", str(model), "--out", str(out_dir)]
     if force_cpu:
         command += ["--device", "cpu"]
     return command

@@ -5,10 +5,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from SinusAnomalyLib.bundle import write_bundle
+from SinusAnomalyLib.bundlefile import as_half_stored
+from SinusAnomalyLib.dataset import load_dataset
+from SinusAnomalyLib.errors import SinusAnomalyError
 from SinusAnomalyLib.extraction import CROP_SIZE, CROP_SPACING_MM, PERCENTILES
+from SinusAnomalyLib.models import SinusClassifier
 from SinusAnomalyLib.reference import load_reference
+from SinusAnomalyLib.residuals import resize_crops
 from SinusAnomalyLib.splits import fraction_key
 
 from . import evaluation, stages
@@ -16,6 +22,32 @@ from .config import load_config
 from .engine import load_checkpoint
 
 DEFAULT_RESIDUAL_THRESHOLD = 0.5
+HALF_WEIGHTS_MAX_CHANGE = 0.002  # largest probability change float16 storage may cause on validation
+
+
+def half_weights_change(run_dir: Path, config: dict, folds: list[int], states: list[dict]) -> float | None:
+    """Largest change of a validation probability when the classifiers' weights are stored as float16.
+
+    Each fold's classifier is run on its own validation sinuses with its float32 weights and with
+    the weights as the bundle would store them. None when the run's dataset is no longer where
+    ``RUN/dataset.json`` says.
+    """
+    try:
+        dataset = load_dataset(json.loads((run_dir / "dataset.json").read_text())["path"])
+    except (OSError, KeyError, ValueError, SinusAnomalyError):
+        return None
+    change = 0.0
+    for fold, state in zip(folds, states):
+        rows = dataset.rows_of_patients(dataset.splits.folds[fold].val)
+        crops = torch.from_numpy(resize_crops(np.asarray(dataset.crops[rows], dtype=np.float32), int(config["crop_size"])))[:, None]
+        probabilities = []
+        for weights in (state, {k: torch.from_numpy(v) for k, v in as_half_stored({k: v.numpy() for k, v in state.items()}).items()}):
+            model = SinusClassifier(encoder_widths=tuple(config["encoder_widths"]))
+            model.load_state_dict(weights)
+            with torch.inference_mode():
+                probabilities.append(torch.cat([torch.softmax(model.eval()(batch), 1)[:, 1] for batch in crops.split(8)]))
+        change = max(change, float((probabilities[0] - probabilities[1]).abs().max()))
+    return change
 
 
 def _fold_dirs(run_dir: Path, method: str, fraction: float) -> list[tuple[int, Path]]:
@@ -57,6 +89,8 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         y = np.array([r["label"] for r in rows])
         p = np.array([r["p_anomalous"] for r in rows])
         thresholds.append(evaluation.best_f1_threshold(y, p) if len(set(y.tolist())) == 2 else 0.5)
+    half_change = half_weights_change(run_dir, config, [fold for fold, _ in folds], classifier_states)
+    half_weights = half_change is not None and half_change <= HALF_WEIGHTS_MAX_CHANGE
     metrics_path = run_dir / "evaluation" / f"{method}_frac{fraction_key(float(fraction) / 100.0)}" / "metrics.json"
     metrics = json.loads(metrics_path.read_text()).get("summary", {}) if metrics_path.is_file() else {}
     dataset_path = run_dir / "dataset.json"
@@ -81,5 +115,11 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
                     if k in ("auroc", "auprc", "f1_at_val_threshold", "f1_at_0.5")},
         "training_data": {k: training_data.get(k) for k in ("counts", "splits", "anomaly_types", "created") if k in training_data},
         "intended_use": "research; bundles trained on synthetic data are for trying the workflow only",
+        "weights_storage": {
+            "half_weights": half_weights,
+            "max_probability_change": None if half_change is None else round(half_change, 6),
+            "rule": f"float16 weights when they change no validation probability by more than {HALF_WEIGHTS_MAX_CHANGE}; "
+                    "float32 otherwise, or when the run's dataset cannot be found to check",
+        },
     }
-    return write_bundle(out, meta, cae_state, classifier_states)
+    return write_bundle(out, meta, cae_state, classifier_states, half_weights=half_weights)

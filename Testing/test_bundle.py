@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import shutil
 import zipfile
 
 import nibabel as nib
@@ -140,23 +141,17 @@ def test_bad_bundles_are_refused_with_clear_messages(bundle_path, tmp_path):
     torch.save({"model": torch.zeros(3)}, tmp_path / "checkpoint.pt")  # a torch file is a zip too
     _expect(tmp_path / "checkpoint.pt", "no bundle.json")
 
-    def newer(name, blob):
-        if name == "bundle.json":
+    def format_version(version):
+        def rewrite(name, blob):
+            if name != "bundle.json":
+                return blob
             meta = json.loads(blob)
-            meta["format_version"] = 99
+            meta["format_version"] = version
             return json.dumps(meta)
-        return blob
+        return rewrite
 
-    _expect(_rewrite(bundle_path, tmp_path / "newer.sabundle", newer), "needs a newer SinusAnomaly")
-
-    def older(name, blob):
-        if name == "bundle.json":
-            meta = json.loads(blob)
-            meta["format_version"] = 1
-            return json.dumps(meta)
-        return blob
-
-    _expect(_rewrite(bundle_path, tmp_path / "older.sabundle", older), "export it again")
+    _expect(_rewrite(bundle_path, tmp_path / "newer.sabundle", format_version(99)), "needs a newer SinusAnomaly")
+    _expect(_rewrite(bundle_path, tmp_path / "older.sabundle", format_version(1)), "export it again")
     flipped = _rewrite(bundle_path, tmp_path / "tampered.sabundle",
                        lambda n, b: b if n != "classifier_fold1.npz" else b[:-10] + bytes(10))
     _expect(flipped, "checksum of classifier_fold1.npz does not match")
@@ -197,6 +192,9 @@ def test_export_command_installs_into_the_models_folder(bundle_path, tmp_path, m
     assert main(["export", str(run), "--out", str(tmp_path / "again"), "--install"]) == 0
     assert (tmp_path / "again.sabundle").is_file()
     assert (tmp_path / "models" / "again.sabundle").is_file()
+    printed = capsys.readouterr().out
+    assert "residual pretraining, 100 % labels, 2 fold(s)" in printed and "intended use: research" in printed
+    assert "test AUROC" in printed and "data set: 20 patients" in printed
     assert main(["export", str(run), "--out", str(tmp_path / "x"), "--method", "none"]) == 2
     assert "no finished fine-tuning" in capsys.readouterr().err
 
@@ -225,6 +223,23 @@ def test_weights_are_stored_half_size_and_predict_as_the_float32_checkpoints(bun
         expected = torch.softmax(reference.eval()(crops), 1)[:, 1]
         got = torch.softmax(bundle.classifiers[0](crops), 1)[:, 1]
     assert (got - expected).abs().max().item() < 1e-3
+    storage = bundle.meta["weights_storage"]  # export measured it on the validation sinuses
+    assert storage["half_weights"] is True and 0.0 <= storage["max_probability_change"] <= 0.002
+
+
+def test_export_keeps_float32_weights_when_it_cannot_check_float16(bundle_path, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(bundle_path.parent / "run", run)
+    info = json.loads((run / "dataset.json").read_text())
+    info["path"] = str(tmp_path / "moved-away")
+    (run / "dataset.json").write_text(json.dumps(info))
+    path = export_run(run, tmp_path / "full.sabundle", "residual", 100)
+    from SinusAnomalyLib.bundlefile import read_bundle_file
+
+    stored = read_bundle_file(path)
+    assert stored.meta["weights_storage"] == {**stored.meta["weights_storage"], "half_weights": False, "max_probability_change": None}
+    assert all(a.dtype != np.float16 for arrays in stored.classifiers for a in arrays.values())
+    assert path.stat().st_size > 1.8 * bundle_path.stat().st_size
 
 
 def test_bundle_file_reads_without_torch(bundle_path):
@@ -246,4 +261,7 @@ def test_classify_fails_fast_on_a_missing_image_or_bundle(bundle_path, tmp_path,
     assert "nothing.nii.gz: does not exist" in capsys.readouterr().err
     assert main(["classify", str(tmp_path / "nothing.nii.gz"), "--model", "no-such-model", "--out", str(tmp_path / "o")]) == 2
     assert "no-such-model" in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text("image\n")
+    assert main(["classify", str(tmp_path / "empty.csv"), "--model", str(bundle_path), "--out", str(tmp_path / "o")]) == 2
+    assert "empty.csv: lists no scans" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -391,7 +391,7 @@ def test_training_script_found_in_source_and_installed_layouts(tmp_path):
 
 def test_command_and_environment():
     command = sam.classify_command("PythonSlicer", "/x/slicer_script.py", "/t/input.nrrd", "/m/a.sabundle", "/t/result")
-    assert command == ["PythonSlicer", "/x/slicer_script.py", "classify", "/t/input.nrrd", "--model", "/m/a.sabundle",
+    assert command == ["PythonSlicer", "/x/slicer_script.py", "-v", "classify", "/t/input.nrrd", "--model", "/m/a.sabundle",
                        "--out", "/t/result"]
     assert sam.classify_command("p", "s", "i", "m", "o", force_cpu=True)[-2:] == ["--device", "cpu"]
     env = sam.classify_environment({"PATH": "/bin", "PYTHONPATH": "/old"}, force_cpu=True, python_paths=["/mod", "/repo"])
@@ -480,6 +480,16 @@ def test_requirements_never_touch_simpleitk(tmp_path, monkeypatch):
     assert [e[0] for e in sam.missing_requirements(torch_too=False)] == ["surely_not_installed_xyz"]
 
 
+def test_bundle_tooltip_describes_a_bundle_or_says_why_not(tmp_path):
+    path = random_bundle(tmp_path / "tip.sabundle")
+    tip = sam.bundle_tooltip(path)
+    assert tip.startswith(str(path)) and "untrained pretraining" in tip and "1 fold(s)" in tip
+    assert "RANDOM WEIGHTS" in tip  # the bundle's intended use is shown to the user
+    (tmp_path / "bad.sabundle").write_bytes(b"not a zip")
+    assert sam.bundle_tooltip(tmp_path / "bad.sabundle").startswith("cannot be used: ")
+    assert "bad.sabundle" in sam.bundle_tooltip(tmp_path / "bad.sabundle")
+
+
 # --------------------------------------------------------------------------- end to end
 
 def random_bundle(path: Path) -> Path:
@@ -525,6 +535,7 @@ def test_end_to_end_background_classify_of_a_volume_node(tmp_path):
     process = sam.ClassificationProcess(command, env=env, cwd=tmp_path).start()
     assert process.wait(timeout=180) == 0, "\n".join(process.lines)
     assert any(line.startswith("left") and "p(anomalous)" in line for line in process.lines), process.lines
+    assert any("networks and maps in" in line for line in process.lines), process.lines  # phases logged
 
     out = sam.load_results(tmp_path / "result", scene, source)
     assert out["table"].GetNumberOfRows() == 2
@@ -619,7 +630,8 @@ FAKE_CLASSIFY = '''
 import os, shutil, sys, time
 from pathlib import Path
 import SimpleITK as sitk
-args = sys.argv[1:]
+assert sys.argv[1] == "-v", sys.argv  # phases logged with their times
+args = sys.argv[2:]
 assert args[0] == "classify" and args[2] == "--model" and args[4] == "--out", args
 image = sitk.ReadImage(args[1])
 print("input size", *image.GetSize())

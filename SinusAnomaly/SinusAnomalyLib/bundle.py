@@ -32,10 +32,10 @@ def _arrays(state: dict) -> dict:
     return {key: value.detach().cpu().numpy() for key, value in state.items()}
 
 
-def write_bundle(path: str | Path, meta: dict, cae_state: dict, classifier_states: list[dict]) -> Path:
-    """Write a bundle atomically from state dicts; ``meta`` as in :func:`bundlefile.write_bundle_file`."""
+def write_bundle(path: str | Path, meta: dict, cae_state: dict, classifier_states: list[dict], half_weights: bool) -> Path:
+    """Write a bundle atomically from state dicts; see :func:`bundlefile.write_bundle_file`."""
     return write_bundle_file(path, {**meta, "versions": library_versions()}, _arrays(cae_state),
-                             [_arrays(state) for state in classifier_states])
+                             [_arrays(state) for state in classifier_states], half_weights)
 
 
 @dataclass
@@ -113,4 +113,5 @@ def build_untrained_bundle(path: str | Path, model_crop_size: int = 32, encoder_
             "intended_use": "RANDOM WEIGHTS: tests and timing only; its predictions mean nothing"}
     cae_state = ConvAutoencoder(in_size=int(model_crop_size), channels=tuple(cae_channels), latent_dim=int(latent_dim)).state_dict()
     classifiers = [SinusClassifier(encoder_widths=tuple(encoder_widths)).state_dict() for _ in range(folds)]
-    return write_bundle(path, meta, cae_state, classifiers)
+    meta["weights_storage"] = {"half_weights": True, "max_probability_change": None}
+    return write_bundle(path, meta, cae_state, classifiers, half_weights=True)

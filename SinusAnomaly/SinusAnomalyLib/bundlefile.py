@@ -12,12 +12,12 @@ A bundle is a zip archive of
 One CAE, not one per fold: it only draws the heat map, and a CAE pass at 64^3 costs about as
 much as a classifier pass, which an ensemble of heat maps would pay on every scan.
 
-Convolution and linear weights (float arrays of two or more dimensions) are stored as float16
-when that keeps every value within 0.1 % of the array's largest magnitude; biases and
-normalisation parameters and statistics stay float32. It halves the file (a five-fold
-paper-sized bundle: 677 MB -> 339 MB) and the time to read it; the effect on probabilities is
-measured in the tests. Arrays are read as stored; :mod:`SinusAnomalyLib.bundle` widens them to
-float32 (torch converts ten times faster than numpy).
+With ``half_weights``, convolution and linear weights (float arrays of two or more dimensions)
+are stored as float16 when that keeps every value within 0.1 % of the array's largest
+magnitude; biases and normalisation parameters and statistics stay float32. It halves the file
+(a five-fold paper-sized bundle: 677 MB -> 339 MB) and the time to read it. ``export`` measures
+what it does to the probabilities before choosing it (``weights_storage`` in the manifest).
+Arrays are read as stored; :mod:`SinusAnomalyLib.bundle` widens them to float32.
 
 Arrays are read with ``numpy.load(allow_pickle=False)``: nothing is ever unpickled, so a bundle
 cannot run code. A file that is not a bundle, is truncated or corrupt (zip CRC or member
@@ -77,9 +77,14 @@ def _storage(array: np.ndarray) -> np.ndarray:
     return half
 
 
-def _to_npz(arrays: Arrays) -> bytes:
+def as_half_stored(arrays: Arrays) -> Arrays:
+    """float32 arrays holding exactly what ``half_weights`` storage will give back on reading."""
+    return {key: _storage(np.asarray(value)).astype(np.asarray(value).dtype) for key, value in arrays.items()}
+
+
+def _to_npz(arrays: Arrays, half_weights: bool) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **{key: _storage(np.asarray(value)) for key, value in arrays.items()})
+    np.savez(buf, **{key: _storage(np.asarray(value)) if half_weights else np.asarray(value) for key, value in arrays.items()})
     return buf.getvalue()
 
 
@@ -88,13 +93,13 @@ def _from_npz(data: bytes) -> Arrays:
         return {key: archive[key] for key in archive.files}
 
 
-def write_bundle_file(path: str | Path, meta: dict, cae: Arrays, classifiers: list[Arrays]) -> Path:
+def write_bundle_file(path: str | Path, meta: dict, cae: Arrays, classifiers: list[Arrays], half_weights: bool) -> Path:
     """Write a bundle atomically. ``meta`` holds everything but the format fields and checksums."""
     if not classifiers:
         raise ValueError("a bundle needs one classifier per fold, at least one")
-    members = {CAE_MEMBER: _to_npz(cae)}
+    members = {CAE_MEMBER: _to_npz(cae, half_weights)}
     for k, arrays in enumerate(classifiers):
-        members[classifier_member(k)] = _to_npz(arrays)
+        members[classifier_member(k)] = _to_npz(arrays, half_weights)
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -193,3 +198,27 @@ def read_bundle_file(path: str | Path, expected_reference_sha256: str | None = N
         raise BundleError(path, f"is corrupt or truncated ({exc})") from exc
     return BundleFile(path=path, meta=meta, cae=arrays.pop(CAE_MEMBER),
                       classifiers=[arrays.pop(classifier_member(k)) for k in range(n_folds)])
+
+
+def describe_bundle(meta: dict) -> str:
+    """A few plain lines on what a bundle is: for tooltips, logs and the command line."""
+    crop = meta.get("crop", {})
+    fraction = meta.get("fraction", "?")
+    fraction = f"{fraction:g}" if isinstance(fraction, (int, float)) else fraction
+    lines = [f"{meta.get('name', '?')}: {meta.get('method', '?')} pretraining, {fraction} % labels, "
+             f"{meta.get('n_folds', '?')} fold(s), {crop.get('model_crop_size', '?')}^3 network input"]
+    metrics = meta.get("metrics") or {}
+    scores = [f"{name.upper()} {m['mean']:.2f}" + (f" ({m['low']:.2f}-{m['high']:.2f})" if "low" in m and "high" in m else "")
+              for name, m in metrics.items() if name in ("auroc", "auprc") and isinstance(m, dict) and "mean" in m]
+    if scores:
+        lines.append("test " + ", ".join(scores) + " (on its own data: no guarantee for yours)")
+    counts = (meta.get("training_data") or {}).get("counts") or {}
+    if counts:
+        shown = [f"{counts[k]} {k}" for k in ("patients", "sinuses", "normal", "anomalous") if isinstance(counts.get(k), int)]
+        if shown:
+            lines.append("data set: " + ", ".join(shown))
+    if meta.get("intended_use"):
+        lines.append(f"intended use: {meta['intended_use']}")
+    versions = meta.get("versions") or {}
+    lines.append(f"created {meta.get('created', '?')} with SinusAnomaly {versions.get('sinus_anomaly', '?')}")
+    return "\n".join(lines)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 # Only SimpleITK-based modules here: torch and MONAI (about 4 s to import on two cores) are
 # imported in run(), while the first scan is already being read and registered.
-from SinusAnomalyLib.bundlefile import read_bundle_file
+from SinusAnomalyLib.bundlefile import describe_bundle, read_bundle_file
 from SinusAnomalyLib.errors import DatasetError, ImageError, SinusAnomalyError
 from SinusAnomalyLib.extraction import extract_sinuses
 from SinusAnomalyLib.fileio import write_csv_atomic
@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     single = scans is None
     if single and not args.image.exists():
         raise ImageError(args.image, "does not exist")
+    if not single and not scans:
+        raise DatasetError(f"{args.image}: lists no scans")
     prefetch = _prefetched([args.image] if single else scans, reference)
     first = next(prefetch)  # starts reading and registering before torch is imported
     # the bundle's bytes are read and checked meanwhile too (file reads and hashing release the GIL)
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         start = time.perf_counter()
         bundle = load_bundle(bundle_file.result()).to(device)
-        log.debug("bundle %s ready %.2f s after torch", model, time.perf_counter() - start)
+        log.debug("bundle %s ready %.2f s after torch\n%s", model, time.perf_counter() - start, describe_bundle(bundle.meta))
     except BaseException:
         prefetch.close()
         raise

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from SinusAnomalyLib.bundle import load_bundle
+from SinusAnomalyLib.bundlefile import describe_bundle
 from SinusAnomalyLib.modelstore import BUNDLE_SUFFIX, models_folder
 
 from ..config import METHODS
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(path)  # what was written must load
     print(f"bundle {path}: {len(bundle.classifiers)} fold(s), threshold {bundle.threshold:.3f}, "
           f"{path.stat().st_size / 1e6:.1f} MB")
+    print(describe_bundle(bundle.meta))
     if args.install:
         folder = models_folder()
         folder.mkdir(parents=True, exist_ok=True)
