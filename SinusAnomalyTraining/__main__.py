@@ -1,6 +1,4 @@
 """``python -m SinusAnomalyTraining ...``"""
-import sys
+from SinusAnomalyTraining.cli import run_and_exit
 
-from SinusAnomalyTraining.cli import main
-
-sys.exit(main())
+run_and_exit()

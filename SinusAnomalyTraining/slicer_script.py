@@ -4,7 +4,7 @@
     PythonSlicer /path/to/SinusAnomalyTraining/slicer_script.py extract head.nii.gz --out out
 
 It puts the repository (for ``SinusAnomalyTraining``) and the module folder (for
-``SinusAnomalyLib``) on ``sys.path``, runs the CLI and calls ``sys.exit`` with its exit code.
+``SinusAnomalyLib``) on ``sys.path``, runs the CLI and exits with its exit code.
 """
 import sys
 from pathlib import Path
@@ -14,9 +14,9 @@ for _path in (_repo, _repo / "SinusAnomaly"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from SinusAnomalyTraining.cli import main  # noqa: E402
+from SinusAnomalyTraining.cli import run_and_exit  # noqa: E402
 
 _args = sys.argv[1:]
 if _args and _args[0] == "--":  # Slicer's launcher passes "--" through to the script
     _args = _args[1:]
-sys.exit(main(_args))
+run_and_exit(_args)
