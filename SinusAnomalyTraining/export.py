@@ -41,11 +41,11 @@ def half_weights_change(run_dir: Path, config: dict, folds: list[int], states: l
         rows = dataset.rows_of_patients(dataset.splits.folds[fold].val)
         crops = torch.from_numpy(resize_crops(np.asarray(dataset.crops[rows], dtype=np.float32), int(config["crop_size"])))[:, None]
         probabilities = []
+        model = SinusClassifier(encoder_widths=tuple(config["encoder_widths"])).eval()
         for weights in (state, {k: torch.from_numpy(v) for k, v in as_half_stored({k: v.numpy() for k, v in state.items()}).items()}):
-            model = SinusClassifier(encoder_widths=tuple(config["encoder_widths"]))
             model.load_state_dict(weights)
             with torch.inference_mode():
-                probabilities.append(torch.cat([torch.softmax(model.eval()(batch), 1)[:, 1] for batch in crops.split(8)]))
+                probabilities.append(torch.cat([torch.softmax(model(batch), 1)[:, 1] for batch in crops.split(8)]))
         change = max(change, float((probabilities[0] - probabilities[1]).abs().max()))
     return change
 

@@ -10,6 +10,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -80,8 +81,8 @@ def load_bundle(bundle: str | Path | BundleFile, expected_reference_sha256: str 
     templates = {}
 
     def networks(kind: str, name: str, arrays: dict) -> torch.nn.Module:
-        state = {key: torch.from_numpy(value) for key, value in arrays.items()}
-        state = {key: value.float() if value.dtype == torch.float16 else value for key, value in state.items()}
+        state = {key: torch.from_numpy(value).float() if value.dtype == np.float16 else torch.from_numpy(value)
+                 for key, value in arrays.items()}
         try:
             model = copy.deepcopy(templates[kind]) if kind in templates else templates.setdefault(kind, _build(kind, meta))
             model.load_state_dict(state, strict=True, assign=True)

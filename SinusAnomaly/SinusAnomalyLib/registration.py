@@ -175,18 +175,12 @@ def _unwrap(transform: sitk.Transform) -> sitk.Transform:
 
 
 def _as_affine(transform: sitk.Transform, center_lps: np.ndarray) -> sitk.AffineTransform:
-    """Flatten a (composite) linear transform to one AffineTransform centred on ``center_lps``.
+    """A linear transform (as :func:`_register` returns it) as one AffineTransform centred on ``center_lps``.
 
     The centre (the head's) keeps rotation and translation parameters decoupled, which the
     optimiser's parameter scaling relies on.
     """
-    if isinstance(transform, sitk.CompositeTransform) or transform.GetName() == "CompositeTransform":
-        composite = sitk.CompositeTransform(transform)
-        matrix = np.eye(4)
-        for i in range(composite.GetNumberOfTransforms()):  # applied last-added first
-            matrix = matrix @ affine_to_matrix(composite.GetNthTransform(i).Downcast())
-    else:
-        matrix = affine_to_matrix(transform.Downcast() if hasattr(transform, "Downcast") else transform)
+    matrix = affine_to_matrix(transform.Downcast() if hasattr(transform, "Downcast") else transform)
     out = sitk.AffineTransform(3)
     out.SetCenter([float(v) for v in center_lps])
     out.SetMatrix(matrix[:3, :3].ravel().tolist())
