@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-SIDES = ("left", "right")
+from .resultformat import SIDES  # noqa: F401  (re-exported: the sides every module iterates)
 RESOURCES_ENV = "SINUS_ANOMALY_RESOURCES"
 
 
