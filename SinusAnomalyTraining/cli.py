@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from SinusAnomalyLib import __version__
+from SinusAnomalyLib import __version__, dependencies
 from SinusAnomalyLib.errors import SinusAnomalyError
 
 # Subcommand name -> module in SinusAnomalyTraining.commands defining add_arguments(parser) and run(args) -> int.
@@ -25,7 +25,12 @@ COMMANDS = {
     "export": "Export a finished run as a model bundle (.sabundle).",
     "classify": "Classify both maxillary sinuses of head MRIs with a model bundle.",
     "demo": "Run the pipeline on a small synthetic cohort (the README's main command).",
+    "setup": "Install the Python packages SinusAnomaly needs (torch, MONAI, ...), e.g. into 3D Slicer's Python.",
 }
+# Commands that run without torch and MONAI; every other one checks their versions first.
+COMMANDS_WITHOUT_TORCH = {"synth", "extract", "prepare", "setup"}
+# Top-level modules whose absence means "run setup" rather than a bug.
+DEPENDENCY_MODULES = {"torch", "monai", "nibabel", "scipy", "sklearn", "tqdm", "matplotlib", "SimpleITK", "numpy"}
 
 
 def _chosen_command(argv: list[str]) -> str | None:
@@ -58,10 +63,37 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_dependency_message(command: str, exc: ImportError) -> str | None:
+    """The message for an ImportError of one of SinusAnomaly's dependencies, else None (a bug)."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if name not in DEPENDENCY_MODULES:
+        return None
+    return (f"sinus-anomaly {command}: error: the Python package '{name}' cannot be imported ({exc}); "
+            f"install SinusAnomaly's dependencies with `{dependencies.SETUP_COMMAND}` (in 3D Slicer: "
+            "`PythonSlicer SinusAnomalyTraining/slicer_script.py setup`)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_chosen_command(argv) or "")
+    command = _chosen_command(argv) or ""
+    try:
+        parser = build_parser(command)
+    except ImportError as exc:
+        message = _missing_dependency_message(command, exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
+    if args.command not in COMMANDS_WITHOUT_TORCH:
+        try:
+            found = dependencies.problems()
+        except dependencies.UnsupportedPythonError as exc:
+            print(f"sinus-anomaly {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        if found:
+            print(f"sinus-anomaly {args.command}: error: " + dependencies.describe(found), file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.verbose:  # ours only: third-party debug output (matplotlib, pydot) would drown it
         for name in ("SinusAnomalyLib", "SinusAnomalyTraining"):
@@ -70,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except SinusAnomalyError as exc:
         print(f"sinus-anomaly {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        message = _missing_dependency_message(args.command, exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sinus-anomaly {args.command}: interrupted; finished outputs are kept, re-run to resume", file=sys.stderr)

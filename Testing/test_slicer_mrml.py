@@ -1,4 +1,4 @@
-"""SinusAnomalyMRML against Slicer's real MRML classes (the ``slicer-core`` wheel, no application).
+"""SinusAnomalyMRMLLib against Slicer's real MRML classes (the ``slicer-core`` wheel, no application).
 
 Covers what the Slicer module does without Qt: the anomaly colour table; loading a classify
 result folder (made here with known affines, labels and values) into heat map, label map, table
@@ -36,7 +36,9 @@ MODULE_DIR = REPO / "SinusAnomaly"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
-import SinusAnomalyMRML as sam  # noqa: E402
+from SinusAnomalyMRMLLib import process as proc  # noqa: E402
+from SinusAnomalyMRMLLib import resultinfo  # noqa: E402
+from SinusAnomalyMRMLLib import results as sam  # noqa: E402
 
 
 # --------------------------------------------------------------------------- helpers
@@ -204,19 +206,22 @@ def test_result_table_rows_match_result_json(result_dir):
     scene = slicer.vtkMRMLScene()
     table = sam.load_results(folder, scene, input_volume(scene))["table"]
     assert table.GetNumberOfRows() == 2
-    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == list(sam.TABLE_COLUMNS)
+    columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    assert columns == ["Side", "Verdict", "Probability", "Spread", "Coverage (%)", "Volume (mL)"]
     assert table.GetColumnUnitLabel("Volume (mL)") == "mL"
+    column = {name: index for index, name in enumerate(columns)}
     for row, side in enumerate(("left", "right")):
         entry = result["sides"][side]
-        assert table.GetCellText(row, 0) == side.capitalize()
-        assert float(table.GetCellText(row, 1)) == pytest.approx(entry["probability"])
-        assert table.GetCellText(row, 2) == entry["verdict"]
-        assert float(table.GetCellText(row, 3)) == pytest.approx(entry["spread"])
-        assert float(table.GetCellText(row, 4)) == pytest.approx(entry["anomalous_volume_ml"])
+        assert table.GetCellText(row, column["Side"]) == side.capitalize()
+        assert float(table.GetCellText(row, column["Probability"])) == pytest.approx(entry["probability"])
+        assert table.GetCellText(row, column["Verdict"]) == entry["verdict"]
+        assert float(table.GetCellText(row, column["Spread"])) == pytest.approx(entry["spread"])
+        assert float(table.GetCellText(row, column["Volume (mL)"])) == pytest.approx(entry["anomalous_volume_ml"])
+        assert table.GetCellText(row, column["Coverage (%)"]) == ""  # format 1 has no coverage
         assert table.GetAttribute(f"SinusAnomaly.threshold.{side}") == str(entry["threshold"])
-    vtk_table = table.GetTable()
-    assert vtk_table.GetColumnByName("Probability").IsA("vtkDoubleArray")
-    assert vtk_table.GetColumnByName("Verdict").IsA("vtkStringArray")
+    assert table.GetAttribute(sam.ATTRIBUTE_MODEL) == "demo"
+    assert table.GetAttribute(sam.ATTRIBUTE_FINGERPRINT) is None  # format 1 has none
+    assert table.GetAttribute(sam.ATTRIBUTE_WARNINGS) is None
 
 
 def test_crop_rois_are_centred_sized_and_oriented_like_the_crops(result_dir):
@@ -293,7 +298,7 @@ def test_reloading_into_given_outputs_refills_them(result_dir):
     for key in sam.ROLES:
         assert again[key] is first[key]
     assert {c: scene.GetNumberOfNodesByClass(c) for c in counts} == counts
-    assert again["table"].GetNumberOfRows() == 2 and again["table"].GetNumberOfColumns() == 5
+    assert again["table"].GetNumberOfRows() == 2 and again["table"].GetNumberOfColumns() == 6
     np.testing.assert_allclose(slicer.util.arrayFromVolume(again["heatmap"]), heat.transpose(2, 1, 0), atol=1e-6)
 
 
@@ -354,6 +359,9 @@ def test_write_volume_to_file_refuses_an_empty_node(tmp_path):
 # --------------------------------------------------------------------------- models folder
 
 def test_models_folder_honours_the_environment(tmp_path, monkeypatch):
+    """The widget lists the bundles of SinusAnomalyLib.modelstore (light: no torch needed)."""
+    from SinusAnomalyLib import modelstore as sam
+
     monkeypatch.setenv("SINUS_ANOMALY_MODELS", str(tmp_path / "models"))
     assert sam.models_folder() == tmp_path / "models"
     assert sam.list_bundles() == []  # missing folder: no bundles, no error
@@ -369,36 +377,27 @@ def test_models_folder_honours_the_environment(tmp_path, monkeypatch):
     assert sam.models_folder() == tmp_path / "home" / ".sinus-anomaly" / "models"
 
 
-def test_models_folder_is_the_library_s(tmp_path, monkeypatch):
-    """One implementation: the module uses the light SinusAnomalyLib.modelstore (no torch needed)."""
-    from SinusAnomalyLib import modelstore
-
-    monkeypatch.setenv("SINUS_ANOMALY_MODELS", str(tmp_path))
-    assert sam.models_folder is modelstore.models_folder and sam.list_bundles is modelstore.list_bundles
-    assert sam.models_folder() == tmp_path
-
-
 # --------------------------------------------------------------------------- background process
 
 def test_training_script_found_in_source_and_installed_layouts(tmp_path):
-    assert sam.find_training_script(MODULE_DIR) == REPO / "SinusAnomalyTraining" / "slicer_script.py"
+    assert proc.find_training_script(MODULE_DIR) == REPO / "SinusAnomalyTraining" / "slicer_script.py"
     installed = tmp_path / "qt-scripted-modules"
     (installed / "SinusAnomalyTraining").mkdir(parents=True)
     (installed / "SinusAnomalyTraining" / "slicer_script.py").write_text("")
-    assert sam.find_training_script(installed) == installed / "SinusAnomalyTraining" / "slicer_script.py"
-    assert sam.find_training_script(tmp_path / "nowhere" / "module") is None
+    assert proc.find_training_script(installed) == installed / "SinusAnomalyTraining" / "slicer_script.py"
+    assert proc.find_training_script(tmp_path / "nowhere" / "module") is None
 
 
 def test_command_and_environment():
-    command = sam.classify_command("PythonSlicer", "/x/slicer_script.py", "/t/input.nrrd", "/m/a.sabundle", "/t/result")
+    command = proc.classify_command("PythonSlicer", "/x/slicer_script.py", "/t/input.nrrd", "/m/a.sabundle", "/t/result")
     assert command == ["PythonSlicer", "/x/slicer_script.py", "-v", "classify", "/t/input.nrrd", "--model", "/m/a.sabundle",
                        "--out", "/t/result"]
-    assert sam.classify_command("p", "s", "i", "m", "o", force_cpu=True)[-2:] == ["--device", "cpu"]
-    env = sam.classify_environment({"PATH": "/bin", "PYTHONPATH": "/old"}, force_cpu=True, python_paths=["/mod", "/repo"])
+    assert proc.classify_command("p", "s", "i", "m", "o", force_cpu=True)[-2:] == ["--device", "cpu"]
+    env = proc.classify_environment({"PATH": "/bin", "PYTHONPATH": "/old"}, force_cpu=True, python_paths=["/mod", "/repo"])
     assert env["CUDA_VISIBLE_DEVICES"] == "-1"
     assert env["PYTHONPATH"].split(os.pathsep) == ["/mod", "/repo", "/old"]
     assert env["PYTHONUNBUFFERED"] == "1" and env["PATH"] == "/bin"
-    assert "CUDA_VISIBLE_DEVICES" not in sam.classify_environment({}, force_cpu=False)
+    assert "CUDA_VISIBLE_DEVICES" not in proc.classify_environment({}, force_cpu=False)
 
 
 def test_background_process_streams_output_and_exit_code(tmp_path):
@@ -411,8 +410,8 @@ def test_background_process_streams_output_and_exit_code(tmp_path):
         print("to stderr", file=sys.stderr)
         sys.exit(3)
     """)
-    env = sam.classify_environment(dict(os.environ), force_cpu=True)
-    process = sam.ClassificationProcess([sys.executable, "-c", script], env=env, cwd=tmp_path).start()
+    env = proc.classify_environment(dict(os.environ), force_cpu=True)
+    process = proc.ClassificationProcess([sys.executable, "-c", script], env=env, cwd=tmp_path).start()
     seen = []
     deadline = time.time() + 20
     while not process.finished and time.time() < deadline:  # what the module's QTimer does
@@ -432,7 +431,7 @@ def test_cancel_ends_the_process_and_its_children(tmp_path):
         print("child pid", p.pid, flush=True)
         p.wait()
     """)
-    process = sam.ClassificationProcess([sys.executable, "-c", launcher], cwd=tmp_path).start()
+    process = proc.ClassificationProcess([sys.executable, "-c", launcher], cwd=tmp_path).start()
     lines = []
     deadline = time.time() + 20
     while "child running" not in lines and time.time() < deadline:
@@ -454,40 +453,22 @@ def test_cancel_ends_the_process_and_its_children(tmp_path):
 
 
 def test_wait_forwards_lines(tmp_path):
-    process = sam.ClassificationProcess([sys.executable, "-c", "print('a'); print('b')"]).start()
+    process = proc.ClassificationProcess([sys.executable, "-c", "print('a'); print('b')"]).start()
     got = []
     assert process.wait(timeout=20, on_line=got.append) == 0
     assert got == ["a", "b"] and process.succeeded
 
 
-# --------------------------------------------------------------------------- dependencies
-
-def test_requirements_never_touch_simpleitk(tmp_path, monkeypatch):
-    names = [name for name, _, _ in sam.PYTHON_REQUIREMENTS]
-    requirements = " ".join(req for _, req, _ in sam.PYTHON_REQUIREMENTS).lower()
-    assert "simpleitk" not in requirements and "torch" not in requirements
-    assert {"monai", "nibabel", "sklearn"} <= set(names)
-    monai = next(entry for entry in sam.PYTHON_REQUIREMENTS if entry[0] == "monai")
-    assert monai[2] is True  # --no-deps: pip cannot replace torch
-    constraints = sam.pip_constraints()
-    assert f"SimpleITK=={sitk.Version_VersionString()}" in constraints.splitlines()
-    groups = sam.pip_install_arguments(sam.PYTHON_REQUIREMENTS, tmp_path / "c.txt")
-    assert groups[0][:1] == ["monai>=1.3,<1.7"] and "--no-deps" in groups[0]
-    assert "--no-deps" not in groups[1] and "scikit-learn>=1.2" in groups[1]
-    assert all(group[-2:] == ["-c", str(tmp_path / "c.txt")] for group in groups)
-    assert sam.missing_requirements() == []  # this venv has them all
-    monkeypatch.setattr(sam, "PYTHON_REQUIREMENTS", (("surely_not_installed_xyz", "surely-not-installed-xyz", False),))
-    assert [e[0] for e in sam.missing_requirements(torch_too=False)] == ["surely_not_installed_xyz"]
-
+# --------------------------------------------------------------------------- bundles
 
 def test_bundle_tooltip_describes_a_bundle_or_says_why_not(tmp_path):
     path = random_bundle(tmp_path / "tip.sabundle")
-    tip = sam.bundle_tooltip(path)
+    tip = resultinfo.bundle_tooltip(path)
     assert tip.startswith(str(path)) and "untrained pretraining" in tip and "1 fold(s)" in tip
     assert "RANDOM WEIGHTS" in tip  # the bundle's intended use is shown to the user
     (tmp_path / "bad.sabundle").write_bytes(b"not a zip")
-    assert sam.bundle_tooltip(tmp_path / "bad.sabundle").startswith("cannot be used: ")
-    assert "bad.sabundle" in sam.bundle_tooltip(tmp_path / "bad.sabundle")
+    assert resultinfo.bundle_tooltip(tmp_path / "bad.sabundle").startswith("cannot be used: ")
+    assert "bad.sabundle" in resultinfo.bundle_tooltip(tmp_path / "bad.sabundle")
 
 
 # --------------------------------------------------------------------------- end to end
@@ -529,10 +510,10 @@ def test_end_to_end_background_classify_of_a_volume_node(tmp_path):
 
     bundle_path = random_bundle(tmp_path / "random.sabundle")
     input_file = sam.write_volume_to_file(source, tmp_path / "input.nrrd")
-    script = sam.find_training_script(MODULE_DIR)
-    command = sam.classify_command(sys.executable, script, input_file, bundle_path, tmp_path / "result", force_cpu=True)
-    env = sam.classify_environment(dict(os.environ), force_cpu=True, python_paths=[MODULE_DIR, script.parent.parent])
-    process = sam.ClassificationProcess(command, env=env, cwd=tmp_path).start()
+    script = proc.find_training_script(MODULE_DIR)
+    command = proc.classify_command(sys.executable, script, input_file, bundle_path, tmp_path / "result", force_cpu=True)
+    env = proc.classify_environment(dict(os.environ), force_cpu=True, python_paths=[MODULE_DIR, script.parent.parent])
+    process = proc.ClassificationProcess(command, env=env, cwd=tmp_path).start()
     assert process.wait(timeout=180) == 0, "\n".join(process.lines)
     assert any(line.startswith("left") and "p(anomalous)" in line for line in process.lines), process.lines
     assert any("networks and maps in" in line for line in process.lines), process.lines  # phases logged
@@ -540,7 +521,7 @@ def test_end_to_end_background_classify_of_a_volume_node(tmp_path):
     out = sam.load_results(tmp_path / "result", scene, source)
     assert out["table"].GetNumberOfRows() == 2
     for row in range(2):
-        assert 0.0 <= float(out["table"].GetCellText(row, 1)) <= 1.0
+        assert 0.0 <= float(out["table"].GetCellText(row, resultinfo.TABLE_COLUMNS.index("Probability"))) <= 1.0
     heat = slicer.util.arrayFromVolume(out["heatmap"])
     assert heat.shape == slicer.util.arrayFromVolume(source).shape
     assert 0.0 <= heat.min() and heat.max() <= 1.0 and heat.max() > 0
