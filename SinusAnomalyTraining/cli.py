@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     except SinusAnomalyError as exc:
         print(f"sinus-anomaly {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file system problem (permissions, disk full): the path and the problem, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"sinus-anomaly {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except ImportError as exc:
         message = _missing_dependency_message(args.command, exc)
         if message is None:

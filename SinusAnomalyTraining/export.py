@@ -50,6 +50,18 @@ def half_weights_change(run_dir: Path, config: dict, folds: list[int], states: l
     return change
 
 
+def _finite_weights(checkpoint: Path) -> dict:
+    """A checkpoint's model state; :class:`StageInputError` naming it when any weight is NaN or infinite."""
+    state = load_checkpoint(checkpoint)["model"]
+    bad = [(key, int((~torch.isfinite(value)).sum())) for key, value in state.items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        shown = ", ".join(f"'{key}' ({n} values)" for key, n in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise stages.StageInputError(f"{checkpoint}: NaN or infinite weights in {shown} (the training diverged); "
+                                     "not exported")
+    return state
+
+
 def _fold_dirs(run_dir: Path, method: str, fraction: float) -> list[tuple[int, Path]]:
     key = fraction_key(float(fraction) / 100.0)
     found = []
@@ -81,10 +93,10 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     cae_path = run_dir / f"fold{cae_fold}" / "cae" / "best.pt"
     if not cae_path.is_file():
         raise stages.StageInputError(f"{cae_path} is missing")
-    cae_state = load_checkpoint(cae_path)["model"]
+    cae_state = _finite_weights(cae_path)
     classifier_states, thresholds = [], []
     for fold, finetune in folds:
-        classifier_states.append(load_checkpoint(finetune / "best.pt")["model"])
+        classifier_states.append(_finite_weights(finetune / "best.pt"))
         rows = [r for r in stages.read_predictions(finetune / "predictions.csv") if r["split"] == "val"]
         y = np.array([r["label"] for r in rows])
         p = np.array([r["p_anomalous"] for r in rows])

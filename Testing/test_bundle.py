@@ -51,7 +51,7 @@ def test_bundle_holds_every_fold_and_its_metadata(bundle_path):
     assert all(first[k].data_ptr() != second[k].data_ptr() for k in first)
     assert not all(torch.equal(first[k], second[k]) for k in first)
     meta = bundle.meta
-    assert meta["format"] == "sinus-anomaly-bundle" and meta["format_version"] == 2
+    assert meta["format"] == "sinus-anomaly-bundle" and meta["format_version"] == 3
     assert meta["cae_fold"] == 0 and meta["folds"] == [0, 1]
     assert meta["reference_sha256"] == load_reference().sha256
     assert 0.0 < meta["threshold"] < 1.0 and len(meta["fold_thresholds"]) == 2
@@ -165,13 +165,18 @@ def test_pickled_arrays_are_never_loaded(bundle_path, tmp_path):
     np.savez(buf, weight=np.array([object()], dtype=object))
     evil = buf.getvalue()
 
-    def swap(name, blob):
+    import hashlib
+
+    manifest = {}
+
+    def swap(name, blob):  # a deliberate edit: member checksum and bundle.json digest made consistent
         if name == "bundle.json":
             meta = json.loads(blob)
-            import hashlib
-
             meta["members"]["classifier_fold0.npz"] = hashlib.sha256(evil).hexdigest()
-            return json.dumps(meta)
+            manifest["bytes"] = json.dumps(meta).encode()
+            return manifest["bytes"]
+        if name == "bundle.json.sha256":
+            return f"{hashlib.sha256(manifest['bytes']).hexdigest()}  bundle.json\n"
         return evil if name == "classifier_fold0.npz" else blob
 
     _expect(_rewrite(bundle_path, tmp_path / "pickle.sabundle", swap), "not a plain array archive")

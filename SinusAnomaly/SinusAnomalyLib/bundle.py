@@ -47,6 +47,7 @@ class ModelBundle:
     meta: dict
     cae: torch.nn.Module
     classifiers: list
+    fingerprint: str = ""  # SHA-256 of bundle.json, covering every member (see bundlefile)
 
     @property
     def threshold(self) -> float:
@@ -92,7 +93,7 @@ def load_bundle(bundle: str | Path | BundleFile, expected_reference_sha256: str 
 
     cae = networks("cae", "cae.npz", bundle.cae)
     classifiers = [networks("classifier", f"classifier_fold{k}.npz", arrays) for k, arrays in enumerate(bundle.classifiers)]
-    return ModelBundle(path=bundle.path, meta=meta, cae=cae, classifiers=classifiers)
+    return ModelBundle(path=bundle.path, meta=meta, cae=cae, classifiers=classifiers, fingerprint=bundle.fingerprint)
 
 
 def build_untrained_bundle(path: str | Path, model_crop_size: int = 32, encoder_widths=(8, 16, 32, 64),

@@ -48,7 +48,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import __version__
 from .errors import DatasetError, SinusAnomalyError
 from .extraction import extract_sinuses
-from .fileio import atomic_path, write_csv_atomic, write_json_atomic
+from .fileio import atomic_path, locked_output_folder, write_csv_atomic, write_json_atomic
 from .imageio import IMAGE_SUFFIXES
 from .reference import SIDES, load_reference
 from .splits import DEFAULT_FRACTIONS, Sample, Splits, fraction_key, fraction_percent, load_splits, make_splits, save_splits
@@ -134,41 +134,71 @@ def _check_patient_id(patient: str, where: str) -> None:
         raise DatasetError(f"{where}: patient {patient!r} cannot be used as a folder name (no '/', '\\', '.' or '..')")
 
 
-def _read_rows(labels_csv: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header (lower-cased) and (line number, row) pairs; raise DatasetError for unreadable files."""
-    if not labels_csv.exists():
-        raise DatasetError(f"{labels_csv}: labels file does not exist")
+SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
+def _separator(text: str) -> str:
+    """The field separator of a CSV text: comma, semicolon or tab, as :class:`csv.Sniffer` finds it
+    in the first lines (comma when it cannot tell: a one-column table)."""
+    sample = "\n".join(text.splitlines()[:20])
     try:
-        text = labels_csv.read_text(encoding="utf-8-sig")
+        return csv.Sniffer().sniff(sample, delimiters="".join(SEPARATORS)).delimiter
+    except csv.Error:
+        return ","
+
+
+def read_csv_table(path: Path, what: str = "labels file") -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header (lower-cased, stripped) and (line number, row) pairs of a small CSV table.
+
+    Comma-, semicolon- and tab-separated tables are read alike (the separator is detected; a
+    spreadsheet saved with a German or French locale writes semicolons). Raises
+    :class:`DatasetError` naming the file for a missing, unreadable, non-UTF-8 or empty file, a
+    repeated column, or a row with more fields than the header.
+    """
+    if not path.exists():
+        raise DatasetError(f"{path}: {what} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{labels_csv}: labels file is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise DatasetError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
-        raise DatasetError(f"{labels_csv}: labels file cannot be read: {exc.strerror or exc}") from exc
-    reader = csv.reader(io.StringIO(text, newline=""))
+        raise DatasetError(f"{path}: {what} cannot be read: {exc.strerror or exc}") from exc
+    separator = _separator(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
     try:
         header = next(reader, None)
         if header is None:
-            raise DatasetError(f"{labels_csv}: labels file is empty (a header {', '.join(REQUIRED_COLUMNS)} is needed)")
+            raise DatasetError(f"{path}: {what} is empty")
         header = [name.strip().lower() for name in header]
         repeated = sorted(name for name, n in Counter(header).items() if n > 1 and name)
         if repeated:
-            raise DatasetError(f"{labels_csv}: column(s) {', '.join(repeated)} appear more than once in the header")
-        missing = [name for name in REQUIRED_COLUMNS if name not in header]
-        if missing:
-            raise DatasetError(
-                f"{labels_csv}: missing column(s) {', '.join(missing)} "
-                f"(required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(h for h in header if h) or 'none'})"
-            )
+            raise DatasetError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
         rows = []
         for values in reader:
             if not any(v.strip() for v in values):
                 continue
             if len(values) > len(header):
-                raise DatasetError(f"{labels_csv}: line {reader.line_num}: {len(values)} fields but the header has {len(header)}")
+                raise DatasetError(f"{path}: line {reader.line_num}: {len(values)} fields but the header has {len(header)} "
+                                   f"(read as {SEPARATORS[separator]}-separated)")
             values = values + [""] * (len(header) - len(values))
             rows.append((reader.line_num, {name: v.strip() for name, v in zip(header, values)}))
     except csv.Error as exc:
-        raise DatasetError(f"{labels_csv}: line {reader.line_num}: not valid CSV: {exc}") from exc
+        raise DatasetError(f"{path}: line {reader.line_num}: not valid CSV: {exc}") from exc
+    return header, rows
+
+
+def _read_rows(labels_csv: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header (lower-cased) and (line number, row) pairs; raise DatasetError for unreadable files."""
+    header, rows = read_csv_table(labels_csv, "labels file")
+    if not any(header):
+        raise DatasetError(f"{labels_csv}: labels file is empty (a header {', '.join(REQUIRED_COLUMNS)} is needed)")
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    if missing:
+        found = ", ".join(h for h in header if h) or "none"
+        raise DatasetError(
+            f"{labels_csv}: missing column(s) {', '.join(missing)} "
+            f"(required: {', '.join(REQUIRED_COLUMNS)}, separated by commas, semicolons or tabs; found: {found})"
+        )
     if not rows:
         raise DatasetError(f"{labels_csv}: labels file has a header but no rows")
     return header, rows
@@ -464,11 +494,19 @@ def prepare_dataset(
     :class:`SinusAnomalyError` is logged as ``skipped <patient>: <message>``, recorded in
     ``failures.csv`` and left out; other exceptions propagate. Raises :class:`DatasetError` for
     an invalid labels table, when no scan could be prepared, or when too few patients remain for
-    the folds. See the module docstring for the layout of ``out_dir``.
+    the folds, and :class:`OutputError` when ``out_dir`` cannot be written or another process is
+    preparing it now (one process at a time holds its lock). See the module docstring for the
+    layout of ``out_dir``.
     """
     images_dir, labels_csv, out_dir = Path(images_dir), Path(labels_csv), Path(out_dir)
     sinuses = read_labels(labels_csv, images_dir)
     make_splits([s.sample for s in sinuses], n_folds, test_fraction, fractions, seed)  # fail early on bad parameters
+    with locked_output_folder(out_dir, "dataset"):  # checked before minutes of registration
+        return _prepare(images_dir, labels_csv, out_dir, sinuses, n_folds, test_fraction, fractions, seed, progress)
+
+
+def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[LabelledSinus], n_folds: int,
+             test_fraction: float, fractions: Sequence[float], seed: int, progress: bool) -> PrepareReport:
     by_patient: dict[str, list[LabelledSinus]] = {}
     for sinus in sinuses:
         by_patient.setdefault(sinus.patient, []).append(sinus)

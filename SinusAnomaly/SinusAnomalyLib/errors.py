@@ -35,3 +35,8 @@ class BundleError(PathError):
 
 class DatasetError(SinusAnomalyError):
     """A labels table, manifest or dataset folder that cannot be used."""
+
+
+class OutputError(PathError):
+    """An output file or folder that cannot be created or written (read-only, a file in the way,
+    disk full, another process writing it)."""

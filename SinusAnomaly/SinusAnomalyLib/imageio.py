@@ -7,6 +7,7 @@ float32 in SimpleITK's physical space (LPS millimetres).
 from __future__ import annotations
 
 import gzip
+import logging
 import struct
 import zlib
 from pathlib import Path
@@ -14,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ImageError
+from .errors import ImageError, OutputError
 from .fileio import atomic_path
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+logger = logging.getLogger(__name__)
 
 
 def is_image_path(path: Path) -> bool:
@@ -60,6 +62,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
 
 
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
+SHEAR_TOLERANCE_VOXELS = 0.5  # a non-orthonormal affine is accepted when its approximation moves no voxel further
 
 
 def _nifti_problem(path: Path) -> str | None:
@@ -114,7 +117,57 @@ def _read_raw(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
+        if "orthonormal" in str(exc) and path.name.lower().endswith((".nii", ".nii.gz")):
+            return _read_non_orthonormal_nifti(path)
         raise ImageError(path, f"cannot be read (corrupt, truncated or not an image): {_first_line(exc)}") from exc
+
+
+def _read_non_orthonormal_nifti(path: Path) -> sitk.Image:
+    """A NIfTI whose affine is not a rotation times spacings (sheared or skewed), which ITK refuses.
+
+    nibabel reads it; the nearest orthonormal direction matrix (polar decomposition) replaces the
+    affine's, keeping the spacings and the centre voxel in place. Accepted, with a warning, when
+    no voxel of the image moves by more than :data:`SHEAR_TOLERANCE_VOXELS` of the smallest
+    spacing; otherwise refused: the scan would need resampling, not reinterpreting.
+    """
+    problem = "has a non-orthonormal (sheared or skewed) affine, which ITK cannot represent"
+    try:
+        import nibabel  # noqa: PLC0415
+    except ImportError:
+        raise ImageError(path, problem) from None
+    try:
+        nifti = nibabel.load(str(path))
+        data = np.asarray(nifti.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many kinds for a broken file  # noqa: BLE001
+        raise ImageError(path, f"{problem}, and nibabel cannot read it either ({exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ImageError(path, f"{problem} and is not a 3D volume (shape {data.shape})")
+    affine = np.asarray(nifti.affine, dtype=float)
+    linear = affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    if not np.all(spacing > 0):
+        raise ImageError(path, f"{problem}: a voxel axis has zero length")
+    u, _, vt = np.linalg.svd(linear / spacing)
+    nearest = (u @ vt) * spacing
+    centre = (np.asarray(data.shape) - 1) / 2.0
+    corners = np.array([[i, j, k] for i in (0, data.shape[0] - 1) for j in (0, data.shape[1] - 1)
+                        for k in (0, data.shape[2] - 1)], dtype=float) - centre
+    moved = float(np.linalg.norm(corners @ (linear - nearest).T, axis=1).max())
+    tolerance = SHEAR_TOLERANCE_VOXELS * float(spacing.min())
+    if moved > tolerance:
+        raise ImageError(path, f"{problem}; its nearest orthonormal affine would move voxels by up to {moved:.2f} mm "
+                               f"(accepted up to {tolerance:.2f} mm): resample it onto an orthonormal grid first")
+    origin_ras = affine[:3, 3] + (linear - nearest) @ centre  # the centre voxel stays where it was
+    flip = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((flip @ (nearest / spacing)).ravel().tolist())
+    image.SetOrigin((flip @ origin_ras).tolist())
+    logger.warning("%s: non-orthonormal (sheared) affine replaced by the nearest orthonormal one "
+                   "(voxels move by at most %.3f mm)", path, moved)
+    return image
 
 
 def validate_array(path: str | Path, array: np.ndarray) -> None:
@@ -162,6 +215,10 @@ def read_image(path: str | Path) -> sitk.Image:
 
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
-    """Write ``image`` atomically (format from the suffix)."""
+    """Write ``image`` atomically (format from the suffix); :class:`OutputError` naming ``path``
+    when it cannot be written."""
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:
+            raise OutputError(path, f"cannot be written: {_first_line(exc)}") from exc

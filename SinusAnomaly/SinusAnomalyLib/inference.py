@@ -1,18 +1,25 @@
 """Classifying both maxillary sinuses of one head with a model bundle.
 
-For each side: the crop (extraction as in training) is classified by every fold's classifier;
-the probability is their mean, ``spread`` their standard deviation, the verdict compares the mean
-with the bundle's validation-chosen threshold. The heat map is the bundle CAE's residual map (as in
-training), brought back to 1 mm and resampled into the INPUT image's grid; the anomaly label map marks
+For each side that the scan shows well enough (``SinusExtraction.assessable``: enough of the
+sinus cavity inside the field of view and holding image content, see
+:mod:`SinusAnomalyLib.extraction`): the crop (extraction as in training) is classified by every
+fold's classifier; the probability is their mean, ``spread`` their standard deviation, the
+verdict compares the mean with the bundle's validation-chosen threshold. A side that is not
+assessable gets no probability, no verdict ("not assessable"), no heat map and no label: never a
+verdict from an empty crop. The heat map is the bundle CAE's residual map (as in training),
+brought back to 1 mm and resampled into the INPUT image's grid; the anomaly label map marks
 heat-map voxels at or above the bundle's residual threshold inside that side's sinus (the
 reference cavity mapped through the registration, grown by a few millimetres), on sides whose
 verdict is anomalous: 1 left, 2 right. The anomalous volume is that label's volume in mL.
+
+A NaN or infinite probability or heat map (weights that do not work on this input) is an error,
+never a result. The result folder's format is :mod:`SinusAnomalyLib.resultformat`.
 """
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,25 +28,30 @@ import torch
 import torch.nn.functional as F
 
 from .bundle import ModelBundle
-from .extraction import CROP_SIZE, SinusExtraction, crop_affine_ras, extract_sinuses
-from .fileio import write_json_atomic
+from .errors import BundleError, ImageError
+from . import extraction as extraction_module
+from .extraction import SinusExtraction, crop_affine_ras, extract_sinuses
+from .fileio import atomic_folder, write_json_atomic
 from .imageio import read_image, write_image
-from .reference import SIDES, ReferenceHead, load_reference
+from .reference import ReferenceHead, load_reference
 from .residuals import residual_maps, resize_crops
+from .resultformat import (CROP_FILES, CROP_SIZE, HEATMAP_FILE, LABEL_NAMES, LABEL_VALUES, LABELMAP_FILE, RESULT_FILE,
+                           RESULT_FILES, RESULT_FORMAT, RESULT_VERSION, SIDES, VERDICT_ANOMALOUS, VERDICT_NORMAL,
+                           VERDICT_NOT_ASSESSABLE)
 
-SIDE_LABELS = {"left": 1, "right": 2}
-LABEL_NAMES = {"1": "left maxillary sinus anomaly", "2": "right maxillary sinus anomaly"}
 CAVITY_MARGIN_MM = 4.0
 
 
 @dataclass
 class SideResult:
-    probability: float
+    coverage: float
+    assessable: bool
+    probability: float | None
     verdict: str
     threshold: float
-    spread: float
+    spread: float | None
     fold_probabilities: list
-    anomalous_volume_ml: float
+    anomalous_volume_ml: float | None
     center_ras_mm: list
     crop_affine_ras: list
 
@@ -55,6 +67,22 @@ class Classification:
     heatmap: sitk.Image  # float32 on the input grid, [0, 1]
     labelmap: sitk.Image  # uint8 on the input grid: 0, 1 left, 2 right
     seconds: float  # wall time: reading and extraction included when classify() did them
+    warnings: list = field(default_factory=list)  # plain sentences: low coverage, sides not assessable
+
+
+def coverage_warnings(extraction: SinusExtraction) -> list[str]:
+    """One sentence per side that is not assessable or only partly in view."""
+    out = []
+    minimum, warn_below = extraction_module.MIN_COVERAGE, extraction_module.COVERAGE_WARNING
+    for side in SIDES:
+        coverage = float(extraction.coverage[side])
+        if not extraction.assessable(side):
+            out.append(f"{side} sinus not assessable: {coverage:.0%} of its cavity is in view with image content "
+                       f"(at least {minimum:.0%} needed); no verdict for this side")
+        elif coverage < warn_below:
+            out.append(f"{side} sinus only partly in view: {coverage:.0%} of its cavity (below {warn_below:.0%}); "
+                       "read this side with care")
+    return out
 
 
 def _region_of(image: sitk.Image, grid: sitk.Image) -> tuple[slice, slice, slice]:
@@ -82,7 +110,7 @@ def _into_input(values: sitk.Image, image: sitk.Image, interpolator) -> tuple[tu
 def _grown_cavity(reference: ReferenceHead, side: str) -> sitk.Image:
     """The side's reference cavity grown by the margin; the same for every scan, so made once."""
     radius = [int(round(CAVITY_MARGIN_MM / s)) for s in reference.sinus_labels.GetSpacing()]
-    return sitk.BinaryDilate(reference.sinus_labels == SIDE_LABELS[side], radius)
+    return sitk.BinaryDilate(reference.sinus_labels == LABEL_VALUES[side], radius)
 
 
 def _cavity_in_crop(reference: ReferenceHead, extraction: SinusExtraction, side: str) -> np.ndarray:
@@ -123,74 +151,105 @@ def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: 
     """:func:`classify` for a head whose sinuses were already extracted (``extract_sinuses(image)``).
 
     Extraction needs only SimpleITK, so callers can run it in another thread while torch loads
-    or while the networks look at the previous scan.
+    or while the networks look at the previous scan. Raises :class:`ImageError` when neither side
+    is assessable and :class:`BundleError` when the networks give NaN or infinite values.
     """
     start = time.perf_counter()
     device = torch.device(device)
     reference = reference or load_reference()
     source = extraction.source
+    assessed = [side for side in SIDES if extraction.assessable(side)]
+    if not assessed:
+        raise ImageError(source, "neither maxillary sinus is in view enough to assess ("
+                         + ", ".join(f"{s} {float(extraction.coverage[s]):.0%}" for s in SIDES) + " of the cavity in view)")
     arrays = extraction.arrays()
     size = bundle.model_crop_size
-    batch = torch.from_numpy(resize_crops(np.stack([arrays[s] for s in SIDES]), size))[:, None].to(device)
-    residual_cfg = bundle.meta.get("residuals", {})
+    batch = torch.from_numpy(resize_crops(np.stack([arrays[s] for s in assessed]), size))[:, None].to(device)
+    residual_cfg = bundle.meta["residuals"]
     with torch.inference_mode():
-        probabilities = torch.stack([torch.softmax(m(batch), dim=1)[:, 1] for m in bundle.classifiers]).cpu().numpy()  # (folds, 2)
-        residuals = residual_maps(bundle.cae, batch, tuple(residual_cfg.get("percentiles", (1, 99))),
-                                  int(residual_cfg.get("median_kernel", 5)))
+        probabilities = torch.stack([torch.softmax(m(batch), dim=1)[:, 1] for m in bundle.classifiers]).cpu().numpy()  # (folds, sides)
+        residuals = residual_maps(bundle.cae, batch, tuple(residual_cfg["percentiles"]), int(residual_cfg["median_kernel"]))
         residuals = F.interpolate(residuals, size=(CROP_SIZE,) * 3, mode="trilinear", align_corners=False)[:, 0].cpu().numpy()
+    for i, side in enumerate(assessed):
+        if not np.isfinite(probabilities[:, i]).all():
+            raise BundleError(bundle.path, f"gave a non-finite probability (NaN or inf) for the {side} sinus of {source}; "
+                                           "no result written")
+        if not np.isfinite(residuals[i]).all():
+            raise BundleError(bundle.path, f"gave a non-finite heat map (NaN or inf) for the {side} sinus of {source}; "
+                                           "no result written")
     threshold = bundle.threshold
-    residual_threshold = float(bundle.meta.get("residual_threshold", 0.5))
+    residual_threshold = float(bundle.meta["residual_threshold"])
     heat = np.zeros(image.GetSize(), np.float32)
     labels = np.zeros(image.GetSize(), np.uint8)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     sides = {}
-    for i, side in enumerate(SIDES):
-        p = float(probabilities[:, i].mean())
-        verdict = "anomalous" if p >= threshold else "normal"
+    for side in SIDES:
         crop = extraction.crops[side]
+        common = dict(coverage=round(float(extraction.coverage[side]), 4), threshold=round(threshold, 6),
+                      center_ras_mm=[round(float(v), 3) for v in extraction.centers_ras[side]],
+                      crop_affine_ras=crop_affine_ras(crop).round(6).tolist())
+        if side not in assessed:
+            sides[side] = SideResult(assessable=False, probability=None, verdict=VERDICT_NOT_ASSESSABLE, spread=None,
+                                     fold_probabilities=[], anomalous_volume_ml=None, **common)
+            continue
+        i = assessed.index(side)
+        p = float(probabilities[:, i].mean())
+        verdict = VERDICT_ANOMALOUS if p >= threshold else VERDICT_NORMAL
         region, values = _into_input(_as_crop_image(residuals[i], crop), image, sitk.sitkLinear)
         heat[region] = np.maximum(heat[region], values)
         volume = 0.0
-        if verdict == "anomalous":
+        if verdict == VERDICT_ANOMALOUS:
             lesion = (residuals[i] >= residual_threshold) & _cavity_in_crop(reference, extraction, side)
             region, mask = _into_input(_as_crop_image(lesion.astype(np.uint8), crop, sitk.sitkUInt8), image, sitk.sitkNearestNeighbor)
             target = labels[region]
-            target[(mask > 0) & (target == 0)] = SIDE_LABELS[side]
-            volume = float((labels == SIDE_LABELS[side]).sum() * voxel_ml)
+            target[(mask > 0) & (target == 0)] = LABEL_VALUES[side]
+            volume = float((labels == LABEL_VALUES[side]).sum() * voxel_ml)
         sides[side] = SideResult(
-            probability=round(p, 6), verdict=verdict, threshold=round(threshold, 6),
+            assessable=True, probability=round(p, 6), verdict=verdict,
             spread=round(float(probabilities[:, i].std()), 6),
             fold_probabilities=[round(float(v), 6) for v in probabilities[:, i]],
-            anomalous_volume_ml=round(volume, 3),
-            center_ras_mm=[round(float(v), 3) for v in extraction.centers_ras[side]],
-            crop_affine_ras=crop_affine_ras(crop).round(6).tolist(),
+            anomalous_volume_ml=round(volume, 3), **common,
         )
     heatmap = sitk.GetImageFromArray(heat.transpose(2, 1, 0))
     heatmap.CopyInformation(image)
     labelmap = sitk.GetImageFromArray(labels.transpose(2, 1, 0))
     labelmap.CopyInformation(image)
-    return Classification(source, extraction, sides, heatmap, labelmap, time.perf_counter() - start)
+    warnings = coverage_warnings(extraction)
+    if bundle.meta.get("method") == "untrained":
+        warnings.append(f"the bundle {bundle.path.name} holds RANDOM weights (tests and timing only): its verdicts mean nothing")
+    return Classification(source, extraction, sides, heatmap, labelmap, time.perf_counter() - start, warnings)
+
+
+def result_summary(result: Classification, bundle: ModelBundle) -> dict:
+    """The content of ``result.json`` (:mod:`SinusAnomalyLib.resultformat`)."""
+    meta = bundle.meta
+    return {
+        "format": RESULT_FORMAT,
+        "version": RESULT_VERSION,
+        "input": result.source,
+        "model": {"path": str(bundle.path), "name": meta.get("name", bundle.path.stem), "method": meta.get("method"),
+                  "fraction": meta.get("fraction"), "created": meta.get("created"), "fingerprint": bundle.fingerprint},
+        "sides": {side: result.sides[side].to_json(CROP_FILES[side]) for side in SIDES},
+        "files": {"heatmap": HEATMAP_FILE, "labelmap": LABELMAP_FILE},
+        "labels": {str(value): name for value, name in LABEL_NAMES.items()},
+        "registration": result.extraction.registration.summary(),
+        "warnings": list(result.warnings),
+        "seconds": round(result.seconds, 3),
+    }
 
 
 def save_classification(result: Classification, bundle: ModelBundle, out_dir: str | Path) -> Path:
-    """``result.json`` (written last), ``heatmap.nii.gz``, ``labelmap.nii.gz`` and both crops."""
+    """Write the result folder whole or not at all: ``result.json``, ``heatmap.nii.gz``,
+    ``labelmap.nii.gz`` and both crops go into a temporary folder beside ``out_dir``, which then
+    replaces ``out_dir`` (see :func:`fileio.atomic_folder`; an existing ``out_dir`` may hold only
+    an earlier result). An interruption leaves the earlier result, if any, untouched.
+    """
     out_dir = Path(out_dir)
-    write_image(result.heatmap, out_dir / "heatmap.nii.gz")
-    write_image(result.labelmap, out_dir / "labelmap.nii.gz")
-    for side in SIDES:
-        write_image(result.extraction.crops[side], out_dir / f"{side}_crop.nii.gz")
-    meta = bundle.meta
-    summary = {
-        "format": "sinus-anomaly-result",
-        "version": 1,
-        "input": result.source,
-        "model": {"path": str(bundle.path), "name": meta.get("name", bundle.path.stem), "method": meta.get("method"),
-                  "fraction": meta.get("fraction"), "created": meta.get("created")},
-        "sides": {side: result.sides[side].to_json(f"{side}_crop.nii.gz") for side in SIDES},
-        "files": {"heatmap": "heatmap.nii.gz", "labelmap": "labelmap.nii.gz"},
-        "labels": LABEL_NAMES,
-        "registration": result.extraction.registration.summary(),
-        "seconds": round(result.seconds, 3),
-    }
-    write_json_atomic(out_dir / "result.json", summary)
-    return out_dir / "result.json"
+    summary = result_summary(result, bundle)  # strict JSON is checked before anything is written
+    with atomic_folder(out_dir, RESULT_FILES) as tmp:
+        write_image(result.heatmap, tmp / HEATMAP_FILE)
+        write_image(result.labelmap, tmp / LABELMAP_FILE)
+        for side in SIDES:
+            write_image(result.extraction.crops[side], tmp / CROP_FILES[side])
+        write_json_atomic(tmp / RESULT_FILE, summary)
+    return out_dir / RESULT_FILE

@@ -15,8 +15,11 @@ Per side: ``coverage`` (0-1, the share of the side's sinus cavity that the scan 
 ``SinusAnomalyLib.extraction``), ``assessable`` (coverage at or above the documented minimum),
 ``probability``/``spread``/``anomalous_volume_ml`` (``null`` when not assessable), ``verdict``
 (one of :data:`VERDICTS`), ``threshold``, ``fold_probabilities``, ``center_ras_mm``,
-``crop_affine_ras``, ``crop_file``. Version 1 (no coverage, no fingerprint, no warnings) is still
-read.
+``crop_affine_ras``, ``crop_file`` (:data:`CROP_FILES`). Version 1 (no coverage, no fingerprint,
+no warnings) is still read.
+
+The folder holds exactly :data:`RESULT_FILES`; it is written whole into a temporary folder and
+renamed into place, so a reader never sees a mix of two results.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ HEATMAP_FILE = "heatmap.nii.gz"
 LABELMAP_FILE = "labelmap.nii.gz"
 
 SIDES = ("left", "right")
+CROP_FILES = {side: f"{side}_crop.nii.gz" for side in SIDES}
+RESULT_FILES = (RESULT_FILE, HEATMAP_FILE, LABELMAP_FILE, *CROP_FILES.values())
 LABEL_VALUES = {"left": 1, "right": 2}
 LABEL_NAMES = {1: "left maxillary sinus anomaly", 2: "right maxillary sinus anomaly"}
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 from SinusAnomalyLib.dataset import load_dataset
 
@@ -37,3 +39,43 @@ def setup(args: argparse.Namespace):
 def fold_context(args: argparse.Namespace):
     config, dataset, device = setup(args)
     return pipeline.fold_context(config, dataset, args.run, args.fold, device, resume=args.resume, progress=not args.no_progress)
+
+
+RUN_FILES = ("config.json", "dataset.json")  # what setup() writes into a run folder
+
+
+@contextlib.contextmanager
+def new_run_guard(run_dir: Path) -> Iterator[None]:
+    """On failure, leave a run folder this command started as it was.
+
+    ``setup`` writes ``config.json`` and ``dataset.json`` before the first stage checks its
+    inputs; a stage refused on a new run folder (e.g. ``pretrain`` before ``residuals``) would
+    otherwise leave a config behind that a later command silently reuses. They are removed only
+    when nothing else was written (a stage that produced anything keeps everything, to resume).
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_FILES[0]).exists():  # an existing run: nothing to undo
+        yield
+        return
+    before = set(run_dir.rglob("*")) if run_dir.is_dir() else None
+    try:
+        yield
+    except BaseException:
+        if runtime.is_main_process() and run_dir.is_dir():
+            added = set(run_dir.rglob("*")) - (before or set())
+            files = [p for p in added if not p.is_dir()]
+            if all(p.parent == run_dir and p.name in RUN_FILES for p in files):
+                for p in files:
+                    p.unlink()
+                for folder in sorted((p for p in added if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                    folder.rmdir()
+                if before is None:
+                    run_dir.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def stage_context(args: argparse.Namespace) -> Iterator:
+    """:func:`fold_context` for one stage command, under :func:`new_run_guard`."""
+    with new_run_guard(args.run):
+        yield fold_context(args)

@@ -1,9 +1,15 @@
 """Classify both maxillary sinuses of head MRIs with a model bundle.
 
-One image: DIR/result.json (per side: probability, verdict, threshold, spread across folds,
-estimated anomalous volume in mL, centre, crop geometry), DIR/heatmap.nii.gz (residual heat map
-in [0, 1]) and DIR/labelmap.nii.gz (1 left, 2 right anomaly) on the INPUT image's grid, so they
-overlay it exactly in any viewer, and DIR/left_crop.nii.gz, DIR/right_crop.nii.gz.
+One image: DIR/result.json (per side: how much of the sinus is in view, probability, verdict,
+threshold, spread across folds, estimated anomalous volume in mL, centre, crop geometry; the
+bundle's fingerprint; warnings), DIR/heatmap.nii.gz (residual heat map in [0, 1]) and
+DIR/labelmap.nii.gz (1 left, 2 right anomaly) on the INPUT image's grid, so they overlay it
+exactly in any viewer, and DIR/left_crop.nii.gz, DIR/right_crop.nii.gz. A side too little of
+which is in view is "not assessable": no probability, no verdict, no heat map.
+
+The folder is written whole: into a temporary folder beside DIR, renamed into place at the end
+(an interrupted run leaves an earlier result in DIR untouched). DIR must be new, empty, or hold
+an earlier result; one process at a time writes it.
 
 Batch: IMAGE may be a folder of images (or DICOM series folders) or a CSV with an 'image'
 column; each scan gets DIR/<name>/ and a row in DIR/results.csv; a bad scan is reported in its
@@ -15,27 +21,34 @@ row and the others go on (exit code 1 if any failed).
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import logging
+import signal
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 # Only SimpleITK-based modules here: torch and MONAI (about 4 s to import on two cores) are
-# imported in run(), while the first scan is already being read and registered.
-from SinusAnomalyLib.bundlefile import describe_bundle, read_bundle_file
-from SinusAnomalyLib.errors import DatasetError, ImageError, SinusAnomalyError
+# imported in run(), while the first scan is already being registered.
+from SinusAnomalyLib.bundlefile import describe_bundle, read_bundle_file, read_bundle_manifest
+from SinusAnomalyLib.dataset import read_csv_table
+from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
 from SinusAnomalyLib.extraction import extract_sinuses
-from SinusAnomalyLib.fileio import write_csv_atomic
+from SinusAnomalyLib.fileio import locked_output_folder, locked_result_folder, write_csv_atomic
 from SinusAnomalyLib.imageio import IMAGE_SUFFIXES, is_image_path, read_image
 from SinusAnomalyLib.modelstore import resolve_bundle
-from SinusAnomalyLib.reference import SIDES, ReferenceHead, load_reference
+from SinusAnomalyLib.reference import ReferenceHead, load_reference
+from SinusAnomalyLib.resultformat import RESULT_FILES, SIDES
 
 log = logging.getLogger(__name__)
 PREFETCH = 2  # scans read and registered ahead of the networks (bounded: each holds an image)
+RESULTS_CSV = "results.csv"
 
-BATCH_COLUMNS = ["image", "status", "error"] + [f"{s}_{k}" for s in SIDES for k in ("probability", "verdict", "spread", "volume_ml")]
+BATCH_COLUMNS = (["image", "status", "error"]
+                 + [f"{s}_{k}" for s in SIDES for k in ("coverage", "verdict", "probability", "spread", "volume_ml")]
+                 + ["warnings"])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,12 +69,11 @@ def _scan_name(path: Path) -> str:
 def batch_inputs(target: Path) -> list[Path] | None:
     """The scans of a batch (folder of images or CSV), or None for a single image."""
     if target.is_file() and target.suffix.lower() == ".csv":
-        with open(target, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if "image" not in (reader.fieldnames or []):
-                raise DatasetError(f"{target}: no 'image' column (columns: {', '.join(reader.fieldnames or [])})")
-            return [(target.parent / row["image"]).resolve() if not Path(row["image"]).is_absolute() else Path(row["image"])
-                    for row in reader if row["image"].strip()]
+        header, rows = read_csv_table(target, what="scan list")
+        if "image" not in header:
+            raise DatasetError(f"{target}: no 'image' column (columns: {', '.join(h for h in header if h) or 'none'})")
+        return [(target.parent / row["image"]).resolve() if not Path(row["image"]).is_absolute() else Path(row["image"])
+                for _, row in rows if row["image"]]
     if target.is_dir():
         # images or series sub-folders; a folder of DICOM files alone is one scan
         entries = sorted(p for p in target.iterdir() if is_image_path(p) or (p.is_dir() and any(p.iterdir())))
@@ -69,30 +81,32 @@ def batch_inputs(target: Path) -> list[Path] | None:
     return None
 
 
-def _read_and_extract(scan: Path, reference: ReferenceHead) -> tuple:
+def _read_and_extract(scan: Path, reference: ReferenceHead, image=None) -> tuple:
     """(image, extraction, seconds) of one scan: the SimpleITK part of classifying it."""
     start = time.perf_counter()
-    image = read_image(scan)
+    image = read_image(scan) if image is None else image
     extraction = extract_sinuses(image, reference, source=str(scan))
     return image, extraction, time.perf_counter() - start
 
 
-def _prefetched(scans: list[Path], reference: ReferenceHead):
+def _prefetched(scans: list[Path], reference: ReferenceHead, first_image=None):
     """Yield (scan, Future of :func:`_read_and_extract`) in order, keeping ``PREFETCH`` under way.
 
     ITK releases the GIL, so registration of the next scans overlaps torch's import and the
-    network passes of the current scan.
+    network passes of the current scan. ``first_image``: the first scan, already read.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract") as pool:
         pending: deque[tuple[Path, Future]] = deque()
         queue = iter(scans)
+        image = first_image
         try:
             while True:
                 while len(pending) < PREFETCH:
                     scan = next(queue, None)
                     if scan is None:
                         break
-                    pending.append((scan, pool.submit(_read_and_extract, scan, reference)))
+                    pending.append((scan, pool.submit(_read_and_extract, scan, reference, image)))
+                    image = None
                 if not pending:
                     return
                 yield pending.popleft()
@@ -101,17 +115,50 @@ def _prefetched(scans: list[Path], reference: ReferenceHead):
                 future.cancel()
 
 
+def _side_text(side: str, r) -> str:
+    if not r.assessable:
+        return f"{side:5s}: not assessable ({r.coverage:.0%} of the sinus in view)"
+    return (f"{side:5s}: p(anomalous) {r.probability:.3f} (spread {r.spread:.3f}) -> {r.verdict} "
+            f"(threshold {r.threshold:.3f}), anomalous volume {r.anomalous_volume_ml:.2f} mL, {r.coverage:.0%} in view")
+
+
 def run(args: argparse.Namespace) -> int:
     reference = load_reference()
     model = resolve_bundle(args.model)  # a wrong name fails now, not after torch has loaded
+    read_bundle_manifest(model, reference.sha256)  # bundle.json's digest and content: milliseconds
     scans = batch_inputs(args.image)
     single = scans is None
-    if single and not args.image.exists():
-        raise ImageError(args.image, "does not exist")
     if not single and not scans:
         raise DatasetError(f"{args.image}: lists no scans")
-    prefetch = _prefetched([args.image] if single else scans, reference)
-    first = next(prefetch)  # starts reading and registering before torch is imported
+    if single:
+        first_image = read_image(args.image)  # a bad image is reported before torch loads
+        with _terminate_as_interrupt(), locked_result_folder(args.out, RESULT_FILES):
+            return _classify(args, reference, model, [args.image], single, first_image)
+    with _terminate_as_interrupt(), locked_output_folder(args.out, "batch output folder"):
+        return _classify(args, reference, model, scans, single, None)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a plain ``kill``, the Slicer module's Cancel) stops classify as Ctrl-C does:
+    temporary folders are removed, earlier results stay, exit code 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _classify(args: argparse.Namespace, reference: ReferenceHead, model: Path, scans: list[Path], single: bool, first_image) -> int:
+    prefetch = _prefetched(scans, reference, first_image)
+    first = next(prefetch)  # starts registering before torch is imported
     # the bundle's bytes are read and checked meanwhile too (file reads and hashing release the GIL)
     bundle_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle")
     bundle_file = bundle_reader.submit(read_bundle_file, model, reference.sha256)
@@ -128,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         start = time.perf_counter()
         bundle = load_bundle(bundle_file.result()).to(device)
-        log.debug("bundle %s ready %.2f s after torch\n%s", model, time.perf_counter() - start, describe_bundle(bundle.meta))
+        log.debug("bundle %s (fingerprint %s) ready %.2f s after torch\n%s", model, bundle.fingerprint,
+                  time.perf_counter() - start, describe_bundle(bundle.meta))
     except BaseException:
         prefetch.close()
         raise
@@ -140,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         result = classify_extraction(image, extraction, bundle, device, reference)
         log.debug("%s: networks and maps in %.2f s", scan, result.seconds)
         result.seconds += extract_seconds
+        for warning in result.warnings:
+            log.warning("%s: warning: %s", scan, warning)
         return result
 
     if single:
@@ -148,9 +198,7 @@ def run(args: argparse.Namespace) -> int:
         result = classify_scan(scan, future)
         save_classification(result, bundle, args.out)
         for side in SIDES:
-            r = result.sides[side]
-            print(f"{side:5s}: p(anomalous) {r.probability:.3f} (spread {r.spread:.3f}) -> {r.verdict} "
-                  f"(threshold {r.threshold:.3f}), anomalous volume {r.anomalous_volume_ml:.2f} mL")
+            print(_side_text(side, result.sides[side]))
         print(f"{result.seconds:.1f} s; wrote {args.out}/result.json, heatmap.nii.gz, labelmap.nii.gz")
         return 0
     from tqdm.auto import tqdm  # noqa: PLC0415
@@ -168,15 +216,16 @@ def run(args: argparse.Namespace) -> int:
             row["status"] = "ok"
             for side in SIDES:
                 r = result.sides[side]
-                row.update({f"{side}_probability": r.probability, f"{side}_verdict": r.verdict,
+                row.update({f"{side}_coverage": r.coverage, f"{side}_verdict": r.verdict, f"{side}_probability": r.probability,
                             f"{side}_spread": r.spread, f"{side}_volume_ml": r.anomalous_volume_ml})
+            row["warnings"] = "; ".join(result.warnings)
         except SinusAnomalyError as exc:
             failed += 1
             row.update(status="failed", error=str(exc))
             tqdm.write(f"skipped {scan}: {exc}")
         rows.append(row)
         # after every scan, so the table survives an interruption
-        write_csv_atomic(args.out / "results.csv", BATCH_COLUMNS, ([r.get(c) for c in BATCH_COLUMNS] for r in rows))
+        write_csv_atomic(args.out / RESULTS_CSV, BATCH_COLUMNS, ([r.get(c) for c in BATCH_COLUMNS] for r in rows))
     prefetch.close()
-    print(f"{len(rows) - failed} of {len(rows)} scans classified; {args.out}/results.csv")
+    print(f"{len(rows) - failed} of {len(rows)} scans classified; {args.out}/{RESULTS_CSV}")
     return 1 if failed else 0

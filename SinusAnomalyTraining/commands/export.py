@@ -14,6 +14,8 @@ from pathlib import Path
 
 from SinusAnomalyLib.bundle import load_bundle
 from SinusAnomalyLib.bundlefile import describe_bundle
+from SinusAnomalyLib.errors import OutputError
+from SinusAnomalyLib.fileio import atomic_path, check_output_folder
 from SinusAnomalyLib.modelstore import BUNDLE_SUFFIX, models_folder
 
 from ..config import METHODS
@@ -32,14 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = args.out if args.out.name.endswith(BUNDLE_SUFFIX) else args.out.with_name(args.out.name + BUNDLE_SUFFIX)
+    check_output_folder(out.parent)
+    if out.is_dir():
+        raise OutputError(out, "is a folder; a bundle is written as one file")
     path = export_run(args.run, out, args.method, args.fraction, args.residual_threshold)
     bundle = load_bundle(path)  # what was written must load
     print(f"bundle {path}: {len(bundle.classifiers)} fold(s), threshold {bundle.threshold:.3f}, "
-          f"{path.stat().st_size / 1e6:.1f} MB")
+          f"{path.stat().st_size / 1e6:.1f} MB, fingerprint {bundle.fingerprint}")
     print(describe_bundle(bundle.meta))
     if args.install:
         folder = models_folder()
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, folder / path.name)
+        with atomic_path(folder / path.name) as tmp:
+            shutil.copyfile(path, tmp)
         print(f"installed as {folder / path.name}")
     return 0

@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 
 from SinusAnomalyLib.extraction import extract_sinuses, save_extraction
+from SinusAnomalyLib.fileio import locked_output_folder
+from SinusAnomalyLib.imageio import read_image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = extract_sinuses(args.image)
-    save_extraction(result, args.out)
+    image = read_image(args.image)  # a bad image is reported before anything is created
+    with locked_output_folder(args.out, "extraction folder"):  # checked before the registration's seconds
+        result = extract_sinuses(image, source=str(args.image))
+        save_extraction(result, args.out)
     if args.preview:
         from SinusAnomalyTraining.plots import save_crop_preview  # noqa: PLC0415
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .. import stages
 from ..config import METHODS
-from ._training import add_run_arguments, fold_context
+from ._training import add_run_arguments, stage_context
 
 
 def add_arguments(parser) -> None:
@@ -18,6 +18,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    path = stages.finetune(fold_context(args), args.method, args.fraction)
+    with stage_context(args) as ctx:
+        path = stages.finetune(ctx, args.method, args.fraction)
     print(f"predictions: {path}")
     return 0

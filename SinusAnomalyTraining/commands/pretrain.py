@@ -7,7 +7,7 @@ torchrun --nproc_per_node N -m SinusAnomalyTraining pretrain ...
 from __future__ import annotations
 
 from .. import stages
-from ._training import add_run_arguments, fold_context
+from ._training import add_run_arguments, stage_context
 
 
 def add_arguments(parser) -> None:
@@ -15,6 +15,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    path = stages.pretrain(fold_context(args))
+    with stage_context(args) as ctx:
+        path = stages.pretrain(ctx)
     print(f"pretrained U-Net: {path}")
     return 0

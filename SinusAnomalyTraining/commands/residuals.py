@@ -7,7 +7,7 @@ pretraining refuses residuals of another CAE and pairs images and residuals by i
 from __future__ import annotations
 
 from .. import stages
-from ._training import add_run_arguments, fold_context
+from ._training import add_run_arguments, stage_context
 
 
 def add_arguments(parser) -> None:
@@ -15,6 +15,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    path = stages.compute_residuals(fold_context(args))
+    with stage_context(args) as ctx:
+        path = stages.compute_residuals(ctx)
     print(f"residuals: {path}")
     return 0

@@ -6,7 +6,7 @@ other folds' validation sinuses). Writes RUN/fold<k>/cae/{last.pt,best.pt,histor
 from __future__ import annotations
 
 from .. import stages
-from ._training import add_run_arguments, fold_context
+from ._training import add_run_arguments, stage_context
 
 
 def add_arguments(parser) -> None:
@@ -14,6 +14,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    path = stages.train_cae(fold_context(args))
+    with stage_context(args) as ctx:
+        path = stages.train_cae(ctx)
     print(f"CAE checkpoint: {path}")
     return 0
