@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -323,6 +326,87 @@ def test_bad_result_folders_are_refused(result_dir, problem):
         sam.load_results(folder, scene, input_volume(scene))
 
 
+# --------------------------------------------------------------------------- result format 2
+
+FINGERPRINT = "3f2a9c0d5e7b41c8a6d2e9f01b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e"
+
+
+def write_v2_result(folder: Path) -> dict:
+    """Turn the fixture's folder into format 2 by hand: the right side not assessable, warnings, fingerprint."""
+    result = json.loads((folder / "result.json").read_text())
+    result["version"] = 2
+    result["model"]["fingerprint"] = FINGERPRINT
+    result["sides"]["left"].update({"coverage": 0.97, "assessable": True})
+    result["sides"]["right"].update({"coverage": 0.41, "assessable": False, "probability": None, "spread": None,
+                                     "anomalous_volume_ml": None, "verdict": "not assessable"})
+    result["warnings"] = ["right: the scan shows 41 % of the sinus (below 60 %): not assessable",
+                          "registration quality 0.31 is low: check the crop boxes"]
+    (folder / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def test_format_2_results_show_coverage_not_assessable_sides_warnings_and_fingerprint(result_dir):
+    folder, *_ = result_dir
+    result = write_v2_result(folder)
+    scene = slicer.vtkMRMLScene()
+    out = sam.load_results(folder, scene, input_volume(scene))
+    table = out["table"]
+    columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    cell = {(row, name): table.GetCellText(row, index) for row in range(2) for index, name in enumerate(columns)}
+    assert cell[0, "Verdict"] == "anomalous" and float(cell[0, "Probability"]) == pytest.approx(0.93)
+    assert cell[0, "Coverage (%)"] == "97" and float(cell[0, "Volume (mL)"]) == pytest.approx(3.2)
+    assert cell[1, "Verdict"] == "not assessable"
+    assert cell[1, "Probability"] == cell[1, "Spread"] == cell[1, "Volume (mL)"] == ""  # no probability shown
+    assert cell[1, "Coverage (%)"] == "41"
+    assert table.GetColumnUnitLabel("Coverage (%)") == "%"
+    assert table.GetAttribute(sam.ATTRIBUTE_FINGERPRINT) == FINGERPRINT
+    assert table.GetAttribute(sam.ATTRIBUTE_WARNINGS).split("\n") == result["warnings"]
+    # the label map and both boxes load as for format 1
+    assert out["labelmap"].GetClassName() == "vtkMRMLLabelMapVolumeNode" and out["roi_right"] is not None
+
+    lines = resultinfo.summary_lines(out["result"])
+    assert lines[0].startswith("Left: anomalous, probability 0.930") and "97 % of the sinus" in lines[0]
+    assert lines[1] == "Right: not assessable, the scan shows 41 % of the sinus; no probability"
+    assert lines[2] == f"Model: demo (fingerprint {FINGERPRINT[:12]})"
+    assert lines[3:] == [f"Warning: {w}" for w in result["warnings"]]
+    assert resultinfo.short_fingerprint(out["result"]) == FINGERPRINT[:12]
+
+
+def test_format_1_results_have_no_fingerprint_or_coverage(result_dir):
+    folder, *_ = result_dir
+    result = resultinfo.read_result(folder)
+    assert resultinfo.short_fingerprint(result) == "" and resultinfo.warnings_of(result) == []
+    assert resultinfo.model_line(result) == "demo (no fingerprint: result format 1)"
+    assert [row[4] for row in resultinfo.result_rows(result)] == ["", ""]
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("version 3", "result version 3; this module reads versions 1 to 2"),
+    ("no coverage", "side 'left' has no coverage"),
+    ("bad verdict", "side 'left' has verdict 'maybe'"),
+    ("no probability", "side 'left' has no probability"),
+    ("warnings not a list", "'warnings' is not a list"),
+])
+def test_bad_format_2_results_are_refused_naming_the_problem(result_dir, problem, message):
+    folder, *_ = result_dir
+    result = write_v2_result(folder)
+    left = result["sides"]["left"]
+    if problem == "version 3":
+        result["version"] = 3
+    elif problem == "no coverage":
+        del left["coverage"]
+    elif problem == "bad verdict":
+        left["verdict"] = "maybe"
+    elif problem == "no probability":
+        left["probability"] = None  # assessable but without a probability
+    elif problem == "warnings not a list":
+        result["warnings"] = "oops"
+    (folder / "result.json").write_text(json.dumps(result))
+    with pytest.raises(sam.ResultError, match=re.escape(message)) as info:
+        resultinfo.read_result(folder)
+    assert str(folder / "result.json") in str(info.value)
+
+
 # --------------------------------------------------------------------------- write_volume_to_file
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz"])
@@ -457,6 +541,53 @@ def test_wait_forwards_lines(tmp_path):
     got = []
     assert process.wait(timeout=20, on_line=got.append) == 0
     assert got == ["a", "b"] and process.succeeded
+
+
+def test_cancel_returns_at_once_and_kills_a_process_that_ignores_it(tmp_path):
+    """Cancel must not wait on the GUI thread: it only asks; poll() kills after the grace period."""
+    stubborn = textwrap.dedent("""
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ignoring SIGTERM", flush=True)
+        time.sleep(60)
+    """)
+    process = proc.ClassificationProcess([sys.executable, "-c", stubborn], cwd=tmp_path, cancel_grace_seconds=1.0).start()
+    deadline = time.time() + 20
+    while "ignoring SIGTERM" not in process.lines and time.time() < deadline:
+        process.poll()
+        time.sleep(0.02)
+    started = time.monotonic()
+    process.cancel()
+    assert time.monotonic() - started < 0.2  # returned at once
+    assert process.cancelled and not process.finished
+    time.sleep(0.3)
+    process.poll()
+    assert not process.finished and not process.killed  # still in its grace period
+    deadline = time.time() + 20
+    while not process.finished and time.time() < deadline:  # what the module's timer does
+        process.poll()
+        time.sleep(0.05)
+    assert process.finished and process.killed and process.cancelled and not process.succeeded
+    assert process.returncode == -signal.SIGKILL
+
+
+def test_python_slicer_is_found_or_named_in_a_clear_error(tmp_path):
+    bin_dir = tmp_path / "Slicer" / "bin"
+    bin_dir.mkdir(parents=True)
+    launcher = bin_dir / "PythonSlicer"
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    assert proc.find_python_slicer(bin_dir / "SlicerApp-real", search_path=str(tmp_path / "empty")) == str(launcher)
+    other = tmp_path / "other"
+    other.mkdir()
+    assert proc.find_python_slicer(other / "python-real", search_path=str(bin_dir)) == str(launcher)  # on PATH
+    with pytest.raises(proc.PythonSlicerNotFoundError, match=r"PythonSlicer .* neither on PATH nor in .*other"):
+        proc.find_python_slicer(other / "python-real", search_path=str(tmp_path / "empty"))
+
+
+def test_starting_a_missing_program_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-PythonSlicer: the program to run does not exist"):
+        proc.ClassificationProcess([str(tmp_path / "no-such-PythonSlicer"), "x"]).start()
 
 
 # --------------------------------------------------------------------------- bundles
@@ -687,3 +818,124 @@ def test_module_logic_runs_classify_in_the_background(module, result_dir, tmp_pa
     with pytest.raises(RuntimeError, match="(?s)exit code 2.*not a SinusAnomaly model bundle"):
         logic.classify(source, tmp_path / "bad.sabundle", wait=True)
     assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1  # no stray results
+
+
+class _FakeLog:
+    """The QPlainTextEdit log: records appended lines."""
+
+    def __init__(self):
+        self.lines = []
+
+    def document(self):
+        return types.SimpleNamespace(characterCount=lambda: sum(len(line) for line in self.lines))
+
+    def appendPlainText(self, text):
+        self.lines.append(text)
+
+    def clear(self):
+        self.lines.clear()
+
+    def ensureCursorVisible(self):
+        pass
+
+
+class _FakeProgressBar:
+    def __init__(self):
+        self.formats, self.value = [], 0
+
+    def setRange(self, low, high):
+        pass
+
+    def setFormat(self, text):
+        self.formats.append(text)
+
+    def show(self):
+        pass
+
+    def hide(self):
+        pass
+
+
+def fake_ui():
+    names = ("applyButton", "inputSelector", "modelComboBox", "browseModelButton", "refreshModelsButton",
+             "forceCpuCheckBox", "showResultsButton", "outputsCollapsibleButton", "modelFingerprintLabel")
+    ui = types.SimpleNamespace(**{name: types.SimpleNamespace(text="", enabled=True, toolTip="", collapsed=True)
+                                  for name in names})
+    ui.statusLabel, ui.progressBar = _FakeLog(), _FakeProgressBar()
+    return ui
+
+
+def test_widget_shows_format_2_results_warnings_and_fingerprint(module, result_dir):
+    folder, *_ = result_dir
+    result = write_v2_result(folder)
+    source = input_volume(slicer.mrmlScene)
+    outputs = sam.load_results(folder, slicer.mrmlScene, source)
+    widget = module.SinusAnomalyWidget()
+    widget.ui = fake_ui()
+    task = types.SimpleNamespace(status="completed", outputs=outputs, elapsed=2.5)
+    widget.onTaskCompleted(task)
+
+    log = widget.ui.statusLabel.lines
+    assert "Right: not assessable, the scan shows 41 % of the sinus; no probability" in log
+    assert any(line.startswith("Left: anomalous, probability 0.930") for line in log)
+    for warning in result["warnings"]:
+        assert f"Warning: {warning}" in log
+    assert widget.ui.modelFingerprintLabel.text == f"demo (fingerprint {FINGERPRINT[:12]})"
+    assert widget.ui.progressBar.formats[-1] == "Done, 2 warning(s): see the log"
+    assert widget.ui.outputsCollapsibleButton.collapsed is False
+    assert widget.ui.applyButton.text == "Classify"
+
+
+def test_module_on_a_slicer_older_than_5_10_says_why(module, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(slicer.app, "majorVersion", 5, raising=False)
+    monkeypatch.setattr(slicer.app, "minorVersion", 8, raising=False)
+    sys.modules.pop("SinusAnomaly", None)
+    old = importlib.import_module("SinusAnomaly")
+    assert "needs 3D Slicer 5.10 or newer" in old.SLICER_VERSION_PROBLEM and "Slicer 5.8" in old.SLICER_VERSION_PROBLEM
+    instance = old.SinusAnomaly.__new__(old.SinusAnomaly)
+    instance.parent = types.SimpleNamespace()
+    old.SinusAnomaly.__init__(instance, instance.parent)
+    assert instance.parent.helpText.startswith(f"<p><b>{old.SLICER_VERSION_PROBLEM}</b></p>")
+    assert module.SLICER_VERSION_PROBLEM is None  # no application version: nothing to refuse
+
+
+def test_logic_names_a_missing_python_slicer(module, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(proc.PythonSlicerNotFoundError, match="PythonSlicer .*reinstall 3D Slicer"):
+        module.SinusAnomalyLogic.pythonExecutable()
+
+
+def test_logic_checks_versions_before_starting_and_installs_with_the_shared_policy(module, monkeypatch, tmp_path):
+    from SinusAnomalyLib import dependencies
+
+    problem = dependencies.Problem(dependencies.Requirement("torch", "torch", ">=2.4.1,<=2.13.0"), "2.2.0")
+    monkeypatch.setattr(dependencies, "problems", lambda wanted=None: [problem])
+    installs = []
+    monkeypatch.setattr(module.installer, "install_into_slicer", lambda **kw: installs.append(kw) or True)
+    logic = module.SinusAnomalyLogic()
+    assert logic.ensureDependencies(askConfirmation=True) is True
+    assert installs and installs[0]["confirm"] is None  # testing mode: no question
+    (tmp_path / "model.sabundle").write_bytes(b"bundle")
+    source = input_volume(slicer.mrmlScene)
+    with pytest.raises(RuntimeError) as info:
+        logic.classify(source, tmp_path / "model.sabundle", installDependencies=False)
+    assert "torch 2.2.0 is installed but torch>=2.4.1,<=2.13.0 is needed: update it" in str(info.value)
+    assert "PythonSlicer SinusAnomalyTraining/slicer_script.py setup" in str(info.value)
+    assert not list((tmp_path / "slicer-temp").glob("SinusAnomaly[0-9]*"))  # refused before writing the input
+
+
+def test_self_test_fails_in_a_testing_build_when_packages_are_missing(module, monkeypatch):
+    from SinusAnomalyLib import dependencies
+
+    problem = dependencies.Problem(dependencies.Requirement("monai", "monai", ">=1.5,<1.7"), None)
+    monkeypatch.setattr(dependencies, "problems", lambda wanted=None: [problem])
+    shown = []
+    test = module.SinusAnomalyTest("test_ClassifySyntheticHead")
+    test.delayDisplay = shown.append
+    with pytest.raises(AssertionError, match="monai is not installed"):
+        test.test_ClassifySyntheticHead()
+    monkeypatch.setattr(slicer.app, "testingEnabled", lambda: False)  # an interactive self-test only reports it
+    test.test_ClassifySyntheticHead()
+    assert shown[-1].startswith("Skipped the classification: ") and "monai is not installed" in shown[-1]
