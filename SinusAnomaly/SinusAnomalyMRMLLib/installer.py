@@ -78,9 +78,13 @@ def pytorch_extension_installer(slicer_module=None, interactive: bool = True):
 
 def install_into_slicer(confirm=None, log=logging.info, interactive: bool = True, work_dir: str | Path | None = None,
                         slicer_module=None) -> bool:
-    """Install what is missing or outdated into Slicer's Python; False when the user declined."""
+    """Install what is missing or outdated into Slicer's Python; False when the user declined.
+
+    ``confirm`` is the one question before anything is installed, so the PyTorch extension is not
+    asked to confirm again; ``interactive`` allows Slicer's restart prompt after an upgrade.
+    """
     return dependencies.install(
-        slicer_pip(slicer_module, interactive), pytorch_extension_installer(slicer_module, interactive),
+        slicer_pip(slicer_module, interactive), pytorch_extension_installer(slicer_module, interactive=False),
         confirm=confirm, log=log, work_dir=work_dir)
 
 
