@@ -270,3 +270,18 @@ def test_classify_fails_fast_on_a_missing_image_or_bundle(bundle_path, tmp_path,
     assert main(["classify", str(tmp_path / "empty.csv"), "--model", str(bundle_path), "--out", str(tmp_path / "o")]) == 2
     assert "empty.csv: lists no scans" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_export_refuses_a_run_with_nan_weights(bundle_path, tmp_path, capsys):
+    """A diverged fold is not bundled: exit 2 naming the checkpoint and the weight, no file."""
+    run = tmp_path / "run"
+    shutil.copytree(bundle_path.parent / "run", run)
+    best = run / "fold1" / "finetune" / "residual" / "frac100" / "best.pt"
+    payload = torch.load(best, weights_only=True)
+    key = next(k for k, v in payload["model"].items() if v.is_floating_point())
+    payload["model"][key].view(-1)[0] = float("nan")
+    torch.save(payload, best)
+    assert main(["export", str(run), "--out", str(tmp_path / "nan.sabundle")]) == 2
+    err = capsys.readouterr().err
+    assert str(best) in err and f"'{key}' (1 values)" in err and "NaN or infinite" in err
+    assert not (tmp_path / "nan.sabundle").exists()

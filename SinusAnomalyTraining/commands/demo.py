@@ -86,6 +86,11 @@ def save_residual_examples(dataset, residuals: dict, masks: dict, crop_size: int
     return path
 
 
+def _number(value, spec: str) -> str:
+    """A table cell: the number, or a dash for a side that was not assessable."""
+    return "-" if value is None else format(value, spec)
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = args.out
@@ -165,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
         "",
         "| side | truth | probability | spread | verdict | anomalous volume (mL) |",
         "|---|---|---|---|---|---|",
-        *[f"| {side} | {truth[side]['anomaly'] or 'normal'} | {r.probability:.2f} | {r.spread:.2f} | {r.verdict} | "
-          f"{r.anomalous_volume_ml:.1f} |" for side, r in classified.sides.items()],
+        *[f"| {side} | {truth[side]['anomaly'] or 'normal'} | {_number(r.probability, '.2f')} | {_number(r.spread, '.2f')} | "
+          f"{r.verdict} | {_number(r.anomalous_volume_ml, '.1f')} |" for side, r in classified.sides.items()],
         "",
     ]
     write_text_atomic(out / "report.md", "\n".join(report))
