@@ -527,12 +527,12 @@ class SinusAnomalyLogic(ScriptedLoadableModuleLogic):
         """
         if not self.missingDependencies():
             return True
-        confirm = None
-        if askConfirmation and not slicer.app.testingEnabled():
-            def confirm(message):
-                return slicer.util.confirmOkCancelDisplay(
-                    message + "\n\n" + _("Download and install them now? This can take several minutes."),
-                    _("Install Python packages"))
+        def askUser(message):
+            return slicer.util.confirmOkCancelDisplay(
+                message + "\n\n" + _("Download and install them now? This can take several minutes."),
+                _("Install Python packages"))
+
+        confirm = askUser if askConfirmation and not slicer.app.testingEnabled() else None
         # Errors (no network, pip failures) propagate: the widget shows them, scripts get the exception.
         return installer.install_into_slicer(confirm=confirm, interactive=askConfirmation,
                                              work_dir=slicer.util.tempDirectory("SinusAnomalyPip"))

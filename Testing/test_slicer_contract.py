@@ -17,8 +17,6 @@ import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
-
 from SinusAnomalyLib import dependencies
 
 REPO = Path(__file__).resolve().parents[1]
