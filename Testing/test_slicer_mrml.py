@@ -596,6 +596,9 @@ def test_bundle_tooltip_describes_a_bundle_or_says_why_not(tmp_path):
     path = random_bundle(tmp_path / "tip.sabundle")
     tip = resultinfo.bundle_tooltip(path)
     assert tip.startswith(str(path)) and "untrained pretraining" in tip and "1 fold(s)" in tip
+    from SinusAnomalyLib.bundlefile import read_bundle_manifest
+
+    assert tip.splitlines()[1] == f"fingerprint {read_bundle_manifest(path)[1][:12]}"  # the selector shows it before a run
     assert "RANDOM WEIGHTS" in tip  # the bundle's intended use is shown to the user
     (tmp_path / "bad.sabundle").write_bytes(b"not a zip")
     assert resultinfo.bundle_tooltip(tmp_path / "bad.sabundle").startswith("cannot be used: ")

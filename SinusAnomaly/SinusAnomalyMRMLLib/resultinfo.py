@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from SinusAnomalyLib.bundlefile import describe_bundle, read_bundle_meta
+from SinusAnomalyLib.bundlefile import describe_bundle, read_bundle_manifest
 from SinusAnomalyLib.errors import BundleError
 from SinusAnomalyLib.resultformat import (
     CROP_SIZE,
@@ -35,7 +35,7 @@ COLUMN_DESCRIPTIONS = {
     "Coverage (%)": "Share of the sinus that the scan shows (empty for results of format version 1)",
     "Volume (mL)": "Volume marked anomalous in the label map",
 }
-FINGERPRINT_SHORT = 12  # hex digits shown of the bundle's SHA-256
+FINGERPRINT_SHORT = 12  # hex digits shown of the bundle's fingerprint (SHA-256 of its bundle.json)
 
 
 class ResultError(ValueError):
@@ -113,7 +113,7 @@ def warnings_of(result: dict) -> list[str]:
 
 
 def short_fingerprint(result: dict) -> str:
-    """The first hex digits of the bundle's SHA-256 (format 2), or "" when the result has none."""
+    """The first hex digits of the bundle's fingerprint (format 2), or "" when the result has none."""
     fingerprint = str((result.get("model") or {}).get("fingerprint") or "")
     return fingerprint[:FINGERPRINT_SHORT]
 
@@ -168,9 +168,10 @@ def crop_box(entry: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def bundle_tooltip(path: str | Path) -> str:
-    """The bundle's path and description (numpy only: works before torch is installed), or why
-    it cannot be used."""
+    """The bundle's path, short fingerprint and description (numpy only: works before torch is
+    installed), or why it cannot be used."""
     try:
-        return f"{path}\n{describe_bundle(read_bundle_meta(path))}"
+        meta, fingerprint = read_bundle_manifest(path)
     except BundleError as exc:
         return f"cannot be used: {exc}"
+    return f"{path}\nfingerprint {fingerprint[:FINGERPRINT_SHORT]}\n{describe_bundle(meta)}"
