@@ -50,6 +50,13 @@ def half_weights_change(run_dir: Path, config: dict, folds: list[int], states: l
     return change
 
 
+def _inside_unit(threshold: float) -> float:
+    """A threshold strictly inside (0, 1), as bundles require: 0 or 1 (every validation score at
+    or below it saturated) become the nearest float inside, which decides every float32
+    probability as 0 or 1 did except one of exactly 0."""
+    return float(np.clip(threshold, np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0)))
+
+
 def _finite_weights(checkpoint: Path) -> dict:
     """A checkpoint's model state; :class:`StageInputError` naming it when any weight is NaN or infinite."""
     state = load_checkpoint(checkpoint)["model"]
@@ -100,7 +107,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         rows = [r for r in stages.read_predictions(finetune / "predictions.csv") if r["split"] == "val"]
         y = np.array([r["label"] for r in rows])
         p = np.array([r["p_anomalous"] for r in rows])
-        thresholds.append(evaluation.best_f1_threshold(y, p) if len(set(y.tolist())) == 2 else 0.5)
+        thresholds.append(_inside_unit(evaluation.best_f1_threshold(y, p)) if len(set(y.tolist())) == 2 else 0.5)
     half_change = half_weights_change(run_dir, config, [fold for fold, _ in folds], classifier_states)
     half_weights = half_change is not None and half_change <= HALF_WEIGHTS_MAX_CHANGE
     metrics_path = run_dir / "evaluation" / f"{method}_frac{fraction_key(float(fraction) / 100.0)}" / "metrics.json"

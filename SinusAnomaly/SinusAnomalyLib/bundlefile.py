@@ -266,14 +266,15 @@ def _read_member(path: Path, archive: zipfile.ZipFile, name: str, limit: int) ->
         raise BundleError(path, f"member {name} declares {info.file_size} bytes uncompressed, more than the "
                                 f"{limit} a bundle member may have (corrupt or not a bundle)")
     digest = hashlib.sha256()
-    data = bytearray()
+    chunks, size = [], 0
     with archive.open(info) as stream:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
-            data += chunk
-            if len(data) > info.file_size:  # zipfile stops at the declared size; never trust it alone
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > info.file_size:  # zipfile stops at the declared size; never trust it alone
                 raise BundleError(path, f"member {name} holds more bytes than it declares (corrupt)")
-    return bytes(data), digest.hexdigest()
+    return b"".join(chunks), digest.hexdigest()
 
 
 def _refuse_constant(name: str):
