@@ -259,12 +259,16 @@ class BundleFile:
     fingerprint: str = ""  # SHA-256 of bundle.json, which holds every other member's SHA-256
 
 
+def _check_declared_size(path: Path, info: zipfile.ZipInfo, limit: int) -> None:
+    if info.file_size > limit:
+        raise BundleError(path, f"member {info.filename} declares {info.file_size} bytes uncompressed, more than the "
+                                f"{limit} a bundle member may have (corrupt or not a bundle)")
+
+
 def _read_member(path: Path, archive: zipfile.ZipFile, name: str, limit: int) -> tuple[bytes, str]:
     """A member's bytes and SHA-256, streamed; its declared size is checked against ``limit`` first."""
     info = archive.getinfo(name)
-    if info.file_size > limit:
-        raise BundleError(path, f"member {name} declares {info.file_size} bytes uncompressed, more than the "
-                                f"{limit} a bundle member may have (corrupt or not a bundle)")
+    _check_declared_size(path, info, limit)
     digest = hashlib.sha256()
     chunks, size = [], 0
     with archive.open(info) as stream:
@@ -310,6 +314,8 @@ def _manifest(path: Path, archive: zipfile.ZipFile, expected_reference_sha256: s
     unexpected = sorted(set(names) - expected)
     if unexpected:
         raise BundleError(path, f"holds unexpected member(s) {', '.join(unexpected)}")
+    for name in sorted(set(names) & set(meta["members"])):  # declared sizes: known before any weight is read
+        _check_declared_size(path, archive.getinfo(name), MAX_MEMBER_BYTES)
     if expected_reference_sha256 is not None and meta["reference_sha256"] != expected_reference_sha256:
         raise BundleError(path, "was made with a different reference head than this installation's; "
                                 "its crops would not match (retrain or update SinusAnomaly)")
