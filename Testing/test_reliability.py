@@ -491,3 +491,20 @@ def test_failed_first_stage_leaves_no_run_folder(tiny_dataset, tmp_path):
     proc = cli("pretrain", "--dataset", tiny_dataset, "--run-dir", existing, "--config", "demo", "--device", "cpu")
     assert_clean_error(proc, "residuals")
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+def test_readme_promises_name_tests_that_exist():
+    """The README's promises table points at real tests (T: this file, B: test_bundle.py)."""
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## What SinusAnomaly promises", 1)[1].split("\n## ", 1)[0]
+    sources = {"T": Path(__file__).read_text(), "B": (REPO / "Testing" / "test_bundle.py").read_text()}
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "`test_" in line]
+    assert len(rows) >= 10
+    for row in rows:
+        cell = row.rsplit("|", 2)[1]
+        for part in cell.split(";"):
+            letter, *_ = part.strip().split(" ", 1)
+            names = [n for n in part.split("`")[1::2] if n.startswith("test_")]
+            assert letter in sources and names, row
+            for name in names:
+                assert f"def {name}(" in sources[letter], (letter, name)
