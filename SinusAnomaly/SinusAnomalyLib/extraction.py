@@ -23,14 +23,18 @@ from .errors import ImageError, RegistrationError
 from .fileio import write_json_atomic
 from .geometry import lps_to_ras
 from .imageio import read_image, write_image
-from .reference import SIDES, ReferenceHead, load_reference
-from .registration import RegistrationResult, register_to_reference
+from .reference import SIDES, ReferenceHead, cavity_points_lps, load_reference
+from .registration import RegistrationResult, check_plausible, register_to_reference
 
 CROP_SIZE = 64
 CROP_SPACING_MM = 1.0
 PERCENTILES = (1.0, 99.0)
-# A crop whose centre is outside the scanned volume cannot show the sinus.
-MIN_CROP_INSIDE_FRACTION = 0.5
+# Coverage: the share of a side's sinus cavity (the reference's, mapped into the scan) that the
+# scan shows, i.e. that lies inside its field of view and not in blank fill. Colin27, whose field
+# of view ends at the sinus floor, shows 0.8-0.9 of each cavity. Below MIN_COVERAGE a side gets no
+# verdict ("not assessable"); below COVERAGE_WARNING the result carries a warning.
+MIN_COVERAGE = 0.5
+COVERAGE_WARNING = 0.9
 
 
 @dataclass
@@ -42,6 +46,11 @@ class SinusExtraction:
     centers_ras: dict  # side -> np.ndarray (3,), world RAS mm of the input
     registration: RegistrationResult
     reference_sha256: str
+    coverage: dict  # side -> float in [0, 1], see :func:`cavity_shown`
+
+    def assessable(self, side: str) -> bool:
+        """Whether enough of the side's sinus is in view for a verdict."""
+        return self.coverage[side] >= MIN_COVERAGE
 
     def arrays(self) -> dict:
         """side -> float32 array (64, 64, 64) indexed [i, j, k] along the reference's RAS axes."""
@@ -56,6 +65,8 @@ class SinusExtraction:
                 "crop_file": f"{side}_crop.nii.gz",
                 "mirrored": side == "right",
                 "affine_ras": crop_affine_ras(self.crops[side]).round(6).tolist(),
+                "coverage": round(float(self.coverage[side]), 4),
+                "assessable": self.assessable(side),
             }
         out["crop"] = {
             "size_voxels": [CROP_SIZE] * 3,
@@ -141,20 +152,54 @@ def _grid_index_points(image: sitk.Image, grid: sitk.Image, step: int = 1) -> np
     return (np.linalg.inv(i_dir) @ (points - np.asarray(image.GetOrigin())).T).T / np.asarray(image.GetSpacing())
 
 
-def _sample_crop(image: sitk.Image, grid: sitk.Image, source: str, side: str) -> sitk.Image:
+def _continuous_index(image: sitk.Image, points_lps: np.ndarray) -> np.ndarray:
+    """Continuous voxel indices in ``image`` of physical points (N x 3)."""
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    return (points_lps - np.asarray(image.GetOrigin())) @ np.linalg.inv(direction).T / np.asarray(image.GetSpacing())
+
+
+def _inside(image: sitk.Image, index: np.ndarray) -> np.ndarray:
+    return np.all((index >= -0.5) & (index <= np.asarray(image.GetSize()) - 0.5), axis=1)
+
+
+def cavity_shown(image: sitk.Image, registration: RegistrationResult, points_lps: np.ndarray) -> np.ndarray:
+    """Which of the reference cavity points ``points_lps`` (N x 3), mapped into ``image``, it shows.
+
+    A point is shown when it lies inside the field of view and outside the blank fill (zero
+    padding, a defacing mask) that the registration found (``registration.fill``). The mean is
+    the side's coverage.
+    """
+    mapped = registration.map_points_lps(points_lps)
+    shown = _inside(image, _continuous_index(image, mapped))
+    fill = registration.fill
+    if fill is not None and shown.any():
+        index = np.round(_continuous_index(fill, mapped[shown])).astype(int)
+        clipped = np.clip(index, 0, np.asarray(fill.GetSize()) - 1)
+        in_fill = sitk.GetArrayViewFromImage(fill)[clipped[:, 2], clipped[:, 1], clipped[:, 0]] > 0
+        shown[np.flatnonzero(shown)] = ~(_inside(fill, index) & in_fill)
+    return shown
+
+
+def background_value(image: sitk.Image) -> float:
+    """The scan's background intensity (its 0.5th percentile): what lies outside its field of view."""
+    array = sitk.GetArrayViewFromImage(image)
+    return float(np.percentile(array.ravel()[:: max(array.size // 200_000, 1)], 0.5))
+
+
+def _sample_crop(image: sitk.Image, grid: sitk.Image, background: float) -> sitk.Image:
     """Resample ``image`` on ``grid`` (cubic B-spline) after cutting the input down to the crop's
-    bounding box: the B-spline coefficients are then computed for a small region, not the head."""
+    bounding box: the B-spline coefficients are then computed for a small region, not the head.
+    What lies outside the scan is ``background``."""
     index = _grid_index_points(image, grid, step=3)
     size = np.asarray(image.GetSize())
-    inside = np.all((index >= -0.5) & (index <= size - 0.5), axis=1).mean()
-    if inside < MIN_CROP_INSIDE_FRACTION:
-        raise RegistrationError(
-            source, f"the {side} sinus crop lies {100 * (1 - inside):.0f} % outside the scan (does the field of view cover the face?)"
-        )
+    if not _inside(image, index).any():
+        return sitk.Image(grid.GetSize(), sitk.sitkFloat32) + background
     lo = np.clip(np.floor(index.min(0)).astype(int) - 4, 0, size - 1)
     hi = np.clip(np.ceil(index.max(0)).astype(int) + 5, lo + 1, size)
     region = image[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])]
-    return sitk.Resample(region, grid, sitk.Transform(), sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
+    crop = sitk.Resample(region, grid, sitk.Transform(), sitk.sitkBSpline, background, sitk.sitkFloat32)
+    crop.CopyInformation(grid)
+    return crop
 
 
 def extract_sinuses(
@@ -162,25 +207,37 @@ def extract_sinuses(
 ) -> SinusExtraction:
     """Register ``image`` (a path or a ``sitk.Image``) and cut both sinus crops.
 
-    Raises :class:`ImageError` for unusable input and :class:`RegistrationError` when the
-    registration fails or the sinuses land outside the scan.
+    Raises :class:`ImageError` for unusable input or when neither sinus is in view (coverage below
+    :data:`MIN_COVERAGE` on both sides), :class:`RegistrationError` when the registration fails or
+    is implausible. A side below :data:`MIN_COVERAGE` is cut all the same (what is not in view is
+    the scan's background value) and marked not assessable.
     """
     if not isinstance(image, sitk.Image):
         source = source or str(image)
         image = read_image(image)
     source = source or "image"
     reference = reference or load_reference()
-    reg = register_to_reference(image, reference, source, refine_midface=refine_midface)
+    reg = register_to_reference(image, reference, source, refine_midface=refine_midface, check=False)
+    coverage = {side: float(cavity_shown(image, reg, cavity_points_lps(reference, side)).mean()) for side in SIDES}
+    if max(coverage.values()) < MIN_COVERAGE:  # said first: it is the plainer reason of the two
+        shown = ", ".join(f"{side} {100 * coverage[side]:.0f} %" for side in SIDES)
+        raise ImageError(
+            source, f"neither maxillary sinus is in view (coverage {shown}, at least {100 * MIN_COVERAGE:.0f} % needed): "
+            "does the field of view include the face, or is the scan defaced or skull-stripped?"
+        )
+    check_plausible(reg, reference, source)
     rotation = reg.rotation_lps
+    background = background_value(image)
     crops, centers = {}, {}
     for side in SIDES:
         center_lps = reg.map_point_lps(reference.center_lps(side))
-        crop = normalize_percentiles(_sample_crop(image, crop_grid(center_lps, rotation), source, side))
+        crop = normalize_percentiles(_sample_crop(image, crop_grid(center_lps, rotation), background))
         if side == "right":
             crop = mirror_axis0(crop)
         crops[side] = crop
         centers[side] = lps_to_ras(center_lps)
-    return SinusExtraction(source=source, crops=crops, centers_ras=centers, registration=reg, reference_sha256=reference.sha256)
+    return SinusExtraction(source=source, crops=crops, centers_ras=centers, registration=reg,
+                           reference_sha256=reference.sha256, coverage=coverage)
 
 
 def save_extraction(result: SinusExtraction, out_dir: str | Path) -> Path:

@@ -45,6 +45,15 @@ class ReferenceHead:
         return np.diag([-1.0, -1.0, 1.0]) @ self.centers_ras[side]
 
 
+@functools.lru_cache(maxsize=4)
+def cavity_points_lps(reference: ReferenceHead, side: str) -> np.ndarray:
+    """Physical points (N x 3, LPS mm) of the side's sinus cavity voxels in the reference."""
+    labels = sitk.GetArrayViewFromImage(reference.sinus_labels).transpose(2, 1, 0)
+    index = np.argwhere(labels == SIDES.index(side) + 1).astype(float)
+    direction = np.asarray(reference.sinus_labels.GetDirection()).reshape(3, 3)
+    return (index * np.asarray(reference.sinus_labels.GetSpacing())) @ direction.T + np.asarray(reference.sinus_labels.GetOrigin())
+
+
 @functools.lru_cache(maxsize=2)
 def load_reference(folder: str | None = None) -> ReferenceHead:
     """Load (once per process) the reference head shipped with the module."""

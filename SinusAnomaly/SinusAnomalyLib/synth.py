@@ -314,6 +314,68 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     return SyntheticCase(patient, out, lesion_labels, centers, dict(anomalies), pose)
 
 
+# --------------------------------------------------------------------------- variants of real heads
+
+# Other MRI contrasts made from a T1 head by remapping its intensities (scaled so the bright tissue
+# is 1): piecewise-linear maps (T1 value -> new value) over the T1 tissue ranges (air and bone
+# below 0.1, CSF about 0.2-0.3, grey matter 0.45, white matter 0.6, fat and marrow above 0.8).
+# T2: CSF bright, grey above white matter; FLAIR (the paper's contrast): CSF dark, grey above white.
+CONTRAST_MAPS = {
+    "t1": None,
+    "t2": ((0.0, 0.0), (0.08, 0.04), (0.2, 0.9), (0.35, 0.8), (0.5, 0.6), (0.65, 0.42), (0.8, 0.7), (1.0, 0.8)),
+    "flair": ((0.0, 0.0), (0.08, 0.04), (0.3, 0.1), (0.45, 0.62), (0.6, 0.45), (0.8, 0.72), (1.0, 0.78)),
+}
+
+
+def remap_contrast(image: sitk.Image, contrast: str) -> sitk.Image:
+    """A T1 head rendered T2- or FLAIR-like (:data:`CONTRAST_MAPS`), float32 in about [0, 1]."""
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    bright = float(np.percentile(array[array > np.percentile(array, 60)], 99))
+    scaled = np.clip(array / max(bright, 1e-6), 0.0, 1.2)
+    mapping = CONTRAST_MAPS[contrast]
+    if mapping is not None:
+        scaled = np.interp(scaled, *zip(*mapping)).astype(np.float32)
+    out = sitk.GetImageFromArray(scaled)
+    out.CopyInformation(image)
+    return out
+
+
+def pose_variant(image: sitk.Image, rng: np.random.Generator, contrast: str = "t1", params: SynthParams = SynthParams(),
+                 bias_strength: float = 0.2, noise_std: float = 0.015) -> tuple[sitk.Image, np.ndarray]:
+    """A real head as another scanner might have written it: rotated (<= ``params.max_rotation_deg``)
+    and shifted (<= ``params.max_translation_mm``), on a new grid (spacing, orientation as in
+    :func:`make_case`), remapped to ``contrast``, with a bias field and noise inside its field of
+    view. Outside the original field of view the variant is exactly 0 (zero padding), as a
+    resampled scan is.
+
+    Returns the variant and the 4 x 4 matrix (LPS mm) taking points of ``image`` to the variant.
+    """
+    array = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
+    index = np.argwhere(array > 0.3 * np.percentile(array, 75))[::50].astype(float)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    points = (index * np.asarray(image.GetSpacing())) @ direction.T + np.asarray(image.GetOrigin())
+    centre = points.mean(0)
+    rotation = _random_rotation(rng, params.max_rotation_deg)
+    translation = rng.uniform(-1, 1, 3) * params.max_translation_mm
+    forward = np.eye(4)  # source -> variant: R^T (p - c) + c + t
+    forward[:3, :3] = rotation.T
+    forward[:3, 3] = centre + translation - rotation.T @ centre
+    pull = sitk.AffineTransform(3)  # variant -> source
+    inverse = np.linalg.inv(forward)
+    pull.SetMatrix(inverse[:3, :3].ravel().tolist())
+    pull.SetTranslation(inverse[:3, 3].tolist())
+    grid = _output_grid(rng, params, points @ forward[:3, :3].T + forward[:3, 3])
+    remapped = sitk.GetArrayFromImage(sitk.Resample(remap_contrast(image, contrast), grid, pull, sitk.sitkLinear, 0.0,
+                                                    sitk.sitkFloat32))
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    in_view = sitk.GetArrayFromImage(sitk.Resample(ones, grid, pull, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
+    noisy = remapped * _bias_field(rng, remapped.shape, bias_strength) + np.abs(rng.normal(0, noise_std, remapped.shape))
+    out = sitk.GetImageFromArray(np.where(in_view, noisy, 0.0).astype(np.float32))
+    out.CopyInformation(grid)
+    return out, forward
+
+
 # --------------------------------------------------------------------------- cohort
 
 def _suffix(index: int) -> str:
