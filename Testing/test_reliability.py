@@ -508,3 +508,22 @@ def test_readme_promises_name_tests_that_exist():
             assert letter in sources and names, row
             for name in names:
                 assert f"def {name}(" in sources[letter], (letter, name)
+
+
+def test_an_unwritable_dataset_stops_prepare_instead_of_skipping_every_scan(head, tmp_path, monkeypatch):
+    """An output error is the dataset folder's problem, not a bad scan: prepare stops (exit 2)
+    instead of recording every scan as failed."""
+    import SinusAnomalyLib.dataset as dataset_module
+    from conftest import _FakeExtraction, synthetic_crop
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(dataset_module, "extract_sinuses",
+                        lambda *a, **k: _FakeExtraction({side: synthetic_crop(rng, False) for side in SIDES}))
+    labels = tmp_path / "labels.csv"
+    labels.write_text(LABELS_OF(head))
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "scans").write_text("a file where the scan caches go")
+    with pytest.raises(OutputError, match="scans"):
+        dataset_module.prepare_dataset(head.parent, labels, dataset, n_folds=2, progress=False)
+    assert not (dataset / "failures.csv").exists()

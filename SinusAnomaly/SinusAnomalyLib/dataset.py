@@ -46,9 +46,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
-from .errors import DatasetError, SinusAnomalyError
+from .errors import DatasetError, OutputError, SinusAnomalyError
 from .extraction import extract_sinuses
-from .fileio import atomic_path, locked_output_folder, write_csv_atomic, write_json_atomic
+from .fileio import atomic_path, check_output_folder, locked_output_folder, write_csv_atomic, write_json_atomic
 from .imageio import IMAGE_SUFFIXES
 from .reference import SIDES, load_reference
 from .splits import DEFAULT_FRACTIONS, Sample, Splits, fraction_key, fraction_percent, load_splits, make_splits, save_splits
@@ -321,6 +321,7 @@ def extract_scan(image: Path, scan_dir: Path) -> dict:
     interruption at any point leaves the scan without crops, i.e. not complete.
     Raises :class:`SinusAnomalyError` for a scan that cannot be used.
     """
+    check_output_folder(scan_dir)  # OutputError naming it, before the registration
     (scan_dir / SCAN_CROPS).unlink(missing_ok=True)
     cache = _cache_block(image)  # taken before reading, so a change during extraction is redone
     result = extract_sinuses(image)
@@ -525,6 +526,8 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
                 try:
                     summaries[patient] = extract_scan(image, scan_dir)
                     n_extracted += 1
+                except OutputError:  # the dataset folder, not the scan: stop
+                    raise
                 except SinusAnomalyError as exc:
                     failures.append(ScanFailure(patient, str(image), _one_line(exc)))
                     logger.warning("skipped %s: %s", patient, _one_line(exc))
