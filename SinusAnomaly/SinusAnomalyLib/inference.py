@@ -29,8 +29,7 @@ import torch.nn.functional as F
 
 from .bundle import ModelBundle
 from .errors import BundleError, ImageError
-from . import extraction as extraction_module
-from .extraction import SinusExtraction, crop_affine_ras, extract_sinuses
+from .extraction import COVERAGE_WARNING, MIN_COVERAGE, SinusExtraction, crop_affine_ras, extract_sinuses
 from .fileio import atomic_folder, write_json_atomic
 from .imageio import read_image, write_image
 from .reference import ReferenceHead, load_reference
@@ -73,14 +72,13 @@ class Classification:
 def coverage_warnings(extraction: SinusExtraction) -> list[str]:
     """One sentence per side that is not assessable or only partly in view."""
     out = []
-    minimum, warn_below = extraction_module.MIN_COVERAGE, extraction_module.COVERAGE_WARNING
     for side in SIDES:
         coverage = float(extraction.coverage[side])
         if not extraction.assessable(side):
             out.append(f"{side} sinus not assessable: {coverage:.0%} of its cavity is in view with image content "
-                       f"(at least {minimum:.0%} needed); no verdict for this side")
-        elif coverage < warn_below:
-            out.append(f"{side} sinus only partly in view: {coverage:.0%} of its cavity (below {warn_below:.0%}); "
+                       f"(at least {MIN_COVERAGE:.0%} needed); no verdict for this side")
+        elif coverage < COVERAGE_WARNING:
+            out.append(f"{side} sinus only partly in view: {coverage:.0%} of its cavity (below {COVERAGE_WARNING:.0%}); "
                        "read this side with care")
     return out
 
