@@ -253,6 +253,14 @@ def test_an_edited_bundle_json_is_caught_by_its_digest(bundle, tmp_path):
                 out.writestr(name, archive.read(name))
     with pytest.raises(BundleError, match="member bundle.json.sha256 is missing"):
         read_bundle_file(tmp_path / "nodigest.sabundle")
+    # a second bundle.json appended to the archive (zip readers disagree on which one counts)
+    with zipfile.ZipFile(bundle) as archive:
+        meta = json.loads(archive.read(MANIFEST))
+    (tmp_path / "twice.sabundle").write_bytes(bundle.read_bytes())
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(tmp_path / "twice.sabundle", "a") as archive:
+        archive.writestr(MANIFEST, json.dumps({**meta, "threshold": 0.01}))
+    with pytest.raises(BundleError, match="member\\(s\\) bundle.json appear more than once"):
+        read_bundle_manifest(tmp_path / "twice.sabundle")
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -24,7 +24,7 @@ Arrays are read as stored; :mod:`SinusAnomalyLib.bundle` widens them to float32.
 
 Reading checks, and refuses with a :class:`BundleError` naming the file and the member or key:
 
-* not a zip archive, truncated, zip CRC errors; a member other than those listed above;
+* not a zip archive, truncated, zip CRC errors; a member other than those listed above, or twice;
 * ``bundle.json`` changed after export (its digest), a member changed (its checksum);
 * ``bundle.json`` against :func:`check_manifest`: every required key, its type and range
   (thresholds strictly between 0 and 1, the fold count matching the members, ...);
@@ -290,6 +290,9 @@ def _manifest(path: Path, archive: zipfile.ZipFile, expected_reference_sha256: s
     names = archive.namelist()
     if MANIFEST not in names:
         raise BundleError(path, f"is not a SinusAnomaly model bundle (no {MANIFEST} inside)")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # zip readers disagree on which copy counts
+        raise BundleError(path, f"is corrupt or was edited: member(s) {', '.join(repeated)} appear more than once")
     blob, fingerprint = _read_member(path, archive, MANIFEST, MAX_MANIFEST_BYTES)
     try:
         meta = json.loads(blob, parse_constant=_refuse_constant)
