@@ -407,10 +407,15 @@ def test_output_that_is_a_file_is_refused_before_any_work(command, bundle, head,
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc to find an unwritable location as any user")
-def test_unwritable_output_exits_2_naming_the_path(head, tmp_path):
+@pytest.mark.parametrize("command", ["extract", "classify", "prepare"])
+def test_unwritable_output_exits_2_naming_the_path(command, bundle, head, tmp_path):
     target = Path("/proc/self/sinus-anomaly-out")  # cannot be created, not even by root
-    proc = cli("extract", head, "--out", target)
-    assert_clean_error(proc, str(target), "cannot be created")
+    (tmp_path / "labels.csv").write_text(LABELS_OF(head))
+    args = {"extract": ["extract", head, "--out", target],
+            "classify": ["classify", head, "--model", bundle, "--out", target, "--device", "cpu"],
+            "prepare": ["prepare", "--images", head.parent, "--labels", tmp_path / "labels.csv", "--out", target, "--folds", 2]}[command]
+    proc = cli(*args)
+    assert_clean_error(proc, "/proc/self/", "cannot be")
 
 
 def test_atomic_writes_name_the_target_on_os_errors(tmp_path):

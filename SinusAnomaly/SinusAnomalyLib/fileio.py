@@ -193,7 +193,10 @@ def check_replaceable(folder: str | Path, replaceable: Iterable[str]) -> None:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise OutputError(folder, f"holds other files ({shown}); choose a new or empty folder, or one holding "
                                       "an earlier result of this command")
-    check_output_folder(folder.parent)
+    try:
+        check_output_folder(folder.parent)
+    except OutputError as exc:
+        raise OutputError(folder, f"cannot be created: {exc}") from exc
 
 
 @contextlib.contextmanager
