@@ -219,13 +219,19 @@ def extract_sinuses(
     reference = reference or load_reference()
     reg = register_to_reference(image, reference, source, refine_midface=refine_midface, check=False)
     coverage = {side: float(cavity_shown(image, reg, cavity_points_lps(reference, side)).mean()) for side in SIDES}
-    if max(coverage.values()) < MIN_COVERAGE:  # said first: it is the plainer reason of the two
+    try:
+        check_plausible(reg, reference, source)
+        implausible = None
+    except RegistrationError as exc:
+        implausible = exc
+    if max(coverage.values()) < MIN_COVERAGE:  # said first, with the fit's problem if it has one
         shown = ", ".join(f"{side} {100 * coverage[side]:.0f} %" for side in SIDES)
-        raise ImageError(
-            source, f"neither maxillary sinus is in view (coverage {shown}, at least {100 * MIN_COVERAGE:.0f} % needed): "
-            "does the field of view include the face, or is the scan defaced or skull-stripped?"
-        )
-    check_plausible(reg, reference, source)
+        reason = (f", and {implausible.problem}" if implausible else
+                  ": does the field of view include the face, or is the scan defaced or skull-stripped?")
+        raise ImageError(source, f"neither maxillary sinus is in view (coverage {shown}, at least "
+                                 f"{100 * MIN_COVERAGE:.0f} % needed){reason}")
+    if implausible:
+        raise implausible
     rotation = reg.rotation_lps
     background = background_value(image)
     crops, centers = {}, {}
