@@ -7,7 +7,8 @@ scan, and 64 x 64 x 64 crops of 1 mm voxels are cut around them along the refere
 
 Writes DIR/left_crop.nii.gz, DIR/right_crop.nii.gz (their affines place them in the scan's world
 space, so they overlay the input in any viewer) and DIR/extraction.json (centres in RAS mm,
-transform, registration quality). With --preview also DIR/preview.png.
+transform, registration quality, per side the coverage: the share of the sinus in view). With
+--preview also DIR/preview.png.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     reg = result.registration.summary()
     for side in ("left", "right"):
         x, y, z = result.centers_ras[side]
-        print(f"{side:5s} sinus centre (RAS mm): {x:7.1f} {y:7.1f} {z:7.1f}")
+        shown = "" if result.assessable(side) else " (not assessable: too little of it in view)"
+        print(f"{side:5s} sinus centre (RAS mm): {x:7.1f} {y:7.1f} {z:7.1f}, coverage {result.coverage[side]:.2f}{shown}")
     print(f"registration quality {reg['quality']:.2f}, rotation {reg['rotation_deg']:.1f} deg, {reg['seconds']:.1f} s")
     print(f"wrote {args.out}/left_crop.nii.gz, right_crop.nii.gz, extraction.json")
     return 0
