@@ -59,14 +59,14 @@ def test_only_the_module_file_is_at_the_top_of_the_module_folder():
     assert top_level == ["SinusAnomaly.py"], (
         f"{top_level}: only SinusAnomaly.py may sit in {MODULE_DIR}; put helpers into SinusAnomalyMRMLLib/")
     for path in MODULE_DIR.glob("*.py"):
-        classes = {node.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)}
+        classes = {node.name for node in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(node, ast.ClassDef)}
         assert path.stem in classes, f"{path}: defines no class {path.stem}, so Slicer cannot load it as a module"
 
 
 def test_mrml_helpers_stay_out_of_the_pure_library():
     """SinusAnomalyLib never imports slicer, qt, ctk or vtk; the module's MRML helpers are a sibling package."""
     for path in (MODULE_DIR / "SinusAnomalyLib").glob("*.py"):
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not imported & {"slicer", "qt", "ctk", "vtk"}, f"{path} imports {sorted(imported & {'slicer', 'qt', 'ctk', 'vtk'})}"
@@ -76,7 +76,7 @@ def test_mrml_helpers_stay_out_of_the_pure_library():
 # --------------------------------------------------------------------------- .ui
 
 def test_every_ui_widget_the_code_uses_exists_with_the_expected_class():
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
     assert used == set(EXPECTED_UI_CLASSES), (
         f"widgets used but not in EXPECTED_UI_CLASSES: {sorted(used - set(EXPECTED_UI_CLASSES))}; "
         f"listed but no longer used: {sorted(set(EXPECTED_UI_CLASSES) - used)}")
@@ -88,7 +88,7 @@ def test_every_ui_widget_the_code_uses_exists_with_the_expected_class():
 
 def test_parameter_node_bindings_match_the_parameter_node():
     """Widgets with a SlicerParameterName are connected to the parameter of that name by connectGui."""
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     node_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SinusAnomalyParameterNode")
     parameters = {stmt.target.id: ast.unparse(stmt.annotation) for stmt in node_class.body if isinstance(stmt, ast.AnnAssign)}
     root = ET.parse(UI_FILE).getroot()
@@ -123,7 +123,7 @@ def cmake_list(text: str, variable: str) -> list[str]:
 
 
 def test_module_cmakelists_lists_every_python_and_resource_file_and_nothing_else():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     module_name = re.search(r"set\(MODULE_NAME (\w+)\)", text).group(1)
     scripts = {entry.replace("${MODULE_NAME}", module_name) for entry in cmake_list(text, "MODULE_PYTHON_SCRIPTS")}
     scripts.discard("${TRAINING_PYTHON_SCRIPTS}")  # the copies of ../SinusAnomalyTraining, checked below
@@ -147,7 +147,7 @@ def test_module_cmakelists_lists_every_python_and_resource_file_and_nothing_else
 # --------------------------------------------------------------------------- extension metadata
 
 def extension_settings() -> dict[str, str]:
-    text = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     return {m.group(1): m.group(2) for m in re.finditer(r'^set\((EXTENSION_\w+|SINUS_ANOMALY_\w+) "([^"]*)"\)', text, flags=re.M)}
 
 
@@ -168,10 +168,10 @@ def test_extension_metadata_urls_are_absolute_and_built_from_the_homepage():
 
 def test_minimum_slicer_version_is_the_same_everywhere():
     minimum = f"{dependencies.MIN_SLICER[0]}.{dependencies.MIN_SLICER[1]}"
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(rf'Slicer_VERSION VERSION_LESS "{re.escape(minimum)}"', top), "the build does not refuse older Slicer"
     assert f"3D Slicer {minimum}" in extension_settings()["EXTENSION_DESCRIPTION"]
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert f"3D Slicer {minimum} or newer" in readme
     assert dependencies.slicer_version_problem(5, 8, (3, 9)) is not None
     assert minimum in dependencies.slicer_version_problem(5, 8, (3, 9))
