@@ -135,6 +135,25 @@ def test_prepare_writes_consistent_manifest_crops_and_splits(tmp_path, extractor
     assert read_csv(out / "failures.csv") == []
 
 
+def test_a_sinus_not_in_view_is_left_out_and_said_why(tmp_path, monkeypatch):
+    """P002's right sinus lies mostly outside its scan: no crop of it is trained on."""
+    class PartlyInView(FakeExtraction):
+        def summary(self):
+            summary = super().summary()
+            if self.path.name.startswith("P002"):
+                summary["right"].update(coverage=0.31, assessable=False)
+            return summary
+
+    monkeypatch.setattr(dataset, "extract_sinuses", PartlyInView)
+    images, labels = make_cohort(tmp_path)
+    out = tmp_path / "dataset"
+    report = prepare_dataset(images, labels, out, n_folds=3, progress=False)
+    ids = {r["sample_id"] for r in read_csv(out / "manifest.csv")}
+    assert "P002_right" not in ids and "P002_left" in ids and report.n_sinuses == 22
+    failures = read_csv(out / "failures.csv")
+    assert [(f["patient"], "right sinus not assessable: coverage 0.31" in f["error"]) for f in failures] == [("P002", True)]
+
+
 def test_rerun_reuses_cache_and_redoes_only_changed_images(tmp_path, extractor):
     images, labels = make_cohort(tmp_path)
     out = tmp_path / "dataset"

@@ -15,7 +15,7 @@ the files training reads::
                                        manifest order; open with np.load(mmap_mode="r")
       manifest.csv                     one row per extracted, labelled sinus (MANIFEST_COLUMNS)
       splits.json                      patient-level test set, folds, label fractions (splits.py)
-      failures.csv                     scans that could not be used in the last run and why
+      failures.csv                     scans (or single sinuses not in view) left out in the last run, and why
       dataset.json                     parameters, counts per split/label/type; written last, so
                                        its presence marks a complete, consistent dataset
 
@@ -47,7 +47,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
 from .errors import DatasetError, OutputError, SinusAnomalyError
-from .extraction import extract_sinuses
+from .extraction import MIN_COVERAGE, extract_sinuses
 from .fileio import atomic_path, check_output_folder, locked_output_folder, write_csv_atomic, write_json_atomic
 from .imageio import IMAGE_SUFFIXES
 from .reference import SIDES, load_reference
@@ -535,8 +535,8 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
 
     # From here on the outputs change together; dataset.json marks them consistent again at the end.
     (out_dir / DATASET_FILE).unlink(missing_ok=True)
-    write_csv_atomic(out_dir / FAILURES_FILE, FAILURE_COLUMNS, ([f.patient, f.image, f.error] for f in failures))
     if not summaries:
+        write_csv_atomic(out_dir / FAILURES_FILE, FAILURE_COLUMNS, ([f.patient, f.image, f.error] for f in failures))
         raise DatasetError(
             f"none of the {len(by_patient)} scans could be prepared; see {out_dir / FAILURES_FILE}"
         )
@@ -545,12 +545,20 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
     for sinus in sinuses:
         if sinus.patient not in summaries:
             continue
+        side_summary = summaries[sinus.patient].get(sinus.side, {})
+        if side_summary.get("assessable") is False:  # a crop mostly outside the scan teaches nothing
+            problem = (f"{sinus.side} sinus not assessable: coverage {side_summary.get('coverage', 0.0):.2f} "
+                       f"< {MIN_COVERAGE} (too little of it in view); left out")
+            failures.append(ScanFailure(sinus.patient, str(sinus.image), problem))
+            logger.warning("%s: %s", sinus.patient, problem)
+            continue
         rows.append(ManifestRow(
             sample_id=sinus.sample.sample_id, patient=sinus.patient, side=sinus.side, label=sinus.label,
             anomaly_type=sinus.anomaly_type, image=str(sinus.image),
             crop_file=f"{SCANS_DIR}/{sinus.patient}/{SCAN_CROPS}", crop_key=sinus.side, crop_index=len(rows),
             registration_quality=_registration_quality(summaries[sinus.patient]),
         ))
+    write_csv_atomic(out_dir / FAILURES_FILE, FAILURE_COLUMNS, ([f.patient, f.image, f.error] for f in failures))
     splits = make_splits([r.sample for r in rows], n_folds, test_fraction, fractions, seed)
 
     _write_crops(out_dir, rows)
