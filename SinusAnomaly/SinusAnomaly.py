@@ -197,7 +197,10 @@ class SinusAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None:
             return
         if self._task is not None and self._task.running:
+            # the module is going away (application exit, reload): unlike Cancel, wait until the
+            # process has ended (killed after the grace period) so that none outlives Slicer
             self.logic.cancel(self._task)
+            self._task.process.wait(timeout=process.CANCEL_GRACE_SECONDS + 2.0)
         self.removeObservers()
 
     def enter(self) -> None:

@@ -942,3 +942,20 @@ def test_self_test_fails_in_a_testing_build_when_packages_are_missing(module, mo
     monkeypatch.setattr(slicer.app, "testingEnabled", lambda: False)  # an interactive self-test only reports it
     test.test_ClassifySyntheticHead()
     assert shown[-1].startswith("Skipped the classification: ") and "monai is not installed" in shown[-1]
+
+
+def test_closing_the_module_ends_a_running_classification(module, tmp_path):
+    """Cancel only asks; the module's cleanup (application exit) also waits until the process is gone."""
+    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(60)\n"
+    background = proc.ClassificationProcess([sys.executable, "-c", stubborn], cwd=tmp_path, cancel_grace_seconds=0.5).start()
+    assert background.wait(timeout=0.0) is None
+    deadline = time.time() + 20
+    while "up" not in background.lines and time.time() < deadline:
+        background.poll()
+        time.sleep(0.02)
+    widget = module.SinusAnomalyWidget()
+    widget.logic = module.SinusAnomalyLogic()
+    widget._task = module.ClassificationTask(None, "m.sabundle", False, tmp_path, background)
+    widget.logic._tasks.append(widget._task)
+    widget.cleanup()
+    assert background.finished and background.cancelled and background.killed
