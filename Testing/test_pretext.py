@@ -11,6 +11,7 @@ from monai.losses import ContrastiveLoss
 from SinusAnomalyLib.errors import SinusAnomalyError
 from SinusAnomalyLib.models import ResNet18Encoder, SinusClassifier
 from SinusAnomalyTraining import pretext
+from SinusAnomalyTraining.pretext import joint_embedding  # where SimSiam looks its loss up (patched below)
 from SinusAnomalyTraining.pretext import (
     PRETEXT_METHODS,
     BYOLPretext,
@@ -245,7 +246,7 @@ def test_simsiam_stop_gradient_on_the_target_branch():
     model = small("simsiam")
     model.train()
     seen = []
-    original = pretext.negative_cosine_similarity
+    original = joint_embedding.negative_cosine_similarity
 
     def spy(p_, z_):
         seen.append(z_)
@@ -270,13 +271,13 @@ def test_simsiam_stop_gradient_on_the_target_branch():
     assert any(not torch.allclose(no_stop[n], explicit[n], atol=1e-6) for n in explicit)
     # the model's own loss (calling the model, as DDP does) gives the explicit detach's gradients;
     # the loss function is handed the live projections and cuts their gradient itself
-    pretext.negative_cosine_similarity = spy
+    joint_embedding.negative_cosine_similarity = spy
     try:
         model.zero_grad()
         torch.manual_seed(11)
         model(x).backward()
     finally:
-        pretext.negative_cosine_similarity = original
+        joint_embedding.negative_cosine_similarity = original
     assert len(seen) == 2 and all(t.requires_grad for t in seen)
     assert {n for n, q in model.named_parameters() if q.grad is not None} == set(explicit)
     for name, q in model.named_parameters():
