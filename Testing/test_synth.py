@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from SinusAnomalyLib.errors import SinusAnomalyError
 from SinusAnomalyLib.imageio import read_image
 from SinusAnomalyLib.reference import SIDES, load_reference
+from SinusAnomalyLib import synth
 from SinusAnomalyLib.synth import ANOMALY_TYPES, LESION_LABELS, SynthParams, generate_cohort, make_case
 from SinusAnomalyTraining.cli import main
 
@@ -129,3 +130,88 @@ def test_prepare_with_real_extraction_on_the_cohort(cohort, tmp_path):
 def test_resume_with_other_settings_is_refused(cohort):
     with pytest.raises(SinusAnomalyError, match="other settings"):
         generate_cohort(cohort, n_cases=4, seed=4, progress=False)
+
+
+# --------------------------------------------------------------------------- opt-in variety
+
+FIXED_POSE = dict(max_rotation_deg=0, max_translation_mm=0, anisotropic=False, spacing_range_mm=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_contrasts_order_the_tissues_as_intended(seed):
+    """Template-unit tissue levels (CSF 0.25, grey 0.45, white matter 0.6 of the bright tissue) rendered."""
+    tissue = np.array([0.25, 0.45, 0.6]) * synth.TEMPLATE_BRIGHT
+    csf, grey, white = synth._render(tissue, np.random.default_rng(seed), "t1")
+    assert csf < grey < white
+    csf, grey, white = synth._render(tissue, np.random.default_rng(seed), "t2")
+    assert csf > grey > white
+    csf, grey, white = synth._render(tissue, np.random.default_rng(seed), "flair")
+    assert csf < white < grey
+    assert np.array_equal(synth._render(tissue, np.random.default_rng(seed), "reference"), tissue)
+
+
+@pytest.mark.parametrize("contrast", ["t1", "t2", "flair"])
+def test_lesions_in_other_contrasts_lie_in_the_cavity_at_their_level(contrast):
+    reference = load_reference()
+    params = SynthParams(contrasts=(contrast,), **FIXED_POSE)
+    case = make_case("x", np.random.default_rng(4), params, anomalies={"left": "fully_occupied", "right": None},
+                     reference=reference)
+    assert case.pose["contrast"] == contrast
+    image = sitk.GetArrayViewFromImage(case.image)
+    lesion = sitk.GetArrayViewFromImage(case.lesion_labels) == LESION_LABELS["left"]
+    assert lesion.sum() > 1000
+    idx = np.argwhere(lesion.transpose(2, 1, 0))
+    points = np.array([_world_ras(case.lesion_labels, i) for i in idx[:: max(1, len(idx) // 200)]])
+    assert np.linalg.norm(points - case.centers_ras["left"], axis=1).max() < 30.0
+    # level relative to the bright tissue: intermediate on T1, bright on T2 and FLAIR (gain and noise shift both)
+    ratio = float(np.median(image[lesion])) / float(np.percentile(image, 99.5))
+    low, high = {"t1": (0.2, 0.75), "t2": (0.5, 1.2), "flair": (0.4, 1.1)}[contrast]
+    assert low < ratio < high, ratio
+
+
+def test_sinus_scale_changes_each_sinus_size():
+    """A fully occupied sinus (its lesion is the whole cavity) scaled by 1.3 and by 0.7 per axis at its centre
+    (by about 80 % of that at its walls: measured volume ratios 1.76 and about 0.55)."""
+    reference = load_reference()
+    volumes = {}
+    for scale in (1.0, 1.3, 0.7):
+        params = SynthParams(sinus_scale_range=(scale, scale), deformation_mm=0.0, **FIXED_POSE)
+        case = make_case("x", np.random.default_rng(5), params, anomalies={"left": "fully_occupied", "right": None},
+                         reference=reference)
+        volumes[scale] = float((sitk.GetArrayViewFromImage(case.lesion_labels) == LESION_LABELS["left"]).sum()
+                               * np.prod(case.lesion_labels.GetSpacing()))
+    assert 1.5 < volumes[1.3] / volumes[1.0] < 2.3, volumes
+    assert 0.35 < volumes[0.7] / volumes[1.0] < 0.75, volumes
+
+
+def test_floor_first_thickening_sits_low_in_the_cavity():
+    reference = load_reference()
+    _, cavity, _ = synth._anatomy(reference)
+    box = np.argwhere(cavity == LESION_LABELS["left"])
+    lo, hi = box.min(0), box.max(0) + 1
+    left = cavity[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == LESION_LABELS["left"]
+    lowest = []
+    for seed in range(4):
+        lesion, _ = synth._draw_lesion(np.random.default_rng(seed), left, "mucosal_thickening", floor_first=True)
+        assert lesion.any() and not (lesion & ~left).any()
+        lowest.append(np.argwhere(lesion)[:, 2].mean() < np.argwhere(left)[:, 2].mean())
+        assert lesion[:, :, :3].sum() > 0  # the floor is always covered
+    assert all(lowest)
+
+
+def test_default_cohort_draws_no_extra_random_numbers():
+    """The opt-in variety leaves the default heads as they were: same generator state afterwards."""
+    reference = load_reference()
+    rng_default, rng_explicit = np.random.default_rng(9), np.random.default_rng(9)
+    make_case("x", rng_default, SynthParams(), reference=reference)
+    make_case("x", rng_explicit, SynthParams(contrasts=("reference",), sinus_scale_range=(1.0, 1.0)), reference=reference)
+    assert rng_default.random() == rng_explicit.random()
+
+
+def test_unknown_contrast_is_an_error(capsys):
+    with pytest.raises(SinusAnomalyError, match="unknown contrast"):
+        make_case("x", np.random.default_rng(0), SynthParams(contrasts=("pd",)))
+    with pytest.raises(SystemExit) as info:  # argparse's own refusal of a bad option value
+        main(["synth", "--out", "unused", "--contrasts", "t1,pd"])
+    assert info.value.code == 2
+    assert "expected comma-separated contrasts" in capsys.readouterr().err

@@ -56,6 +56,10 @@ class SynthParams:
     noise_std: float = 0.03  # Rician noise, fraction of the bright-tissue intensity
     bias_strength: float = 0.3  # bias field within about exp(+-this)
     anomaly_rate: float = 0.55  # fraction of patients with at least one anomalous sinus
+    # Opt-in variety (the defaults make the demo's cohort as before):
+    contrasts: tuple = ("reference",)  # each head rendered in one of these (see CONTRASTS)
+    sinus_scale_range: tuple = (1.0, 1.0)  # per sinus and axis, at its centre (~80 % of it at the walls): size, shape, asymmetry
+    floor_first_thickening: bool = False  # mucosal thickening often partial, from the floor up
 
 
 @dataclass
@@ -105,14 +109,26 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     return field_ / (np.abs(field_).max() + 1e-6)
 
 
-def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(lesion mask, lesion intensity map) inside the boolean ``cavity`` box (1 mm voxels, [x, y, z])."""
+def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str, floor_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(lesion mask, lesion intensity map) inside the boolean ``cavity`` box (1 mm voxels, [x, y, z]).
+
+    ``floor_first``: mucosal thickening covers the walls only up to a random height (the floor
+    always), thicker at the floor, as it often is.
+    """
     depth = ndi.distance_transform_edt(cavity)  # mm from the wall, inside the cavity
     coords = np.indices(cavity.shape).astype(np.float32)
     texture = 1.0 + 0.08 * _smooth_noise(rng, cavity.shape, 2.0)
     if kind == "mucosal_thickening":
         thickness = rng.uniform(2.0, 5.0) * (1.0 + 0.45 * _smooth_noise(rng, cavity.shape, 6.0))
-        lesion = cavity & (depth <= np.maximum(thickness, 1.0))
+        if floor_first:
+            z = np.argwhere(cavity)[:, 2]
+            bottom, top = float(z.min()), float(z.max())
+            height = (coords[2] - bottom) / max(top - bottom, 1.0)  # 0 at the floor, 1 at the roof
+            reach = rng.uniform(0.25, 1.0)  # how far up the walls it reaches
+            thickness = np.where(height <= reach, thickness * (1.0 + 1.0 * (1.0 - height / reach)), 0.0)
+            lesion = cavity & (depth <= thickness)
+        else:
+            lesion = cavity & (depth <= np.maximum(thickness, 1.0))
         level = rng.uniform(150, 210)
     elif kind == "polyp":
         lesion = np.zeros_like(cavity)
@@ -144,10 +160,44 @@ def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str) -> tup
     return lesion, level * texture
 
 
-def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomalies: dict) -> tuple[sitk.Image, sitk.Image]:
-    """The 1 mm anatomy with lesions drawn in, and its lesion label image."""
+# Other MRI contrasts made from a T1 head by remapping its intensities (scaled so the bright tissue
+# is 1): piecewise-linear maps (T1 value -> new value) over the T1 tissue ranges (air and bone
+# below 0.1, CSF about 0.2-0.3, grey matter 0.45, white matter 0.6, fat and marrow above 0.8).
+# T2: CSF bright, grey above white matter; FLAIR (the paper's contrast): CSF dark, grey above white.
+CONTRAST_MAPS = {
+    "t1": None,
+    "t2": ((0.0, 0.0), (0.08, 0.04), (0.2, 0.9), (0.35, 0.8), (0.5, 0.6), (0.65, 0.42), (0.8, 0.7), (1.0, 0.8)),
+    "flair": ((0.0, 0.0), (0.08, 0.04), (0.3, 0.1), (0.45, 0.62), (0.6, 0.45), (0.8, 0.72), (1.0, 0.78)),
+}
+
+
+# Contrasts a head can be rendered in. "reference": the template's T1 tissue with bright lesions (the
+# demo cohort's look, FLAIR-like lesions); "t1", "t2", "flair": the tissue remapped as in
+# CONTRAST_MAPS with per-head random changes of every control point (in the spirit of SynthSeg), and
+# lesions at a level relative to the bright tissue typical of that contrast: mucosa and fluid are
+# intermediate on T1 and bright on T2 and FLAIR (fraction of the bright tissue, low-high).
+CONTRASTS = ("reference", "t1", "t2", "flair")
+LESION_LEVELS = {"t1": (0.35, 0.6), "t2": (0.75, 1.0), "flair": (0.6, 0.9)}
+CONTRAST_JITTER = 0.08  # +- on each control point's output value
+TEMPLATE_BRIGHT = 255.0  # reference units of the bright tissue (uint8 template: 255 = 99.9th percentile)
+
+
+def _render(array: np.ndarray, rng: np.random.Generator, contrast: str) -> np.ndarray:
+    """Template-unit anatomy ``array`` in ``contrast`` (still template units); "reference" as is."""
+    if contrast == "reference":
+        return array
+    mapping = CONTRAST_MAPS[contrast] or ((0.0, 0.0), (0.2, 0.2), (0.45, 0.45), (0.6, 0.6), (1.0, 1.0))
+    xs = np.array([x for x, _ in mapping])
+    ys = np.clip(np.array([y for _, y in mapping]) + rng.uniform(-CONTRAST_JITTER, CONTRAST_JITTER, len(mapping)), 0.0, 1.2)
+    ys[0] = 0.0  # air stays dark
+    return (np.interp(array / TEMPLATE_BRIGHT, xs, ys) * TEMPLATE_BRIGHT).astype(np.float32)
+
+
+def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomalies: dict, contrast: str = "reference",
+                      floor_first: bool = False) -> tuple[sitk.Image, sitk.Image]:
+    """The 1 mm anatomy in ``contrast`` with lesions drawn in, and its lesion label image."""
     head, cavity, _ = _anatomy(reference)
-    array = sitk.GetArrayFromImage(head).transpose(2, 1, 0).copy()
+    array = _render(sitk.GetArrayFromImage(head).transpose(2, 1, 0).copy(), rng, contrast)
     labels = np.zeros(array.shape, np.uint8)
     for side in SIDES:
         kind = anomalies.get(side)
@@ -155,7 +205,10 @@ def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomal
             continue
         centre_idx = np.round(head.TransformPhysicalPointToContinuousIndex(reference.center_lps(side).tolist())).astype(int)
         box = tuple(slice(max(c - LESION_BOX_HALF_MM, 0), c + LESION_BOX_HALF_MM) for c in centre_idx)
-        lesion, intensity = _draw_lesion(rng, cavity[box] == LESION_LABELS[side], kind)
+        lesion, intensity = _draw_lesion(rng, cavity[box] == LESION_LABELS[side], kind, floor_first)
+        if contrast != "reference":  # the drawn level is the template's; rescale to this contrast's
+            low, high = LESION_LEVELS[contrast]
+            intensity = intensity / float(np.median(intensity)) * rng.uniform(low, high) * TEMPLATE_BRIGHT
         soft = ndi.gaussian_filter(lesion.astype(np.float32), 0.6)  # partial-volume edge
         array[box] = array[box] * (1.0 - soft) + intensity * soft
         labels[box][lesion] = LESION_LABELS[side]
@@ -176,8 +229,14 @@ def _random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
-def _displacement(reference: ReferenceHead, rng: np.random.Generator, amplitude_mm: float) -> sitk.Transform:
-    """Smooth displacement field (reference space, 4 mm grid): global shape change + midface change."""
+SINUS_SCALE_WINDOW_MM = 25.0  # Gaussian window of a sinus's own size change: ~0.8 at its walls; no folding for scales 0.7-1.3
+
+
+def _displacement(reference: ReferenceHead, rng: np.random.Generator, amplitude_mm: float,
+                  sinus_scale_range: tuple = (1.0, 1.0)) -> sitk.Transform:
+    """Smooth displacement field (reference space, 4 mm grid): global shape change + midface change,
+    and, when ``sinus_scale_range`` is not (1, 1), each sinus scaled about its centre by its own
+    random factor per axis (its size, shape and the left/right asymmetry)."""
     ref = reference.image
     spacing = 4.0
     size = [int(np.ceil(s * sp / spacing)) + 1 for s, sp in zip(ref.GetSize(), ref.GetSpacing())]
@@ -193,6 +252,14 @@ def _displacement(reference: ReferenceHead, rng: np.random.Generator, amplitude_
     shift = rng.standard_normal(3)
     shift *= amplitude_mm * rng.uniform(0.5, 1.0) / np.linalg.norm(shift)
     field_ = field_ + window * shift
+    if tuple(sinus_scale_range) != (1.0, 1.0):
+        for side in SIDES:
+            centre = reference.center_lps(side)
+            scale = rng.uniform(*sinus_scale_range, 3)  # along the reference's axes
+            offset = centre - points
+            local = np.exp(-(offset ** 2).sum(-1) / (2 * SINUS_SCALE_WINDOW_MM**2))[..., None]
+            # the field pulls image points towards the centre by (1 - 1/s): the cavity looks s times as large
+            field_ = field_ + local * offset * (1.0 - 1.0 / scale)
     image = sitk.GetImageFromArray(field_.transpose(2, 1, 0, 3).astype(np.float64), isVector=True)
     image.SetSpacing([spacing] * 3)
     image.SetOrigin(ref.GetOrigin())
@@ -268,7 +335,10 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     reference = reference or load_reference()
     if anomalies is None:
         anomalies = random_anomalies(rng, params.anomaly_rate)
-    anatomy, lesions = _lesioned_anatomy(reference, rng, anomalies)
+    contrast = params.contrasts[int(rng.integers(len(params.contrasts)))] if len(params.contrasts) > 1 else params.contrasts[0]
+    if contrast not in CONTRASTS:
+        raise SinusAnomalyError(f"unknown contrast '{contrast}' (known: {', '.join(CONTRASTS)})")
+    anatomy, lesions = _lesioned_anatomy(reference, rng, anomalies, contrast, params.floor_first_thickening)
     _, _, head_mask = _anatomy(reference)
 
     # pull transform: image point -> reference point = deformation(scale(rigid^-1(point)))
@@ -280,7 +350,7 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     inverse_pose.SetCenter(head_centre.tolist())
     inverse_pose.SetMatrix((np.diag(1.0 / scale) @ rotation.T).ravel().tolist())
     inverse_pose.SetTranslation((-(rotation.T @ translation)).tolist())
-    deformation = _displacement(reference, rng, params.deformation_mm)
+    deformation = _displacement(reference, rng, params.deformation_mm, params.sinus_scale_range)
     pull = sitk.CompositeTransform([deformation, inverse_pose])  # the last added is applied first
 
     def forward(point_lps):  # reference -> image, ignoring the (small) deformation
@@ -310,22 +380,12 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
         "spacing_mm": [round(float(v), 3) for v in grid.GetSpacing()],
         "direction": [round(float(v), 4) for v in grid.GetDirection()],
         "deformation_mm": params.deformation_mm,
+        "contrast": contrast,
     }
     return SyntheticCase(patient, out, lesion_labels, centers, dict(anomalies), pose)
 
 
 # --------------------------------------------------------------------------- variants of real heads
-
-# Other MRI contrasts made from a T1 head by remapping its intensities (scaled so the bright tissue
-# is 1): piecewise-linear maps (T1 value -> new value) over the T1 tissue ranges (air and bone
-# below 0.1, CSF about 0.2-0.3, grey matter 0.45, white matter 0.6, fat and marrow above 0.8).
-# T2: CSF bright, grey above white matter; FLAIR (the paper's contrast): CSF dark, grey above white.
-CONTRAST_MAPS = {
-    "t1": None,
-    "t2": ((0.0, 0.0), (0.08, 0.04), (0.2, 0.9), (0.35, 0.8), (0.5, 0.6), (0.65, 0.42), (0.8, 0.7), (1.0, 0.8)),
-    "flair": ((0.0, 0.0), (0.08, 0.04), (0.3, 0.1), (0.45, 0.62), (0.6, 0.45), (0.8, 0.72), (1.0, 0.78)),
-}
-
 
 def remap_contrast(image: sitk.Image, contrast: str) -> sitk.Image:
     """A T1 head rendered T2- or FLAIR-like (:data:`CONTRAST_MAPS`), float32 in about [0, 1]."""

@@ -2,7 +2,9 @@
 
 Heads are built from the shipped reference head under random pose, voxel spacing, orientation,
 smooth shape deformation, bias field, noise and intensity changes; none, one or both sinuses
-carry mucosal thickening, polyps, retention cysts or are fully occupied. Deterministic by seed.
+carry mucosal thickening, polyps, retention cysts or are fully occupied. Options add variety:
+other contrasts (T1-, T2-, FLAIR-like with randomised tissue intensities), each sinus's own size
+and shape, floor-first mucosal thickening. Deterministic by seed.
 
 Writes DIR/images/ (NIfTI, some NRRD and MHA), DIR/masks/<patient>_lesions.nii.gz (1 left, 2 right
 lesion), DIR/labels.csv (patient, side, label, anomaly_type, image), DIR/truth.json (true sinus
@@ -15,7 +17,7 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from SinusAnomalyLib.synth import SynthParams, generate_cohort
+from SinusAnomalyLib.synth import CONTRASTS, SynthParams, generate_cohort
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,12 +30,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-translation-mm", type=float, default=defaults.max_translation_mm)
     parser.add_argument("--anomaly-rate", type=float, default=defaults.anomaly_rate,
                         help="fraction of patients with at least one anomalous sinus")
+    parser.add_argument("--contrasts", type=_names, default=defaults.contrasts, metavar="NAMES",
+                        help="render each head in one of these, comma-separated: reference (default: the template's "
+                             "T1 with bright lesions), t1, t2, flair (tissue intensities randomised per head)")
+    parser.add_argument("--sinus-scale", type=_range, default=defaults.sinus_scale_range, metavar="LOW,HIGH",
+                        help="scale each sinus about its centre by a random factor per axis in this range "
+                             "(size, shape, asymmetry; default 1,1: none; e.g. 0.7,1.3)")
+    parser.add_argument("--floor-first-thickening", action="store_true",
+                        help="mucosal thickening covers the walls from the floor up to a random height")
     parser.add_argument("--previews", type=int, default=4, help="PNG previews of the first anomalous cases")
+
+
+def _names(text: str) -> tuple:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in CONTRASTS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected comma-separated contrasts from {', '.join(CONTRASTS)}, not {text!r}")
+    return names
+
+
+def _range(text: str) -> tuple:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH like 0.7,1.3, not {text!r}") from None
+    if not 0.5 <= low <= high <= 1.5:
+        raise argparse.ArgumentTypeError(f"expected 0.5 <= LOW <= HIGH <= 1.5, not {text!r}")
+    return (low, high)
 
 
 def run(args: argparse.Namespace) -> int:
     params = SynthParams(deformation_mm=args.deformation_mm, max_rotation_deg=args.max_rotation_deg,
-                         max_translation_mm=args.max_translation_mm, anomaly_rate=args.anomaly_rate)
+                         max_translation_mm=args.max_translation_mm, anomaly_rate=args.anomaly_rate,
+                         contrasts=tuple(args.contrasts), sinus_scale_range=tuple(args.sinus_scale),
+                         floor_first_thickening=args.floor_first_thickening)
     out = generate_cohort(args.out, args.cases, args.seed, params, previews=args.previews)
     with open(out / "labels.csv", newline="") as fh:
         types = Counter(row["anomaly_type"] for row in csv.DictReader(fh))
