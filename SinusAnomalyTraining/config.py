@@ -11,7 +11,7 @@ import copy
 import json
 from pathlib import Path
 
-from SinusAnomalyLib.errors import SinusAnomalyError
+from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BUILTIN = ("paper", "demo", "grid-cpu", "grid-paper")
@@ -87,3 +87,17 @@ def load_config(name_or_path: str | Path) -> dict:
     _validate(config, path)
     config["source"] = str(path)
     return config
+
+
+def chosen_folds(config: dict, n_folds: int) -> list[int]:
+    """The fold numbers a run trains: every fold of the dataset, or the configured ones (checked)."""
+    folds = list(range(n_folds)) if config["folds"] == "all" else [int(f) for f in config["folds"]]
+    missing = [f for f in folds if f >= n_folds]
+    if missing:
+        raise DatasetError(f"folds {missing} do not exist: the dataset has {n_folds} folds (0..{n_folds - 1})")
+    return folds
+
+
+def ablation_fractions(config: dict) -> list[float]:
+    """CAE training fractions of the ablation other than 100 % (which is the main run's CAE)."""
+    return [f for f in config["cae_fractions"] if float(f) != 100]

@@ -1,4 +1,6 @@
-"""Evaluation of normal (0) vs anomalous (1) sinus classification: metrics, thresholds, CIs, files, plots.
+"""Evaluation of normal (0) vs anomalous (1) sinus classification: metrics, thresholds, confidence intervals.
+
+Only numbers: the files and the report are written by :mod:`.report`, the figures drawn by :mod:`.plots`.
 
 Conventions used throughout this module
 ---------------------------------------
@@ -24,18 +26,14 @@ correlated.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from SinusAnomalyLib.fileio import atomic_path, write_json_atomic, write_text_atomic
-
 __all__ = [
     "THRESHOLD_METRICS",
+    "check_pair",
     "binary_metrics",
     "best_f1_threshold",
     "evaluate_fold",
@@ -43,8 +41,6 @@ __all__ = [
     "bootstrap_ci",
     "pooled_bootstrap",
     "summarize_folds",
-    "write_metrics",
-    "plot_roc_pr",
 ]
 
 #: Metrics of :func:`binary_metrics` that depend on the decision threshold.
@@ -85,7 +81,7 @@ def _as_scores(p, n: int, name: str = "p_anomalous") -> np.ndarray:
     return s
 
 
-def _check_pair(y_true, p) -> tuple[np.ndarray, np.ndarray]:
+def check_pair(y_true, p) -> tuple[np.ndarray, np.ndarray]:
     y = _as_labels(y_true)
     return y, _as_scores(p, y.shape[0])
 
@@ -124,7 +120,7 @@ def binary_metrics(y_true, p_anomalous, threshold: float = 0.5) -> dict:
     """
     from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: PLC0415
 
-    y, s = _check_pair(y_true, p_anomalous)
+    y, s = check_pair(y_true, p_anomalous)
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
@@ -190,7 +186,7 @@ def best_f1_threshold(y_true, p) -> float:
     """
     from sklearn.metrics import precision_recall_curve  # noqa: PLC0415
 
-    y, s = _check_pair(y_true, p)
+    y, s = check_pair(y_true, p)
     if not np.any(y == 1):
         raise ValueError("best_f1_threshold needs at least one anomalous (1) sample; F1 is undefined otherwise")
     precision, recall, thresholds = precision_recall_curve(y, s)
@@ -231,7 +227,7 @@ def evaluate_fold(y_val, p_val, y_test, p_test) -> dict:
         threshold = best_f1_threshold(y_val, p_val)
         source = "validation_f1"
     except ValueError as exc:
-        _check_pair(y_val, p_val)  # re-raise real input errors; only "no anomalous sample" falls back
+        check_pair(y_val, p_val)  # re-raise real input errors; only "no anomalous sample" falls back
         threshold, source = 0.5, "fallback_0.5"
         notes.append(f"validation: {exc}; threshold 0.5 used")
     val = binary_metrics(y_val, p_val, threshold)
@@ -344,7 +340,7 @@ def bootstrap_ci(
         class only, or whose metric is NaN, are skipped (not redrawn). When the full data has one
         class only, or every replicate was skipped, the undefined parts are NaN.
     """
-    y, s = _check_pair(y_true, p)
+    y, s = check_pair(y_true, p)
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if int(n_boot) < 1:
@@ -402,7 +398,7 @@ def pooled_bootstrap(
     """:func:`bootstrap_ci` for several named metrics: ``{metric: {"estimate", "low", "high"}}``.
 
     Every metric uses the same seed, hence the same replicates. The result is the ``pooled``
-    argument of :func:`write_metrics`.
+    argument of :func:`SinusAnomalyTraining.report.write_metrics`.
     """
     out = {}
     for name in metrics:
@@ -443,173 +439,3 @@ def summarize_folds(fold_results: list[dict], confidence: float = 0.95, keys: Se
         n = int(np.sum(~np.isnan(np.asarray(vals, dtype=np.float64)))) if vals else 0
         summary[k] = {"mean": mean, "low": low, "high": high, "n": n, "n_missing": len(vals) - n}
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# files
-# --------------------------------------------------------------------------------------------
-def _jsonable(obj):
-    """NaN / inf -> None (JSON has no NaN), numpy scalars and arrays -> Python, keys -> str."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
-def _csv_cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, (list, tuple)):
-        return "; ".join(str(x) for x in v)
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return "" if math.isnan(f) else repr(f)
-    return str(v)
-
-
-def _pooled_triplet(v) -> tuple:
-    if isinstance(v, Mapping):
-        return v.get("estimate", v.get("mean")), v.get("low"), v.get("high")
-    if isinstance(v, (list, tuple)) and len(v) == 3:
-        return tuple(v)
-    return v, None, None
-
-
-def write_metrics(out_dir: str | Path, per_fold: list[dict], summary: dict, pooled: dict | None = None) -> tuple[Path, Path]:
-    """Write ``metrics.json`` and ``metrics.csv`` into ``out_dir``, each atomically.
-
-    Args:
-        out_dir: folder (created if missing).
-        per_fold: per-fold dicts (:func:`evaluate_fold`, optionally with a ``"fold"`` entry).
-        summary: :func:`summarize_folds` output, ``{metric: {"mean", "low", "high", ...}}``.
-        pooled: optional ``{metric: {"estimate", "low", "high"}}`` (:func:`pooled_bootstrap`);
-            ``(estimate, low, high)`` tuples or bare numbers are accepted too.
-
-    ``metrics.json``: ``{"per_fold": [...], "summary": {...}, "pooled": {...}}``, NaN written as
-    ``null``. ``metrics.csv``: first column ``row``, then every key of the per-fold dicts (in order
-    of first appearance) followed by any summary / pooled metric not among them; rows
-    ``fold_<i>`` (``i`` from the dict's ``"fold"`` or its position), then ``mean``, ``ci_low``,
-    ``ci_high``, then ``pooled``, ``pooled_ci_low``, ``pooled_ci_high`` when ``pooled`` is given.
-    Empty cells mean NaN / not applicable; list cells (notes) are joined with ``"; "``.
-
-    Returns:
-        ``(json_path, csv_path)``.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pooled = dict(pooled or {})
-    json_path, csv_path = out_dir / "metrics.json", out_dir / "metrics.csv"
-    write_json_atomic(json_path, _jsonable({"per_fold": list(per_fold), "summary": summary, "pooled": pooled}))
-
-    columns: dict[str, None] = {}
-    for res in per_fold:
-        for k in res:
-            columns.setdefault(str(k), None)
-    for k in list(summary) + list(pooled):
-        columns.setdefault(str(k), None)
-    columns.pop("row", None)
-    header = ["row", *columns]
-
-    rows: list[dict] = []
-    for i, res in enumerate(per_fold):
-        label = f"fold_{res['fold']}" if "fold" in res else f"fold_{i}"
-        rows.append({"row": label, **{str(k): v for k, v in res.items()}})
-    for label, field in (("mean", "mean"), ("ci_low", "low"), ("ci_high", "high")):
-        rows.append({"row": label, **{str(k): st.get(field) for k, st in summary.items()}})
-    if pooled:
-        trip = {str(k): _pooled_triplet(v) for k, v in pooled.items()}
-        for j, label in enumerate(("pooled", "pooled_ci_low", "pooled_ci_high")):
-            rows.append({"row": label, **{k: t[j] for k, t in trip.items()}})
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_cell(row.get(k)) for k in header})
-    write_text_atomic(csv_path, buf.getvalue())
-    return json_path, csv_path
-
-
-# --------------------------------------------------------------------------------------------
-# plots
-# --------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib  # noqa: PLC0415  (lazy: plotting is optional and slow to import)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
-
-
-def plot_roc_pr(curves: Mapping[str, tuple], path: str | Path, title: str = "") -> Path:
-    """ROC (left) and precision-recall (right) curves, one line per entry, saved as PNG atomically.
-
-    Args:
-        curves: ``{label: (y_true, p_anomalous)}`` with ``(n,)`` arrays each, e.g. one entry per
-            fold or per pre-training method. The legend shows AUROC / AUPRC per entry; entries with
-            one class only cannot be drawn and are listed as such in the legend.
-        path: output ``.png`` file (parent folders are created).
-        title: optional figure title.
-
-    Chance lines: the diagonal on the ROC panel; on the PR panel a horizontal line at the
-    prevalence of anomalous samples (of all entries pooled), the precision of a random classifier.
-
-    Returns:
-        ``Path(path)``.
-    """
-    from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: PLC0415
-
-    plt = _pyplot()
-    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 5))
-    colours = plt.get_cmap("tab10")
-    n_pos = n_all = 0
-    for i, (label, (y_true, p)) in enumerate(curves.items()):
-        y, s = _check_pair(y_true, p)
-        colour = colours(i % 10)
-        if y.min() == y.max():
-            for ax in (ax_roc, ax_pr):
-                ax.plot([], [], color=colour, label=f"{label} (one class only, not drawn)")
-            continue
-        n_pos += int(y.sum())
-        n_all += y.size
-        m = binary_metrics(y, s)
-        fpr, tpr, _ = roc_curve(y, s)
-        ax_roc.plot(fpr, tpr, color=colour, lw=1.8, label=f"{label}: AUROC {m['auroc']:.3f}")
-        prec, rec, _ = precision_recall_curve(y, s)
-        ax_pr.plot(rec, prec, color=colour, lw=1.8, drawstyle="steps-post", label=f"{label}: AUPRC {m['auprc']:.3f}")
-    ax_roc.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance")
-    if n_all:
-        prevalence = n_pos / n_all
-        ax_pr.axhline(prevalence, color="grey", ls="--", lw=1, label=f"chance (prevalence {prevalence:.2f})")
-    ax_roc.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
-               title="ROC", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall",
-              xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    for ax in (ax_roc, ax_pr):
-        ax.set_aspect("equal")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8, framealpha=0.9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return Path(path)

@@ -1,11 +1,18 @@
-"""Figures for people to look at (matplotlib, Agg backend, written atomically as PNG)."""
+"""Every figure of the project (matplotlib, Agg backend, written atomically as PNG).
+
+matplotlib is imported on first use: plotting is optional work and slow to import.
+"""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from SinusAnomalyLib.fileio import atomic_path
+from SinusAnomalyLib.residuals import resize_crops
+
+from .evaluation import binary_metrics, check_pair
 
 
 def _pyplot():
@@ -38,3 +45,114 @@ def save_crop_preview(arrays: dict, path: str | Path, title: str = "") -> Path:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def plot_roc_pr(curves: Mapping[str, tuple], path: str | Path, title: str = "") -> Path:
+    """ROC (left) and precision-recall (right) curves, one line per entry, saved as PNG atomically.
+
+    Args:
+        curves: ``{label: (y_true, p_anomalous)}`` with ``(n,)`` arrays each, e.g. one entry per
+            fold or per pre-training method. The legend shows AUROC / AUPRC per entry; entries with
+            one class only cannot be drawn and are listed as such in the legend.
+        path: output ``.png`` file (parent folders are created).
+        title: optional figure title.
+
+    Chance lines: the diagonal on the ROC panel; on the PR panel a horizontal line at the
+    prevalence of anomalous samples (of all entries pooled), the precision of a random classifier.
+
+    Returns:
+        ``Path(path)``.
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: PLC0415
+
+    plt = _pyplot()
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 5))
+    colours = plt.get_cmap("tab10")
+    n_pos = n_all = 0
+    for i, (label, (y_true, p)) in enumerate(curves.items()):
+        y, s = check_pair(y_true, p)
+        colour = colours(i % 10)
+        if y.min() == y.max():
+            for ax in (ax_roc, ax_pr):
+                ax.plot([], [], color=colour, label=f"{label} (one class only, not drawn)")
+            continue
+        n_pos += int(y.sum())
+        n_all += y.size
+        m = binary_metrics(y, s)
+        fpr, tpr, _ = roc_curve(y, s)
+        ax_roc.plot(fpr, tpr, color=colour, lw=1.8, label=f"{label}: AUROC {m['auroc']:.3f}")
+        prec, rec, _ = precision_recall_curve(y, s)
+        ax_pr.plot(rec, prec, color=colour, lw=1.8, drawstyle="steps-post", label=f"{label}: AUPRC {m['auprc']:.3f}")
+    ax_roc.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance")
+    if n_all:
+        prevalence = n_pos / n_all
+        ax_pr.axhline(prevalence, color="grey", ls="--", lw=1, label=f"chance (prevalence {prevalence:.2f})")
+    ax_roc.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+               title="ROC", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall",
+              xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    for ax in (ax_roc, ax_pr):
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8, framealpha=0.9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_vs_fraction(table: list[dict], titles: Mapping[str, str], path: Path) -> Path:
+    """AUPRC (left) and AUROC (right) against the label fraction, one line per method (Figure 3's form).
+
+    ``table``: rows of :func:`SinusAnomalyTraining.report.evaluate_run` (``method``, ``fraction``,
+    ``auroc`` / ``auprc`` summaries ``{"mean", "low", "high"}``); ``titles``: legend name per method.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, title in ((axes[0], "auprc", "AUPRC"), (axes[1], "auroc", "AUROC")):
+        for method in dict.fromkeys(r["method"] for r in table):
+            rows = sorted((r for r in table if r["method"] == method), key=lambda r: float(r["fraction"]))
+            x = [float(r["fraction"]) for r in rows]
+            mean = np.array([(r[metric] or {}).get("mean", np.nan) for r in rows], dtype=float)
+            low = np.array([max((r[metric] or {}).get("low", np.nan), 0.0) for r in rows], dtype=float)
+            high = np.array([min((r[metric] or {}).get("high", np.nan), 1.0) for r in rows], dtype=float)
+            line, = ax.plot(x, mean, marker="o", label=titles.get(method, method))
+            if np.isfinite(low).any():
+                ax.fill_between(x, np.nan_to_num(low, nan=mean), np.nan_to_num(high, nan=mean), alpha=0.06, color=line.get_color())
+        ax.set_xlabel("labelled training sinuses (%)")
+        ax.set_ylabel(title)
+        ax.set_title(f"{title} vs label fraction (mean over folds, 95 % interval)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+def save_residual_examples(dataset, residuals: dict, masks: dict, crop_size: int, path: Path, n: int = 4) -> Path:
+    """Mid-slices of a few anomalous test crops: image, CAE residual, true lesion."""
+    plt = _pyplot()
+    test = set(dataset.splits.test)
+    rows = [r for r in dataset.manifest if r.label == 1 and r.patient in test and r.sample_id in masks][:n]
+    if not rows:
+        return path
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7, 2.3 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        image = resize_crops(dataset.crops[row.crop_index:row.crop_index + 1], crop_size)[0]
+        mask = masks[row.sample_id]
+        k = int(np.argmax(mask.sum(axis=(0, 1)))) if mask.any() else crop_size // 2  # slice with most lesion
+        for j, (title, vol, cmap) in enumerate((("image", image, "gray"), ("CAE residual", residuals[row.sample_id], "hot"),
+                                                ("true lesion", mask, "gray"))):
+            axes[i, j].imshow(np.asarray(vol, dtype=np.float32)[:, :, k].T, origin="lower", cmap=cmap, vmin=0, vmax=1)
+            axes[i, j].set_title(f"{row.sample_id}: {title}" if j == 0 else title, fontsize=7)
+            axes[i, j].axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path

@@ -14,11 +14,11 @@ from SinusAnomalyTraining.evaluation import (
     bootstrap_ci,
     evaluate_fold,
     mean_ci,
-    plot_roc_pr,
     pooled_bootstrap,
     summarize_folds,
-    write_metrics,
 )
+from SinusAnomalyTraining.plots import plot_roc_pr
+from SinusAnomalyTraining.report import write_metrics
 
 
 def separable(n_neg=60, n_pos=40, seed=0):

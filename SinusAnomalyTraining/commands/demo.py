@@ -27,12 +27,11 @@ import numpy as np
 from SinusAnomalyLib.bundle import load_bundle
 from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
 from SinusAnomalyLib.inference import classify, save_classification
-from SinusAnomalyLib.fileio import atomic_path, write_text_atomic
-from SinusAnomalyLib.residuals import resize_crops
+from SinusAnomalyLib.fileio import write_text_atomic
 from SinusAnomalyLib.synth import generate_cohort
 
-from .. import localisation, pipeline, runtime, stages
-from ..config import load_config
+from .. import localisation, pipeline, plots, runtime, stages
+from ..config import chosen_folds, load_config
 from ..export import export_run
 
 
@@ -56,34 +55,6 @@ def centre_errors(cohort: Path, dataset: Path) -> list[float]:
         for side in ("left", "right"):
             errors.append(float(np.linalg.norm(np.subtract(found[side]["center_ras_mm"], case[side]["center_ras_mm"]))))
     return errors
-
-
-def save_residual_examples(dataset, residuals: dict, masks: dict, crop_size: int, path: Path, n: int = 4) -> Path:
-    """Mid-slices of a few anomalous test crops: image, CAE residual, true lesion."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    test = set(dataset.splits.test)
-    rows = [r for r in dataset.manifest if r.label == 1 and r.patient in test and r.sample_id in masks][:n]
-    if not rows:
-        return path
-    fig, axes = plt.subplots(len(rows), 3, figsize=(7, 2.3 * len(rows)), squeeze=False)
-    for i, row in enumerate(rows):
-        image = resize_crops(dataset.crops[row.crop_index:row.crop_index + 1], crop_size)[0]
-        mask = masks[row.sample_id]
-        k = int(np.argmax(mask.sum(axis=(0, 1)))) if mask.any() else crop_size // 2  # slice with most lesion
-        for j, (title, vol, cmap) in enumerate((("image", image, "gray"), ("CAE residual", residuals[row.sample_id], "hot"),
-                                                ("true lesion", mask, "gray"))):
-            axes[i, j].imshow(np.asarray(vol, dtype=np.float32)[:, :, k].T, origin="lower", cmap=cmap, vmin=0, vmax=1)
-            axes[i, j].set_title(f"{row.sample_id}: {title}" if j == 0 else title, fontsize=7)
-            axes[i, j].axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return path
 
 
 def _number(value, spec: str) -> str:
@@ -111,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     test_ids = [r.sample_id for r in dataset.manifest if r.patient in set(dataset.splits.test)]
     localisations = []
     residuals = {}
-    for fold in pipeline.chosen_folds(config, dataset):
+    for fold in chosen_folds(config, len(dataset.splits.folds)):
         residuals = stages.load_residuals(pipeline.fold_context(config, dataset, out / "run", fold, device))
         localisations.append(localisation.residual_auroc(residuals, masks, test_ids))
-    examples = save_residual_examples(dataset, residuals, masks, config["crop_size"], out / "residual_examples.png")
+    examples = plots.save_residual_examples(dataset, residuals, masks, config["crop_size"], out / "residual_examples.png")
     errors = centre_errors(cohort, dataset_dir)
 
     # the deliverable a clinician would load: a bundle, tried on one held-out synthetic head

@@ -6,7 +6,7 @@ curves as PNG; RUN/evaluation/{report.md,results.csv,<method>_frac<p>/metrics.{j
 """
 from __future__ import annotations
 
-from .. import pipeline
+from .. import report
 from ._training import add_run_arguments, setup
 
 
@@ -16,6 +16,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     config, dataset, _ = setup(args)
-    pipeline.evaluate_run(config, dataset, args.run)
+    report.evaluate_run(config, dataset, args.run)
     print((args.run / "evaluation" / "report.md").read_text())
     return 0

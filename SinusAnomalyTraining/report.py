@@ -1,0 +1,264 @@
+"""The evaluation folder of a run: per-cell metrics files, ``results.csv`` and ``report.md``.
+
+:func:`evaluate_run` reads every fine-tuned classifier's ``predictions.csv``, computes the metrics
+(:mod:`.evaluation`), draws the figures (:mod:`.plots`) and writes ``RUN/evaluation``:
+``<method>_frac<p>/metrics.{json,csv}``, ``results.csv`` (one row per method and label fraction,
+unclipped intervals), ``report.md`` (the tables in the form of the paper's Tables 2 and 3 beside
+the paper's own numbers) and the PNG figures.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from SinusAnomalyLib.dataset import PreparedDataset
+from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic, write_text_atomic
+from SinusAnomalyLib.splits import fraction_key
+
+from . import evaluation, plots, stages
+from .config import ablation_fractions, chosen_folds
+
+def _jsonable(obj):
+    """NaN / inf -> None (JSON has no NaN), numpy scalars and arrays -> Python, keys -> str."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def _csv_cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)):
+        return "; ".join(str(x) for x in v)
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return "" if math.isnan(f) else repr(f)
+    return str(v)
+
+
+def _pooled_triplet(v) -> tuple:
+    if isinstance(v, Mapping):
+        return v.get("estimate", v.get("mean")), v.get("low"), v.get("high")
+    if isinstance(v, (list, tuple)) and len(v) == 3:
+        return tuple(v)
+    return v, None, None
+
+
+def write_metrics(out_dir: str | Path, per_fold: list[dict], summary: dict, pooled: dict | None = None) -> tuple[Path, Path]:
+    """Write ``metrics.json`` and ``metrics.csv`` into ``out_dir``, each atomically.
+
+    Args:
+        out_dir: folder (created if missing).
+        per_fold: per-fold dicts (:func:`evaluate_fold`, optionally with a ``"fold"`` entry).
+        summary: :func:`summarize_folds` output, ``{metric: {"mean", "low", "high", ...}}``.
+        pooled: optional ``{metric: {"estimate", "low", "high"}}`` (:func:`pooled_bootstrap`);
+            ``(estimate, low, high)`` tuples or bare numbers are accepted too.
+
+    ``metrics.json``: ``{"per_fold": [...], "summary": {...}, "pooled": {...}}``, NaN written as
+    ``null``. ``metrics.csv``: first column ``row``, then every key of the per-fold dicts (in order
+    of first appearance) followed by any summary / pooled metric not among them; rows
+    ``fold_<i>`` (``i`` from the dict's ``"fold"`` or its position), then ``mean``, ``ci_low``,
+    ``ci_high``, then ``pooled``, ``pooled_ci_low``, ``pooled_ci_high`` when ``pooled`` is given.
+    Empty cells mean NaN / not applicable; list cells (notes) are joined with ``"; "``.
+
+    Returns:
+        ``(json_path, csv_path)``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pooled = dict(pooled or {})
+    json_path, csv_path = out_dir / "metrics.json", out_dir / "metrics.csv"
+    write_json_atomic(json_path, _jsonable({"per_fold": list(per_fold), "summary": summary, "pooled": pooled}))
+
+    columns: dict[str, None] = {}
+    for res in per_fold:
+        for k in res:
+            columns.setdefault(str(k), None)
+    for k in list(summary) + list(pooled):
+        columns.setdefault(str(k), None)
+    columns.pop("row", None)
+    header = ["row", *columns]
+
+    rows: list[dict] = []
+    for i, res in enumerate(per_fold):
+        label = f"fold_{res['fold']}" if "fold" in res else f"fold_{i}"
+        rows.append({"row": label, **{str(k): v for k, v in res.items()}})
+    for label, field in (("mean", "mean"), ("ci_low", "low"), ("ci_high", "high")):
+        rows.append({"row": label, **{str(k): st.get(field) for k, st in summary.items()}})
+    if pooled:
+        trip = {str(k): _pooled_triplet(v) for k, v in pooled.items()}
+        for j, label in enumerate(("pooled", "pooled_ci_low", "pooled_ci_high")):
+            rows.append({"row": label, **{k: t[j] for k, t in trip.items()}})
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(row.get(k)) for k in header})
+    write_text_atomic(csv_path, buf.getvalue())
+    return json_path, csv_path
+
+
+def _arrays(rows: list[dict], split: str):
+    chosen = [r for r in rows if r["split"] == split]
+    return (np.array([r["label"] for r in chosen], dtype=np.int64), np.array([r["p_anomalous"] for r in chosen]),
+            [r["patient"] for r in chosen])
+
+
+def _fmt(entry: dict) -> str:
+    if entry is None or entry.get("mean") is None or not np.isfinite(entry["mean"]):
+        return "n/a"
+    low, high = entry.get("low"), entry.get("high")
+    if low is None or not np.isfinite(low) or low == high:
+        return f"{entry['mean']:.2f}"
+    # these metrics live in [0, 1]; a t interval over few folds can reach past either end
+    return f"{entry['mean']:.2f} ({max(low, 0.0):.2f}-{min(high, 1.0):.2f})"
+
+
+METHOD_TITLES = {"none": "No pretraining", "medicalnet": "Transfer learning (MedicalNet)", "ae": "AE", "dae": "DAE",
+                 "byol": "BYOL", "simsiam": "SimSiam", "simclr": "SimCLR", "spark": "SparK-style MAE",
+                 "residual": "Residual reconstruction (ours)"}
+PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.json"
+
+
+def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: float, config: dict, out_dir: Path) -> dict:
+    """Per-fold test metrics of one (method, label fraction) cell, their summary and pooled bootstrap."""
+    key = fraction_key(float(fraction) / 100.0)
+    per_fold, pooled_y, pooled_p, pooled_groups = [], [], [], []
+    for fold in folds:
+        path = run_dir / f"fold{fold}" / "finetune" / method_dir / f"frac{key}" / "predictions.csv"
+        if not path.is_file():
+            raise stages.StageInputError(f"{path} is missing: run 'finetune' (or 'run') for fold {fold} first")
+        rows = stages.read_predictions(path)
+        y_val, p_val, _ = _arrays(rows, "val")
+        y_test, p_test, patients = _arrays(rows, "test")
+        result = evaluation.evaluate_fold(y_val, p_val, y_test, p_test)
+        result["fold"] = fold
+        per_fold.append(result)
+        pooled_y.append(y_test)
+        pooled_p.append(p_test)
+        pooled_groups += [f"{fold}:{p}" for p in patients]
+    summary = evaluation.summarize_folds(per_fold)
+    y, p = np.concatenate(pooled_y), np.concatenate(pooled_p)
+    pooled = evaluation.pooled_bootstrap(y, p, groups=np.array(pooled_groups), n_boot=int(config["evaluate"]["bootstrap"]),
+                                         seed=int(config["seed"]))
+    write_metrics(out_dir / f"{method_dir}_frac{key}", per_fold, summary, pooled)
+    return {"method": method_dir, "fraction": fraction, "folds": len(folds), "y": y, "p": p,
+            "auroc": summary.get("auroc"), "auprc": summary.get("auprc"), "f1": summary.get("f1_at_val_threshold"),
+            "f1_at_0.5": summary.get("f1_at_0.5"), "pooled": pooled}
+
+
+def evaluate_run(config: dict, dataset: PreparedDataset, run_dir: str | Path) -> dict:
+    """Metrics of every (method, fraction) cell, and of the CAE ablation; writes ``RUN/evaluation``."""
+    run_dir = Path(run_dir)
+    out_dir = run_dir / "evaluation"
+    folds = chosen_folds(config, len(dataset.splits.folds))
+    table = [_evaluate_cell(run_dir, folds, m, f, config, out_dir) for f in config["fractions"] for m in config["methods"]]
+    figures = []
+    for fraction in config["fractions"]:
+        plot = out_dir / f"roc_pr_frac{fraction_key(float(fraction) / 100.0)}.png"
+        curves = {f"{r['method']} pretraining": (r["y"], r["p"]) for r in table if r["fraction"] == fraction}
+        plots.plot_roc_pr(curves, plot, title=f"{fraction} % labels, pooled test predictions of {len(folds)} fold(s)")
+        figures.append(plot)
+    if len(config["fractions"]) > 1:
+        figures.append(plots.plot_vs_fraction(table, METHOD_TITLES, out_dir / "metrics_vs_fraction.png"))
+    ablation = []
+    if ablation_fractions(config):
+        label_fraction = config["cae_ablation_label_fraction"]
+        for cae_fraction in sorted({*map(float, config["cae_fractions"]), 100.0}):
+            name = "residual" if cae_fraction == 100 else f"residual_cae{fraction_key(cae_fraction / 100.0)}"
+            if cae_fraction == 100 and not ("residual" in config["methods"] and label_fraction in config["fractions"]):
+                continue  # the 100 % CAE row exists only when the main grid ran that cell
+            row = _evaluate_cell(run_dir, folds, name, label_fraction, config, out_dir)
+            row["cae_fraction"] = cae_fraction
+            ablation.append(row)
+    _write_table(out_dir, table + [r for r in ablation if r["method"] != "residual"])  # no duplicate row
+    _write_report(out_dir, table, ablation, figures, config)
+    return {"table": table, "ablation": ablation, "plots": [str(p) for p in figures]}
+
+
+def _write_table(out_dir: Path, table: list[dict]) -> None:
+    columns = ("auroc", "auprc", "f1", "f1_at_0.5")
+    header = (["method", "fraction", "folds"] + [f"{c}_{s}" for c in columns for s in ("mean", "low", "high")]
+              + ["pooled_auroc", "pooled_auroc_low", "pooled_auroc_high"])
+    rows = []
+    for row in table:
+        cells = [row["method"], row["fraction"], row["folds"]]
+        for c in columns:
+            entry = row[c] or {}
+            cells += [entry.get("mean"), entry.get("low"), entry.get("high")]
+        pa = row["pooled"].get("auroc", {})
+        cells += [pa.get("estimate"), pa.get("low"), pa.get("high")]
+        rows.append(cells)
+    write_csv_atomic(out_dir / "results.csv", header, rows)
+
+
+def _paper_cell(paper: dict, method: str, fraction, metric_index: int) -> str:
+    entry = paper.get("table2", {}).get(method, {}).get(f"{float(fraction):g}")
+    if not entry:
+        return ""
+    mean, low, high = entry[metric_index]
+    return f"{mean:.2f} ({low:.2f}-{high:.2f})"
+
+
+def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figures: list[Path], config: dict) -> None:
+    paper = json.loads(PAPER_RESULTS.read_text())
+    lines = [
+        "# SinusAnomaly evaluation",
+        "",
+        f"Configuration: `{config.get('source', '?')}` (crop {config['crop_size']}^3, encoder widths "
+        f"{config['encoder_widths']}). Test set: the dataset's held-out patients; metrics per fold on it, "
+        "mean with a 95 % Student-t interval over folds (shown clipped to [0, 1]; unclipped in results.csv); "
+        "F1 at the threshold maximising F1 on the fold's validation set. Pooled: all folds' test predictions, "
+        "95 % bootstrap interval resampling patients.",
+        "",
+        "## Methods and label fractions (the form of the paper's Table 2)",
+        "",
+        "The paper's columns are the paper's own numbers (5 folds on HCHS FLAIR data, not ours), for reference only.",
+        "",
+        "| pretraining | labels | AUROC | AUPRC | F1 | F1 at 0.5 | pooled AUROC (bootstrap) | paper AUROC | paper AUPRC | paper F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table:
+        pa = row["pooled"].get("auroc", {})
+        pooled = "n/a" if pa.get("estimate") is None or not np.isfinite(pa["estimate"]) else \
+            f"{pa['estimate']:.2f} ({pa['low']:.2f}-{pa['high']:.2f})"
+        lines.append(f"| {row['method']} | {row['fraction']} % | {_fmt(row['auroc'])} | {_fmt(row['auprc'])} | "
+                     f"{_fmt(row['f1'])} | {_fmt(row['f1_at_0.5'])} | {pooled} | "
+                     + " | ".join(_paper_cell(paper, row["method"], row["fraction"], i) for i in range(3)) + " |")
+    if ablation:
+        lines += ["", f"## CAE trained on part of the normal training sinuses (the form of the paper's Table 3), "
+                      f"{config['cae_ablation_label_fraction']} % labels", "",
+                  "| CAE normals | AUROC | AUPRC | F1 | paper AUROC | paper AUPRC | paper F1 |", "|---|---|---|---|---|---|---|"]
+        for row in ablation:
+            entry = paper.get("table3", {}).get(f"{row['cae_fraction']:g}")
+            ref = [f"{m:.2f} ({lo:.2f}-{hi:.2f})" for m, lo, hi in entry] if entry else ["", "", ""]
+            lines.append(f"| {row['cae_fraction']:g} % | {_fmt(row['auroc'])} | {_fmt(row['auprc'])} | {_fmt(row['f1'])} | "
+                         + " | ".join(ref) + " |")
+    lines += ["", "Per-fold numbers: `<method>_frac<p>/metrics.csv`; all rows: `results.csv`.", ""]
+    for figure in figures:
+        lines += [f"![{figure.stem}]({figure.name})", ""]
+    write_text_atomic(out_dir / "report.md", "\n".join(lines))
