@@ -1,6 +1,6 @@
 """Real heads the project did not make, and scans that must be refused (tests and benchmarks).
 
-Real heads: the reduced copies in ``Testing/data/real_heads`` (made and annotated by
+Real heads: the reduced copies in ``SinusAnomaly/Resources/Anatomies`` (made and annotated by
 ``Resources/Scripts/make_real_heads.py``; notices beside them). Both end inside the maxillary
 sinuses, so truth is the centre of the *visible* part of each air cavity, and a fit is scored like
 for like: against the visible part of the reference cavity mapped through it
@@ -22,10 +22,10 @@ import SimpleITK as sitk
 from SinusAnomalyLib.extraction import SinusExtraction, cavity_shown
 from SinusAnomalyLib.geometry import lps_to_ras, ras_to_lps
 from SinusAnomalyLib.imageio import read_image
-from SinusAnomalyLib.reference import SIDES, ReferenceHead, cavity_points_lps
+from SinusAnomalyLib.reference import SIDES, ReferenceHead, cavity_points_lps, resources_dir
 from SinusAnomalyLib.synth import pose_variant
 
-REAL_HEADS_DIR = Path(__file__).resolve().parent / "data" / "real_heads"
+REAL_HEADS_DIR = resources_dir() / "Anatomies"
 CONTRASTS = ("t1", "t2", "flair")
 
 

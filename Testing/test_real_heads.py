@@ -1,6 +1,6 @@
 """Extraction on real heads the project did not make, and the refusal of scans that are no usable head.
 
-The real heads (``Testing/data/real_heads``: Colin27 and a single-subject T1) both end inside the
+The real heads (``SinusAnomaly/Resources/Anatomies``: Colin27 and a single-subject T1) both end inside the
 maxillary sinuses; errors are like for like (``heads.visible_centre_error``). The goals of
 ``benchmarks/bench_extraction.py`` are median <= 4 mm and max <= 8 mm over many poses; here fewer
 poses, the same limits.

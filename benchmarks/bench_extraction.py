@@ -3,7 +3,7 @@
 
 1. Synthetic heads (made from the reference, truth known): the full extraction and, for
    comparison, the one without the midface stage; seconds and centre errors.
-2. Real heads the project did not make (``Testing/data/real_heads``: Colin27 and a single-subject
+2. Real heads the project did not make (``SinusAnomaly/Resources/Anatomies``: Colin27 and a single-subject
    T1), each as it comes and in ``--real-poses`` posed, regridded copies rendered T1-, T2- and
    FLAIR-like: accepted or not, seconds, quality, coverage and centre error. Both heads end inside
    the sinuses, so the error is like for like: centre of the visible air cavity against the

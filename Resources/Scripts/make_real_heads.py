@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Build the real test heads in ``Testing/data/real_heads`` and annotate their maxillary sinuses.
+"""Build the real heads in ``SinusAnomaly/Resources/Anatomies`` and annotate their maxillary sinuses.
+
+They serve twice: as heads the project did not make, for testing and benchmarking extraction
+(``Testing/heads.py``), and as further anatomies for the synthetic cohort (``SinusAnomalyLib.synth``).
 
 Real head MRIs with the face in view, from registry packages, none made from the reference head:
 
@@ -11,7 +14,9 @@ Real head MRIs with the face in view, from registry packages, none made from the
   background, the same cut.
 
 Both are stored reduced: Colin27 resampled to 1.5 mm, both as uint8 (255 = the 99.9th
-percentile), cropped to the head plus 6 mm. World millimetres are kept exactly.
+percentile, as the reference head), cropped to the head plus 6 mm. World millimetres are kept
+exactly. Beside each: ``<name>_sinus_labels.nii.gz`` (1 left, 2 right visible air cavity, on the
+reduced grid) and ``real_heads.json`` (sources, checksums, seeds, visible cavity centres).
 
 Annotation, as for the reference (``make_reference_head.py``), on the original files: each
 maxillary sinus is the air cavity around a seed read off the image by eye: voxels of the lightly
@@ -39,7 +44,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 REPO = Path(__file__).resolve().parents[2]
-OUT_DIR = REPO / "Testing" / "data" / "real_heads"
+OUT_DIR = REPO / "SinusAnomaly" / "Resources" / "Anatomies"
 AIR_FRACTION = 0.22
 MEDIAL_PLANE_MM = 12.0
 # Seeds (world RAS mm, +x = patient's right) inside each visible cavity, read off by eye.
@@ -102,6 +107,17 @@ def reduced(data: np.ndarray, affine: np.ndarray, spacing: float | None) -> tupl
     return np.clip(np.round(np.maximum(values, 0) * scale), 0, 255).astype(np.uint8), out_affine
 
 
+def resampled_labels(labels: np.ndarray, affine: np.ndarray, shape, out_affine: np.ndarray) -> np.ndarray:
+    """A label map on another grid: each label where at least half of a voxel is that label."""
+    src = np.linalg.inv(affine) @ out_affine
+    coords = src[:3, :3] @ np.indices(shape, dtype=np.float32).reshape(3, -1) + src[:3, 3:4]
+    out = np.zeros(shape, np.uint8)
+    for value in (1, 2):
+        share = ndi.map_coordinates((labels == value).astype(np.float32), coords, order=1).reshape(shape)
+        out[share >= 0.5] = value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--colin27", type=Path, required=True, help="mricron-data's templates/ch2.nii.gz")
@@ -126,10 +142,16 @@ def main() -> None:
                            "visible_extent_ras_mm": [round(float(v), 1) for v in ras.max(0) - ras.min(0)],
                            "visible_volume_ml": round(float(mask.sum() * voxel_ml), 2)}
         small, small_affine = reduced(data, affine, spec["spacing_mm"])
-        out = nib.Nifti1Image(small, small_affine)
-        out.set_qform(small_affine, code=1)
-        out.set_sform(small_affine, code=1)
-        nib.save(out, str(args.out / entry["file"]))
+        labels = np.zeros(data.shape, np.uint8)
+        for value, side in ((1, "left"), (2, "right")):
+            labels[visible_cavity(data, affine, spec["seeds_ras"][side], side)] = value
+        small_labels = resampled_labels(labels, affine, small.shape, small_affine)
+        entry["labels_file"] = f"{name}_sinus_labels.nii.gz"
+        for array, file in ((small, entry["file"]), (small_labels, entry["labels_file"])):
+            out = nib.Nifti1Image(array, small_affine)
+            out.set_qform(small_affine, code=1)
+            out.set_sform(small_affine, code=1)
+            nib.save(out, str(args.out / file))
         entry["field_of_view_ras_mm"] = {"lo": small_affine[:3, 3].round(2).tolist(),
                                          "hi": (small_affine[:3, 3] + np.diag(small_affine)[:3] * (np.asarray(small.shape) - 1)).round(2).tolist()}
         meta["heads"][name] = entry
