@@ -31,6 +31,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,7 +45,7 @@ from SinusAnomalyLib.fileio import atomic_path, write_json_atomic, write_text_at
 from . import runtime
 
 __all__ = ["CheckpointError", "TrainingError", "Checkpointer", "load_checkpoint", "capture_rng_state",
-           "restore_rng_state", "fit", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+           "restore_rng_state", "fit", "resume_training", "train_epoch", "validate", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 CHECKPOINT_FORMAT = "sinus-anomaly-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -110,15 +111,6 @@ def _check_plain(obj, where: str) -> None:
         return
     raise TypeError(f"checkpoint entry {where} is a {type(obj).__module__}.{type(obj).__name__}; "
                     "store only tensors, numbers, strings, lists and dicts (convert NumPy values first)")
-
-
-def _plain_number(v):
-    """NumPy / 0-d tensor numbers to Python numbers (history entries must stay plain)."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        return v.item()
-    return v
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -229,9 +221,6 @@ class Checkpointer:
             return None
         return load_checkpoint(self.last_path, map_location)
 
-    def load_best(self, map_location: str | torch.device = "cpu") -> dict:
-        return load_checkpoint(self.best_path, map_location)
-
     def restore(self, payload: dict, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                 scheduler=None, scaler: torch.amp.GradScaler | None = None, rng: bool = True,
                 path: str | Path | None = None) -> None:
@@ -328,14 +317,106 @@ def _check_loss(loss, where: str) -> torch.Tensor:
     return loss.reshape(())
 
 
+@dataclass
+class _Progress:
+    """What carries over between epochs besides the objects' own state: resumed from ``last.pt``."""
+
+    start_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: float | None = None
+
+
+def resume_training(checkpointer: Checkpointer | None, resume: bool, model: nn.Module, optimizer, scheduler,
+                    scaler: torch.amp.GradScaler, monitor: str, mode: str, epochs: int, info: Callable[[str], None]) -> _Progress:
+    """Restore the run's ``last.pt`` into the given objects (with ``resume``) and say where it stopped.
+
+    Without ``resume`` an existing ``last.pt`` is an error (no silent overwriting of a finished
+    run); with ``resume`` and no checkpoint the run starts from scratch.
+    """
+    if checkpointer is None or not checkpointer.has_checkpoint():
+        if resume:
+            info("no checkpoint to resume from; starting from scratch")
+        return _Progress()
+    if not resume:
+        raise CheckpointError(checkpointer.last_path, "a checkpoint of an earlier run is already here; "
+                              "resume it or choose a new run directory")
+    payload = checkpointer.load_latest()
+    checkpointer.restore(payload, model, optimizer, scheduler, scaler)
+    start = int(payload["epoch"])
+    progress = _Progress(start, [dict(row) for row in payload.get("history") or []][:start], payload.get("best_metric"))
+    if payload.get("monitor") not in (None, monitor) or payload.get("mode") not in (None, mode):
+        info(f"warning: checkpoint monitored {payload.get('monitor')} ({payload.get('mode')}), "
+             f"this run monitors {monitor} ({mode}); the best value is reset")
+        progress.best = None
+    if payload.get("world_size", 1) != runtime.world_size():
+        info(f"warning: checkpoint was written with {payload.get('world_size')} process(es), now "
+             f"{runtime.world_size()}; the data order will differ from the original run")
+    info(f"resuming from {checkpointer.last_path} after epoch {start}/{epochs}")
+    return progress
+
+
+def train_epoch(model: nn.Module, loader, loss_step_fn: LossStepFn, optimizer: torch.optim.Optimizer, scheduler,
+                scaler: torch.amp.GradScaler, device: torch.device, amp: bool, epoch: int, epochs: int, show: bool,
+                after_step: Callable[[int, int], None] | None = None) -> float:
+    """One pass over ``loader`` with an optimisation step per batch; the mean loss over all ranks.
+
+    The scheduler steps once per batch; ``after_step(global step, total steps)`` follows each step.
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    model.train()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n_steps = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs} train", leave=False, disable=not show, dynamic_ncols=True)
+    for batch in bar:
+        optimizer.zero_grad(set_to_none=True)
+        with runtime.autocast_context(device, amp):
+            loss = _check_loss(loss_step_fn(model, batch, device), "training")
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach().to(torch.float64)
+        n_steps += 1
+        if after_step is not None:
+            after_step(epoch * len(loader) + n_steps, epochs * len(loader))
+        if show and (n_steps % 10 == 1 or n_steps == len(loader)):
+            bar.set_postfix(loss=f"{total.item() / n_steps:.4g}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+    bar.close()
+    return float(runtime.reduce_mean((total / max(n_steps, 1)).float()).item())
+
+
+def validate(model: nn.Module, loader, loss_step_fn: LossStepFn, device: torch.device, amp: bool, epoch: int,
+             epochs: int, show: bool) -> float | None:
+    """Mean loss over ``loader`` in eval mode without gradients (all ranks); ``None`` without batches."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    if loader is None:
+        return None
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n_steps = 0
+    with torch.no_grad():
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs} val", leave=False, disable=not show, dynamic_ncols=True)
+        for batch in bar:
+            with runtime.autocast_context(device, amp):
+                loss = _check_loss(loss_step_fn(model, batch, device), "validation")
+            total += loss.detach().to(torch.float64)
+            n_steps += 1
+        bar.close()
+    return float(runtime.reduce_mean((total / n_steps).float()).item()) if n_steps else None
+
+
 def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, epochs: int,
         optimizer: torch.optim.Optimizer, scheduler, device: torch.device, checkpointer: Checkpointer | None,
         resume: bool = False, monitor: str = "val_loss", mode: str = "min", amp: bool = False,
-        progress: bool = True, log=None, *, seed: int = 0, grad_clip_norm: float | None = None,
-        scaler: torch.amp.GradScaler | None = None,
-        metrics_fn: Callable[[nn.Module, torch.device], dict] | None = None,
-        extra: dict | None = None, after_step: Callable[[int, int], None] | None = None) -> list[dict]:
+        progress: bool = True, log=None, *, seed: int = 0, extra: dict | None = None,
+        after_step: Callable[[int, int], None] | None = None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs; return the per-epoch history.
+
+    Each epoch: reseed (:func:`_begin_epoch`), :func:`train_epoch`, :func:`validate`, then
+    ``last.pt`` (and ``best.pt`` on improvement) and the history files.
 
     Args:
         model: the model, already on ``device`` (and wrapped with :func:`runtime.wrap_ddp` for DDP).
@@ -347,29 +428,22 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
         epochs: total number of epochs of the run (also when resuming).
         scheduler: stepped once per optimisation step (e.g. :class:`optim.WarmupCosine`), or None.
         checkpointer: writes ``last.pt`` every epoch, ``best.pt`` on improvement and the history
-            files; ``None`` for no files. Without ``resume``, an existing ``last.pt`` is an error (no
-            silent overwriting of a finished run).
-        resume: continue from ``checkpointer``'s ``last.pt`` (starts from scratch when there is none).
+            files; ``None`` for no files. Without ``resume``, an existing ``last.pt`` is an error.
+        resume: continue from ``checkpointer``'s ``last.pt`` (:func:`resume_training`).
         monitor, mode: history key deciding ``best.pt`` (``"min"`` or ``"max"``). With no
             validation loader, ``"val_loss"`` falls back to ``"train_loss"``.
         amp: mixed precision on CUDA (bf16, or fp16 with a GradScaler); ignored on CPU.
         progress: tqdm bars (main process only).
         log: a ``logging.Logger``, :class:`runtime.RunLogger` or ``callable(str)``.
         seed: the run's seed; each epoch reseeds from ``(seed, epoch, rank)``.
-        grad_clip_norm: clip the total gradient norm to this value (None: no clipping).
-        scaler: a GradScaler to use instead of :func:`runtime.make_grad_scaler`.
-        metrics_fn: ``metrics_fn(model, device) -> dict`` of extra per-epoch numbers (after
-            validation, model in eval mode); they join the history and can be monitored.
         extra: caller data stored in every checkpoint (plain data only).
         after_step: ``after_step(step, total_steps)`` after every optimisation step (1-based global
             step; e.g. BYOL's target update). A function of the step only, so resuming repeats it.
 
     Returns:
-        A list with one dict per epoch: ``epoch`` (1-based), ``train_loss``, ``val_loss`` (or None),
-        ``lr`` (learning rate of the first group at the end of the epoch) and any metrics.
+        A list with one dict per epoch: ``epoch`` (1-based), ``train_loss``, ``val_loss`` (or None)
+        and ``lr`` (learning rate of the first group at the end of the epoch).
     """
-    from tqdm.auto import tqdm
-
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max' (got {mode!r})")
     epochs = int(epochs)
@@ -380,96 +454,26 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
     info = _as_log(log)
     device = torch.device(device)
     rank = runtime.rank()
-    main = runtime.is_main_process()
     if monitor == "val_loss" and val_loader is None:
         info("no validation data: best.pt follows the training loss")
         monitor = "train_loss"
-    if scaler is None:
-        scaler = runtime.make_grad_scaler(device, amp)
+    scaler = runtime.make_grad_scaler(device, amp)
     for loader in (train_loader, val_loader):
         if loader is not None and getattr(loader, "persistent_workers", False):
             info("warning: persistent_workers=True keeps worker RNG state across epochs; "
                  "a resumed run will not repeat the uninterrupted one exactly")
 
-    history: list[dict] = []
-    best: float | None = None
-    start = 0
-    if checkpointer is not None and checkpointer.has_checkpoint():
-        if not resume:
-            raise CheckpointError(checkpointer.last_path, "a checkpoint of an earlier run is already here; "
-                                  "resume it or choose a new run directory")
-        payload = checkpointer.load_latest()
-        checkpointer.restore(payload, model, optimizer, scheduler, scaler)
-        start = int(payload["epoch"])
-        history = [dict(row) for row in payload.get("history") or []][:start]
-        best = payload.get("best_metric")
-        if payload.get("monitor") not in (None, monitor) or payload.get("mode") not in (None, mode):
-            info(f"warning: checkpoint monitored {payload.get('monitor')} ({payload.get('mode')}), "
-                 f"this run monitors {monitor} ({mode}); the best value is reset")
-            best = None
-        if payload.get("world_size", 1) != runtime.world_size():
-            info(f"warning: checkpoint was written with {payload.get('world_size')} process(es), now "
-                 f"{runtime.world_size()}; the data order will differ from the original run")
-        info(f"resuming from {checkpointer.last_path} after epoch {start}/{epochs}")
-    elif resume:
-        info("no checkpoint to resume from; starting from scratch")
-
-    show = bool(progress) and main
-    for epoch in range(start, epochs):
+    state = resume_training(checkpointer, resume, model, optimizer, scheduler, scaler, monitor, mode, epochs, info)
+    history = state.history
+    show = bool(progress) and runtime.is_main_process()
+    for epoch in range(state.start_epoch, epochs):
         t0 = time.perf_counter()
         _begin_epoch([train_loader, val_loader], seed, epoch, rank)
-
-        model.train()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        n_steps = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs} train", leave=False, disable=not show,
-                   dynamic_ncols=True)
-        for batch in bar:
-            optimizer.zero_grad(set_to_none=True)
-            with runtime.autocast_context(device, amp):
-                loss = _check_loss(loss_step_fn(model, batch, device), "training")
-            scaler.scale(loss).backward()
-            if grad_clip_norm is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None:
-                scheduler.step()
-            total += loss.detach().to(torch.float64)
-            n_steps += 1
-            if after_step is not None:
-                after_step(epoch * len(train_loader) + n_steps, epochs * len(train_loader))
-            if show and (n_steps % 10 == 1 or n_steps == len(train_loader)):
-                bar.set_postfix(loss=f"{total.item() / n_steps:.4g}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
-        bar.close()
-        train_loss = float(runtime.reduce_mean((total / max(n_steps, 1)).float()).item())
-
-        val_loss = None
-        if val_loader is not None:
-            model.eval()
-            vtotal = torch.zeros((), dtype=torch.float64, device=device)
-            v_steps = 0
-            with torch.no_grad():
-                vbar = tqdm(val_loader, desc=f"epoch {epoch + 1}/{epochs} val", leave=False, disable=not show,
-                            dynamic_ncols=True)
-                for batch in vbar:
-                    with runtime.autocast_context(device, amp):
-                        vloss = _check_loss(loss_step_fn(model, batch, device), "validation")
-                    vtotal += vloss.detach().to(torch.float64)
-                    v_steps += 1
-                vbar.close()
-            if v_steps:
-                val_loss = float(runtime.reduce_mean((vtotal / v_steps).float()).item())
-
+        train_loss = train_epoch(model, train_loader, loss_step_fn, optimizer, scheduler, scaler, device, amp, epoch,
+                                 epochs, show, after_step)
+        val_loss = validate(model, val_loader, loss_step_fn, device, amp, epoch, epochs, show)
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                                  "lr": float(optimizer.param_groups[0]["lr"])}
-        if metrics_fn is not None:
-            model.eval()
-            with torch.no_grad():
-                metrics = metrics_fn(model, device) or {}
-            entry.update({str(k): _plain_number(v) for k, v in metrics.items()})
-
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
             raise TrainingError(f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} in "
                                 f"epoch {epoch + 1}; lower the learning rate or check the data "
@@ -477,13 +481,11 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
         if monitor not in entry:
             raise ValueError(f"monitor {monitor!r} is not in the history entry (keys: {', '.join(entry)})")
         history.append(entry)
-        value = entry[monitor]
-        improved = _better(value, best, mode)
+        improved = _better(entry[monitor], state.best, mode)
         if improved:
-            best = float(value)
-
+            state.best = float(entry[monitor])
         if checkpointer is not None:
-            checkpointer.save(epoch + 1, model, optimizer, scheduler, scaler, extra, best, is_best=improved,
+            checkpointer.save(epoch + 1, model, optimizer, scheduler, scaler, extra, state.best, is_best=improved,
                               history=history, monitor=monitor, mode=mode)
             checkpointer.write_history(history)
         val_txt = "n/a" if val_loss is None else f"{val_loss:.5g}"

@@ -210,20 +210,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def wrap_ddp(model: nn.Module, device: torch.device, sync_batchnorm: bool = False,
-             find_unused_parameters: bool = False) -> nn.Module:
-    """Move ``model`` to ``device`` and wrap it in DDP when distributed; otherwise return it moved.
-
-    ``sync_batchnorm=True`` converts BatchNorm layers to SyncBatchNorm (CUDA only).
-    """
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move ``model`` to ``device`` and wrap it in DDP when distributed; otherwise return it moved."""
     model = model.to(device)
     if not is_distributed() or world_size() == 1:
         return model
-    if sync_batchnorm and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
-                                               find_unused_parameters=find_unused_parameters)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def distributed_sampler(dataset, shuffle: bool, seed: int = 0, drop_last: bool = False):
