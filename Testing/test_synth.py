@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from SinusAnomalyLib.errors import SinusAnomalyError
 from SinusAnomalyLib.imageio import read_image
-from SinusAnomalyLib.reference import SIDES, load_reference
+from SinusAnomalyLib.reference import ANATOMIES, SIDES, load_anatomy, load_reference
 from SinusAnomalyLib import synth
 from SinusAnomalyLib.synth import ANOMALY_TYPES, LESION_LABELS, SynthParams, generate_cohort, make_case
 from SinusAnomalyTraining.cli import main
@@ -215,3 +215,32 @@ def test_unknown_contrast_is_an_error(capsys):
         main(["synth", "--out", "unused", "--contrasts", "t1,pd"])
     assert info.value.code == 2
     assert "expected comma-separated contrasts" in capsys.readouterr().err
+
+
+def test_anatomies_have_their_own_cavities():
+    cavities = {}
+    for name in ANATOMIES:
+        anatomy = load_anatomy(name)
+        labels = sitk.GetArrayViewFromImage(anatomy.sinus_labels)
+        voxel_ml = float(np.prod(anatomy.sinus_labels.GetSpacing())) / 1000.0
+        cavities[name] = [round(float((labels == value).sum() * voxel_ml), 1) for value in (1, 2)]
+        assert all(volume > 3.0 for volume in cavities[name]), cavities
+        for side in SIDES:  # each centre lies in its own cavity
+            index = anatomy.sinus_labels.TransformPhysicalPointToIndex(anatomy.center_lps(side).tolist())
+            assert anatomy.sinus_labels[index] == LESION_LABELS[side], (name, side)
+    assert len({tuple(v) for v in cavities.values()}) == len(ANATOMIES), cavities
+
+
+def test_a_head_from_a_real_anatomy_keeps_its_field_of_view():
+    """Colin27 ends inside the sinuses: its synthetic heads are zero beyond that, the lesion lies in the cavity."""
+    params = SynthParams(anatomies=("colin27",), contrasts=("flair",), **FIXED_POSE)
+    case = make_case("x", np.random.default_rng(2), params, anomalies={"left": "polyp", "right": None})
+    assert case.pose["anatomy"] == "colin27"
+    image = sitk.GetArrayViewFromImage(case.image)
+    assert (image == 0).mean() > 0.02  # zero padding below the cut
+    lesion = np.argwhere((sitk.GetArrayViewFromImage(case.lesion_labels) == LESION_LABELS["left"]).transpose(2, 1, 0))
+    assert len(lesion) > 20
+    points = np.array([_world_ras(case.lesion_labels, i) for i in lesion[:: max(1, len(lesion) // 100)]])
+    assert np.linalg.norm(points - case.centers_ras["left"], axis=1).max() < 30.0
+    with pytest.raises(SinusAnomalyError, match="unknown anatomy"):
+        make_case("x", np.random.default_rng(0), SynthParams(anatomies=("mni152",)))

@@ -71,3 +71,32 @@ def load_reference(folder: str | None = None) -> ReferenceHead:
         sha256=hashlib.sha256(head_path.read_bytes()).hexdigest(),
         meta=meta,
     )
+
+
+# Heads with annotated maxillary sinus cavities the synthetic cohort can be built from: the
+# reference, and the real heads of Resources/Anatomies (Resources/Scripts/make_real_heads.py).
+# Both real heads end inside the sinuses: their cavities are the visible parts.
+ANATOMIES = ("reference", "colin27", "single_subject_t1")
+
+
+@functools.lru_cache(maxsize=4)
+def load_anatomy(name: str) -> ReferenceHead:
+    """One of :data:`ANATOMIES` as a :class:`ReferenceHead` (image, cavity labels, centres)."""
+    if name == "reference":
+        return load_reference()
+    if name not in ANATOMIES:
+        raise ValueError(f"unknown anatomy '{name}' (known: {', '.join(ANATOMIES)})")
+    root = resources_dir() / "Anatomies"
+    meta = json.loads((root / "real_heads.json").read_text())["heads"][name]
+    head_path = root / meta["file"]
+    centres = {side: np.asarray(meta[side]["visible_center_ras_mm"], float) for side in SIDES}
+    return ReferenceHead(
+        image=sitk.Cast(sitk.ReadImage(str(head_path)), sitk.sitkFloat32),
+        sinus_labels=sitk.ReadImage(str(root / meta["labels_file"]), sitk.sitkUInt8),
+        centers_ras=centres,
+        midface_center_ras=np.mean([centres[side] for side in SIDES], axis=0),
+        midface_half_size_mm=load_reference().midface_half_size_mm,
+        sha256=hashlib.sha256(head_path.read_bytes()).hexdigest(),
+        meta=meta,
+    )
+

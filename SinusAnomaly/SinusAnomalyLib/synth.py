@@ -34,7 +34,7 @@ from .errors import DatasetError, SinusAnomalyError
 from .fileio import write_csv_atomic, write_json_atomic
 from .geometry import lps_to_ras
 from .imageio import write_image
-from .reference import SIDES, ReferenceHead, load_reference
+from .reference import ANATOMIES, SIDES, ReferenceHead, load_anatomy, load_reference
 
 ANOMALY_TYPES = ("mucosal_thickening", "polyp", "retention_cyst", "fully_occupied")
 LESION_LABELS = {"left": 1, "right": 2}
@@ -57,6 +57,7 @@ class SynthParams:
     bias_strength: float = 0.3  # bias field within about exp(+-this)
     anomaly_rate: float = 0.55  # fraction of patients with at least one anomalous sinus
     # Opt-in variety (the defaults make the demo's cohort as before):
+    anatomies: tuple = ("reference",)  # each head built from one of these (reference.ANATOMIES)
     contrasts: tuple = ("reference",)  # each head rendered in one of these (see CONTRASTS)
     sinus_scale_range: tuple = (1.0, 1.0)  # per sinus and axis, at its centre (~80 % of it at the walls): size, shape, asymmetry
     floor_first_thickening: bool = False  # mucosal thickening often partial, from the floor up
@@ -319,6 +320,14 @@ def _true_centre(reference: ReferenceHead, side: str, pull: sitk.Transform, forw
     return _weighted_centroid_ras(resampled)
 
 
+def _choose(rng: np.random.Generator, options: tuple, known: tuple, what: str) -> str:
+    """One of ``options`` at random; no random number is drawn when there is one option."""
+    choice = options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]
+    if choice not in known:
+        raise SinusAnomalyError(f"unknown {what} '{choice}' (known: {', '.join(known)})")
+    return choice
+
+
 def random_anomalies(rng: np.random.Generator, anomaly_rate: float) -> dict:
     """None, one or both sides anomalous; types equally likely."""
     anomalies = {"left": None, "right": None}
@@ -332,12 +341,12 @@ def random_anomalies(rng: np.random.Generator, anomaly_rate: float) -> dict:
 def make_case(patient: str, rng: np.random.Generator, params: SynthParams = SynthParams(), anomalies: dict | None = None,
               reference: ReferenceHead | None = None) -> SyntheticCase:
     """One synthetic head with ground truth (see the module docstring)."""
-    reference = reference or load_reference()
     if anomalies is None:
         anomalies = random_anomalies(rng, params.anomaly_rate)
-    contrast = params.contrasts[int(rng.integers(len(params.contrasts)))] if len(params.contrasts) > 1 else params.contrasts[0]
-    if contrast not in CONTRASTS:
-        raise SinusAnomalyError(f"unknown contrast '{contrast}' (known: {', '.join(CONTRASTS)})")
+    anatomy_name = _choose(rng, params.anatomies, ANATOMIES, "anatomy")
+    contrast = _choose(rng, params.contrasts, CONTRASTS, "contrast")
+    # ``reference`` below is the head this case is built from: the reference or another anatomy
+    reference = (reference or load_reference()) if anatomy_name == "reference" else load_anatomy(anatomy_name)
     anatomy, lesions = _lesioned_anatomy(reference, rng, anomalies, contrast, params.floor_first_thickening)
     _, _, head_mask = _anatomy(reference)
 
@@ -371,6 +380,10 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     gamma = rng.uniform(0.85, 1.2)
     gain = rng.uniform(2.0, 8.0)
     array = (gain * bright * (array / bright) ** gamma).astype(np.float32)
+    if anatomy_name != "reference":  # a real head's field of view ends in the face: beyond it, zero padding
+        in_view = sitk.Image(anatomy.GetSize(), sitk.sitkUInt8) + 1
+        in_view.CopyInformation(anatomy)
+        array[sitk.GetArrayViewFromImage(sitk.Resample(in_view, grid, pull, sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0) == 0] = 0.0
     out = sitk.GetImageFromArray(array.transpose(2, 1, 0))
     out.CopyInformation(grid)
     pose = {
@@ -380,6 +393,7 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
         "spacing_mm": [round(float(v), 3) for v in grid.GetSpacing()],
         "direction": [round(float(v), 4) for v in grid.GetDirection()],
         "deformation_mm": params.deformation_mm,
+        "anatomy": anatomy_name,
         "contrast": contrast,
     }
     return SyntheticCase(patient, out, lesion_labels, centers, dict(anomalies), pose)

@@ -3,7 +3,7 @@
 Heads are built from the shipped reference head under random pose, voxel spacing, orientation,
 smooth shape deformation, bias field, noise and intensity changes; none, one or both sinuses
 carry mucosal thickening, polyps, retention cysts or are fully occupied. Options add variety:
-other contrasts (T1-, T2-, FLAIR-like with randomised tissue intensities), each sinus's own size
+other anatomies (real heads, see --anatomies), other contrasts (T1-, T2-, FLAIR-like with randomised tissue intensities), each sinus's own size
 and shape, floor-first mucosal thickening. Deterministic by seed.
 
 Writes DIR/images/ (NIfTI, some NRRD and MHA), DIR/masks/<patient>_lesions.nii.gz (1 left, 2 right
@@ -17,6 +17,7 @@ import csv
 from collections import Counter
 from pathlib import Path
 
+from SinusAnomalyLib.reference import ANATOMIES
 from SinusAnomalyLib.synth import CONTRASTS, SynthParams, generate_cohort
 
 
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-translation-mm", type=float, default=defaults.max_translation_mm)
     parser.add_argument("--anomaly-rate", type=float, default=defaults.anomaly_rate,
                         help="fraction of patients with at least one anomalous sinus")
+    parser.add_argument("--anatomies", type=_anatomy_names, default=defaults.anatomies, metavar="NAMES",
+                        help="build each head from one of these, comma-separated: reference (default), colin27, "
+                             "single_subject_t1 (real heads; their fields of view end inside the sinuses)")
     parser.add_argument("--contrasts", type=_names, default=defaults.contrasts, metavar="NAMES",
                         help="render each head in one of these, comma-separated: reference (default: the template's "
                              "T1 with bright lesions), t1, t2, flair (tissue intensities randomised per head)")
@@ -41,12 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--previews", type=int, default=4, help="PNG previews of the first anomalous cases")
 
 
-def _names(text: str) -> tuple:
+def _choices(text: str, known: tuple, what: str) -> tuple:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in CONTRASTS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected comma-separated contrasts from {', '.join(CONTRASTS)}, not {text!r}")
+    if not names or any(name not in known for name in names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what} from {', '.join(known)}, not {text!r}")
     return names
+
+
+def _names(text: str) -> tuple:
+    return _choices(text, CONTRASTS, "contrasts")
+
+
+def _anatomy_names(text: str) -> tuple:
+    return _choices(text, ANATOMIES, "anatomies")
 
 
 def _range(text: str) -> tuple:
@@ -62,7 +73,8 @@ def _range(text: str) -> tuple:
 def run(args: argparse.Namespace) -> int:
     params = SynthParams(deformation_mm=args.deformation_mm, max_rotation_deg=args.max_rotation_deg,
                          max_translation_mm=args.max_translation_mm, anomaly_rate=args.anomaly_rate,
-                         contrasts=tuple(args.contrasts), sinus_scale_range=tuple(args.sinus_scale),
+                         anatomies=tuple(args.anatomies), contrasts=tuple(args.contrasts),
+                         sinus_scale_range=tuple(args.sinus_scale),
                          floor_first_thickening=args.floor_first_thickening)
     out = generate_cohort(args.out, args.cases, args.seed, params, previews=args.previews)
     with open(out / "labels.csv", newline="") as fh:
