@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from SinusAnomalyLib.errors import SinusAnomalyError
+from SinusAnomalyLib.errors import OutputError, SinusAnomalyError
 from SinusAnomalyTraining import engine, runtime
 from SinusAnomalyTraining.engine import CheckpointError, Checkpointer, fit, load_checkpoint
 from SinusAnomalyLib.models import parameter_groups
@@ -349,7 +349,7 @@ def test_checkpoint_save_is_atomic_and_plain(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(engine.torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="last.pt: cannot be written: disk full"):  # exit 2 naming the file
         ck.save(2, model, opt)
     monkeypatch.undo()
     assert (tmp_path / "last.pt").read_bytes() == before

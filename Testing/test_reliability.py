@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -235,10 +234,11 @@ def test_batch_table_has_coverage_and_verdicts_and_the_log_warns(bundle, extract
     assert "right sinus not assessable" in row["warnings"]
 
 
-def sitk_array(path: Path) -> np.ndarray:
+def sitk_array(image) -> np.ndarray:
+    """Voxels (z, y, x) of a SimpleITK image or an image file."""
     import SimpleITK as sitk
 
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return sitk.GetArrayFromImage(image if isinstance(image, sitk.Image) else sitk.ReadImage(str(image)))
 
 
 # --------------------------------------------------------------------------- 3. every byte of a bundle checked
@@ -478,13 +478,7 @@ def test_slightly_sheared_nifti_is_accepted_with_a_warning(tmp_path, caplog):
         lps = np.asarray(image.TransformIndexToPhysicalPoint(index))
         ras = (affine @ [*index, 1])[:3]
         assert np.linalg.norm(lps * [-1, -1, 1] - ras) <= 0.5
-    assert np.array_equal(np.asarray(nib.load(str(path)).dataobj).transpose(2, 1, 0), sitk_image_array(image))
-
-
-def sitk_image_array(image) -> np.ndarray:
-    import SimpleITK as sitk
-
-    return sitk.GetArrayFromImage(image)
+    assert np.array_equal(np.asarray(nib.load(str(path)).dataobj).transpose(2, 1, 0), sitk_array(image))
 
 
 def test_strongly_sheared_nifti_is_called_what_it_is(tmp_path):
@@ -508,9 +502,9 @@ def test_failed_first_stage_leaves_no_run_folder(tiny_dataset, tmp_path):
 
 def test_readme_promises_name_tests_that_exist():
     """The README's promises table points at real tests (T: this file, B: test_bundle.py)."""
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     table = readme.split("## What SinusAnomaly promises", 1)[1].split("\n## ", 1)[0]
-    sources = {"T": Path(__file__).read_text(), "B": (REPO / "Testing" / "test_bundle.py").read_text()}
+    sources = {"T": Path(__file__).read_text(encoding="utf-8"), "B": (REPO / "Testing" / "test_bundle.py").read_text(encoding="utf-8")}
     rows = [line for line in table.splitlines() if line.startswith("| ") and "`test_" in line]
     assert len(rows) >= 10
     for row in rows:
