@@ -272,6 +272,7 @@ def test_an_edited_bundle_json_is_caught_by_its_digest(bundle, tmp_path):
     (lambda m: m["models"].update(encoder_widths=[8, 16]), "'models.encoder_widths' must be a list of four"),
     (lambda m: m.update(n_folds=3), "'members' lists cae.npz, classifier_fold0.npz, classifier_fold1.npz but 'n_folds' = 3"),
     (lambda m: m["residuals"].update(median_kernel=4), "'residuals.median_kernel' must be an odd whole number"),
+    (lambda m: m.update(threshold=float("nan")), "unreadable bundle.json (NaN is not valid JSON)"),
 ])
 def test_bundle_json_schema_names_the_key(bundle, tmp_path, edit, message):
     bad = rewrite_bundle(bundle, tmp_path / "bad.sabundle", edit_meta=edit)
@@ -450,6 +451,13 @@ def test_semicolon_and_tab_separated_label_tables(separator, tmp_path):
     expected = [(s.patient, s.side, s.label, s.anomaly_type) for s in read_labels(tmp_path / "comma.csv", images)]
     got = [(s.patient, s.side, s.label, s.anomaly_type) for s in read_labels(tmp_path / "other.csv", images)]
     assert got == expected == [("a", "left", 1, "polyp"), ("a", "right", 0, "normal"), ("b", "left", 0, "normal")]
+
+
+def test_classify_reads_semicolon_separated_scan_lists(tmp_path):
+    from SinusAnomalyTraining.commands.classify import batch_inputs
+
+    (tmp_path / "scans.csv").write_text("patient;image\na;heads/a.nii.gz\nb;/data/b.nii.gz\n")
+    assert batch_inputs(tmp_path / "scans.csv") == [(tmp_path / "heads" / "a.nii.gz").resolve(), Path("/data/b.nii.gz")]
 
 
 def _sheared_nifti(path: Path, shear: float) -> Path:
