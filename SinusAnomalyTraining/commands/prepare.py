@@ -8,7 +8,9 @@ Writes into --out: scans/<patient>/ (cached crops, reused on the next run unless
 changed), crops.npy (all crops, float16, N x 64^3), manifest.csv (one row per sinus),
 splits.json (held-out test patients, K folds, nested label fractions; the two sinuses of a
 patient are always in the same split), failures.csv (scans skipped and why) and dataset.json
-(summary; written last). Interrupted runs resume where they stopped.
+(summary; written last). Interrupted runs resume where they stopped. The labels table may be
+comma-, semicolon- or tab-separated. --out is created and checked before any scan is registered,
+and one process at a time writes it (the lock file DATASET/.sinus-anomaly.lock).
 """
 from __future__ import annotations
 
