@@ -8,7 +8,8 @@ scan, and 64 x 64 x 64 crops of 1 mm voxels are cut around them along the refere
 Writes DIR/left_crop.nii.gz, DIR/right_crop.nii.gz (their affines place them in the scan's world
 space, so they overlay the input in any viewer) and DIR/extraction.json (centres in RAS mm,
 transform, registration quality, per side the coverage: the share of the sinus in view). With
---preview also DIR/preview.png.
+--preview also DIR/preview.png. The image is read and DIR created and checked before the
+registration; one process at a time writes DIR.
 """
 from __future__ import annotations
 
