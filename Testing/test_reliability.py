@@ -48,6 +48,17 @@ def cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=REPO, **kwargs)
 
 
+def torch_imported_by(*args) -> tuple[int, bool, str]:
+    """(exit code, whether torch was imported, the error) of ``sinus-anomaly ARGS`` in a fresh
+    interpreter; the error must be one clean line."""
+    code = ("import sys\nfrom SinusAnomalyTraining.cli import main\n"
+            f"code = main({[str(a) for a in args]!r})\nprint(code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    code, imported = proc.stdout.split()
+    return int(code), imported == "True", proc.stderr
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
     assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -287,7 +298,9 @@ def test_classify_with_a_bundle_lacking_threshold_exits_2_without_traceback(bund
     proc = cli("classify", head, "--model", bad, "--out", tmp_path / "out", "--device", "cpu")
     assert_clean_error(proc, "nothreshold.sabundle", "'threshold'")
     assert not (tmp_path / "out").exists()
-    assert time.perf_counter() - start < 30  # bundle.json is checked before torch is imported
+    assert time.perf_counter() - start < 30
+    code, imported, error = torch_imported_by("classify", head, "--model", bad, "--out", tmp_path / "out")
+    assert (code, imported) == (2, False) and "'threshold'" in error  # checked before torch is imported
 
 
 def test_result_records_the_bundle_fingerprint(bundle, head, tmp_path):
@@ -428,12 +441,8 @@ def test_atomic_writes_name_the_target_on_os_errors(tmp_path):
 def test_classify_rejects_a_bad_image_before_importing_torch(bundle, tmp_path):
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"\x1f\x8b" + bytes(100))
-    code = ("import sys\nfrom SinusAnomalyTraining.cli import main\n"
-            f"code = main(['classify', {str(bad)!r}, '--model', {str(bundle)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
-            "print(code, 'torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.stdout.split() == ["2", "False"], proc.stderr
-    assert "bad.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
+    code, imported, error = torch_imported_by("classify", bad, "--model", bundle, "--out", tmp_path / "out")
+    assert (code, imported) == (2, False) and f"{bad}: " in error
     assert not (tmp_path / "out").exists()
 
 
