@@ -183,22 +183,43 @@ CONTRAST_JITTER = 0.08  # +- on each control point's output value
 TEMPLATE_BRIGHT = 255.0  # reference units of the bright tissue (uint8 template: 255 = 99.9th percentile)
 
 
-def _render(array: np.ndarray, rng: np.random.Generator, contrast: str) -> np.ndarray:
-    """Template-unit anatomy ``array`` in ``contrast`` (still template units); "reference" as is."""
+WHITE_MATTER_LEVEL = 0.6  # where CONTRAST_MAPS expect white matter (fraction of the bright tissue)
+
+
+def _render(array: np.ndarray, rng: np.random.Generator, contrast: str, white_matter: float = WHITE_MATTER_LEVEL * TEMPLATE_BRIGHT) -> np.ndarray:
+    """Template-unit T1 anatomy ``array`` in ``contrast`` (template units); "reference" as is.
+
+    ``white_matter`` is the anatomy's white-matter intensity: heads scaled by their brightest
+    voxels (fat, vessels, artefacts) put their tissues elsewhere than the maps expect.
+    """
     if contrast == "reference":
         return array
     mapping = CONTRAST_MAPS[contrast] or ((0.0, 0.0), (0.2, 0.2), (0.45, 0.45), (0.6, 0.6), (1.0, 1.0))
     xs = np.array([x for x, _ in mapping])
     ys = np.clip(np.array([y for _, y in mapping]) + rng.uniform(-CONTRAST_JITTER, CONTRAST_JITTER, len(mapping)), 0.0, 1.2)
     ys[0] = 0.0  # air stays dark
-    return (np.interp(array / TEMPLATE_BRIGHT, xs, ys) * TEMPLATE_BRIGHT).astype(np.float32)
+    scaled = array * (WHITE_MATTER_LEVEL / max(white_matter, 1e-6))
+    return (np.interp(scaled, xs, ys) * TEMPLATE_BRIGHT).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _white_matter(reference: ReferenceHead) -> float:
+    """The anatomy's white-matter intensity: the commonest value among the head's brighter half."""
+    head, _, head_mask = _anatomy(reference)
+    values = sitk.GetArrayViewFromImage(head).transpose(2, 1, 0)[head_mask]
+    bright = values[values > np.median(values)]
+    counts, edges = np.histogram(bright, bins=64)
+    peak = int(np.argmax(counts))
+    return float((edges[peak] + edges[peak + 1]) / 2)
 
 
 def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomalies: dict, contrast: str = "reference",
                       floor_first: bool = False) -> tuple[sitk.Image, sitk.Image]:
     """The 1 mm anatomy in ``contrast`` with lesions drawn in, and its lesion label image."""
     head, cavity, _ = _anatomy(reference)
-    array = _render(sitk.GetArrayFromImage(head).transpose(2, 1, 0).copy(), rng, contrast)
+    array = sitk.GetArrayFromImage(head).transpose(2, 1, 0).copy()
+    if contrast != "reference":
+        array = _render(array, rng, contrast, _white_matter(reference))
     labels = np.zeros(array.shape, np.uint8)
     for side in SIDES:
         kind = anomalies.get(side)
