@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
+from SinusAnomalyLib.splits import fraction_key
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BUILTIN = ("paper", "demo", "grid-cpu", "grid-paper")
@@ -101,3 +102,12 @@ def chosen_folds(config: dict, n_folds: int) -> list[int]:
 def ablation_fractions(config: dict) -> list[float]:
     """CAE training fractions of the ablation other than 100 % (which is the main run's CAE)."""
     return [f for f in config["cae_fractions"] if float(f) != 100]
+
+
+def percent_key(percent: float) -> str:
+    """The folder and split key of a percentage of the configuration (``10`` -> the key of 0.1).
+
+    Fractions in configurations and on the command line are percentages; the dataset's splits
+    key them as fractions of one (:func:`SinusAnomalyLib.splits.fraction_key`).
+    """
+    return fraction_key(float(percent) / 100.0)

@@ -19,10 +19,9 @@ import numpy as np
 
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic, write_text_atomic
-from SinusAnomalyLib.splits import fraction_key
 
 from . import evaluation, plots, stages
-from .config import ablation_fractions, chosen_folds
+from .config import ablation_fractions, chosen_folds, percent_key
 
 def _jsonable(obj):
     """NaN / inf -> None (JSON has no NaN), numpy scalars and arrays -> Python, keys -> str."""
@@ -146,7 +145,7 @@ PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.json"
 
 def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: float, config: dict, out_dir: Path) -> dict:
     """Per-fold test metrics of one (method, label fraction) cell, their summary and pooled bootstrap."""
-    key = fraction_key(float(fraction) / 100.0)
+    key = percent_key(fraction)
     per_fold, pooled_y, pooled_p, pooled_groups = [], [], [], []
     for fold in folds:
         path = run_dir / f"fold{fold}" / "finetune" / method_dir / f"frac{key}" / "predictions.csv"
@@ -179,7 +178,7 @@ def evaluate_run(config: dict, dataset: PreparedDataset, run_dir: str | Path) ->
     table = [_evaluate_cell(run_dir, folds, m, f, config, out_dir) for f in config["fractions"] for m in config["methods"]]
     figures = []
     for fraction in config["fractions"]:
-        plot = out_dir / f"roc_pr_frac{fraction_key(float(fraction) / 100.0)}.png"
+        plot = out_dir / f"roc_pr_frac{percent_key(fraction)}.png"
         curves = {f"{r['method']} pretraining": (r["y"], r["p"]) for r in table if r["fraction"] == fraction}
         plots.plot_roc_pr(curves, plot, title=f"{fraction} % labels, pooled test predictions of {len(folds)} fold(s)")
         figures.append(plot)
@@ -189,7 +188,7 @@ def evaluate_run(config: dict, dataset: PreparedDataset, run_dir: str | Path) ->
     if ablation_fractions(config):
         label_fraction = config["cae_ablation_label_fraction"]
         for cae_fraction in sorted({*map(float, config["cae_fractions"]), 100.0}):
-            name = "residual" if cae_fraction == 100 else f"residual_cae{fraction_key(cae_fraction / 100.0)}"
+            name = "residual" if cae_fraction == 100 else f"residual_cae{percent_key(cae_fraction)}"
             if cae_fraction == 100 and not ("residual" in config["methods"] and label_fraction in config["fractions"]):
                 continue  # the 100 % CAE row exists only when the main grid ran that cell
             row = _evaluate_cell(run_dir, folds, name, label_fraction, config, out_dir)

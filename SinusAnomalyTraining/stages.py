@@ -18,8 +18,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,14 +29,13 @@ import torch.nn.functional as F
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
 from SinusAnomalyLib.fileio import atomic_path, write_csv_atomic, write_json_atomic
-from SinusAnomalyLib.models import ConvAutoencoder, ResidualUNet, SinusClassifier, parameter_groups
+from SinusAnomalyLib.models import ConvAutoencoder, NetworkSpec, SinusClassifier, parameter_groups
 from SinusAnomalyLib.residuals import residual_maps, resize_crops
-from SinusAnomalyLib.splits import fraction_key
 
 from . import runtime
 from .data import SinusCrops, augmentation, make_loader
-from .engine import Checkpointer, fit, load_checkpoint
-from .config import METHODS, PRETEXT
+from .config import METHODS, PRETEXT, percent_key
+from .engine import Checkpointer, LossStepFn, fit, load_checkpoint
 from .optim import LARS, WarmupCosine, scaled_lr
 from .pretext import build_pretext, load_medicalnet_encoder
 
@@ -77,7 +77,7 @@ class FoldContext:
 
     @property
     def _cae_suffix(self) -> str:
-        return "" if float(self.cae_fraction) == 100 else f"_cae{fraction_key(float(self.cae_fraction) / 100.0)}"
+        return "" if float(self.cae_fraction) == 100 else f"_cae{percent_key(self.cae_fraction)}"
 
     @property
     def cae_dir(self) -> Path:
@@ -107,7 +107,7 @@ class FoldContext:
         return self.dataset.rows_of_patients(patients)
 
     def labelled_indices(self, fraction: float) -> np.ndarray:
-        key = fraction_key(float(fraction) / 100.0)
+        key = percent_key(fraction)
         labelled = self.splits.folds[self.fold].labelled
         if key not in labelled:
             raise DatasetError(f"label fraction {fraction} % is not in the dataset's splits (has {sorted(labelled)})")
@@ -175,12 +175,68 @@ def _image_batch(batch: dict, device: torch.device) -> torch.Tensor:
     return batch["image"].to(device, non_blocking=True)
 
 
+def network_spec(config: dict, shortcut_type: str = "B") -> NetworkSpec:
+    """The shapes of a run's networks (``shortcut_type`` "A" for a MedicalNet classifier)."""
+    return NetworkSpec(crop_size=int(config["crop_size"]), encoder_widths=tuple(config["encoder_widths"]),
+                       cae_channels=tuple(config["cae"]["channels"]), cae_latent_dim=int(config["cae"]["latent_dim"]),
+                       shortcut_type=shortcut_type)
+
+
+@dataclass
+class Training:
+    """What a training stage trains, built by the stage once it knows it has work to do."""
+
+    description: str  # the stage's first log line
+    model: torch.nn.Module  # on the context's device
+    train_loader: object
+    val_loader: object | None
+    loss_step: LossStepFn
+    epochs: int
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None = None
+    extra: dict = field(default_factory=dict)  # stored in every checkpoint
+    after_step: Callable[[int, int], None] | None = None  # e.g. BYOL's target update
+    done: dict = field(default_factory=dict)  # more entries for done.json
+
+
+def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build: Callable[[], Training],
+                       finish: Callable[[], None] | None = None) -> bool:
+    """The skeleton every training stage shares; True when it trained, False when already done.
+
+    Skips a stage whose ``done.json`` records ``made_from``; otherwise records what the stage is
+    made from (clearing another run's leftovers), builds the training with ``build`` (seeding
+    first is the builder's job, so weights and data order depend on the seed only), fits with
+    resume, runs ``finish`` (e.g. the predictions of the best checkpoint) and writes
+    ``done.json`` with the best checkpoint's checksum.
+    """
+    if _finished(stage_dir, made_from):
+        return False
+    _start_stage(stage_dir, made_from)
+    training = build()
+    with ctx.logger(stage_dir) as log:
+        log.info(training.description)
+        fit(runtime.wrap_ddp(training.model, ctx.device), training.train_loader, training.val_loader, training.loss_step,
+            training.epochs, training.optimizer, training.scheduler, ctx.device, Checkpointer(stage_dir),
+            resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress, log=log, seed=ctx.config["seed"],
+            extra=training.extra, after_step=training.after_step)
+    runtime.barrier()
+    if finish is not None:
+        finish()
+    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(stage_dir / Checkpointer.BEST), **training.done)
+    return True
+
+
+def lars_with_warmup_cosine(model: torch.nn.Module, cfg: dict, batch: int, train_loader) -> tuple[LARS, WarmupCosine, float]:
+    """The pretraining optimiser of every method: LARS at ``base_lr`` scaled to the global batch,
+    warm-up then cosine, stepped per batch. Returns ``(optimizer, scheduler, learning rate)``."""
+    lr = scaled_lr(float(cfg["base_lr"]), batch * runtime.world_size(), int(cfg["base_batch"]))
+    optimizer = LARS(parameter_groups(model, float(cfg["weight_decay"])), lr=lr, momentum=float(cfg["momentum"]),
+                     weight_decay=float(cfg["weight_decay"]))
+    scheduler = WarmupCosine.for_loader(optimizer, train_loader, int(cfg["epochs"]), float(cfg["warmup_epochs"]))
+    return optimizer, scheduler, lr
+
+
 # --------------------------------------------------------------------------- 1. CAE
-
-def cae_model(config: dict) -> ConvAutoencoder:
-    cfg = config["cae"]
-    return ConvAutoencoder(in_size=config["crop_size"], channels=tuple(cfg["channels"]), latent_dim=int(cfg["latent_dim"]))
-
 
 def train_cae(ctx: FoldContext) -> Path:
     """Train the fold's CAE on the normal sinuses of its training patients (L1, Adam, no augmentation).
@@ -191,43 +247,39 @@ def train_cae(ctx: FoldContext) -> Path:
     cfg = ctx.config["cae"]
     made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "crop_size": ctx.config["crop_size"], "cae": cfg,
                  "seed": ctx.config["seed"], "cae_fraction": ctx.cae_fraction}
-    if _finished(stage_dir, made_from):
-        return stage_dir / Checkpointer.BEST
-    _start_stage(stage_dir, made_from)
-    labels = ctx.dataset.labels()
-    train = [i for i in ctx.indices("train") if labels[i] == 0]
-    if float(ctx.cae_fraction) < 100:  # fixed nested subsets: one seeded order, a prefix per fraction
-        order = np.random.default_rng([int(ctx.config["seed"]), ctx.fold, 7]).permutation(len(train))
-        train = sorted(np.asarray(train)[order[: max(1, round(len(train) * float(ctx.cae_fraction) / 100.0))]].tolist())
-    val = [i for i in ctx.indices("val") if labels[i] == 0]
-    if not train:
-        raise DatasetError(f"fold {ctx.fold} has no normal training sinus to train the CAE on")
-    size = ctx.config["crop_size"]
-    train_loader = make_loader(SinusCrops(ctx.dataset, train, size), int(cfg["batch_size"]), True, ctx.config["seed"])
-    val_loader = make_loader(SinusCrops(ctx.dataset, val, size), int(cfg["batch_size"]), False, ctx.config["seed"]) if val else None
-    runtime.seed_everything(ctx.config["seed"])
-    model = cae_model(ctx.config).to(ctx.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
 
-    def l1_step(net, batch, device):
-        x = _image_batch(batch, device)
-        return F.l1_loss(net(x), x)
+    def build() -> Training:
+        labels = ctx.dataset.labels()
+        train = [i for i in ctx.indices("train") if labels[i] == 0]
+        if float(ctx.cae_fraction) < 100:  # fixed nested subsets: one seeded order, a prefix per fraction
+            order = np.random.default_rng([int(ctx.config["seed"]), ctx.fold, 7]).permutation(len(train))
+            train = sorted(np.asarray(train)[order[: max(1, round(len(train) * float(ctx.cae_fraction) / 100.0))]].tolist())
+        val = [i for i in ctx.indices("val") if labels[i] == 0]
+        if not train:
+            raise DatasetError(f"fold {ctx.fold} has no normal training sinus to train the CAE on")
+        size = ctx.config["crop_size"]
+        train_loader = make_loader(SinusCrops(ctx.dataset, train, size), int(cfg["batch_size"]), True, ctx.config["seed"])
+        val_loader = make_loader(SinusCrops(ctx.dataset, val, size), int(cfg["batch_size"]), False, ctx.config["seed"]) if val else None
+        runtime.seed_everything(ctx.config["seed"])
+        model = network_spec(ctx.config).cae().to(ctx.device)
 
-    with ctx.logger(stage_dir) as log:
-        log.info(f"CAE fold {ctx.fold}: {len(train)} normal training sinuses, {len(val)} normal validation sinuses")
-        fit(runtime.wrap_ddp(model, ctx.device), train_loader, val_loader, l1_step, int(cfg["epochs"]), optimizer, None,
-            ctx.device, Checkpointer(stage_dir), resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress,
-            log=log, seed=ctx.config["seed"], extra={"model": "ConvAutoencoder", "config": cfg})
-    runtime.barrier()
-    best = stage_dir / Checkpointer.BEST
-    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(best), n_train=len(train), n_val=len(val))
-    return best
+        def l1_step(net, batch, device):
+            x = _image_batch(batch, device)
+            return F.l1_loss(net(x), x)
+
+        return Training(f"CAE fold {ctx.fold}: {len(train)} normal training sinuses, {len(val)} normal validation sinuses",
+                        model, train_loader, val_loader, l1_step, int(cfg["epochs"]),
+                        torch.optim.Adam(model.parameters(), lr=float(cfg["lr"])),
+                        extra={"model": "ConvAutoencoder", "config": cfg}, done={"n_train": len(train), "n_val": len(val)})
+
+    run_training_stage(ctx, stage_dir, made_from, build)
+    return stage_dir / Checkpointer.BEST
 
 
 def load_cae(ctx: FoldContext) -> tuple[ConvAutoencoder, str]:
     """The fold's trained CAE (eval mode) and the checksum of its checkpoint."""
     path = _require(ctx.cae_dir / Checkpointer.BEST, "train-cae", ctx.fold_dir)
-    model = cae_model(ctx.config)
+    model = network_spec(ctx.config).cae()
     model.load_state_dict(load_checkpoint(path)["model"])
     return model.to(ctx.device).eval(), sha256_file(path)
 
@@ -281,10 +333,6 @@ def load_residuals(ctx: FoldContext) -> dict:
 
 # --------------------------------------------------------------------------- 3. pretraining
 
-def unet_model(config: dict) -> ResidualUNet:
-    return ResidualUNet(encoder_widths=tuple(config["encoder_widths"]))
-
-
 def pretrain(ctx: FoldContext) -> Path:
     """Residual-reconstruction pretraining: the U-Net predicts the CAE residual from the image.
 
@@ -298,36 +346,29 @@ def pretrain(ctx: FoldContext) -> Path:
     residuals = load_residuals(ctx)
     residual_sha = _done(ctx.residuals_dir)["residuals_sha256"]
     made_from = {"residuals_sha256": residual_sha, "pretrain": cfg, "encoder_widths": ctx.config["encoder_widths"], "seed": ctx.config["seed"]}
-    if _finished(stage_dir, made_from):
-        return stage_dir / Checkpointer.BEST
-    _start_stage(stage_dir, made_from)
-    size = ctx.config["crop_size"]
-    train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size, residuals, augmentation(cfg["augment"], with_residual=True))
-    val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size, residuals)
-    batch = min(int(cfg["batch_size"]), len(train_set))
-    train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"], drop_last=True)
-    val_loader = make_loader(val_set, batch, False, ctx.config["seed"]) if len(val_set) else None
-    runtime.seed_everything(ctx.config["seed"])
-    model = unet_model(ctx.config).to(ctx.device)
-    lr = scaled_lr(float(cfg["base_lr"]), batch * runtime.world_size(), int(cfg["base_batch"]))
-    optimizer = LARS(parameter_groups(model, float(cfg["weight_decay"])), lr=lr, momentum=float(cfg["momentum"]),
-                     weight_decay=float(cfg["weight_decay"]))
-    scheduler = WarmupCosine.for_loader(optimizer, train_loader, int(cfg["epochs"]), float(cfg["warmup_epochs"]))
 
-    def bce_step(net, batch_, device):
-        x = _image_batch(batch_, device)
-        target = batch_["residual"].to(device, non_blocking=True)
-        return F.binary_cross_entropy_with_logits(net(x), target)
+    def build() -> Training:
+        size = ctx.config["crop_size"]
+        train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size, residuals, augmentation(cfg["augment"], with_residual=True))
+        val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size, residuals)
+        batch = min(int(cfg["batch_size"]), len(train_set))
+        train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"], drop_last=True)
+        val_loader = make_loader(val_set, batch, False, ctx.config["seed"]) if len(val_set) else None
+        runtime.seed_everything(ctx.config["seed"])
+        model = network_spec(ctx.config).unet().to(ctx.device)
+        optimizer, scheduler, lr = lars_with_warmup_cosine(model, cfg, batch, train_loader)
 
-    with ctx.logger(stage_dir) as log:
-        log.info(f"pretraining fold {ctx.fold}: {len(train_set)} sinuses, batch {batch}, LARS lr {lr:.4g}")
-        fit(runtime.wrap_ddp(model, ctx.device), train_loader, val_loader, bce_step, int(cfg["epochs"]), optimizer, scheduler,
-            ctx.device, Checkpointer(stage_dir), resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress,
-            log=log, seed=ctx.config["seed"], extra={"model": "ResidualUNet"})
-    runtime.barrier()
-    best = stage_dir / Checkpointer.BEST
-    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(best))
-    return best
+        def bce_step(net, batch_, device):
+            x = _image_batch(batch_, device)
+            target = batch_["residual"].to(device, non_blocking=True)
+            return F.binary_cross_entropy_with_logits(net(x), target)
+
+        return Training(f"pretraining fold {ctx.fold}: {len(train_set)} sinuses, batch {batch}, LARS lr {lr:.4g}",
+                        model, train_loader, val_loader, bce_step, int(cfg["epochs"]), optimizer, scheduler,
+                        extra={"model": "ResidualUNet"})
+
+    run_training_stage(ctx, stage_dir, made_from, build)
+    return stage_dir / Checkpointer.BEST
 
 
 # --------------------------------------------------------------------------- 3b. baseline pretraining
@@ -347,45 +388,32 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
     made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "method": method, "options": options,
                  "pretrain": {k: v for k, v in cfg.items() if k != "augment"}, "encoder_widths": ctx.config["encoder_widths"],
                  "crop_size": ctx.config["crop_size"], "seed": ctx.config["seed"]}
-    if _finished(stage_dir, made_from):
-        return stage_dir / Checkpointer.BEST
-    _start_stage(stage_dir, made_from)
-    size = ctx.config["crop_size"]
-    train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size)
-    val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size)
-    batch = min(int(cfg["batch_size"]), len(train_set))
-    train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"], drop_last=True)
-    val_loader = make_loader(val_set, batch, False, ctx.config["seed"], drop_last=True) if len(val_set) >= 2 else None
-    runtime.seed_everything(ctx.config["seed"])
-    model = build_pretext(method, encoder_widths=tuple(ctx.config["encoder_widths"]), **options).to(ctx.device)
-    lr = scaled_lr(float(cfg["base_lr"]), batch * runtime.world_size(), int(cfg["base_batch"]))
-    optimizer = LARS(parameter_groups(model, float(cfg["weight_decay"])), lr=lr, momentum=float(cfg["momentum"]),
-                     weight_decay=float(cfg["weight_decay"]))
-    scheduler = WarmupCosine.for_loader(optimizer, train_loader, int(cfg["epochs"]), float(cfg["warmup_epochs"]))
-    wrapped = runtime.wrap_ddp(model, ctx.device)
 
-    def pretext_step(net, batch_, device):
-        return net(_image_batch(batch_, device))  # each pretext model returns its own loss
+    def build() -> Training:
+        size = ctx.config["crop_size"]
+        train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size)
+        val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size)
+        batch = min(int(cfg["batch_size"]), len(train_set))
+        train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"], drop_last=True)
+        val_loader = make_loader(val_set, batch, False, ctx.config["seed"], drop_last=True) if len(val_set) >= 2 else None
+        runtime.seed_everything(ctx.config["seed"])
+        model = build_pretext(method, encoder_widths=tuple(ctx.config["encoder_widths"]), **options).to(ctx.device)
+        optimizer, scheduler, lr = lars_with_warmup_cosine(model, cfg, batch, train_loader)
 
-    with ctx.logger(stage_dir) as log:
-        log.info(f"{method} pretraining fold {ctx.fold}: {len(train_set)} sinuses, batch {batch}, LARS lr {lr:.4g}")
-        fit(wrapped, train_loader, val_loader, pretext_step, int(cfg["epochs"]), optimizer, scheduler, ctx.device,
-            Checkpointer(stage_dir), resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress, log=log,
-            seed=ctx.config["seed"], extra={"model": type(model).__name__, "method": method},
-            after_step=runtime.unwrap_model(wrapped).after_optimizer_step)
-    runtime.barrier()
-    best = stage_dir / Checkpointer.BEST
-    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(best))
-    return best
+        def pretext_step(net, batch_, device):
+            return net(_image_batch(batch_, device))  # each pretext model returns its own loss
+
+        return Training(f"{method} pretraining fold {ctx.fold}: {len(train_set)} sinuses, batch {batch}, LARS lr {lr:.4g}",
+                        model, train_loader, val_loader, pretext_step, int(cfg["epochs"]), optimizer, scheduler,
+                        extra={"model": type(model).__name__, "method": method}, after_step=model.after_optimizer_step)
+
+    run_training_stage(ctx, stage_dir, made_from, build)
+    return stage_dir / Checkpointer.BEST
 
 
 # --------------------------------------------------------------------------- 4. fine-tuning
 
 PREDICTION_COLUMNS = ("sample_id", "patient", "side", "split", "label", "anomaly_type", "p_anomalous")
-
-
-def classifier_model(config: dict, shortcut: str = "B") -> SinusClassifier:
-    return SinusClassifier(encoder_widths=tuple(config["encoder_widths"]), shortcut_type=shortcut)
 
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:
@@ -415,7 +443,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
     lowest validation loss predicts the validation and test sinuses (``predictions.csv``).
     """
     name = ctx.residual_method if method == "residual" else method
-    stage_dir = ctx.fold_dir / "finetune" / name / f"frac{fraction_key(float(fraction) / 100.0)}"
+    stage_dir = ctx.fold_dir / "finetune" / name / f"frac{percent_key(fraction)}"
     cfg = ctx.config["finetune"]
     made_from = {"method": name, "fraction": fraction, "finetune": cfg, "encoder_widths": ctx.config["encoder_widths"],
                  "seed": ctx.config["seed"], "dataset": ctx.dataset_fingerprint}
@@ -430,52 +458,52 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
         raise SinusAnomalyError(f"unknown pretraining method '{method}' (known: {', '.join(METHODS)})")
     if pretrained_path is not None:
         made_from["pretrained_sha256"] = sha256_file(pretrained_path) if pretrained_path.is_file() else None
-    if _finished(stage_dir, made_from):
-        return stage_dir / "predictions.csv"
-    _start_stage(stage_dir, made_from)
+    spec = network_spec(ctx.config, shortcut)
     size = ctx.config["crop_size"]
-    labelled = ctx.labelled_indices(fraction)
-    train_set = SinusCrops(ctx.dataset, labelled, size, transform=augmentation(cfg["augment"], with_residual=False))
-    val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size)
-    test_set = SinusCrops(ctx.dataset, ctx.indices("test"), size)
-    batch = min(int(cfg["batch_size"]), len(train_set))
-    train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"])
-    val_loader = make_loader(val_set, batch, False, ctx.config["seed"]) if len(val_set) else None
-    runtime.seed_everything(ctx.config["seed"])
-    model = classifier_model(ctx.config, shortcut)
-    transfer = {}
-    if method == "medicalnet":
-        report = load_medicalnet_encoder(pretrained_path, model.encoder)
-        transfer = {"medicalnet": {k: report[k] for k in ("loaded", "ignored", "missing", "unexpected")}}
-    elif pretrained_path is not None:
-        model.load_encoder(load_checkpoint(pretrained_path)["model"], prefix="encoder.")
-    model = model.to(ctx.device)
-    weights = class_weights(train_set.labels).to(ctx.device)
-    optimizer = torch.optim.AdamW(parameter_groups(model, float(cfg["weight_decay"])), lr=float(cfg["lr"]))
+    sets = {}  # filled by build, read by finish
 
-    def ce_step(net, batch_, device):
-        x = _image_batch(batch_, device)
-        return F.cross_entropy(net(x), batch_["label"].to(device), weight=weights)
+    def build() -> Training:
+        labelled = ctx.labelled_indices(fraction)
+        sets["train"] = train_set = SinusCrops(ctx.dataset, labelled, size, transform=augmentation(cfg["augment"], with_residual=False))
+        sets["val"] = val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size)
+        sets["test"] = SinusCrops(ctx.dataset, ctx.indices("test"), size)
+        batch = min(int(cfg["batch_size"]), len(train_set))
+        train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"])
+        val_loader = make_loader(val_set, batch, False, ctx.config["seed"]) if len(val_set) else None
+        runtime.seed_everything(ctx.config["seed"])
+        model = spec.classifier()
+        transfer = {}
+        if method == "medicalnet":
+            report = load_medicalnet_encoder(pretrained_path, model.encoder)
+            transfer = {"medicalnet": {k: report[k] for k in ("loaded", "ignored", "missing", "unexpected")}}
+        elif pretrained_path is not None:
+            model.load_encoder(load_checkpoint(pretrained_path)["model"], prefix="encoder.")
+        model = model.to(ctx.device)
+        weights = class_weights(train_set.labels).to(ctx.device)
 
-    with ctx.logger(stage_dir) as log:
-        log.info(f"fine-tuning fold {ctx.fold}, {method} pretraining, {fraction} % labels: {len(train_set)} sinuses "
-                 f"({int(train_set.labels.sum())} anomalous)")
-        fit(runtime.wrap_ddp(model, ctx.device), train_loader, val_loader, ce_step, int(cfg["epochs"]), optimizer, None,
-            ctx.device, Checkpointer(stage_dir), resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress,
-            log=log, seed=ctx.config["seed"], extra={"model": "SinusClassifier", "method": method})
-    runtime.barrier()
-    best = classifier_model(ctx.config, shortcut)
-    best.load_state_dict(load_checkpoint(stage_dir / Checkpointer.BEST)["model"])
-    best = best.to(ctx.device)
-    rows = []
-    for split, subset in (("val", val_set), ("test", test_set)):
-        probabilities = predict(best, subset, ctx.device)
-        for index, p in zip(subset.indices, probabilities):
-            r = ctx.dataset.manifest[index]
-            rows.append((r.sample_id, r.patient, r.side, split, r.label, r.anomaly_type, f"{float(p):.6f}"))
-    if runtime.is_main_process():
-        write_csv_atomic(stage_dir / "predictions.csv", PREDICTION_COLUMNS, rows)
-    _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(stage_dir / Checkpointer.BEST), **transfer)
+        def ce_step(net, batch_, device):
+            x = _image_batch(batch_, device)
+            return F.cross_entropy(net(x), batch_["label"].to(device), weight=weights)
+
+        return Training(f"fine-tuning fold {ctx.fold}, {method} pretraining, {fraction} % labels: {len(train_set)} sinuses "
+                        f"({int(train_set.labels.sum())} anomalous)", model, train_loader, val_loader, ce_step,
+                        int(cfg["epochs"]), torch.optim.AdamW(parameter_groups(model, float(cfg["weight_decay"])), lr=float(cfg["lr"])),
+                        extra={"model": "SinusClassifier", "method": method}, done=transfer)
+
+    def predict_val_and_test() -> None:
+        best = spec.classifier()
+        best.load_state_dict(load_checkpoint(stage_dir / Checkpointer.BEST)["model"])
+        best = best.to(ctx.device)
+        rows = []
+        for split in ("val", "test"):
+            subset = sets[split]
+            for index, p in zip(subset.indices, predict(best, subset, ctx.device)):
+                r = ctx.dataset.manifest[index]
+                rows.append((r.sample_id, r.patient, r.side, split, r.label, r.anomaly_type, f"{float(p):.6f}"))
+        if runtime.is_main_process():
+            write_csv_atomic(stage_dir / "predictions.csv", PREDICTION_COLUMNS, rows)
+
+    run_training_stage(ctx, stage_dir, made_from, build, finish=predict_val_and_test)
     return stage_dir / "predictions.csv"
 
 

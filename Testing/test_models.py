@@ -11,10 +11,10 @@ from SinusAnomalyLib.errors import SinusAnomalyError
 from SinusAnomalyLib.models import (
     ConvAutoencoder,
     ModelError,
+    NetworkSpec,
     ResidualUNet,
     ResNet18Encoder,
     SinusClassifier,
-    build_model,
     count_parameters,
     encoder_state_from,
     load_pretrained_encoder,
@@ -342,13 +342,18 @@ def test_backward_classifier(classifier):
 # ----------------------------------------------------------------------------- factory
 
 
-def test_build_model():
-    model = build_model("cae", in_size=16, channels=(4, 8), latent_dim=8)
-    assert isinstance(model, ConvAutoencoder) and model.in_size == 16
-    with pytest.raises(ModelError, match="unknown model 'vae'"):
-        build_model("vae")
-    with pytest.raises(ModelError, match="cannot build 'cae'"):
-        build_model("cae", depth=3)
+def test_network_spec_builds_every_network_with_its_settings():
+    spec = NetworkSpec(crop_size=32, encoder_widths=(8, 16, 32, 64), cae_channels=(4, 8), cae_latent_dim=8)
+    cae = spec.cae()
+    assert isinstance(cae, ConvAutoencoder) and cae.in_size == 32
+    x = torch.rand(2, 1, 32, 32, 32)
+    assert spec.unet()(x).shape == x.shape
+    assert spec.classifier()(x).shape == (2, 2)
+    assert spec.classifier().encoder.shortcut_type == "B"
+    # MedicalNet's layout: parameter-free shortcuts, so no downsample weights to load or miss
+    medicalnet = NetworkSpec(32, (8, 16, 32, 64), (4, 8), 8, shortcut_type="A").classifier()
+    assert medicalnet.encoder.shortcut_type == "A"
+    assert not any(".downsample." in key for key in medicalnet.state_dict())
 
 
 def test_narrow_encoder_widths_for_cpu_runs():

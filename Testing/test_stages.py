@@ -77,7 +77,7 @@ def test_pretraining_needs_residuals(tiny_dataset, tmp_path):
 def test_finetuning_from_pretraining_starts_from_the_pretrained_encoder(trained_fold):
     ctx, _ = trained_fold
     pretrained = load_checkpoint(ctx.fold_dir / "pretrain" / "best.pt")["model"]
-    model = stages.classifier_model(ctx.config)
+    model = stages.network_spec(ctx.config).classifier()
     model.load_encoder(pretrained)
     for key, value in model.encoder.state_dict().items():
         assert torch.equal(value, pretrained[f"encoder.{key}"])

@@ -22,6 +22,7 @@ This module imports only torch and MONAI (never slicer, qt, ctk or vtk).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,8 +46,7 @@ __all__ = [
     "load_pretrained_encoder",
     "parameter_groups",
     "count_parameters",
-    "build_model",
-    "MODELS",
+    "NetworkSpec",
 ]
 
 LEAKY_RELU = ("leakyrelu", {"negative_slope": 0.01})
@@ -546,22 +546,36 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 # Factory
 # --------------------------------------------------------------------------------------------
 
-MODELS: dict[str, type[nn.Module]] = {
-    "cae": ConvAutoencoder,
-    "unet": ResidualUNet,
-    "classifier": SinusClassifier,
-}
-"""Names accepted by :func:`build_model`."""
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The shapes of the method's three networks, and the one place that builds them.
 
+    Training stages, bundle loading and export all build networks through it, so no copy can
+    forget a setting (the MedicalNet classifier's shortcut type was forgotten in one).
 
-def build_model(name: str, **config: Any) -> nn.Module:
-    """Build ``"cae"``, ``"unet"`` or ``"classifier"`` with keyword arguments of its constructor.
-
-    Raises :class:`ModelError` for an unknown name or an argument the constructor does not take.
+    Attributes:
+        crop_size: edge of the cubic crops the networks see, in voxels (32 or 64).
+        encoder_widths: the four ResNet18 stage widths (64-128-256-512 in the paper).
+        cae_channels: the CAE encoder's channels per stage.
+        cae_latent_dim: the CAE's latent vector length.
+        shortcut_type: the classifier encoder's width-changing shortcuts: ``"B"`` 1x1x1
+            projections (ours), ``"A"`` parameter-free (MedicalNet's layout).
     """
-    if name not in MODELS:
-        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    try:
-        return MODELS[name](**config)
-    except TypeError as error:
-        raise ModelError(f"cannot build {name!r} with {sorted(config)}: {error}") from error
+
+    crop_size: int
+    encoder_widths: tuple[int, ...]
+    cae_channels: tuple[int, ...]
+    cae_latent_dim: int
+    shortcut_type: str = "B"
+
+    def cae(self) -> ConvAutoencoder:
+        """The CAE: ``(B, 1, S, S, S)`` -> reconstruction of the same shape."""
+        return ConvAutoencoder(in_size=int(self.crop_size), channels=tuple(self.cae_channels), latent_dim=int(self.cae_latent_dim))
+
+    def unet(self) -> ResidualUNet:
+        """The residual-reconstruction U-Net: ``(B, 1, S, S, S)`` -> logits of the same shape."""
+        return ResidualUNet(encoder_widths=tuple(self.encoder_widths))
+
+    def classifier(self) -> SinusClassifier:
+        """The classifier: ``(B, 1, S, S, S)`` -> ``(B, 2)`` logits (normal, anomalous)."""
+        return SinusClassifier(encoder_widths=tuple(self.encoder_widths), shortcut_type=self.shortcut_type)
