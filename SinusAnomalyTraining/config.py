@@ -11,17 +11,13 @@ import copy
 import json
 from pathlib import Path
 
-from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
+from SinusAnomalyLib.errors import ConfigError, DatasetError
 from SinusAnomalyLib.splits import fraction_key
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BUILTIN = ("paper", "demo", "grid-cpu", "grid-paper")
 PRETEXT = ("ae", "dae", "simclr", "byol", "simsiam", "spark")  # the baselines of the paper's Table 2
 METHODS = ("none", "residual", *PRETEXT, "medicalnet")
-
-
-class ConfigError(SinusAnomalyError):
-    """A configuration file that cannot be used."""
 
 
 def _read(path: Path) -> dict:

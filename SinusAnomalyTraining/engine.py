@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from SinusAnomalyLib.errors import PathError, SinusAnomalyError
+from SinusAnomalyLib.errors import CheckpointError, InvalidValueError, TrainingError
 from SinusAnomalyLib.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 from . import runtime
@@ -51,14 +51,6 @@ CHECKPOINT_FORMAT = "sinus-anomaly-checkpoint"
 CHECKPOINT_VERSION = 1
 
 LossStepFn = Callable[[nn.Module, Any, torch.device], torch.Tensor]
-
-
-class CheckpointError(PathError):
-    """A checkpoint that cannot be used; the message names the file."""
-
-
-class TrainingError(SinusAnomalyError):
-    """Training cannot go on (e.g. the loss became NaN or infinite)."""
 
 
 # ------------------------------------------------------------------------------------ RNG states
@@ -445,10 +437,10 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
         and ``lr`` (learning rate of the first group at the end of the epoch).
     """
     if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max' (got {mode!r})")
+        raise InvalidValueError(f"mode must be 'min' or 'max' (got {mode!r})")
     epochs = int(epochs)
     if epochs < 1:
-        raise ValueError(f"epochs must be at least 1 (got {epochs})")
+        raise InvalidValueError(f"epochs must be at least 1 (got {epochs})")
     if len(train_loader) == 0:
         raise TrainingError("the training loader yields no batches (dataset smaller than one batch with drop_last?)")
     info = _as_log(log)
@@ -479,7 +471,7 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
                                 f"epoch {epoch + 1}; lower the learning rate or check the data "
                                 f"(last good checkpoint: epoch {epoch})")
         if monitor not in entry:
-            raise ValueError(f"monitor {monitor!r} is not in the history entry (keys: {', '.join(entry)})")
+            raise InvalidValueError(f"monitor {monitor!r} is not in the history entry (keys: {', '.join(entry)})")
         history.append(entry)
         improved = _better(entry[monitor], state.best, mode)
         if improved:

@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from SinusAnomalyLib.errors import InvalidValueError
+
 __all__ = [
     "THRESHOLD_METRICS",
     "check_pair",
@@ -55,29 +57,29 @@ _NAN = float("nan")
 def _as_labels(y_true, name: str = "y_true") -> np.ndarray:
     y = np.asarray(y_true)
     if y.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (n,), got shape {y.shape}")
+        raise InvalidValueError(f"{name} must be 1-D (n,), got shape {y.shape}")
     if y.size == 0:
-        raise ValueError(f"{name} is empty")
+        raise InvalidValueError(f"{name} is empty")
     if y.dtype == bool:
         return y.astype(np.int64)
     if not np.issubdtype(y.dtype, np.number):
-        raise ValueError(f"{name} must be numeric 0/1 labels, got dtype {y.dtype}")
+        raise InvalidValueError(f"{name} must be numeric 0/1 labels, got dtype {y.dtype}")
     bad = ~np.isin(y, (0, 1))
     if bad.any():
-        raise ValueError(f"{name} must contain only 0 (normal) and 1 (anomalous); found {np.unique(y[bad])[:5]}")
+        raise InvalidValueError(f"{name} must contain only 0 (normal) and 1 (anomalous); found {np.unique(y[bad])[:5]}")
     return y.astype(np.int64)
 
 
 def _as_scores(p, n: int, name: str = "p_anomalous") -> np.ndarray:
     s = np.asarray(p, dtype=np.float64)
     if s.ndim == 2 and s.shape[1] == 2:
-        raise ValueError(f"{name} has shape {s.shape}: pass the anomalous-class column, e.g. probs[:, 1]")
+        raise InvalidValueError(f"{name} has shape {s.shape}: pass the anomalous-class column, e.g. probs[:, 1]")
     if s.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (n,), got shape {s.shape}")
+        raise InvalidValueError(f"{name} must be 1-D (n,), got shape {s.shape}")
     if s.shape[0] != n:
-        raise ValueError(f"{name} has {s.shape[0]} values but the labels have {n}")
+        raise InvalidValueError(f"{name} has {s.shape[0]} values but the labels have {n}")
     if not np.all(np.isfinite(s)):
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise InvalidValueError(f"{name} contains NaN or infinite values")
     return s
 
 
@@ -123,7 +125,7 @@ def binary_metrics(y_true, p_anomalous, threshold: float = 0.5) -> dict:
     y, s = check_pair(y_true, p_anomalous)
     threshold = float(threshold)
     if not math.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, got {threshold}")
+        raise InvalidValueError(f"threshold must be finite, got {threshold}")
     pred = s >= threshold
     pos = y == 1
     tp = int(np.sum(pred & pos))
@@ -188,7 +190,7 @@ def best_f1_threshold(y_true, p) -> float:
 
     y, s = check_pair(y_true, p)
     if not np.any(y == 1):
-        raise ValueError("best_f1_threshold needs at least one anomalous (1) sample; F1 is undefined otherwise")
+        raise InvalidValueError("best_f1_threshold needs at least one anomalous (1) sample; F1 is undefined otherwise")
     precision, recall, thresholds = precision_recall_curve(y, s)
     precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
     denom = precision + recall
@@ -282,7 +284,7 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
     from scipy import stats  # noqa: PLC0415
 
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise InvalidValueError(f"confidence must be in (0, 1), got {confidence}")
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     v = v[~np.isnan(v)]
     if v.size == 0:
@@ -305,7 +307,7 @@ def _metric_function(metric: str | Callable, threshold: float) -> Callable[[np.n
         return lambda y, s: float(average_precision_score(y, s))
     if metric in THRESHOLD_METRICS:
         return lambda y, s: binary_metrics(y, s, threshold)[metric]
-    raise ValueError(f"unknown metric {metric!r}: use a callable(y_true, p) or one of {_RANKING_METRICS + THRESHOLD_METRICS}")
+    raise InvalidValueError(f"unknown metric {metric!r}: use a callable(y_true, p) or one of {_RANKING_METRICS + THRESHOLD_METRICS}")
 
 
 def bootstrap_ci(
@@ -342,9 +344,9 @@ def bootstrap_ci(
     """
     y, s = check_pair(y_true, p)
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise InvalidValueError(f"confidence must be in (0, 1), got {confidence}")
     if int(n_boot) < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+        raise InvalidValueError(f"n_boot must be >= 1, got {n_boot}")
     fn = _metric_function(metric, threshold)
     both = lambda yy: 0 < int(yy.sum()) < yy.size  # noqa: E731
     estimate = float(fn(y, s)) if both(y) else _NAN
@@ -355,7 +357,7 @@ def bootstrap_ci(
     if groups is not None:
         g = np.asarray(groups)
         if g.shape != y.shape:
-            raise ValueError(f"groups must have shape {y.shape}, got {g.shape}")
+            raise InvalidValueError(f"groups must have shape {y.shape}, got {g.shape}")
         _, inverse = np.unique(g, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         bounds = np.r_[0, np.cumsum(np.bincount(inverse))]

@@ -12,7 +12,6 @@ from SinusAnomalyLib.bundlefile import as_half_stored
 from SinusAnomalyLib.dataset import load_dataset
 from SinusAnomalyLib.errors import SinusAnomalyError
 from SinusAnomalyLib.extraction import CROP_SIZE, CROP_SPACING_MM, PERCENTILES
-from SinusAnomalyLib.models import SinusClassifier
 from SinusAnomalyLib.reference import load_reference
 from SinusAnomalyLib.residuals import resize_crops
 from SinusAnomalyLib.splits import fraction_key
@@ -41,7 +40,7 @@ def half_weights_change(run_dir: Path, config: dict, folds: list[int], states: l
         rows = dataset.rows_of_patients(dataset.splits.folds[fold].val)
         crops = torch.from_numpy(resize_crops(np.asarray(dataset.crops[rows], dtype=np.float32), int(config["crop_size"])))[:, None]
         probabilities = []
-        model = SinusClassifier(encoder_widths=tuple(config["encoder_widths"])).eval()
+        model = stages.network_spec(config).classifier().eval()
         for weights in (state, {k: torch.from_numpy(v) for k, v in as_half_stored({k: v.numpy() for k, v in state.items()}).items()}):
             model.load_state_dict(weights)
             with torch.inference_mode():

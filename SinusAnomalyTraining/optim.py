@@ -16,6 +16,8 @@ from typing import Callable, Iterable
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from SinusAnomalyLib.errors import InvalidValueError
+
 __all__ = ["LARS", "scaled_lr", "WarmupCosine"]
 
 
@@ -63,13 +65,13 @@ class LARS(torch.optim.Optimizer):
         eta: float = 0.001,
     ):
         if not lr >= 0.0:
-            raise ValueError(f"invalid learning rate {lr}")
+            raise InvalidValueError(f"invalid learning rate {lr}")
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"invalid momentum {momentum}")
+            raise InvalidValueError(f"invalid momentum {momentum}")
         if not weight_decay >= 0.0:
-            raise ValueError(f"invalid weight decay {weight_decay}")
+            raise InvalidValueError(f"invalid weight decay {weight_decay}")
         if not eta > 0.0:
-            raise ValueError(f"invalid trust coefficient {eta}")
+            raise InvalidValueError(f"invalid trust coefficient {eta}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False)
         super().__init__(params, defaults)
 
@@ -115,9 +117,9 @@ def scaled_lr(base_lr: float, batch_size: int, base_batch: int = 256) -> float:
     ``scaled_lr(0.2, 256) == 0.2`` (the paper's setting); ``scaled_lr(0.2, 64) == 0.05``.
     """
     if batch_size <= 0 or base_batch <= 0:
-        raise ValueError(f"batch sizes must be positive (got batch_size={batch_size}, base_batch={base_batch})")
+        raise InvalidValueError(f"batch sizes must be positive (got batch_size={batch_size}, base_batch={base_batch})")
     if base_lr < 0:
-        raise ValueError(f"invalid base learning rate {base_lr}")
+        raise InvalidValueError(f"invalid base learning rate {base_lr}")
     return base_lr * batch_size / base_batch
 
 
@@ -141,11 +143,11 @@ class WarmupCosine(LRScheduler):
                  final_lr: float = 0.0, last_epoch: int = -1):
         warmup_steps, total_steps = int(warmup_steps), int(total_steps)
         if total_steps <= 0:
-            raise ValueError(f"total_steps must be positive (got {total_steps})")
+            raise InvalidValueError(f"total_steps must be positive (got {total_steps})")
         if not 0 <= warmup_steps <= total_steps:
-            raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}] (got {warmup_steps})")
+            raise InvalidValueError(f"warmup_steps must be in [0, total_steps={total_steps}] (got {warmup_steps})")
         if final_lr < 0:
-            raise ValueError(f"final_lr must be non-negative (got {final_lr})")
+            raise InvalidValueError(f"final_lr must be non-negative (got {final_lr})")
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.final_lr = float(final_lr)
@@ -157,7 +159,7 @@ class WarmupCosine(LRScheduler):
         """A schedule over ``epochs`` epochs of ``loader`` (``len(loader)`` steps each)."""
         steps_per_epoch = len(loader)
         if steps_per_epoch <= 0:
-            raise ValueError("the training loader yields no batches")
+            raise InvalidValueError("the training loader yields no batches")
         total = steps_per_epoch * int(epochs)
         warmup = min(total, int(round(steps_per_epoch * warmup_epochs)))
         return cls(optimizer, warmup, total, final_lr)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from SinusAnomalyLib.errors import SinusAnomalyError
+from SinusAnomalyLib.errors import DeviceError
 
 __all__ = [
     "DeviceError", "select_device",
@@ -33,10 +33,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------- device
-
-class DeviceError(SinusAnomalyError):
-    """The requested compute device is not available."""
-
 
 def select_device(name: str = "auto") -> torch.device:
     """``"auto"`` (CUDA if available, else CPU), ``"cuda"``, ``"cuda:N"`` or ``"cpu"``.

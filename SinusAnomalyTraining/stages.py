@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from SinusAnomalyLib.dataset import PreparedDataset
-from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
+from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError, StageInputError
 from SinusAnomalyLib.fileio import atomic_path, write_csv_atomic, write_json_atomic
 from SinusAnomalyLib.models import ConvAutoencoder, NetworkSpec, SinusClassifier, parameter_groups
 from SinusAnomalyLib.residuals import residual_maps, resize_crops
@@ -40,10 +40,6 @@ from .optim import LARS, WarmupCosine, scaled_lr
 from .pretext import build_pretext, load_medicalnet_encoder
 
 DONE = "done.json"
-
-
-class StageInputError(SinusAnomalyError):
-    """A stage's input is missing or was made from something else (stale)."""
 
 
 def sha256_file(path: Path) -> str:

@@ -16,7 +16,7 @@ import torch
 from . import __version__
 from .bundlefile import BundleFile, read_bundle_file, write_bundle_file
 from .errors import BundleError
-from .models import ConvAutoencoder, SinusClassifier
+from .models import NetworkSpec
 
 __all__ = ["BundleError", "ModelBundle", "build_untrained_bundle", "load_bundle", "write_bundle"]
 
@@ -63,13 +63,16 @@ class ModelBundle:
         return self
 
 
-def _build(kind: str, meta: dict) -> torch.nn.Module:
+def network_spec(meta: dict) -> NetworkSpec:
+    """The networks a ``bundle.json`` describes."""
     models = meta["models"]
-    if kind == "cae":
-        cfg = models["cae"]
-        return ConvAutoencoder(in_size=int(meta["crop"]["model_crop_size"]), channels=tuple(cfg["channels"]),
-                               latent_dim=int(cfg["latent_dim"]))
-    return SinusClassifier(encoder_widths=tuple(models["encoder_widths"]))
+    return NetworkSpec(crop_size=int(meta["crop"]["model_crop_size"]), encoder_widths=tuple(models["encoder_widths"]),
+                       cae_channels=tuple(models["cae"]["channels"]), cae_latent_dim=int(models["cae"]["latent_dim"]))
+
+
+def _build(kind: str, meta: dict) -> torch.nn.Module:
+    spec = network_spec(meta)
+    return spec.cae() if kind == "cae" else spec.classifier()
 
 
 def load_bundle(bundle: str | Path | BundleFile, expected_reference_sha256: str | None = None) -> ModelBundle:
@@ -113,7 +116,8 @@ def build_untrained_bundle(path: str | Path, model_crop_size: int = 32, encoder_
             "models": {"cae": cae, "encoder_widths": list(encoder_widths)},
             "reference_sha256": load_reference().sha256,
             "intended_use": "RANDOM WEIGHTS: tests and timing only; its predictions mean nothing"}
-    cae_state = ConvAutoencoder(in_size=int(model_crop_size), channels=tuple(cae_channels), latent_dim=int(latent_dim)).state_dict()
-    classifiers = [SinusClassifier(encoder_widths=tuple(encoder_widths)).state_dict() for _ in range(folds)]
+    spec = network_spec(meta)
+    cae_state = spec.cae().state_dict()
+    classifiers = [spec.classifier().state_dict() for _ in range(folds)]
     meta["weights_storage"] = {"half_weights": True, "max_probability_change": None}
     return write_bundle(path, meta, cae_state, classifiers, half_weights=True)

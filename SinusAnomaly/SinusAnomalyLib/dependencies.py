@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UnsupportedPythonError
+
 MIN_SLICER = (5, 10)
 MIN_SLICER_PYTHON = (3, 12)
 SETUP_COMMAND = "sinus-anomaly setup"
@@ -50,10 +52,6 @@ class Requirement:
     def pip(self) -> str:
         """The requirement as pip reads it, e.g. ``torch>=2.4,<=2.13.0``."""
         return f"{self.distribution}{self.specifier}"
-
-
-class UnsupportedPythonError(RuntimeError):
-    """The running Python is outside the versions the requirement table covers."""
 
 
 def torch_and_monai(python: tuple[int, int] | None = None, numpy_version: str | None = "installed"

@@ -1,4 +1,6 @@
-"""Errors a user can act on. The CLI prints their message in one line and exits non-zero."""
+"""Every exception class of the project. The CLI prints the message of any of them in one line and exits
+with code 2; all derive from :class:`SinusAnomalyError`. Plain Python: the Slicer module imports this
+before torch is installed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,3 +42,52 @@ class DatasetError(SinusAnomalyError):
 class OutputError(PathError):
     """An output file or folder that cannot be created or written (read-only, a file in the way,
     disk full, another process writing it)."""
+
+
+class InvalidValueError(SinusAnomalyError, ValueError):
+    """A value outside its documented range, type or shape (a learning rate, a label other than 0/1,
+    a NaN score): the message names the value and what it must be."""
+
+
+class ConfigError(SinusAnomalyError):
+    """A configuration file that cannot be used."""
+
+
+class DeviceError(SinusAnomalyError):
+    """The requested compute device is not available."""
+
+
+class StageInputError(SinusAnomalyError):
+    """A training stage's input is missing or was made from something else (stale)."""
+
+
+class CheckpointError(PathError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+class TrainingError(SinusAnomalyError):
+    """Training cannot go on (e.g. the loss became NaN or infinite)."""
+
+
+class ModelError(SinusAnomalyError, ValueError):
+    """A network that cannot be built as asked, or weights that do not fit it."""
+
+
+class PretextError(SinusAnomalyError, ValueError):
+    """A pretext model that cannot be built as asked, or a batch it cannot take."""
+
+
+class PretrainedWeightsError(PathError):
+    """A pretrained-weights file that cannot be loaded into the encoder; the message names the file."""
+
+
+class ResultError(SinusAnomalyError, ValueError):
+    """A classify result folder that cannot be loaded; the message names the file and the problem."""
+
+
+class UnsupportedPythonError(SinusAnomalyError, RuntimeError):
+    """The running Python is outside the versions the requirement table covers."""
+
+
+class PythonSlicerNotFoundError(SinusAnomalyError, FileNotFoundError):
+    """Slicer's ``PythonSlicer`` launcher is neither on PATH nor next to the running interpreter."""

@@ -32,7 +32,7 @@ from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
 from monai.networks.nets.resnet import ResNet, ResNetFeatures
 from torch import nn
 
-from .errors import SinusAnomalyError
+from .errors import ModelError
 
 __all__ = [
     "ModelError",
@@ -51,13 +51,6 @@ __all__ = [
 
 LEAKY_RELU = ("leakyrelu", {"negative_slope": 0.01})
 """The CAE's activation: LeakyReLU with slope 0.01, as in the authors' code."""
-
-
-class ModelError(SinusAnomalyError, ValueError):
-    """A network that cannot be built as asked, or weights that do not fit it.
-
-    Also a ``ValueError``, so callers that only know plain Python errors still catch it.
-    """
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

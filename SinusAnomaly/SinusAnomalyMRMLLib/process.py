@@ -15,11 +15,9 @@ import threading
 import time
 from pathlib import Path
 
+from SinusAnomalyLib.errors import PythonSlicerNotFoundError
+
 CANCEL_GRACE_SECONDS = 3.0  # after Cancel, the process may exit cleanly this long before it is killed
-
-
-class PythonSlicerNotFoundError(FileNotFoundError):
-    """Slicer's ``PythonSlicer`` launcher is neither on PATH nor next to the running interpreter."""
 
 
 def find_training_script(module_dir: str | Path) -> Path | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from SinusAnomalyLib.bundlefile import describe_bundle, read_bundle_manifest
-from SinusAnomalyLib.errors import BundleError
+from SinusAnomalyLib.errors import BundleError, ResultError
 from SinusAnomalyLib.resultformat import (
     CROP_SIZE,
     RESULT_FILE,
@@ -36,10 +36,6 @@ COLUMN_DESCRIPTIONS = {
     "Volume (mL)": "Volume marked anomalous in the label map",
 }
 FINGERPRINT_SHORT = 12  # hex digits shown of the bundle's fingerprint (SHA-256 of its bundle.json)
-
-
-class ResultError(ValueError):
-    """A classify result folder that cannot be loaded; the message names the file and the problem."""
 
 
 def read_result(result_dir: str | Path) -> dict:

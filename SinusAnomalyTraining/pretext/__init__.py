@@ -44,11 +44,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from SinusAnomalyLib.errors import PretextError, PretrainedWeightsError
 from SinusAnomalyLib.models import RESNET18_WIDTHS
 
 from .augment import (AugmentOptions, augment_view, random_affine, random_flip, random_gaussian_noise,
                       random_intensity_scale)
-from .base import PretextError, PretextModel, PretrainedWeightsError
+from .base import PretextModel
 from .joint_embedding import BYOLPretext, SimCLRPretext, SimSiamPretext
 from .losses import (byol_momentum, byol_regression_loss, masked_reconstruction_loss, negative_cosine_similarity,
                      nt_xent_loss)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import PretextError
+from SinusAnomalyLib.errors import PretextError
 
 
 def _chosen(x: torch.Tensor, prob: float) -> torch.Tensor:

@@ -2,27 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from monai.networks.blocks import Convolution, UpSample
 from torch import nn
 
-from SinusAnomalyLib.errors import SinusAnomalyError
+from SinusAnomalyLib.errors import PretextError
 from SinusAnomalyLib.models import RESNET18_WIDTHS, ModelError, ResNet18Encoder
-
-
-class PretextError(SinusAnomalyError, ValueError):
-    """A pretext model that cannot be built as asked, or a batch it cannot take."""
-
-
-class PretrainedWeightsError(SinusAnomalyError):
-    """A pretrained-weights file that cannot be loaded into the encoder; the message names the file."""
-
-    def __init__(self, path: str | Path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, bias_hidden: bool = True) -> nn.Sequential:

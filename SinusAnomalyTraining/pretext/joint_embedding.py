@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from SinusAnomalyLib.errors import PretextError
 from SinusAnomalyLib.models import RESNET18_WIDTHS
 
 from .augment import AugmentOptions, augment_view
-from .base import PretextError, PretextModel, mlp
+from .base import PretextModel, mlp
 from .losses import byol_momentum, byol_regression_loss, negative_cosine_similarity, nt_xent_loss
 
 

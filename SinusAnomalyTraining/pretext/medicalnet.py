@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
+from SinusAnomalyLib.errors import PretrainedWeightsError
 from SinusAnomalyLib.models import ResNet18Encoder
-
-from .base import PretrainedWeightsError
 
 
 MEDICALNET_HEAD_PREFIXES = ("conv_seg.", "fc.")

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from SinusAnomalyLib.errors import PretextError
 from SinusAnomalyLib.models import RESNET18_WIDTHS
 
 from .augment import AugmentOptions, augment_view, random_gaussian_noise
-from .base import PretextError, PretextModel, upsample_block
+from .base import PretextModel, upsample_block
 
 
 class ReconstructionDecoder(nn.Module):

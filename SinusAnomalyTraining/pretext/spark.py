@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from SinusAnomalyLib.errors import PretextError
 from SinusAnomalyLib.models import RESNET18_WIDTHS
 
-from .base import PretextError, PretextModel, upsample_block
+from .base import PretextModel, upsample_block
 from .losses import masked_reconstruction_loss
 
 
