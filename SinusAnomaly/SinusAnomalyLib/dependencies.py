@@ -85,6 +85,7 @@ def requirements(python: tuple[int, int] | None = None, numpy_version: str | Non
         Requirement("sklearn", "scikit-learn", ">=1.2"),
         Requirement("tqdm", "tqdm", ">=4.60"),
         Requirement("matplotlib", "matplotlib", ">=3.6"),
+        Requirement("filelock", "filelock", ">=3.0"),  # output locks; torch brings it, extract/prepare need it without
     ]
 
 
