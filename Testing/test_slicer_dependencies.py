@@ -162,6 +162,18 @@ def test_slicer_pip_prefers_pip_ensure_and_falls_back_to_pip_install(tmp_path):
     assert calls == [("pip_install", ["monai>=1.5,<1.7", "tqdm>=4.60", "-c", str(constraints)])]
 
 
+def test_slicer_pip_uses_pydeps_pip_ensure_with_requirement_objects(tmp_path):
+    """Slicer's development branch moved pip_ensure to slicer.pydeps, taking Requirement objects."""
+    calls = []
+    slicer = types.SimpleNamespace(util=types.SimpleNamespace(pip_install=lambda args: calls.append(("pip_install", args))),
+                                   app=object(), packaging=types.SimpleNamespace(),
+                                   pydeps=types.SimpleNamespace(pip_ensure=lambda reqs, **kw: calls.append(("pydeps", reqs, kw))))
+    installer.slicer_pip(slicer, interactive=False)(["monai>=1.5,<1.7"], tmp_path / "c.txt")
+    (name, reqs, kwargs), = calls
+    assert name == "pydeps" and [type(r).__name__ for r in reqs] == ["Requirement"]
+    assert str(reqs[0]) in ("monai<1.7,>=1.5", "monai>=1.5,<1.7") and kwargs["constraints"] == str(tmp_path / "c.txt")
+
+
 def test_torch_comes_from_the_pytorch_extension_when_slicer_has_it(monkeypatch):
     requested = []
 

@@ -15,6 +15,7 @@ The module (before its first classification) and ``sinus-anomaly setup`` (run wi
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -32,13 +33,19 @@ def _slicer():
 def slicer_pip(slicer_module=None, interactive: bool = True):
     """``pip(requirements, constraints_file)`` for Slicer: ``pip_ensure`` (5.11+) or ``pip_install``."""
     slicer = slicer_module or _slicer()
-    packaging = getattr(slicer, "packaging", None)
-    if packaging is None:
-        try:
-            import slicer.packaging as packaging  # noqa: PLC0415  (not imported by default everywhere)
-        except ImportError:
-            packaging = None
-    pip_ensure = getattr(packaging, "pip_ensure", None)
+    pip_ensure = None
+    # slicer.packaging.pip_ensure in 5.11-5.12 (takes requirement strings); Slicer's development
+    # branch moves it to slicer.pydeps (takes packaging Requirement objects)
+    for module_name, wants_objects in (("packaging", False), ("pydeps", True)):
+        module = getattr(slicer, module_name, None)
+        if module is None:
+            try:
+                module = importlib.import_module(f"slicer.{module_name}")
+            except ImportError:
+                continue
+        if getattr(module, "pip_ensure", None) is not None:
+            pip_ensure = _with_requirement_objects(module.pip_ensure) if wants_objects else module.pip_ensure
+            break
 
     def pip(requirements: list[str], constraints_file: Path) -> None:
         if pip_ensure is not None:
@@ -52,6 +59,16 @@ def slicer_pip(slicer_module=None, interactive: bool = True):
             slicer.util.pip_install(args)
 
     return pip
+
+
+def _with_requirement_objects(pip_ensure):
+    """``pip_ensure`` that takes requirement strings, for an API that takes ``Requirement`` objects."""
+    def call(requirements, **kwargs):
+        from packaging.requirements import Requirement  # noqa: PLC0415  (pip's, in Slicer's Python)
+
+        return pip_ensure([Requirement(text) for text in requirements], **kwargs)
+
+    return call
 
 
 def pytorch_extension_installer(slicer_module=None, interactive: bool = True):
