@@ -148,8 +148,7 @@ def _grid_index_points(image: sitk.Image, grid: sitk.Image, step: int = 1) -> np
     idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(float)
     g_dir = np.asarray(grid.GetDirection()).reshape(3, 3)
     points = (g_dir @ (idx * np.asarray(grid.GetSpacing())).T).T + np.asarray(grid.GetOrigin())
-    i_dir = np.asarray(image.GetDirection()).reshape(3, 3)
-    return (np.linalg.inv(i_dir) @ (points - np.asarray(image.GetOrigin())).T).T / np.asarray(image.GetSpacing())
+    return _continuous_index(image, points)
 
 
 def _continuous_index(image: sitk.Image, points_lps: np.ndarray) -> np.ndarray:
