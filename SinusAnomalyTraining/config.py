@@ -4,11 +4,18 @@
 ``SinusAnomalyTraining/configs``; any other value is a path to a user's JSON file. A user file
 may be partial: every key it leaves out takes the paper's value. Unknown keys are an error (a
 typo must not silently fall back to a default).
+
+The result is a frozen :class:`RunConfig` of typed settings, checked once here (types, ranges,
+known methods), so code reads ``config.pretrain.base_lr`` without converting; ``as_dict()`` gives
+back the JSON form (what ``RUN/config.json`` and the stages' ``done.json`` record). Label and CAE
+fractions are percentages (:data:`Percent`); :func:`percent_key` turns one into the dataset's key.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from SinusAnomalyLib.errors import ConfigError, DatasetError
@@ -48,56 +55,237 @@ def _merge(base: dict, override: dict, where: str, path: Path) -> dict:
     return out
 
 
-def _validate(config: dict, path: Path) -> None:
-    size = config["crop_size"]
-    if size not in (32, 64):
-        raise ConfigError(f"{path}: crop_size must be 32 or 64 (the U-Net needs multiples of 32 dividing 64), got {size}")
-    unknown = [m for m in config["methods"] if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"{path}: unknown methods {unknown} (known: {', '.join(METHODS)})")
-    if config["folds"] != "all" and not (isinstance(config["folds"], list) and all(isinstance(f, int) and f >= 0 for f in config["folds"])):
-        raise ConfigError(f"{path}: folds must be \"all\" or a list of fold numbers")
-    if not config["fractions"] or any(not (0 < float(f) <= 100) for f in config["fractions"]):
-        raise ConfigError(f"{path}: fractions must be percentages in (0, 100]")
-    if len(config["encoder_widths"]) != 4:
-        raise ConfigError(f"{path}: encoder_widths needs 4 stage widths")
-    for stage in ("cae", "pretrain", "finetune"):
-        if int(config[stage]["epochs"]) < 1 or int(config[stage]["batch_size"]) < 1:
-            raise ConfigError(f"{path}: {stage}.epochs and {stage}.batch_size must be at least 1")
-    if "medicalnet" in config["methods"] and not config["medicalnet_weights"]:
-        raise ConfigError(f"{path}: method 'medicalnet' needs medicalnet_weights: the path of a local MedicalNet "
-                          "ResNet18 file (nothing is downloaded)")
-    if any(not (0 < float(f) <= 100) for f in config["cae_fractions"]):
-        raise ConfigError(f"{path}: cae_fractions must be percentages in (0, 100]")
-    if int(config["residuals"]["median_kernel"]) % 2 != 1:
-        raise ConfigError(f"{path}: residuals.median_kernel must be odd")
+Percent = float
+"""A share given in percent, 0-100 (label fractions, CAE fractions); the dataset's splits key
+fractions of one (:func:`percent_key` converts)."""
 
 
-def load_config(name_or_path: str | Path) -> dict:
-    """The paper's defaults overlaid with a built-in (``paper``, ``demo``) or a user's JSON file."""
+def _number(value, where: str, path: Path, integer: bool = False, low: float | None = None, keep: bool = False):
+    """``value`` checked as an int (``integer``) or a number, at least ``low``; a number comes back as a float
+    unless ``keep`` (a value written into bundles as given)."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ConfigError(f"{path}: '{where}' must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if low is not None and value < low:
+        raise ConfigError(f"{path}: '{where}' must be at least {low}, got {value!r}")
+    return value if integer or keep else float(value)
+
+
+def _numbers(values, where: str, path: Path, integer: bool = False, low: float | None = None, keep: bool = False) -> tuple:
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{path}: '{where}' must be a list, got {values!r}")
+    return tuple(_number(v, f"{where}[{i}]", path, integer, low, keep) for i, v in enumerate(values))
+
+
+def _percents(values, where: str, path: Path) -> tuple:
+    """Percentages in (0, 100], kept as given (10 stays 10: it names folders and table rows)."""
+    if not isinstance(values, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 100
+                                                     for v in values):
+        raise ConfigError(f"{path}: {where} must be percentages in (0, 100]")
+    return tuple(values)
+
+
+def _plain(value):
+    """Tuples to lists, settings to dicts: the JSON form of a setting."""
+    if isinstance(value, _Settings):
+        return value.as_dict()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class _Settings:
+    def as_dict(self) -> dict:
+        """The JSON form, key for key as in the configuration files (lists, not tuples)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class AugmentSettings(_Settings):
+    """Training augmentation (:func:`SinusAnomalyTraining.data.augmentation`): each with probability ``prob``."""
+
+    prob: float
+    rotate_deg: float  # degrees, about each axis
+    scale: float  # zoom in [1 - scale, 1 + scale]
+    translate_voxels: float  # voxels of the served crop
+    noise_std: float  # Gaussian noise on the image only
+
+    @classmethod
+    def parse(cls, data: dict, where: str, path: Path) -> AugmentSettings:
+        return cls(**{f.name: _number(data[f.name], f"{where}.{f.name}", path, low=0) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class CAESettings(_Settings):
+    epochs: int
+    batch_size: int
+    lr: float
+    channels: tuple[int, ...]
+    latent_dim: int
+
+    @classmethod
+    def parse(cls, data: dict, path: Path) -> CAESettings:
+        return cls(epochs=_number(data["epochs"], "cae.epochs", path, True, 1),
+                   batch_size=_number(data["batch_size"], "cae.batch_size", path, True, 1),
+                   lr=_number(data["lr"], "cae.lr", path, low=0), channels=_numbers(data["channels"], "cae.channels", path, True, 1),
+                   latent_dim=_number(data["latent_dim"], "cae.latent_dim", path, True, 1))
+
+
+@dataclass(frozen=True)
+class ResidualSettings(_Settings):
+    median_kernel: int  # odd, voxels
+    percentiles: tuple[float, float]  # of the residual, mapped to 0 and 1
+    batch_size: int
+
+    @classmethod
+    def parse(cls, data: dict, path: Path) -> ResidualSettings:
+        kernel = _number(data["median_kernel"], "residuals.median_kernel", path, True, 1)
+        if kernel % 2 != 1:
+            raise ConfigError(f"{path}: residuals.median_kernel must be odd")
+        percentiles = _numbers(data["percentiles"], "residuals.percentiles", path, low=0, keep=True)
+        if len(percentiles) != 2:
+            raise ConfigError(f"{path}: residuals.percentiles needs a low and a high percentile")
+        return cls(kernel, percentiles, _number(data["batch_size"], "residuals.batch_size", path, True, 1))
+
+
+@dataclass(frozen=True)
+class PretrainSettings(_Settings):
+    epochs: int
+    batch_size: int
+    base_lr: float  # at base_batch; scaled linearly with the global batch
+    base_batch: int
+    warmup_epochs: float
+    weight_decay: float
+    momentum: float
+    augment: AugmentSettings
+
+    @classmethod
+    def parse(cls, data: dict, path: Path) -> PretrainSettings:
+        n = lambda key, **kw: _number(data[key], f"pretrain.{key}", path, **kw)  # noqa: E731
+        return cls(n("epochs", integer=True, low=1), n("batch_size", integer=True, low=1), n("base_lr", low=0),
+                   n("base_batch", integer=True, low=1), n("warmup_epochs", low=0), n("weight_decay", low=0),
+                   n("momentum", low=0), AugmentSettings.parse(data["augment"], "pretrain.augment", path))
+
+
+@dataclass(frozen=True)
+class FinetuneSettings(_Settings):
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    augment: AugmentSettings
+
+    @classmethod
+    def parse(cls, data: dict, path: Path) -> FinetuneSettings:
+        n = lambda key, **kw: _number(data[key], f"finetune.{key}", path, **kw)  # noqa: E731
+        return cls(n("epochs", integer=True, low=1), n("batch_size", integer=True, low=1), n("lr", low=0),
+                   n("weight_decay", low=0), AugmentSettings.parse(data["augment"], "finetune.augment", path))
+
+
+@dataclass(frozen=True)
+class RunConfig(_Settings):
+    """A run's configuration, checked once when it is read (:func:`load_config`); frozen.
+
+    Change a setting with :meth:`replace`. ``fractions``, ``cae_fractions`` and
+    ``cae_ablation_label_fraction`` are :data:`Percent`. ``pretext`` holds each baseline's options,
+    checked by :func:`SinusAnomalyTraining.pretext.build_pretext`, which knows them.
+    """
+
+    description: str
+    crop_size: int  # voxels per edge the networks see: 32 or 64
+    seed: int
+    device: str  # auto, cpu, cuda or cuda:N
+    amp: bool
+    num_workers: int
+    folds: str | tuple[int, ...]  # "all" or fold numbers
+    fractions: tuple[Percent, ...]  # label fractions fine-tuned
+    methods: tuple[str, ...]
+    encoder_widths: tuple[int, ...]
+    cae: CAESettings
+    residuals: ResidualSettings
+    pretrain: PretrainSettings
+    finetune: FinetuneSettings
+    pretext: dict
+    medicalnet_weights: str | None
+    cae_fractions: tuple[Percent, ...]
+    cae_ablation_label_fraction: Percent
+    evaluate: dict
+    source: str = ""  # the file it was read from
+
+    @property
+    def bootstrap(self) -> int:
+        """Bootstrap replicates of the pooled intervals."""
+        return self.evaluate["bootstrap"]
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def parse(cls, data: dict, path: Path) -> RunConfig:
+        crop = _number(data["crop_size"], "crop_size", path, True)
+        if crop not in (32, 64):
+            raise ConfigError(f"{path}: crop_size must be 32 or 64 (the U-Net needs multiples of 32 dividing 64), got {crop}")
+        methods = tuple(data["methods"])
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"{path}: unknown methods {unknown} (known: {', '.join(METHODS)})")
+        folds = data["folds"]
+        if folds != "all" and not (isinstance(folds, list) and all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in folds)):
+            raise ConfigError(f"{path}: folds must be \"all\" or a list of fold numbers")
+        fractions = _percents(data["fractions"], "fractions", path)
+        if not fractions:
+            raise ConfigError(f"{path}: fractions must be percentages in (0, 100]")
+        widths = _numbers(data["encoder_widths"], "encoder_widths", path, True, 1)
+        if len(widths) != 4:
+            raise ConfigError(f"{path}: encoder_widths needs 4 stage widths")
+        if "medicalnet" in methods and not data["medicalnet_weights"]:
+            raise ConfigError(f"{path}: method 'medicalnet' needs medicalnet_weights: the path of a local MedicalNet "
+                              "ResNet18 file (nothing is downloaded)")
+        bootstrap = _number(data["evaluate"]["bootstrap"], "evaluate.bootstrap", path, True, 1)
+        return cls(description=str(data.get("description", "")), crop_size=crop, seed=_number(data["seed"], "seed", path, True),
+                   device=str(data["device"]), amp=bool(data["amp"]), num_workers=_number(data["num_workers"], "num_workers", path, True, 0),
+                   folds="all" if folds == "all" else tuple(folds), fractions=fractions, methods=methods, encoder_widths=widths,
+                   cae=CAESettings.parse(data["cae"], path), residuals=ResidualSettings.parse(data["residuals"], path),
+                   pretrain=PretrainSettings.parse(data["pretrain"], path), finetune=FinetuneSettings.parse(data["finetune"], path),
+                   pretext=copy.deepcopy(dict(data["pretext"])), medicalnet_weights=data["medicalnet_weights"],
+                   cae_fractions=_percents(data["cae_fractions"], "cae_fractions", path),
+                   cae_ablation_label_fraction=_percents([data["cae_ablation_label_fraction"]], "cae_ablation_label_fraction", path)[0],
+                   evaluate={"bootstrap": bootstrap}, source=str(data.get("source", "")))
+
+
+def load_config(name_or_path: str | Path) -> RunConfig:
+    """The paper's defaults overlaid with a built-in (``paper``, ``demo``, ...) or a user's JSON file, checked."""
     paper_path = CONFIG_DIR / "paper.json"
     base = _read(paper_path)
     path = CONFIG_DIR / f"{name_or_path}.json" if str(name_or_path) in BUILTIN else Path(name_or_path)
     override = _read(path)
     override.pop("source", None)  # written into a run's saved config.json, not a setting
-    config = _merge(base, override, "", path) if path != paper_path else base
-    _validate(config, path)
-    config["source"] = str(path)
-    return config
+    merged = _merge(base, override, "", path) if path != paper_path else base
+    merged["source"] = str(path)
+    return RunConfig.parse(merged, path)
 
 
-def chosen_folds(config: dict, n_folds: int) -> list[int]:
+def config_from_dict(data: dict, path: str | Path = "<settings>") -> RunConfig:
+    """A configuration from a dict of settings over the paper's defaults (for tests and scripts)."""
+    merged = _merge(_read(CONFIG_DIR / "paper.json"), {k: v for k, v in data.items() if k != "source"}, "", Path(path))
+    merged["source"] = str(data.get("source", path))
+    return RunConfig.parse(merged, Path(path))
+
+
+def chosen_folds(config: RunConfig, n_folds: int) -> list[int]:
     """The fold numbers a run trains: every fold of the dataset, or the configured ones (checked)."""
-    folds = list(range(n_folds)) if config["folds"] == "all" else [int(f) for f in config["folds"]]
+    folds = list(range(n_folds)) if config.folds == "all" else list(config.folds)
     missing = [f for f in folds if f >= n_folds]
     if missing:
         raise DatasetError(f"folds {missing} do not exist: the dataset has {n_folds} folds (0..{n_folds - 1})")
     return folds
 
 
-def ablation_fractions(config: dict) -> list[float]:
+def ablation_fractions(config: RunConfig) -> list[Percent]:
     """CAE training fractions of the ablation other than 100 % (which is the main run's CAE)."""
-    return [f for f in config["cae_fractions"] if float(f) != 100]
+    return [f for f in config.cae_fractions if f != 100]
 
 
 def percent_key(percent: float) -> str:

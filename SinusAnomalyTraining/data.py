@@ -22,6 +22,7 @@ from SinusAnomalyLib.errors import DatasetError
 from SinusAnomalyLib.residuals import resize_crops
 
 from . import runtime
+from .config import AugmentSettings
 
 
 class SinusCrops(Dataset):
@@ -79,30 +80,30 @@ class SinusCrops(Dataset):
         return item
 
 
-def augmentation(config: dict, with_residual: bool) -> Compose | None:
-    """Training augmentations from ``config`` (probabilities, ranges; ``None`` when all off).
+def augmentation(settings: AugmentSettings, with_residual: bool) -> Compose | None:
+    """Training augmentations with ``settings``' probability and ranges (``None`` when the probability is 0).
 
     Geometric transforms (random affine, flips) move image and residual target together;
     intensity noise touches the image only (the authors also noised the target).
     """
-    prob = float(config.get("prob", 0.0))
+    prob = settings.prob
     if prob <= 0.0:
         return None
     geometric_keys = ["image", "residual"] if with_residual else ["image"]
-    rotate = np.radians(float(config.get("rotate_deg", 10.0)))
+    rotate = np.radians(settings.rotate_deg)
     transforms = [
         RandAffined(
             keys=geometric_keys,
             prob=prob,
             rotate_range=(rotate, rotate, rotate),
-            scale_range=(float(config.get("scale", 0.2)),) * 3,
-            translate_range=(float(config.get("translate_voxels", 5.0)),) * 3,
+            scale_range=(settings.scale,) * 3,
+            translate_range=(settings.translate_voxels,) * 3,
             mode="bilinear",
             padding_mode="border",
         ),
         RandFlipd(keys=geometric_keys, prob=prob / 2.0, spatial_axis=1),
         RandFlipd(keys=geometric_keys, prob=prob / 2.0, spatial_axis=2),
-        RandGaussianNoised(keys=["image"], prob=prob, mean=0.0, std=float(config.get("noise_std", 0.1))),
+        RandGaussianNoised(keys=["image"], prob=prob, mean=0.0, std=settings.noise_std),
     ]
     return Compose(transforms)
 

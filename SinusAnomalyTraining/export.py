@@ -17,14 +17,14 @@ from SinusAnomalyLib.residuals import resize_crops
 from SinusAnomalyLib.splits import fraction_key
 
 from . import evaluation, stages
-from .config import load_config
+from .config import RunConfig, load_config
 from .engine import load_checkpoint
 
 DEFAULT_RESIDUAL_THRESHOLD = 0.5
 HALF_WEIGHTS_MAX_CHANGE = 0.002  # largest probability change float16 storage may cause on validation
 
 
-def half_weights_change(run_dir: Path, config: dict, folds: list[int], states: list[dict]) -> float | None:
+def half_weights_change(run_dir: Path, config: RunConfig, folds: list[int], states: list[dict]) -> float | None:
     """Largest change of a validation probability when the classifiers' weights are stored as float16.
 
     Each fold's classifier is run on its own validation sinuses with its float32 weights and with
@@ -38,7 +38,7 @@ def half_weights_change(run_dir: Path, config: dict, folds: list[int], states: l
     change = 0.0
     for fold, state in zip(folds, states):
         rows = dataset.rows_of_patients(dataset.splits.folds[fold].val)
-        crops = torch.from_numpy(resize_crops(np.asarray(dataset.crops[rows], dtype=np.float32), int(config["crop_size"])))[:, None]
+        crops = torch.from_numpy(resize_crops(np.asarray(dataset.crops[rows], dtype=np.float32), config.crop_size))[:, None]
         probabilities = []
         model = stages.network_spec(config).classifier().eval()
         for weights in (state, {k: torch.from_numpy(v) for k, v in as_half_stored({k: v.numpy() for k, v in state.items()}).items()}):
@@ -123,11 +123,12 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         "fold_thresholds": [float(t) for t in thresholds],
         "threshold_rule": "median over folds of the F1-maximising threshold on each fold's validation predictions",
         "residual_threshold": float(residual_threshold),
-        "crop": {"size_voxels": CROP_SIZE, "spacing_mm": CROP_SPACING_MM, "model_crop_size": int(config["crop_size"]),
+        "crop": {"size_voxels": CROP_SIZE, "spacing_mm": CROP_SPACING_MM, "model_crop_size": config.crop_size,
                  "mirror": "right crop mirrored along axis 0"},
         "intensity": {"percentiles": list(PERCENTILES), "range": [0, 1]},
-        "residuals": config["residuals"],
-        "models": {"cae": {k: config["cae"][k] for k in ("channels", "latent_dim")}, "encoder_widths": config["encoder_widths"]},
+        "residuals": config.residuals.as_dict(),
+        "models": {"cae": {"channels": list(config.cae.channels), "latent_dim": config.cae.latent_dim},
+                   "encoder_widths": list(config.encoder_widths)},
         "reference_sha256": load_reference().sha256,
         "metrics": {k: {kk: vv for kk, vv in v.items() if kk in ("mean", "low", "high", "n")} for k, v in metrics.items()
                     if k in ("auroc", "auprc", "f1_at_val_threshold", "f1_at_0.5")},

@@ -14,23 +14,23 @@ from SinusAnomalyLib.dataset import PreparedDataset, load_dataset
 from SinusAnomalyLib.fileio import write_json_atomic
 
 from . import report, runtime, stages
-from .config import PRETEXT, ablation_fractions, chosen_folds, load_config
+from .config import PRETEXT, RunConfig, ablation_fractions, chosen_folds, load_config
 
 
-def fold_context(config: dict, dataset: PreparedDataset, run_dir: Path, fold: int, device: torch.device,
+def fold_context(config: RunConfig, dataset: PreparedDataset, run_dir: Path, fold: int, device: torch.device,
                  resume: bool = True, progress: bool = True, cae_fraction: float = 100) -> stages.FoldContext:
     return stages.FoldContext(dataset, config, Path(run_dir), fold, device, resume=resume, progress=progress,
                               cae_fraction=cae_fraction)
 
 
-def save_run_config(config: dict, run_dir: Path, dataset: PreparedDataset) -> None:
+def save_run_config(config: RunConfig, run_dir: Path, dataset: PreparedDataset) -> None:
     """``RUN/config.json`` and ``RUN/dataset.json`` (where the data came from, its summary)."""
     if runtime.is_main_process():
-        write_json_atomic(Path(run_dir) / "config.json", config)
+        write_json_atomic(Path(run_dir) / "config.json", config.as_dict())
         write_json_atomic(Path(run_dir) / "dataset.json", {"path": str(Path(dataset.root).resolve()), "summary": dataset.info})
 
 
-def run_pipeline(config: dict, dataset_dir: str | Path, run_dir: str | Path, device: torch.device, progress: bool = True) -> dict:
+def run_pipeline(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, device: torch.device, progress: bool = True) -> dict:
     """Run every stage for the configured folds, methods and fractions, then evaluate."""
     dataset = load_dataset(dataset_dir)
     run_dir = Path(run_dir)
@@ -38,25 +38,25 @@ def run_pipeline(config: dict, dataset_dir: str | Path, run_dir: str | Path, dev
     for fold in chosen_folds(config, len(dataset.splits.folds)):
         ctx = fold_context(config, dataset, run_dir, fold, device, progress=progress)
         stages.train_cae(ctx)
-        for method in config["methods"]:
+        for method in config.methods:
             if method == "residual":
                 stages.compute_residuals(ctx)
                 stages.pretrain(ctx)
             elif method in PRETEXT:
                 stages.pretrain_pretext(ctx, method)  # once per fold, shared by every label fraction
-            for fraction in config["fractions"]:
+            for fraction in config.fractions:
                 stages.finetune(ctx, method, fraction)
         for cae_fraction in ablation_fractions(config):  # the paper's Table 3
             actx = fold_context(config, dataset, run_dir, fold, device, progress=progress, cae_fraction=cae_fraction)
             stages.train_cae(actx)
             stages.compute_residuals(actx)
             stages.pretrain(actx)
-            stages.finetune(actx, "residual", config["cae_ablation_label_fraction"])
+            stages.finetune(actx, "residual", config.cae_ablation_label_fraction)
     runtime.barrier()
     return report.evaluate_run(config, dataset, run_dir) if runtime.is_main_process() else {}
 
 
-def load_run_config(run_dir: Path, config_arg: str | None) -> dict:
+def load_run_config(run_dir: Path, config_arg: str | None) -> RunConfig:
     """The configuration of a run: ``--config`` if given, else the run's saved ``config.json``."""
     if config_arg:
         return load_config(config_arg)

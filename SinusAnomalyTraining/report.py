@@ -21,7 +21,7 @@ from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic, write_text_atomic
 
 from . import evaluation, plots, stages
-from .config import ablation_fractions, chosen_folds, percent_key
+from .config import RunConfig, ablation_fractions, chosen_folds, percent_key
 
 def _jsonable(obj):
     """NaN / inf -> None (JSON has no NaN), numpy scalars and arrays -> Python, keys -> str."""
@@ -143,7 +143,7 @@ METHOD_TITLES = {"none": "No pretraining", "medicalnet": "Transfer learning (Med
 PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.json"
 
 
-def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: float, config: dict, out_dir: Path) -> dict:
+def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: float, config: RunConfig, out_dir: Path) -> dict:
     """Per-fold test metrics of one (method, label fraction) cell, their summary and pooled bootstrap."""
     key = percent_key(fraction)
     per_fold, pooled_y, pooled_p, pooled_groups = [], [], [], []
@@ -162,34 +162,34 @@ def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: f
         pooled_groups += [f"{fold}:{p}" for p in patients]
     summary = evaluation.summarize_folds(per_fold)
     y, p = np.concatenate(pooled_y), np.concatenate(pooled_p)
-    pooled = evaluation.pooled_bootstrap(y, p, groups=np.array(pooled_groups), n_boot=int(config["evaluate"]["bootstrap"]),
-                                         seed=int(config["seed"]))
+    pooled = evaluation.pooled_bootstrap(y, p, groups=np.array(pooled_groups), n_boot=config.bootstrap,
+                                         seed=config.seed)
     write_metrics(out_dir / f"{method_dir}_frac{key}", per_fold, summary, pooled)
     return {"method": method_dir, "fraction": fraction, "folds": len(folds), "y": y, "p": p,
             "auroc": summary.get("auroc"), "auprc": summary.get("auprc"), "f1": summary.get("f1_at_val_threshold"),
             "f1_at_0.5": summary.get("f1_at_0.5"), "pooled": pooled}
 
 
-def evaluate_run(config: dict, dataset: PreparedDataset, run_dir: str | Path) -> dict:
+def evaluate_run(config: RunConfig, dataset: PreparedDataset, run_dir: str | Path) -> dict:
     """Metrics of every (method, fraction) cell, and of the CAE ablation; writes ``RUN/evaluation``."""
     run_dir = Path(run_dir)
     out_dir = run_dir / "evaluation"
     folds = chosen_folds(config, len(dataset.splits.folds))
-    table = [_evaluate_cell(run_dir, folds, m, f, config, out_dir) for f in config["fractions"] for m in config["methods"]]
+    table = [_evaluate_cell(run_dir, folds, m, f, config, out_dir) for f in config.fractions for m in config.methods]
     figures = []
-    for fraction in config["fractions"]:
+    for fraction in config.fractions:
         plot = out_dir / f"roc_pr_frac{percent_key(fraction)}.png"
         curves = {f"{r['method']} pretraining": (r["y"], r["p"]) for r in table if r["fraction"] == fraction}
         plots.plot_roc_pr(curves, plot, title=f"{fraction} % labels, pooled test predictions of {len(folds)} fold(s)")
         figures.append(plot)
-    if len(config["fractions"]) > 1:
+    if len(config.fractions) > 1:
         figures.append(plots.plot_vs_fraction(table, METHOD_TITLES, out_dir / "metrics_vs_fraction.png"))
     ablation = []
     if ablation_fractions(config):
-        label_fraction = config["cae_ablation_label_fraction"]
-        for cae_fraction in sorted({*map(float, config["cae_fractions"]), 100.0}):
+        label_fraction = config.cae_ablation_label_fraction
+        for cae_fraction in sorted({*map(float, config.cae_fractions), 100.0}):
             name = "residual" if cae_fraction == 100 else f"residual_cae{percent_key(cae_fraction)}"
-            if cae_fraction == 100 and not ("residual" in config["methods"] and label_fraction in config["fractions"]):
+            if cae_fraction == 100 and not ("residual" in config.methods and label_fraction in config.fractions):
                 continue  # the 100 % CAE row exists only when the main grid ran that cell
             row = _evaluate_cell(run_dir, folds, name, label_fraction, config, out_dir)
             row["cae_fraction"] = cae_fraction
@@ -223,13 +223,13 @@ def _paper_cell(paper: dict, method: str, fraction, metric_index: int) -> str:
     return f"{mean:.2f} ({low:.2f}-{high:.2f})"
 
 
-def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figures: list[Path], config: dict) -> None:
+def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figures: list[Path], config: RunConfig) -> None:
     paper = json.loads(PAPER_RESULTS.read_text())
     lines = [
         "# SinusAnomaly evaluation",
         "",
-        f"Configuration: `{config.get('source', '?')}` (crop {config['crop_size']}^3, encoder widths "
-        f"{config['encoder_widths']}). Test set: the dataset's held-out patients; metrics per fold on it, "
+        f"Configuration: `{config.source or '?'}` (crop {config.crop_size}^3, encoder widths "
+        f"{list(config.encoder_widths)}). Test set: the dataset's held-out patients; metrics per fold on it, "
         "mean with a 95 % Student-t interval over folds (shown clipped to [0, 1]; unclipped in results.csv); "
         "F1 at the threshold maximising F1 on the fold's validation set. Pooled: all folds' test predictions, "
         "95 % bootstrap interval resampling patients.",
@@ -250,7 +250,7 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
                      + " | ".join(_paper_cell(paper, row["method"], row["fraction"], i) for i in range(3)) + " |")
     if ablation:
         lines += ["", f"## CAE trained on part of the normal training sinuses (the form of the paper's Table 3), "
-                      f"{config['cae_ablation_label_fraction']} % labels", "",
+                      f"{config.cae_ablation_label_fraction} % labels", "",
                   "| CAE normals | AUROC | AUPRC | F1 | paper AUROC | paper AUPRC | paper F1 |", "|---|---|---|---|---|---|---|"]
         for row in ablation:
             entry = paper.get("table3", {}).get(f"{row['cae_fraction']:g}")

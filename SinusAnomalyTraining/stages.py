@@ -34,7 +34,7 @@ from SinusAnomalyLib.residuals import residual_maps, resize_crops
 
 from . import runtime
 from .data import SinusCrops, augmentation, make_loader
-from .config import METHODS, PRETEXT, percent_key
+from .config import METHODS, PRETEXT, PretrainSettings, RunConfig, percent_key
 from .engine import Checkpointer, LossStepFn, fit, load_checkpoint
 from .optim import LARS, WarmupCosine, scaled_lr
 from .pretext import build_pretext, load_medicalnet_encoder
@@ -55,7 +55,7 @@ class FoldContext:
     """Everything a stage needs for one fold."""
 
     dataset: PreparedDataset
-    config: dict
+    config: RunConfig
     run_dir: Path
     fold: int
     device: torch.device
@@ -171,10 +171,10 @@ def _image_batch(batch: dict, device: torch.device) -> torch.Tensor:
     return batch["image"].to(device, non_blocking=True)
 
 
-def network_spec(config: dict, shortcut_type: str = "B") -> NetworkSpec:
+def network_spec(config: RunConfig, shortcut_type: str = "B") -> NetworkSpec:
     """The shapes of a run's networks (``shortcut_type`` "A" for a MedicalNet classifier)."""
-    return NetworkSpec(crop_size=int(config["crop_size"]), encoder_widths=tuple(config["encoder_widths"]),
-                       cae_channels=tuple(config["cae"]["channels"]), cae_latent_dim=int(config["cae"]["latent_dim"]),
+    return NetworkSpec(crop_size=config.crop_size, encoder_widths=config.encoder_widths,
+                       cae_channels=config.cae.channels, cae_latent_dim=config.cae.latent_dim,
                        shortcut_type=shortcut_type)
 
 
@@ -213,7 +213,7 @@ def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build
         log.info(training.description)
         fit(runtime.wrap_ddp(training.model, ctx.device), training.train_loader, training.val_loader, training.loss_step,
             training.epochs, training.optimizer, training.scheduler, ctx.device, Checkpointer(stage_dir),
-            resume=ctx.resume, amp=ctx.config["amp"], progress=ctx.progress, log=log, seed=ctx.config["seed"],
+            resume=ctx.resume, amp=ctx.config.amp, progress=ctx.progress, log=log, seed=ctx.config.seed,
             extra=training.extra, after_step=training.after_step)
     runtime.barrier()
     if finish is not None:
@@ -222,13 +222,12 @@ def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build
     return True
 
 
-def lars_with_warmup_cosine(model: torch.nn.Module, cfg: dict, batch: int, train_loader) -> tuple[LARS, WarmupCosine, float]:
+def lars_with_warmup_cosine(model: torch.nn.Module, cfg: PretrainSettings, batch: int, train_loader) -> tuple[LARS, WarmupCosine, float]:
     """The pretraining optimiser of every method: LARS at ``base_lr`` scaled to the global batch,
     warm-up then cosine, stepped per batch. Returns ``(optimizer, scheduler, learning rate)``."""
-    lr = scaled_lr(float(cfg["base_lr"]), batch * runtime.world_size(), int(cfg["base_batch"]))
-    optimizer = LARS(parameter_groups(model, float(cfg["weight_decay"])), lr=lr, momentum=float(cfg["momentum"]),
-                     weight_decay=float(cfg["weight_decay"]))
-    scheduler = WarmupCosine.for_loader(optimizer, train_loader, int(cfg["epochs"]), float(cfg["warmup_epochs"]))
+    lr = scaled_lr(cfg.base_lr, batch * runtime.world_size(), cfg.base_batch)
+    optimizer = LARS(parameter_groups(model, cfg.weight_decay), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = WarmupCosine.for_loader(optimizer, train_loader, cfg.epochs, cfg.warmup_epochs)
     return optimizer, scheduler, lr
 
 
@@ -240,23 +239,23 @@ def train_cae(ctx: FoldContext) -> Path:
     Returns the path of the best checkpoint (lowest L1 on the validation patients' normals).
     """
     stage_dir = ctx.cae_dir
-    cfg = ctx.config["cae"]
-    made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "crop_size": ctx.config["crop_size"], "cae": cfg,
-                 "seed": ctx.config["seed"], "cae_fraction": ctx.cae_fraction}
+    cfg = ctx.config.cae
+    made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "crop_size": ctx.config.crop_size, "cae": cfg.as_dict(),
+                 "seed": ctx.config.seed, "cae_fraction": ctx.cae_fraction}
 
     def build() -> Training:
         labels = ctx.dataset.labels()
         train = [i for i in ctx.indices("train") if labels[i] == 0]
         if float(ctx.cae_fraction) < 100:  # fixed nested subsets: one seeded order, a prefix per fraction
-            order = np.random.default_rng([int(ctx.config["seed"]), ctx.fold, 7]).permutation(len(train))
+            order = np.random.default_rng([ctx.config.seed, ctx.fold, 7]).permutation(len(train))
             train = sorted(np.asarray(train)[order[: max(1, round(len(train) * float(ctx.cae_fraction) / 100.0))]].tolist())
         val = [i for i in ctx.indices("val") if labels[i] == 0]
         if not train:
             raise DatasetError(f"fold {ctx.fold} has no normal training sinus to train the CAE on")
-        size = ctx.config["crop_size"]
-        train_loader = make_loader(SinusCrops(ctx.dataset, train, size), int(cfg["batch_size"]), True, ctx.config["seed"])
-        val_loader = make_loader(SinusCrops(ctx.dataset, val, size), int(cfg["batch_size"]), False, ctx.config["seed"]) if val else None
-        runtime.seed_everything(ctx.config["seed"])
+        size = ctx.config.crop_size
+        train_loader = make_loader(SinusCrops(ctx.dataset, train, size), cfg.batch_size, True, ctx.config.seed)
+        val_loader = make_loader(SinusCrops(ctx.dataset, val, size), cfg.batch_size, False, ctx.config.seed) if val else None
+        runtime.seed_everything(ctx.config.seed)
         model = network_spec(ctx.config).cae().to(ctx.device)
 
         def l1_step(net, batch, device):
@@ -264,9 +263,9 @@ def train_cae(ctx: FoldContext) -> Path:
             return F.l1_loss(net(x), x)
 
         return Training(f"CAE fold {ctx.fold}: {len(train)} normal training sinuses, {len(val)} normal validation sinuses",
-                        model, train_loader, val_loader, l1_step, int(cfg["epochs"]),
-                        torch.optim.Adam(model.parameters(), lr=float(cfg["lr"])),
-                        extra={"model": "ConvAutoencoder", "config": cfg}, done={"n_train": len(train), "n_val": len(val)})
+                        model, train_loader, val_loader, l1_step, cfg.epochs,
+                        torch.optim.Adam(model.parameters(), lr=cfg.lr),
+                        extra={"model": "ConvAutoencoder", "config": cfg.as_dict()}, done={"n_train": len(train), "n_val": len(val)})
 
     run_training_stage(ctx, stage_dir, made_from, build)
     return stage_dir / Checkpointer.BEST
@@ -285,21 +284,21 @@ def load_cae(ctx: FoldContext) -> tuple[ConvAutoencoder, str]:
 def compute_residuals(ctx: FoldContext) -> Path:
     """Residual targets of every crop of the dataset with the fold's CAE; cached with its identity."""
     stage_dir = ctx.residuals_dir
-    cfg = ctx.config["residuals"]
+    cfg = ctx.config.residuals
     cae, cae_sha = load_cae(ctx)
-    made_from = {"cae_sha256": cae_sha, "residuals": cfg, "crop_size": ctx.config["crop_size"]}
+    made_from = {"cae_sha256": cae_sha, "residuals": cfg.as_dict(), "crop_size": ctx.config.crop_size}
     if _finished(stage_dir, made_from):
         return stage_dir / "residuals.npy"
     sample_ids = [r.sample_id for r in ctx.dataset.manifest]
-    size = ctx.config["crop_size"]
+    size = ctx.config.crop_size
     out = np.zeros((len(sample_ids), size, size, size), dtype=np.float16)
-    batch = int(cfg["batch_size"])
+    batch = cfg.batch_size
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     for start in tqdm(range(0, len(sample_ids), batch), desc=f"residuals fold {ctx.fold}", disable=not ctx.progress, unit="batch"):
         crops = resize_crops(ctx.dataset.crops[start:start + batch], size)
         images = torch.from_numpy(crops)[:, None].to(ctx.device)
-        out[start:start + batch] = residual_maps(cae, images, tuple(cfg["percentiles"]), int(cfg["median_kernel"]))[:, 0].cpu().numpy()
+        out[start:start + batch] = residual_maps(cae, images, cfg.percentiles, cfg.median_kernel)[:, 0].cpu().numpy()
     if runtime.is_main_process():
         with atomic_path(stage_dir / "residuals.npy") as tmp:
             np.save(tmp, out)
@@ -319,8 +318,8 @@ def load_residuals(ctx: FoldContext) -> dict:
         raise StageInputError(
             f"{npy} was made by a different CAE than {cae_path} (stale): re-run the 'residuals' stage for {ctx.fold_dir.name}"
         )
-    if meta.get("crop_size") != ctx.config["crop_size"]:
-        raise StageInputError(f"{npy} has crop size {meta.get('crop_size')}, the run uses {ctx.config['crop_size']}: re-run 'residuals'")
+    if meta.get("crop_size") != ctx.config.crop_size:
+        raise StageInputError(f"{npy} has crop size {meta.get('crop_size')}, the run uses {ctx.config.crop_size}: re-run 'residuals'")
     array = np.load(npy, mmap_mode="r")
     if len(meta["sample_ids"]) != len(array):
         raise StageInputError(f"{npy}: {len(array)} maps for {len(meta['sample_ids'])} sample ids (corrupt): re-run 'residuals'")
@@ -338,19 +337,19 @@ def pretrain(ctx: FoldContext) -> Path:
     the fold's training patients is unlabelled data.
     """
     stage_dir = ctx.pretrain_dir
-    cfg = ctx.config["pretrain"]
+    cfg = ctx.config.pretrain
     residuals = load_residuals(ctx)
     residual_sha = _done(ctx.residuals_dir)["residuals_sha256"]
-    made_from = {"residuals_sha256": residual_sha, "pretrain": cfg, "encoder_widths": ctx.config["encoder_widths"], "seed": ctx.config["seed"]}
+    made_from = {"residuals_sha256": residual_sha, "pretrain": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths), "seed": ctx.config.seed}
 
     def build() -> Training:
-        size = ctx.config["crop_size"]
-        train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size, residuals, augmentation(cfg["augment"], with_residual=True))
+        size = ctx.config.crop_size
+        train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size, residuals, augmentation(cfg.augment, with_residual=True))
         val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size, residuals)
-        batch = min(int(cfg["batch_size"]), len(train_set))
-        train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"], drop_last=True)
-        val_loader = make_loader(val_set, batch, False, ctx.config["seed"]) if len(val_set) else None
-        runtime.seed_everything(ctx.config["seed"])
+        batch = min(cfg.batch_size, len(train_set))
+        train_loader = make_loader(train_set, batch, True, ctx.config.seed, ctx.config.num_workers, drop_last=True)
+        val_loader = make_loader(val_set, batch, False, ctx.config.seed) if len(val_set) else None
+        runtime.seed_everything(ctx.config.seed)
         model = network_spec(ctx.config).unet().to(ctx.device)
         optimizer, scheduler, lr = lars_with_warmup_cosine(model, cfg, batch, train_loader)
 
@@ -360,7 +359,7 @@ def pretrain(ctx: FoldContext) -> Path:
             return F.binary_cross_entropy_with_logits(net(x), target)
 
         return Training(f"pretraining fold {ctx.fold}: {len(train_set)} sinuses, batch {batch}, LARS lr {lr:.4g}",
-                        model, train_loader, val_loader, bce_step, int(cfg["epochs"]), optimizer, scheduler,
+                        model, train_loader, val_loader, bce_step, cfg.epochs, optimizer, scheduler,
                         extra={"model": "ResidualUNet"})
 
     run_training_stage(ctx, stage_dir, made_from, build)
@@ -379,28 +378,28 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
     if method not in PRETEXT:
         raise SinusAnomalyError(f"'{method}' is not a baseline pretraining method (known: {', '.join(PRETEXT)})")
     stage_dir = ctx.fold_dir / f"pretrain_{method}"
-    cfg = ctx.config["pretrain"]
-    options = dict(ctx.config["pretext"].get(method, {}))
+    cfg = ctx.config.pretrain
+    options = dict(ctx.config.pretext.get(method, {}))
     made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "method": method, "options": options,
-                 "pretrain": {k: v for k, v in cfg.items() if k != "augment"}, "encoder_widths": ctx.config["encoder_widths"],
-                 "crop_size": ctx.config["crop_size"], "seed": ctx.config["seed"]}
+                 "pretrain": {k: v for k, v in cfg.as_dict().items() if k != "augment"}, "encoder_widths": list(ctx.config.encoder_widths),
+                 "crop_size": ctx.config.crop_size, "seed": ctx.config.seed}
 
     def build() -> Training:
-        size = ctx.config["crop_size"]
+        size = ctx.config.crop_size
         train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size)
         val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size)
-        batch = min(int(cfg["batch_size"]), len(train_set))
-        train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"], drop_last=True)
-        val_loader = make_loader(val_set, batch, False, ctx.config["seed"], drop_last=True) if len(val_set) >= 2 else None
-        runtime.seed_everything(ctx.config["seed"])
-        model = build_pretext(method, encoder_widths=tuple(ctx.config["encoder_widths"]), **options).to(ctx.device)
+        batch = min(cfg.batch_size, len(train_set))
+        train_loader = make_loader(train_set, batch, True, ctx.config.seed, ctx.config.num_workers, drop_last=True)
+        val_loader = make_loader(val_set, batch, False, ctx.config.seed, drop_last=True) if len(val_set) >= 2 else None
+        runtime.seed_everything(ctx.config.seed)
+        model = build_pretext(method, encoder_widths=ctx.config.encoder_widths, **options).to(ctx.device)
         optimizer, scheduler, lr = lars_with_warmup_cosine(model, cfg, batch, train_loader)
 
         def pretext_step(net, batch_, device):
             return net(_image_batch(batch_, device))  # each pretext model returns its own loss
 
         return Training(f"{method} pretraining fold {ctx.fold}: {len(train_set)} sinuses, batch {batch}, LARS lr {lr:.4g}",
-                        model, train_loader, val_loader, pretext_step, int(cfg["epochs"]), optimizer, scheduler,
+                        model, train_loader, val_loader, pretext_step, cfg.epochs, optimizer, scheduler,
                         extra={"model": type(model).__name__, "method": method}, after_step=model.after_optimizer_step)
 
     run_training_stage(ctx, stage_dir, made_from, build)
@@ -440,33 +439,33 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
     """
     name = ctx.residual_method if method == "residual" else method
     stage_dir = ctx.fold_dir / "finetune" / name / f"frac{percent_key(fraction)}"
-    cfg = ctx.config["finetune"]
-    made_from = {"method": name, "fraction": fraction, "finetune": cfg, "encoder_widths": ctx.config["encoder_widths"],
-                 "seed": ctx.config["seed"], "dataset": ctx.dataset_fingerprint}
+    cfg = ctx.config.finetune
+    made_from = {"method": name, "fraction": fraction, "finetune": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths),
+                 "seed": ctx.config.seed, "dataset": ctx.dataset_fingerprint}
     pretrained_path, shortcut = None, "B"
     if method == "residual":
         pretrained_path = _require(ctx.pretrain_dir / Checkpointer.BEST, "pretrain", ctx.fold_dir)
     elif method in PRETEXT:
         pretrained_path = _require(ctx.fold_dir / f"pretrain_{method}" / Checkpointer.BEST, f"pretrain ({method})", ctx.fold_dir)
     elif method == "medicalnet":
-        pretrained_path, shortcut = Path(ctx.config["medicalnet_weights"]), "A"  # MedicalNet's layout
+        pretrained_path, shortcut = Path(ctx.config.medicalnet_weights), "A"  # MedicalNet's layout
     elif method != "none":
         raise SinusAnomalyError(f"unknown pretraining method '{method}' (known: {', '.join(METHODS)})")
     if pretrained_path is not None:
         made_from["pretrained_sha256"] = sha256_file(pretrained_path) if pretrained_path.is_file() else None
     spec = network_spec(ctx.config, shortcut)
-    size = ctx.config["crop_size"]
+    size = ctx.config.crop_size
     sets = {}  # filled by build, read by finish
 
     def build() -> Training:
         labelled = ctx.labelled_indices(fraction)
-        sets["train"] = train_set = SinusCrops(ctx.dataset, labelled, size, transform=augmentation(cfg["augment"], with_residual=False))
+        sets["train"] = train_set = SinusCrops(ctx.dataset, labelled, size, transform=augmentation(cfg.augment, with_residual=False))
         sets["val"] = val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size)
         sets["test"] = SinusCrops(ctx.dataset, ctx.indices("test"), size)
-        batch = min(int(cfg["batch_size"]), len(train_set))
-        train_loader = make_loader(train_set, batch, True, ctx.config["seed"], ctx.config["num_workers"])
-        val_loader = make_loader(val_set, batch, False, ctx.config["seed"]) if len(val_set) else None
-        runtime.seed_everything(ctx.config["seed"])
+        batch = min(cfg.batch_size, len(train_set))
+        train_loader = make_loader(train_set, batch, True, ctx.config.seed, ctx.config.num_workers)
+        val_loader = make_loader(val_set, batch, False, ctx.config.seed) if len(val_set) else None
+        runtime.seed_everything(ctx.config.seed)
         model = spec.classifier()
         transfer = {}
         if method == "medicalnet":
@@ -483,7 +482,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
 
         return Training(f"fine-tuning fold {ctx.fold}, {method} pretraining, {fraction} % labels: {len(train_set)} sinuses "
                         f"({int(train_set.labels.sum())} anomalous)", model, train_loader, val_loader, ce_step,
-                        int(cfg["epochs"]), torch.optim.AdamW(parameter_groups(model, float(cfg["weight_decay"])), lr=float(cfg["lr"])),
+                        cfg.epochs, torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr),
                         extra={"model": "SinusClassifier", "method": method}, done=transfer)
 
     def predict_val_and_test() -> None:

@@ -21,6 +21,7 @@ from SinusAnomalyLib.reference import load_reference
 from SinusAnomalyLib.synth import SynthParams, make_case
 from SinusAnomalyTraining import pipeline
 from SinusAnomalyTraining.cli import main
+from SinusAnomalyTraining.config import config_from_dict
 from SinusAnomalyTraining.export import export_run
 from conftest import TINY_CONFIG
 
@@ -30,7 +31,7 @@ def bundle_path(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     config = copy.deepcopy(TINY_CONFIG)
     config.update(methods=["residual"], fractions=[100], folds=[0, 1])
-    pipeline.run_pipeline(config, tiny_dataset, root / "run", torch.device("cpu"), progress=False)
+    pipeline.run_pipeline(config_from_dict(config), tiny_dataset, root / "run", torch.device("cpu"), progress=False)
     return export_run(root / "run", root / "tiny.sabundle", "residual", 100)
 
 

@@ -10,6 +10,7 @@ import torch
 
 from SinusAnomalyLib.dataset import load_dataset
 from SinusAnomalyTraining import stages
+from SinusAnomalyTraining.config import config_from_dict
 from SinusAnomalyTraining.engine import load_checkpoint
 from conftest import TINY_CONFIG
 
@@ -18,7 +19,7 @@ from conftest import TINY_CONFIG
 def trained_fold(tiny_dataset, tmp_path_factory):
     """Fold 0 run through CAE, residuals, pretraining and both fine-tunings at 50 %."""
     run = tmp_path_factory.mktemp("run")
-    ctx = stages.FoldContext(load_dataset(tiny_dataset), copy.deepcopy(TINY_CONFIG), run, 0, torch.device("cpu"), progress=False)
+    ctx = stages.FoldContext(load_dataset(tiny_dataset), config_from_dict(TINY_CONFIG), run, 0, torch.device("cpu"), progress=False)
     stages.train_cae(ctx)
     stages.compute_residuals(ctx)
     stages.pretrain(ctx)
@@ -69,7 +70,7 @@ def test_residuals_of_another_cae_are_refused(trained_fold, tmp_path):
 
 
 def test_pretraining_needs_residuals(tiny_dataset, tmp_path):
-    ctx = stages.FoldContext(load_dataset(tiny_dataset), copy.deepcopy(TINY_CONFIG), tmp_path, 0, torch.device("cpu"), progress=False)
+    ctx = stages.FoldContext(load_dataset(tiny_dataset), config_from_dict(TINY_CONFIG), tmp_path, 0, torch.device("cpu"), progress=False)
     with pytest.raises(stages.StageInputError, match="residuals"):
         stages.pretrain(ctx)
 
@@ -176,7 +177,7 @@ def test_grid_with_baselines_and_cae_ablation(tiny_dataset, tmp_path):
                   pretext={"simsiam": {}, "spark": {"patch_size": 4}}, medicalnet_weights=None)
     from SinusAnomalyTraining import pipeline
 
-    result = pipeline.run_pipeline(config, tiny_dataset, tmp_path / "run", torch.device("cpu"), progress=False)
+    result = pipeline.run_pipeline(config_from_dict(config), tiny_dataset, tmp_path / "run", torch.device("cpu"), progress=False)
     fold = tmp_path / "run" / "fold0"
     assert (fold / "pretrain_simsiam" / "best.pt").is_file() and (fold / "pretrain_spark" / "best.pt").is_file()
     assert (fold / "cae_cae50" / "done.json").is_file()
@@ -197,6 +198,6 @@ def test_same_seed_same_result_with_monai_augmentation(tiny_dataset, tmp_path):
     config["finetune"]["augment"]["prob"] = 1.0
     outputs = []
     for name in ("a", "b"):
-        ctx = stages.FoldContext(load_dataset(tiny_dataset), config, tmp_path / name, 0, torch.device("cpu"), progress=False)
+        ctx = stages.FoldContext(load_dataset(tiny_dataset), config_from_dict(config), tmp_path / name, 0, torch.device("cpu"), progress=False)
         outputs.append(stages.finetune(ctx, "none", 100).read_bytes())
     assert outputs[0] == outputs[1]

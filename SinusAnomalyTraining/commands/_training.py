@@ -29,8 +29,8 @@ def setup(args: argparse.Namespace):
     runtime.init_distributed()
     config = pipeline.load_run_config(args.run, args.config)
     if args.device:
-        config["device"] = args.device
-    device = runtime.select_device(config["device"])
+        config = config.replace(device=args.device)
+    device = runtime.select_device(config.device)
     dataset = load_dataset(args.dataset)
     pipeline.save_run_config(config, args.run, dataset)
     return config, dataset, device

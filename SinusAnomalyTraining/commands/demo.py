@@ -65,27 +65,25 @@ def _number(value, spec: str) -> str:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = args.out
-    config = load_config(args.config)
-    config["seed"] = args.seed
+    config = load_config(args.config).replace(seed=args.seed, folds="all")
     if args.device:
-        config["device"] = args.device
-    device = runtime.select_device(config["device"])
+        config = config.replace(device=args.device)
+    device = runtime.select_device(config.device)
 
     cohort = generate_cohort(out / "cohort", n_cases=args.cases, seed=args.seed)
     dataset_dir = out / "dataset"
     prepare_dataset(cohort / "images", cohort / "labels.csv", dataset_dir, n_folds=2, seed=args.seed)
-    config["folds"] = "all"
     evaluation = pipeline.run_pipeline(config, dataset_dir, out / "run", device)
 
     dataset = load_dataset(dataset_dir)
-    masks = localisation.lesion_masks_in_crops(cohort, dataset, config["crop_size"])
+    masks = localisation.lesion_masks_in_crops(cohort, dataset, config.crop_size)
     test_ids = [r.sample_id for r in dataset.manifest if r.patient in set(dataset.splits.test)]
     localisations = []
     residuals = {}
     for fold in chosen_folds(config, len(dataset.splits.folds)):
         residuals = stages.load_residuals(pipeline.fold_context(config, dataset, out / "run", fold, device))
         localisations.append(localisation.residual_auroc(residuals, masks, test_ids))
-    examples = plots.save_residual_examples(dataset, residuals, masks, config["crop_size"], out / "residual_examples.png")
+    examples = plots.save_residual_examples(dataset, residuals, masks, config.crop_size, out / "residual_examples.png")
     errors = centre_errors(cohort, dataset_dir)
 
     # the deliverable a clinician would load: a bundle, tried on one held-out synthetic head
@@ -109,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "# SinusAnomaly demo",
         "",
         f"Synthetic cohort of {args.cases} heads (seed {args.seed}), configuration `{args.config}` "
-        f"(crops {config['crop_size']}^3, encoder widths {config['encoder_widths']}), {minutes:.1f} min. "
+        f"(crops {config.crop_size}^3, encoder widths {list(config.encoder_widths)}), {minutes:.1f} min. "
         "Synthetic data and a scaled-down configuration: this shows the workflow, not clinical performance.",
         "",
         "## Sinus extraction",
