@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import SinusAnomalyLib.dataset as dataset
-from SinusAnomalyLib.dataset import load_dataset, prepare_dataset, read_labels
+from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
+from SinusAnomalyLib.labels import read_labels
 from SinusAnomalyLib.errors import DatasetError, ImageError
 from SinusAnomalyTraining.commands import prepare as prepare_command
 

@@ -25,7 +25,7 @@ import pytest
 from SinusAnomalyLib import extraction as extraction_module
 from SinusAnomalyLib.bundlefile import (MANIFEST, MANIFEST_DIGEST, MAX_MANIFEST_BYTES, read_bundle_file, read_bundle_manifest,
                                         write_bundle_file)
-from SinusAnomalyLib.dataset import read_labels
+from SinusAnomalyLib.labels import read_labels
 from SinusAnomalyLib.errors import BundleError, ImageError, OutputError
 from SinusAnomalyLib.fileio import LOCK_FILE, atomic_folder, locked_output_folder, locked_result_folder, write_json_atomic
 from SinusAnomalyLib.imageio import read_image, write_image

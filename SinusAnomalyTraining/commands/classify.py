@@ -33,7 +33,7 @@ from pathlib import Path
 # Only SimpleITK-based modules here: torch and MONAI (about 4 s to import on two cores) are
 # imported in run(), while the first scan is already being registered.
 from SinusAnomalyLib.bundlefile import describe_bundle, read_bundle_file, read_bundle_manifest
-from SinusAnomalyLib.dataset import read_csv_table
+from SinusAnomalyLib.labels import read_csv_table
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
 from SinusAnomalyLib.extraction import extract_sinuses
 from SinusAnomalyLib.fileio import locked_output_folder, locked_result_folder, write_csv_atomic
