@@ -339,8 +339,16 @@ def test_interrupted_classify_leaves_the_earlier_result_intact(bundle, head, oth
     assert main(["classify", str(head), "--model", str(bundle), "--out", str(out), "--device", "cpu"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     outcomes = []
+    # the real CLI, with each image write inside the temporary folder slowed down, so that the signal
+    # reliably lands while the new result is being written (on a quiet machine it was done too soon)
+    slowed = ("import sys, time\n"
+              "import SinusAnomalyLib.inference as inference\n"
+              "write = inference.write_image\n"
+              "inference.write_image = lambda *a, **k: (time.sleep(0.5), write(*a, **k))[1]\n"
+              "from SinusAnomalyTraining.cli import run_and_exit\n"
+              "run_and_exit(sys.argv[1:])\n")
     for sig in (signal.SIGINT, signal.SIGTERM):
-        proc = subprocess.Popen([sys.executable, "-m", "SinusAnomalyTraining", "classify", str(other_head), "--model", str(bundle),
+        proc = subprocess.Popen([sys.executable, "-c", slowed, "classify", str(other_head), "--model", str(bundle),
                                  "--out", str(out), "--device", "cpu"], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob(".out.*.partial")):
