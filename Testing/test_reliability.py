@@ -341,7 +341,9 @@ def test_interrupted_classify_leaves_the_earlier_result_intact(bundle, head, oth
     outcomes = []
     # the real CLI, with each image write inside the temporary folder slowed down, so that the signal
     # reliably lands while the new result is being written (on a quiet machine it was done too soon)
-    slowed = ("import sys, time\n"
+    # (SIGINT gets Python's own handler back: a test run started in the background inherits it ignored)
+    slowed = ("import signal, sys, time\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "import SinusAnomalyLib.inference as inference\n"
               "write = inference.write_image\n"
               "inference.write_image = lambda *a, **k: (time.sleep(0.5), write(*a, **k))[1]\n"
