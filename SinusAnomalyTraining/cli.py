@@ -17,7 +17,7 @@ COMMANDS = {
     "prepare": "Extract every scan of a cohort, cache the crops and build patient-level splits.",
     "train-cae": "Train the fold's convolutional autoencoder on its normal training sinuses.",
     "residuals": "Compute the CAE residual targets of every crop for a fold.",
-    "pretrain": "Residual-reconstruction pretraining of the 3D ResNet18 U-Net for a fold.",
+    "pretrain": "Self-supervised pretraining for a fold: residual reconstruction (U-Net) or a baseline.",
     "finetune": "Fine-tune the classifier with a label fraction, with or without pretraining.",
     "evaluate": "Metrics, intervals, ROC/PR plots and report of a run's fine-tuned classifiers.",
     "run": "Run every stage for the configured folds, methods and label fractions, then evaluate.",

@@ -25,6 +25,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BUILTIN = ("paper", "demo", "grid-cpu", "grid-paper")
 PRETEXT = ("ae", "dae", "simclr", "byol", "simsiam", "spark")  # the baselines of the paper's Table 2
 METHODS = ("none", "residual", *PRETEXT, "medicalnet")
+PRETRAINING = ("residual", *PRETEXT)  # the methods with a pretraining stage of their own (`pretrain --method`)
 
 
 def _read(path: Path) -> dict:

@@ -1,8 +1,9 @@
 """The whole method over folds, pretraining methods and label fractions, then its evaluation.
 
 ``run_pipeline`` runs, for every chosen fold: CAE -> residuals -> residual pretraining (when the
-"residual" method is asked for) -> fine-tuning per method and label fraction; finished stages are
-skipped, so re-running resumes. :func:`SinusAnomalyTraining.report.evaluate_run` then writes ``RUN/evaluation``.
+"residual" method is asked for) and each baseline's pretraining -> fine-tuning per method and
+label fraction; finished stages are skipped and an interrupted one continues from its last
+checkpoint, so re-running resumes. :func:`SinusAnomalyTraining.report.evaluate_run` then writes ``RUN/evaluation``.
 """
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from SinusAnomalyLib.dataset import PreparedDataset, load_dataset
 from SinusAnomalyLib.fileio import write_json_atomic
 
 from . import report, runtime, stages
-from .config import PRETEXT, RunConfig, ablation_fractions, chosen_folds, load_config
+from .config import PRETRAINING, RunConfig, ablation_fractions, chosen_folds, load_config
 
 
 def fold_context(config: RunConfig, dataset: PreparedDataset, run_dir: Path, fold: int, device: torch.device,
-                 resume: bool = True, progress: bool = True, cae_fraction: float = 100) -> stages.FoldContext:
-    return stages.FoldContext(dataset, config, Path(run_dir), fold, device, resume=resume, progress=progress,
+                 restart: bool = False, progress: bool = True, cae_fraction: float = 100) -> stages.FoldContext:
+    return stages.FoldContext(dataset, config, Path(run_dir), fold, device, restart=restart, progress=progress,
                               cae_fraction=cae_fraction)
 
 
@@ -41,9 +42,8 @@ def run_pipeline(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path
         for method in config.methods:
             if method == "residual":
                 stages.compute_residuals(ctx)
-                stages.pretrain(ctx)
-            elif method in PRETEXT:
-                stages.pretrain_pretext(ctx, method)  # once per fold, shared by every label fraction
+            if method in PRETRAINING:
+                stages.pretrain_method(ctx, method)  # once per fold, shared by every label fraction
             for fraction in config.fractions:
                 stages.finetune(ctx, method, fraction)
         for cae_fraction in ablation_fractions(config):  # the paper's Table 3

@@ -34,7 +34,7 @@ from SinusAnomalyLib.residuals import residual_maps, resize_crops
 
 from . import runtime
 from .data import SinusCrops, augmentation, make_loader
-from .config import METHODS, PRETEXT, PretrainSettings, RunConfig, percent_key
+from .config import METHODS, PRETEXT, PRETRAINING, PretrainSettings, RunConfig, percent_key
 from .engine import Checkpointer, LossStepFn, fit, load_checkpoint
 from .optim import LARS, WarmupCosine, scaled_lr
 from .pretext import build_pretext, load_medicalnet_encoder
@@ -59,7 +59,7 @@ class FoldContext:
     run_dir: Path
     fold: int
     device: torch.device
-    resume: bool = True
+    restart: bool = False  # start its stages over, discarding their checkpoints (default: finish or resume them)
     progress: bool = True
     cae_fraction: float = 100  # the paper's CAE ablation: the CAE sees this % of the training normals
 
@@ -135,8 +135,9 @@ def _finished(stage_dir: Path, made_from: dict) -> bool:
     return done is not None and done.get("made_from") == made_from
 
 
-def _start_stage(stage_dir: Path, made_from: dict) -> None:
-    """Record what a stage is being made from; leftovers of a run with other inputs are removed.
+def _start_stage(stage_dir: Path, made_from: dict, restart: bool = False) -> None:
+    """Record what a stage is being made from; leftovers of a run with other inputs (or all of
+    them, with ``restart``) are removed, so the stage starts over; otherwise it resumes.
 
     Without this, changing a setting and re-running would resume the old run's checkpoint.
     """
@@ -149,7 +150,7 @@ def _start_stage(stage_dir: Path, made_from: dict) -> None:
             previous = json.loads(started.read_text()).get("made_from")
         except json.JSONDecodeError:
             previous = None
-        if previous != made_from:
+        if restart or previous != made_from:
             for name in (Checkpointer.LAST, Checkpointer.BEST, "history.json", "history.csv", DONE, "predictions.csv"):
                 (stage_dir / name).unlink(missing_ok=True)
     write_json_atomic(started, {"made_from": made_from})
@@ -199,21 +200,22 @@ def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build
                        finish: Callable[[], None] | None = None) -> bool:
     """The skeleton every training stage shares; True when it trained, False when already done.
 
-    Skips a stage whose ``done.json`` records ``made_from``; otherwise records what the stage is
-    made from (clearing another run's leftovers), builds the training with ``build`` (seeding
-    first is the builder's job, so weights and data order depend on the seed only), fits with
-    resume, runs ``finish`` (e.g. the predictions of the best checkpoint) and writes
+    Skips a stage whose ``done.json`` records ``made_from`` (unless ``ctx.restart``); otherwise
+    records what the stage is made from (clearing another run's leftovers, or every leftover with
+    ``ctx.restart``), builds the training with ``build`` (seeding first is the builder's job, so
+    weights and data order depend on the seed only), fits, resuming from ``last.pt`` when an
+    interrupted run left one, runs ``finish`` (e.g. the predictions of the best checkpoint) and writes
     ``done.json`` with the best checkpoint's checksum.
     """
-    if _finished(stage_dir, made_from):
+    if not ctx.restart and _finished(stage_dir, made_from):
         return False
-    _start_stage(stage_dir, made_from)
+    _start_stage(stage_dir, made_from, ctx.restart)
     training = build()
     with ctx.logger(stage_dir) as log:
         log.info(training.description)
         fit(runtime.wrap_ddp(training.model, ctx.device), training.train_loader, training.val_loader, training.loss_step,
             training.epochs, training.optimizer, training.scheduler, ctx.device, Checkpointer(stage_dir),
-            resume=ctx.resume, amp=ctx.config.amp, progress=ctx.progress, log=log, seed=ctx.config.seed,
+            resume=True, amp=ctx.config.amp, progress=ctx.progress, log=log, seed=ctx.config.seed,
             extra=training.extra, after_step=training.after_step)
     runtime.barrier()
     if finish is not None:
@@ -287,7 +289,7 @@ def compute_residuals(ctx: FoldContext) -> Path:
     cfg = ctx.config.residuals
     cae, cae_sha = load_cae(ctx)
     made_from = {"cae_sha256": cae_sha, "residuals": cfg.as_dict(), "crop_size": ctx.config.crop_size}
-    if _finished(stage_dir, made_from):
+    if not ctx.restart and _finished(stage_dir, made_from):
         return stage_dir / "residuals.npy"
     sample_ids = [r.sample_id for r in ctx.dataset.manifest]
     size = ctx.config.crop_size
@@ -377,7 +379,7 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
     """
     if method not in PRETEXT:
         raise SinusAnomalyError(f"'{method}' is not a baseline pretraining method (known: {', '.join(PRETEXT)})")
-    stage_dir = ctx.fold_dir / f"pretrain_{method}"
+    stage_dir = pretraining_dir(ctx, method)
     cfg = ctx.config.pretrain
     options = dict(ctx.config.pretext.get(method, {}))
     made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "method": method, "options": options,
@@ -404,6 +406,21 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
 
     run_training_stage(ctx, stage_dir, made_from, build)
     return stage_dir / Checkpointer.BEST
+
+
+def pretraining_dir(ctx: FoldContext, method: str) -> Path:
+    """Where ``method``'s pretraining of the fold writes (and fine-tuning finds) its checkpoints."""
+    return ctx.pretrain_dir if method == "residual" else ctx.fold_dir / f"pretrain_{method}"
+
+
+def pretrain_method(ctx: FoldContext, method: str) -> Path:
+    """Run ``method``'s pretraining for the fold (residual: needs the fold's residuals); its best checkpoint.
+
+    One entry point for ``pretrain --method`` and the pipeline, so both make the same stage.
+    """
+    if method not in PRETRAINING:
+        raise SinusAnomalyError(f"'{method}' has no pretraining stage (pretraining methods: {', '.join(PRETRAINING)})")
+    return pretrain(ctx) if method == "residual" else pretrain_pretext(ctx, method)
 
 
 # --------------------------------------------------------------------------- 4. fine-tuning
@@ -443,10 +460,8 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
     made_from = {"method": name, "fraction": fraction, "finetune": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths),
                  "seed": ctx.config.seed, "dataset": ctx.dataset_fingerprint}
     pretrained_path, shortcut = None, "B"
-    if method == "residual":
-        pretrained_path = _require(ctx.pretrain_dir / Checkpointer.BEST, "pretrain", ctx.fold_dir)
-    elif method in PRETEXT:
-        pretrained_path = _require(ctx.fold_dir / f"pretrain_{method}" / Checkpointer.BEST, f"pretrain ({method})", ctx.fold_dir)
+    if method in PRETRAINING:
+        pretrained_path = _require(pretraining_dir(ctx, method) / Checkpointer.BEST, f"pretrain --method {method}", ctx.fold_dir)
     elif method == "medicalnet":
         pretrained_path, shortcut = Path(ctx.config.medicalnet_weights), "A"  # MedicalNet's layout
     elif method != "none":

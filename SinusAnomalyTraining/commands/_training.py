@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Iterator
 
 from SinusAnomalyLib.dataset import load_dataset
+from SinusAnomalyLib.errors import ConfigError
 
 from .. import pipeline, runtime
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, fold: bool = True) -> None:
+    """The arguments of every training command; ``fold`` for the one-stage commands (also ``--restart``)."""
     parser.add_argument("--dataset", required=True, type=Path, help="prepared dataset folder (sinus-anomaly prepare)")
     # not "--run": torchrun would take it for an abbreviation of its own --run-path
     parser.add_argument("--run-dir", dest="run", required=True, type=Path, help="run folder (created; holds every stage's output)")
@@ -20,13 +22,22 @@ def add_run_arguments(parser: argparse.ArgumentParser, fold: bool = True) -> Non
     if fold:
         parser.add_argument("--fold", type=int, default=0, help="cross-validation fold (default 0)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the configuration's (auto: CUDA when present)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted stage from its last checkpoint")
+    if fold:
+        parser.add_argument("--restart", action="store_true",
+                            help="start the stage over, discarding its checkpoints and outputs (default: a finished "
+                                 "stage is skipped, an interrupted one continues from its last checkpoint)")
+    # resuming is the default; the old flag is still accepted, says so and does nothing else
+    parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def setup(args: argparse.Namespace):
     """(config, dataset, device) for a training command; joins torchrun's process group if any."""
+    if args.resume and getattr(args, "restart", False):
+        raise ConfigError("--resume and --restart contradict each other: resuming is the default, --restart starts over")
     runtime.init_distributed()
+    if args.resume and runtime.is_main_process():
+        print("note: --resume is not needed: re-running a command resumes it by default (--restart starts a stage over)")
     config = pipeline.load_run_config(args.run, args.config)
     if args.device:
         config = config.replace(device=args.device)
@@ -38,7 +49,7 @@ def setup(args: argparse.Namespace):
 
 def fold_context(args: argparse.Namespace):
     config, dataset, device = setup(args)
-    return pipeline.fold_context(config, dataset, args.run, args.fold, device, resume=args.resume, progress=not args.no_progress)
+    return pipeline.fold_context(config, dataset, args.run, args.fold, device, restart=args.restart, progress=not args.no_progress)
 
 
 RUN_FILES = ("config.json", "dataset.json")  # what setup() writes into a run folder

@@ -1,7 +1,8 @@
 """Fine-tune the classifier (ResNet18 encoder + MLP 512-256-2) with a fraction of the labels.
 
 --method none starts from random weights; --method residual from the pretrained U-Net's encoder
-(every parameter name must match). Weighted cross-entropy, AdamW, augmentations; the checkpoint
+(every parameter name must match); a baseline (ae, dae, simclr, byol, simsiam, spark) from its
+'pretrain --method' checkpoint; medicalnet from the configured MedicalNet weights file. Weighted cross-entropy, AdamW, augmentations; the checkpoint
 of lowest validation loss predicts the validation and test sinuses (predictions.csv).
 """
 from __future__ import annotations
