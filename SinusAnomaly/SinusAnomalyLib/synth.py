@@ -7,7 +7,9 @@ Real clinical data are private, so this is the project's default data. Each head
 2. Lesions drawn into the cavities in reference space, bright tissue in dark air like the
    paper's Figure 1b: mucosal thickening (a shell of random, uneven thickness along the wall),
    polyps (rounded masses grown from the wall), retention cysts (smooth bright domes on the
-   floor) and fully occupied sinuses (the whole cavity filled, heterogeneous).
+   floor) and fully occupied sinuses (the whole cavity filled, heterogeneous); opt-in, air-fluid
+   levels (fluid in the dependent part below a level horizontal in the scanner), and per sinus a
+   bony wall of random thickness and a septum (see :class:`SynthParams`).
 3. Shape and pose: a smooth random displacement field over the head plus a local one around the
    midface (a patient's face differs in shape from the reference), a global anisotropic scale,
    a rotation about a random axis and a translation; resampled onto a grid of random spacing
@@ -36,7 +38,9 @@ from .geometry import lps_to_ras
 from .imageio import write_image
 from .reference import ANATOMIES, SIDES, ReferenceHead, load_anatomy, load_reference
 
-ANOMALY_TYPES = ("mucosal_thickening", "polyp", "retention_cyst", "fully_occupied")
+ANOMALY_TYPES = ("mucosal_thickening", "polyp", "retention_cyst", "fully_occupied", "air_fluid_level")
+# The demo cohort's types; air-fluid levels are opt-in, as one more type changes every head's random draws.
+DEFAULT_ANOMALY_TYPES = ANOMALY_TYPES[:4]
 LESION_LABELS = {"left": 1, "right": 2}
 ANATOMY_SPACING_MM = 1.0
 AIR_LEVEL = 4.0  # reference units (uint8 scale of the template)
@@ -61,6 +65,10 @@ class SynthParams:
     contrasts: tuple = ("reference",)  # each head rendered in one of these (see CONTRASTS)
     sinus_scale_range: tuple = (1.0, 1.0)  # per sinus and axis, at its centre (~80 % of it at the walls): size, shape, asymmetry
     floor_first_thickening: bool = False  # mucosal thickening often partial, from the floor up
+    anomaly_types: tuple = DEFAULT_ANOMALY_TYPES  # types an anomalous sinus draws from (ANOMALY_TYPES)
+    sinus_shape_mm: float = 0.0  # per sinus: amplitude of its own smooth shape change (lobes, left/right asymmetry)
+    wall_thickness_mm: tuple = (0.0, 0.0)  # per sinus: a bony wall this thick (random in range) inside the cavity's edge
+    septum_rate: float = 0.0  # chance that a sinus has a septum (a thin bony wall rising from its floor)
 
 
 @dataclass
@@ -110,11 +118,14 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     return field_ / (np.abs(field_).max() + 1e-6)
 
 
-def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str, floor_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str, floor_first: bool = False,
+                 gravity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(lesion mask, lesion intensity map) inside the boolean ``cavity`` box (1 mm voxels, [x, y, z]).
 
     ``floor_first``: mucosal thickening covers the walls only up to a random height (the floor
-    always), thicker at the floor, as it often is.
+    always), thicker at the floor, as it often is. ``gravity``: unit vector (3,) along the box's
+    index axes pointing down, needed by an air-fluid level (fluid fills the cavity from the side
+    it points to up to a plane perpendicular to it).
     """
     depth = ndi.distance_transform_edt(cavity)  # mm from the wall, inside the cavity
     coords = np.indices(cavity.shape).astype(np.float32)
@@ -156,6 +167,14 @@ def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str, floor_
         lesion = cavity.copy()
         level = rng.uniform(120, 190)
         texture = 1.0 + 0.2 * _smooth_noise(rng, cavity.shape, 3.0)
+    elif kind == "air_fluid_level":
+        if gravity is None:
+            raise SinusAnomalyError("an air-fluid level needs the direction of gravity")
+        height = np.tensordot(np.asarray(gravity, np.float32), coords, axes=1)  # grows downwards
+        fill = rng.uniform(0.2, 0.7)  # share of the cavity under fluid
+        lesion = cavity & (height >= np.quantile(height[cavity], 1.0 - fill))
+        level = rng.uniform(180, 235)
+        texture = np.ones_like(texture)  # fluid is homogeneous
     else:
         raise SinusAnomalyError(f"unknown anomaly type '{kind}' (known: {', '.join(ANOMALY_TYPES)})")
     return lesion, level * texture
@@ -176,9 +195,14 @@ CONTRAST_MAPS = {
 # demo cohort's look, FLAIR-like lesions); "t1", "t2", "flair": the tissue remapped as in
 # CONTRAST_MAPS with per-head random changes of every control point (in the spirit of SynthSeg), and
 # lesions at a level relative to the bright tissue typical of that contrast: mucosa and fluid are
-# intermediate on T1 and bright on T2 and FLAIR (fraction of the bright tissue, low-high).
+# intermediate on T1 and bright on T2 and FLAIR (fraction of the bright tissue, low-high); fluid
+# (retention cysts, air-fluid levels) is darker on T1, brighter on T2, and on FLAIR anywhere from
+# suppressed to bright with its protein content. Each lesion's level is drawn per case.
 CONTRASTS = ("reference", "t1", "t2", "flair")
 LESION_LEVELS = {"t1": (0.35, 0.6), "t2": (0.75, 1.0), "flair": (0.6, 0.9)}
+FLUID_LEVELS = {"t1": (0.15, 0.45), "t2": (0.85, 1.1), "flair": (0.3, 0.85)}
+FLUID_KINDS = ("retention_cyst", "air_fluid_level")
+WALL_LEVEL = (0.04, 0.15)  # bony walls and septa: cortical bone gives little signal in any contrast (fraction of the bright tissue)
 CONTRAST_JITTER = 0.08  # +- on each control point's output value
 TEMPLATE_BRIGHT = 255.0  # reference units of the bright tissue (uint8 template: 255 = 99.9th percentile)
 
@@ -213,23 +237,61 @@ def _white_matter(reference: ReferenceHead) -> float:
     return float((edges[peak] + edges[peak + 1]) / 2)
 
 
+def _draw_bone(rng: np.random.Generator, cavity: np.ndarray, params: SynthParams) -> np.ndarray:
+    """Bone inside the boolean ``cavity`` box of one sinus (1 mm voxels, [x, y, z]; index z up): a
+    wall layer of random thickness along its edge and, with ``params.septum_rate``, a septum (a
+    plate 1-2 mm thick rising from the floor to a random height, in a random vertical plane).
+    Draws no random number when both are off."""
+    bone = np.zeros_like(cavity)
+    if tuple(params.wall_thickness_mm) != (0.0, 0.0):
+        depth = ndi.distance_transform_edt(cavity)
+        thickness = min(rng.uniform(*params.wall_thickness_mm), 0.25 * float(depth.max()))  # keep most of a small cavity
+        bone |= cavity & (depth <= thickness)
+    if params.septum_rate > 0 and rng.random() < params.septum_rate:
+        inner = np.argwhere(cavity & ~bone & (ndi.distance_transform_edt(cavity) >= 3.0))
+        if len(inner):
+            through = inner[rng.integers(len(inner))].astype(np.float32)
+            angle = rng.uniform(0.0, np.pi)
+            normal = np.array([np.cos(angle), np.sin(angle), rng.uniform(-0.2, 0.2)], np.float32)
+            normal /= np.linalg.norm(normal)
+            thickness = rng.uniform(1.0, 2.0)
+            coords = np.indices(cavity.shape).astype(np.float32)
+            z = np.argwhere(cavity)[:, 2]
+            top = z.min() + rng.uniform(0.4, 1.0) * (z.max() - z.min())
+            plate = np.abs(np.tensordot(normal, coords - through[:, None, None, None], axes=1)) <= thickness / 2
+            bone |= cavity & plate & (coords[2] <= top)
+    return bone
+
+
 def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomalies: dict, contrast: str = "reference",
-                      floor_first: bool = False) -> tuple[sitk.Image, sitk.Image]:
-    """The 1 mm anatomy in ``contrast`` with lesions drawn in, and its lesion label image."""
+                      params: SynthParams = SynthParams(), gravity_lps: np.ndarray | None = None) -> tuple[sitk.Image, sitk.Image]:
+    """The 1 mm anatomy in ``contrast`` with each sinus's bone (wall, septum; see :func:`_draw_bone`)
+    and lesions drawn in, and its lesion label image. ``gravity_lps``: unit vector, down in the
+    anatomy's LPS space (for air-fluid levels)."""
     head, cavity, _ = _anatomy(reference)
     array = sitk.GetArrayFromImage(head).transpose(2, 1, 0).copy()
     if contrast != "reference":
         array = _render(array, rng, contrast, _white_matter(reference))
+    gravity = None if gravity_lps is None else np.asarray(head.GetDirection()).reshape(3, 3).T @ gravity_lps  # along the index axes
     labels = np.zeros(array.shape, np.uint8)
+    bony = tuple(params.wall_thickness_mm) != (0.0, 0.0) or params.septum_rate > 0
     for side in SIDES:
         kind = anomalies.get(side)
-        if not kind:
+        if not kind and not bony:
             continue
         centre_idx = np.round(head.TransformPhysicalPointToContinuousIndex(reference.center_lps(side).tolist())).astype(int)
         box = tuple(slice(max(c - LESION_BOX_HALF_MM, 0), c + LESION_BOX_HALF_MM) for c in centre_idx)
-        lesion, intensity = _draw_lesion(rng, cavity[box] == LESION_LABELS[side], kind, floor_first)
+        sinus = cavity[box] == LESION_LABELS[side]
+        if bony:
+            bone = _draw_bone(rng, sinus, params)
+            soft = ndi.gaussian_filter(bone.astype(np.float32), 0.6)
+            array[box] = array[box] * (1.0 - soft) + rng.uniform(*WALL_LEVEL) * TEMPLATE_BRIGHT * soft
+            sinus &= ~bone
+        if not kind:
+            continue
+        lesion, intensity = _draw_lesion(rng, sinus, kind, params.floor_first_thickening, gravity)
         if contrast != "reference":  # the drawn level is the template's; rescale to this contrast's
-            low, high = LESION_LEVELS[contrast]
+            low, high = (FLUID_LEVELS if kind in FLUID_KINDS else LESION_LEVELS)[contrast]
             intensity = intensity / float(np.median(intensity)) * rng.uniform(low, high) * TEMPLATE_BRIGHT
         soft = ndi.gaussian_filter(lesion.astype(np.float32), 0.6)  # partial-volume edge
         array[box] = array[box] * (1.0 - soft) + intensity * soft
@@ -252,13 +314,17 @@ def _random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
 
 
 SINUS_SCALE_WINDOW_MM = 25.0  # Gaussian window of a sinus's own size change: ~0.8 at its walls; no folding for scales 0.7-1.3
+SINUS_SHAPE_WINDOW_MM = 20.0  # Gaussian window of a sinus's own shape change
+SINUS_SHAPE_LENGTH_MM = 8.0  # correlation length of that change: lobes of about a third of the sinus
 
 
 def _displacement(reference: ReferenceHead, rng: np.random.Generator, amplitude_mm: float,
-                  sinus_scale_range: tuple = (1.0, 1.0)) -> sitk.Transform:
+                  sinus_scale_range: tuple = (1.0, 1.0), sinus_shape_mm: float = 0.0) -> sitk.Transform:
     """Smooth displacement field (reference space, 4 mm grid): global shape change + midface change,
     and, when ``sinus_scale_range`` is not (1, 1), each sinus scaled about its centre by its own
-    random factor per axis (its size, shape and the left/right asymmetry)."""
+    random factor per axis (its size, shape and the left/right asymmetry); when ``sinus_shape_mm``
+    is above 0, each sinus's own smooth random displacement of up to that many mm (lobes and
+    bulges of the cavity, different left and right)."""
     ref = reference.image
     spacing = 4.0
     size = [int(np.ceil(s * sp / spacing)) + 1 for s, sp in zip(ref.GetSize(), ref.GetSpacing())]
@@ -282,6 +348,12 @@ def _displacement(reference: ReferenceHead, rng: np.random.Generator, amplitude_
             local = np.exp(-(offset ** 2).sum(-1) / (2 * SINUS_SCALE_WINDOW_MM**2))[..., None]
             # the field pulls image points towards the centre by (1 - 1/s): the cavity looks s times as large
             field_ = field_ + local * offset * (1.0 - 1.0 / scale)
+    if sinus_shape_mm > 0:
+        for side in SIDES:
+            offset = reference.center_lps(side) - points
+            local = np.exp(-(offset ** 2).sum(-1) / (2 * SINUS_SHAPE_WINDOW_MM**2))[..., None]
+            bumps = np.stack([_smooth_noise(rng, shape, SINUS_SHAPE_LENGTH_MM / spacing) for _ in range(3)], -1)
+            field_ = field_ + local * bumps * sinus_shape_mm
     image = sitk.GetImageFromArray(field_.transpose(2, 1, 0, 3).astype(np.float64), isVector=True)
     image.SetSpacing([spacing] * 3)
     image.SetOrigin(ref.GetOrigin())
@@ -349,38 +421,56 @@ def _choose(rng: np.random.Generator, options: tuple, known: tuple, what: str) -
     return choice
 
 
-def random_anomalies(rng: np.random.Generator, anomaly_rate: float) -> dict:
-    """None, one or both sides anomalous; types equally likely."""
+def random_anomalies(rng: np.random.Generator, anomaly_rate: float, types: tuple = DEFAULT_ANOMALY_TYPES) -> dict:
+    """None, one or both sides anomalous; ``types`` equally likely."""
     anomalies = {"left": None, "right": None}
     if rng.random() < anomaly_rate:
         sides = [SIDES[int(rng.integers(2))]] if rng.random() < 0.5 else list(SIDES)
         for side in sides:
-            anomalies[side] = ANOMALY_TYPES[int(rng.integers(len(ANOMALY_TYPES)))]
+            anomalies[side] = _choose(rng, tuple(types), ANOMALY_TYPES, "anomaly type")
     return anomalies
+
+
+def _random_pose(rng: np.random.Generator, params: SynthParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rotation 3 x 3, translation mm (3,), anisotropic scale (3,)) of a head in the scanner."""
+    rotation = _random_rotation(rng, params.max_rotation_deg)
+    translation = rng.uniform(-1, 1, 3) * params.max_translation_mm
+    scale = 1.0 + rng.uniform(-params.max_scale_change, params.max_scale_change, 3)
+    return rotation, translation, scale
+
+
+# Down for a supine patient: towards the scanner's posterior, +y in LPS (an air-fluid level's fluid lies there).
+SCANNER_GRAVITY_LPS = np.array([0.0, 1.0, 0.0])
 
 
 def make_case(patient: str, rng: np.random.Generator, params: SynthParams = SynthParams(), anomalies: dict | None = None,
               reference: ReferenceHead | None = None) -> SyntheticCase:
     """One synthetic head with ground truth (see the module docstring)."""
     if anomalies is None:
-        anomalies = random_anomalies(rng, params.anomaly_rate)
+        anomalies = random_anomalies(rng, params.anomaly_rate, params.anomaly_types)
     anatomy_name = _choose(rng, params.anatomies, ANATOMIES, "anatomy")
     contrast = _choose(rng, params.contrasts, CONTRASTS, "contrast")
     # ``reference`` below is the head this case is built from: the reference or another anatomy
     reference = (reference or load_reference()) if anatomy_name == "reference" else load_anatomy(anatomy_name)
-    anatomy, lesions = _lesioned_anatomy(reference, rng, anomalies, contrast, params.floor_first_thickening)
+    # An air-fluid level is horizontal in the scanner, so its head's pose is drawn before its lesions; other heads
+    # keep the draw order of the default cohort. Gravity in the anatomy: the normal of a plane perpendicular to
+    # it in the scanner, pulled back through rotation and scale (the smooth deformation tilts it slightly).
+    pose_first = _random_pose(rng, params) if "air_fluid_level" in anomalies.values() else None
+    gravity_lps = None
+    if pose_first is not None:
+        gravity_lps = pose_first[2] * (pose_first[0].T @ SCANNER_GRAVITY_LPS)
+        gravity_lps /= np.linalg.norm(gravity_lps)
+    anatomy, lesions = _lesioned_anatomy(reference, rng, anomalies, contrast, params, gravity_lps)
     _, _, head_mask = _anatomy(reference)
 
     # pull transform: image point -> reference point = deformation(scale(rigid^-1(point)))
     head_centre = np.asarray(anatomy.TransformContinuousIndexToPhysicalPoint((np.asarray(anatomy.GetSize()) - 1) / 2.0))
-    rotation = _random_rotation(rng, params.max_rotation_deg)
-    translation = rng.uniform(-1, 1, 3) * params.max_translation_mm
-    scale = 1.0 + rng.uniform(-params.max_scale_change, params.max_scale_change, 3)
+    rotation, translation, scale = pose_first or _random_pose(rng, params)
     inverse_pose = sitk.AffineTransform(3)
     inverse_pose.SetCenter(head_centre.tolist())
     inverse_pose.SetMatrix((np.diag(1.0 / scale) @ rotation.T).ravel().tolist())
     inverse_pose.SetTranslation((-(rotation.T @ translation)).tolist())
-    deformation = _displacement(reference, rng, params.deformation_mm, params.sinus_scale_range)
+    deformation = _displacement(reference, rng, params.deformation_mm, params.sinus_scale_range, params.sinus_shape_mm)
     pull = sitk.CompositeTransform([deformation, inverse_pose])  # the last added is applied first
 
     def forward(point_lps):  # reference -> image, ignoring the (small) deformation
@@ -532,9 +622,19 @@ def _claim_folder(settings_path: Path, seed: int, params: SynthParams) -> None:
     write_json_atomic(settings_path, wanted)
 
 
+UNLABELLED_PREFIX = "synth-u"  # unlabelled heads: synth-u0000, ...; labelled ones are synth-0000, ...
+UNLABELLED_STREAM = 1  # an unlabelled head's seed is [seed, index, 1]: a random stream apart from the labelled heads'
+
+
 def generate_cohort(out_dir: str | Path, n_cases: int, seed: int, params: SynthParams = SynthParams(), progress: bool = True,
-                    previews: int = 4) -> Path:
+                    previews: int = 4, n_unlabelled: int = 0) -> Path:
     """Write a cohort of ``n_cases`` heads (see README: images/, masks/, labels.csv, truth.json, previews/).
+
+    With ``n_unlabelled``, also that many heads of the same kind (same lesion mix) whose labels are
+    withheld: ``synth-u0000``, ... in images/ and masks/, listed in ``unlabelled.csv``
+    (``patient,image``), never in ``labels.csv``; their truth goes to ``unlabelled_truth.json``
+    (for checking only). They draw from random streams of their own, so the labelled heads are the
+    same with or without them.
 
     Resumable: a case whose image, mask and truth entry exist is not made again (``truth.json`` is
     rewritten atomically after every case, ``labels.csv`` at the end); resuming with another seed
@@ -542,25 +642,46 @@ def generate_cohort(out_dir: str | Path, n_cases: int, seed: int, params: SynthP
     and parameters before the first case, so resuming with other settings (which would mix heads
     of two cohorts) raises :class:`DatasetError`.
     """
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
     if n_cases < 1:
         raise SinusAnomalyError(f"--cases must be at least 1 (got {n_cases})")
+    if n_unlabelled < 0:
+        raise SinusAnomalyError(f"--unlabelled must be at least 0 (got {n_unlabelled})")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     _claim_folder(out_dir / "synth.json", seed, params)
-    truth_path = out_dir / "truth.json"
+    truth = _write_heads(out_dir, out_dir / "truth.json", "synth-", n_cases, lambda index: [seed, index], params,
+                         "synthetic heads", progress, previews)
+    unlabelled = _write_heads(out_dir, out_dir / "unlabelled_truth.json", UNLABELLED_PREFIX, n_unlabelled,
+                              lambda index: [seed, index, UNLABELLED_STREAM], params, "unlabelled heads", progress) if n_unlabelled else {}
+    write_json_atomic(out_dir / "synth.json", {"seed": seed, "cases": n_cases, "params": asdict(params),
+                                               **({"unlabelled": n_unlabelled} if n_unlabelled else {})})
+    rows = [[patient, side, int(entry[side]["anomaly"] is not None), entry[side]["anomaly"] or "normal", Path(entry["image"]).name]
+            for patient, entry in truth.items() for side in SIDES]
+    write_csv_atomic(out_dir / "labels.csv", ["patient", "side", "label", "anomaly_type", "image"], rows)
+    if n_unlabelled:
+        write_csv_atomic(out_dir / "unlabelled.csv", ["patient", "image"],
+                         [[patient, Path(entry["image"]).name] for patient, entry in unlabelled.items()])
+    return out_dir
+
+
+def _write_heads(out_dir: Path, truth_path: Path, prefix: str, n: int, seed_of, params: SynthParams, desc: str,
+                 progress: bool, previews: int = 0) -> dict:
+    """Make the heads ``<prefix>0000`` ... of ``n`` (those already made are kept), recording each in
+    ``truth_path`` as it is written; ``seed_of(index)`` seeds head ``index``. Returns the truth of
+    the ``n`` heads, sorted by patient. Previews of up to ``previews`` anomalous heads in total."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
     truth = json.loads(truth_path.read_text()) if truth_path.is_file() else {}
     reference = load_reference()
     shown = sum(1 for p in (out_dir / "previews").glob("*.png")) if (out_dir / "previews").is_dir() else 0
-    for index in tqdm(range(n_cases), desc="synthetic heads", unit="head", disable=not progress):
-        patient = f"synth-{index:04d}"
+    for index in tqdm(range(n), desc=desc, unit="head", disable=not progress):
+        patient = f"{prefix}{index:04d}"
         image_name = f"{patient}{_suffix(index)}"
         mask_name = f"{patient}_lesions.nii.gz"
         if patient in truth and (out_dir / "images" / image_name).is_file() and (out_dir / "masks" / mask_name).is_file():
             continue
-        case = make_case(patient, np.random.default_rng([seed, index]), params, reference=reference)
+        case = make_case(patient, np.random.default_rng(seed_of(index)), params, reference=reference)
         write_image(case.image, out_dir / "images" / image_name)
         write_image(case.lesion_labels, out_dir / "masks" / mask_name)
         truth[patient] = {
@@ -574,10 +695,6 @@ def generate_cohort(out_dir: str | Path, n_cases: int, seed: int, params: SynthP
         if shown < previews and any(case.anomalies.values()):
             save_preview(case, out_dir / "previews" / f"{patient}.png")
             shown += 1
-    truth = {k: v for k, v in sorted(truth.items()) if int(k.split("-")[1]) < n_cases}
+    truth = {k: v for k, v in sorted(truth.items()) if int(k[len(prefix):]) < n}
     write_json_atomic(truth_path, truth)
-    write_json_atomic(out_dir / "synth.json", {"seed": seed, "cases": n_cases, "params": asdict(params)})
-    rows = [[patient, side, int(entry[side]["anomaly"] is not None), entry[side]["anomaly"] or "normal", Path(entry["image"]).name]
-            for patient, entry in truth.items() for side in SIDES]
-    write_csv_atomic(out_dir / "labels.csv", ["patient", "side", "label", "anomaly_type", "image"], rows)
-    return out_dir
+    return truth
