@@ -317,23 +317,81 @@ def test_spark_mask_ratio_and_input_zeroing():
     assert all(not m._forward_hooks and "forward" not in vars(m) for m in model.encoder.modules())
 
 
-def test_spark_loss_counts_masked_voxels_only():
+def test_spark_decoder_has_three_upsampling_and_three_conv_blocks():
+    """The paper's light decoder: 3 upsampling + 3 conv blocks from 1/32 to 1/4 resolution, then a
+    linear 1x1x1 head that places each position's 4^3 voxels (no further upsampling or conv block)."""
+    model = small("spark", patch_size=4)
+    assert len(model.decoder) == 3
+    assert all(isinstance(b.upsample, torch.nn.ConvTranspose3d) and b.upsample.stride == (2, 2, 2) for b in model.decoder)
+    assert [sum(isinstance(m, torch.nn.Conv3d) for m in b.conv) for b in model.decoder] == [2, 2, 2]
+    upsampling = [m for m in model.modules() if isinstance(m, (torch.nn.ConvTranspose3d, torch.nn.Upsample))]
+    assert len(upsampling) == 3
+    assert model.head.kernel_size == (1, 1, 1) and model.head.out_channels == 4**3
+    x = batch(5, b=2, size=64)
+    torch.manual_seed(0)
+    visible = model.random_mask(x)
+    features = model.sparse_features(x, visible)
+    assert features[2].shape[2:] == (8, 8, 8) and features[-1].shape[2:] == (2, 2, 2)
+    seen = []
+    handles = [b.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:]))) for b in model.decoder]
+    try:
+        out = model.reconstruct(x, visible)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [(4, 4, 4), (8, 8, 8), (16, 16, 16)]  # 1/16, 1/8, 1/4 of the 64^3 input
+    assert out.shape == x.shape
+
+
+def test_spark_targets_are_normalised_per_patch():
+    x = batch(3, b=2, size=32) * 0.5 + 0.2
+    rows = pretext.normalised_patches(x, 8)  # (B, L, p^3): 4^3 patches of 8^3 voxels
+    assert rows.shape == (2, 64, 512)
+    assert torch.allclose(rows.mean(-1), torch.zeros(2, 64), atol=1e-5)
+    assert torch.allclose(rows.var(-1), torch.ones(2, 64), atol=1e-3)
+    # the first row is the corner patch, standardised by its own statistics
+    corner = x[0, 0, :8, :8, :8].flatten()
+    assert torch.allclose(rows[0, 0].sort().values, ((corner - corner.mean()) / (corner.var() + 1e-6).sqrt()).sort().values,
+                          atol=1e-5)
+    # so the loss does not change when one patch's intensities are scaled and shifted
+    prediction = torch.randn_like(x)
+    masked = torch.ones(2, 1, 4, 4, 4, dtype=torch.bool)
+    changed = x.clone()
+    changed[:, :, 8:16, 0:8, 16:24] = 3.0 * changed[:, :, 8:16, 0:8, 16:24] - 0.7
+    base = pretext.masked_patch_loss(prediction, x, masked, 8)
+    assert torch.allclose(pretext.masked_patch_loss(prediction, changed, masked, 8), base, atol=1e-5)
+    raw = ((prediction - x) ** 2).mean()  # not what SparK compares with
+    assert not torch.allclose(base, raw, atol=1e-2)
+
+
+def test_spark_loss_counts_masked_patches_only():
     model = small("spark")
     model.eval()
     x = batch(8)
     torch.manual_seed(1)
-    visible = model.random_mask(x)
+    visible = model.random_mask(x)  # (4, 1, 4, 4, 4): 8^3 patches of the 32^3 crop
     voxels = model.voxel_mask(visible, x)
     with torch.no_grad():
         prediction = model.reconstruct(x, visible)
-        base = pretext.masked_reconstruction_loss(prediction, x, ~voxels)
-        in_visible = torch.where(voxels, torch.rand_like(x), x)
-        in_masked = torch.where(~voxels, torch.rand_like(x), x)
-        assert torch.equal(pretext.masked_reconstruction_loss(prediction, in_visible, ~voxels), base)
-        assert not torch.allclose(pretext.masked_reconstruction_loss(prediction, in_masked, ~voxels), base)
-        expected = ((prediction - x)[~voxels] ** 2).mean()
-        assert torch.allclose(base, expected, atol=1e-6)
+        base = pretext.masked_patch_loss(prediction, x, ~visible, 8)
         assert torch.allclose(model.loss(x, visible), base, atol=1e-6)
+        # predictions (or the image) on visible patches do not count; on masked patches they do
+        other = torch.rand_like(x)
+        assert torch.equal(pretext.masked_patch_loss(torch.where(voxels, other, prediction), x, ~visible, 8), base)
+        assert torch.equal(pretext.masked_patch_loss(prediction, torch.where(voxels, other, x), ~visible, 8), base)
+        assert not torch.allclose(pretext.masked_patch_loss(torch.where(~voxels, other, prediction), x, ~visible, 8), base)
+        # the mean over masked patches of each patch's mean squared error to its normalised target
+        target = pretext.normalised_patches(x, 8)
+        errors = []
+        for b in range(x.shape[0]):
+            for i, j, k in (~visible[b, 0]).nonzero().tolist():
+                patch = prediction[b, 0, 8 * i:8 * i + 8, 8 * j:8 * j + 8, 8 * k:8 * k + 8].flatten()
+                truth = x[b, 0, 8 * i:8 * i + 8, 8 * j:8 * j + 8, 8 * k:8 * k + 8].flatten()
+                truth = (truth - truth.mean()) / (truth.var() + 1e-6).sqrt()
+                errors.append(((patch - truth) ** 2).mean())
+        assert len(errors) == int((~visible).sum()) == 4 * round(0.6 * 64)
+        assert torch.allclose(base, torch.stack(errors).mean(), atol=1e-5)
+        assert target.shape == (4, 64, 512)
 
 
 def test_spark_batchnorm_statistics_come_from_visible_positions():

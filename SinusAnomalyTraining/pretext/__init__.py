@@ -11,7 +11,7 @@ it trains loads into :class:`SinusClassifier` through the one checked path
 ``simclr``  :class:`SimCLRPretext`: two views, pooled features, MLP projector to 512, NT-Xent.
 ``byol``    :class:`BYOLPretext`: online encoder/projector/predictor, EMA target, 2 - 2 cos.
 ``simsiam`` :class:`SimSiamPretext`: projector + predictor, negative cosine with stop-gradient.
-``spark``   :class:`SparKPretext`: 3D SparK-style masked modelling (sparse encoding emulated).
+``spark``   :class:`SparKPretext`: 3D SparK: sparse masked encoding, per-patch normalised targets.
 =========== ====================================================================================
 
 Common interface (:class:`PretextModel`):
@@ -51,8 +51,8 @@ from .augment import (AugmentOptions, augment_view, random_affine, random_flip, 
                       random_intensity_scale)
 from .base import PretextModel
 from .joint_embedding import BYOLPretext, SimCLRPretext, SimSiamPretext
-from .losses import (byol_momentum, byol_regression_loss, masked_reconstruction_loss, negative_cosine_similarity,
-                     nt_xent_loss)
+from .losses import (byol_momentum, byol_regression_loss, masked_patch_loss, negative_cosine_similarity,
+                     normalised_patches, nt_xent_loss)
 from .medicalnet import MEDICALNET_HEAD_PREFIXES, load_medicalnet_encoder
 from .reconstruction import AutoencoderPretext, DenoisingPretext, ReconstructionDecoder
 from .spark import SparKPretext, random_patch_mask, resample_mask
@@ -72,7 +72,8 @@ __all__ = [
     "byol_momentum",
     "random_patch_mask",
     "resample_mask",
-    "masked_reconstruction_loss",
+    "masked_patch_loss",
+    "normalised_patches",
     "PretextModel",
     "ReconstructionDecoder",
     "AutoencoderPretext",

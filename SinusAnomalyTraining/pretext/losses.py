@@ -5,6 +5,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from monai.networks.utils import pixelunshuffle
 
 from SinusAnomalyLib.errors import PretextError
 
@@ -48,16 +49,33 @@ def byol_momentum(step: int, total_steps: int, tau_base: float = 0.996) -> float
     return 1.0 - (1.0 - float(tau_base)) * (math.cos(math.pi * k / total) + 1.0) / 2.0
 
 
-def masked_reconstruction_loss(
-    prediction: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, kind: str = "mse"
-) -> torch.Tensor:
-    """Mean (squared or absolute) error over the MASKED voxels only; visible voxels contribute nothing.
+def patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``(B, C, D, H, W)`` -> ``(B, L, C * p^3)``: the ``L`` patches of edge ``p`` in the order of the
+    patch grid flattened row-major (as a ``(B, 1, *grid)`` mask flattens), each patch's voxels of all
+    channels in one row."""
+    return pixelunshuffle(x, 3, int(patch_size)).flatten(2).transpose(1, 2)
 
-    ``masked``: ``(B, 1, D, H, W)`` bool, True on voxels of masked patches.
+
+def normalised_patches(x: torch.Tensor, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """SparK's (and MAE's) normalised-pixel targets: :func:`patches` of ``x``, each standardised by
+    its own mean and ``sqrt(var + eps)`` (unbiased variance): ``(B, L, C * p^3)``. A uniform patch
+    becomes all zeros."""
+    rows = patches(x.float(), patch_size)
+    mean = rows.mean(dim=-1, keepdim=True)
+    var = rows.var(dim=-1, keepdim=True)
+    return (rows - mean) / (var + eps).sqrt()
+
+
+def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, masked: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """SparK's loss: mean squared error between ``prediction`` and the per-patch normalised
+    ``target`` (:func:`normalised_patches`), averaged within each patch, then over the MASKED
+    patches only; visible patches contribute nothing.
+
+    ``prediction``, ``target``: ``(B, C, D, H, W)``; ``masked``: ``(B, 1, *grid)`` bool, True on
+    masked patches, ``grid`` = the edges divided by ``patch_size``.
     """
-    if kind not in ("mse", "l1"):
-        raise PretextError(f"loss must be 'mse' or 'l1', got {kind!r}")
-    diff = prediction.float() - target.float()
-    error = diff.square() if kind == "mse" else diff.abs()
-    weight = masked.to(error.dtype).expand_as(error)
-    return (error * weight).sum() / weight.sum().clamp_min(1.0)
+    per_patch = (patches(prediction.float(), patch_size) - normalised_patches(target, patch_size)).square().mean(dim=-1)
+    weight = masked.flatten(1).to(per_patch.dtype)  # (B, L), the patch order of patches()
+    if weight.shape != per_patch.shape:
+        raise PretextError(f"mask of shape {tuple(masked.shape)} does not fit {per_patch.shape[1]} patches per sample")
+    return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)

@@ -1,4 +1,5 @@
-"""SparK-style masked image modelling in 3D: patch masks, emulated sparse encoding, light decoder."""
+"""SparK masked image modelling in 3D: patch masks, emulated sparse encoding, light decoder,
+per-patch normalised targets."""
 from __future__ import annotations
 
 import math
@@ -6,13 +7,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.networks.utils import pixelshuffle
 from torch import nn
 
 from SinusAnomalyLib.errors import PretextError
 from SinusAnomalyLib.models import RESNET18_WIDTHS
 
-from .base import PretextModel, upsample_block
-from .losses import masked_reconstruction_loss
+from .base import PretextModel
+from .losses import masked_patch_loss
 
 
 def random_patch_mask(batch: int, grid: Sequence[int], ratio: float = 0.6, device=None) -> torch.Tensor:
@@ -129,8 +131,31 @@ class _SparseEncoding:
         self._patched.clear()
 
 
+class SparKDecoderBlock(nn.Module):
+    """One block of SparK's light decoder: ``(B, c_in, s^3)`` -> ``(B, c_out, (2s)^3)``.
+
+    ``upsample``: a learned x2 upsampling (transposed conv, kernel 4, stride 2, padding 1);
+    ``conv``: 3x3x3 conv + BatchNorm + ReLU6, then 3x3x3 conv to ``c_out`` + BatchNorm (SparK's
+    UNet block, in 3D).
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.upsample = nn.ConvTranspose3d(c_in, c_in, kernel_size=4, stride=2, padding=1, bias=True)
+        self.conv = nn.Sequential(
+            nn.Conv3d(c_in, c_in, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm3d(c_in),
+            nn.ReLU6(inplace=True),
+            nn.Conv3d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm3d(c_out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.upsample(x))
+
+
 class SparKPretext(PretextModel):
-    """SparK-style masked image modelling in 3D (Tian et al. 2023, adapted as in the paper).
+    """SparK masked image modelling in 3D (Tian et al. 2023), with the paper's light decoder.
 
     * Masking: the crop is cut into ``patch_size``^3 patches (8^3, the paper); per sample a random
       ``mask_ratio`` (60 %) of them is masked (:func:`random_patch_mask`); masked patches of the
@@ -139,13 +164,20 @@ class SparKPretext(PretextModel):
       pooling and activation the mask (resampled to that resolution) zeroes the masked positions
       again, and BatchNorm uses the statistics of the visible positions only. Where a feature map
       is coarser than the patch grid, a voxel is visible if any patch under it is.
-    * Light decoder (3 upsampling + 3 conv blocks, the paper): the four stage outputs
-      (layer1..layer4, 1/4 .. 1/32 resolution) are "densified": masked positions are filled with a
-      learnable mask token of that level, then BatchNorm + a conv (1x1x1 for the deepest, 3x3x3
-      otherwise) projects them to the decoder width; from the deepest level, each block upsamples
-      x2 (trilinear + 3x3x3 conv + BN + ReLU) and adds the densified map of the next level; a head
-      upsamples x4 to full resolution and convolves to the image's channels (linear output).
-    * Loss: MSE (or L1) between reconstruction and input over the MASKED voxels only.
+    * Light decoder, 3 upsampling and 3 conv blocks (the paper's SparK baseline; SparK's own
+      decoder has one block per halving of the encoder, five for this stride-32 encoder): the four
+      stage outputs (layer4 .. layer1, 1/32 .. 1/4 resolution) are "densified": masked positions
+      are filled with a learnable mask token of that level, then BatchNorm + a conv (1x1x1 for the
+      deepest, 3x3x3 otherwise) projects them to the decoder width of that level. From the
+      deepest, each of the three :class:`SparKDecoderBlock` s (x2 upsampling + conv block) takes
+      the sum so far to the next level, where that level's densified map is added; so the
+      decoder ends at 1/4 resolution (16^3 for a 64^3 crop). A linear 1x1x1 prediction head gives
+      each 1/4-resolution position the values of the 4^3 voxels under it (arranged back to full
+      resolution, as MAE's and SimMIM's linear heads predict a patch's pixels).
+    * Loss (SparK's, with its normalised-pixel targets): each target patch is standardised by its
+      own mean and standard deviation; the mean squared error per patch is averaged over the
+      MASKED patches only (:func:`masked_patch_loss`). :meth:`reconstruct` therefore predicts
+      patch-normalised intensities.
 
     Input edges must be multiples of 32 and of ``patch_size``.
 
@@ -153,10 +185,10 @@ class SparKPretext(PretextModel):
         patch_size: patch edge in voxels (8).
         mask_ratio: fraction of patches masked (0.6).
         decoder_widths: widths of the decoder at 1/32, 1/16, 1/8, 1/4 (default: the encoder's).
-        loss: ``"mse"`` or ``"l1"``.
     """
 
     size_multiple = 32
+    head_scale = 4  # layer1's resolution is 1/4 of the input's
 
     def __init__(
         self,
@@ -166,18 +198,14 @@ class SparKPretext(PretextModel):
         patch_size: int = 8,
         mask_ratio: float = 0.6,
         decoder_widths: Sequence[int] | None = None,
-        loss: str = "mse",
     ) -> None:
         super().__init__(encoder_widths, in_channels, shortcut_type)
-        if int(patch_size) < 1:
-            raise PretextError(f"patch_size must be positive, got {patch_size}")
+        if int(patch_size) < 2:
+            raise PretextError(f"patch_size must be at least 2 (a patch's values are standardised), got {patch_size}")
         if not 0.0 < float(mask_ratio) < 1.0:
             raise PretextError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-        if loss not in ("mse", "l1"):
-            raise PretextError(f"loss must be 'mse' or 'l1', got {loss!r}")
         self.patch_size = int(patch_size)
         self.mask_ratio = float(mask_ratio)
-        self.loss_kind = loss
         levels = self.encoder.feature_channels[1:][::-1]  # layer4, layer3, layer2, layer1
         widths = tuple(int(w) for w in (decoder_widths or levels))
         if len(widths) != 4:
@@ -189,11 +217,8 @@ class SparKPretext(PretextModel):
             nn.Sequential(nn.BatchNorm3d(c), nn.Conv3d(c, w, kernel_size=1 if i == 0 else 3, padding=0 if i == 0 else 1))
             for i, (c, w) in enumerate(zip(levels, widths))
         )
-        self.up_blocks = nn.ModuleList(upsample_block(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.head = nn.Sequential(
-            nn.Upsample(scale_factor=4, mode="trilinear", align_corners=False),
-            nn.Conv3d(widths[-1], in_channels, kernel_size=3, padding=1),
-        )
+        self.decoder = nn.ModuleList(SparKDecoderBlock(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.head = nn.Conv3d(widths[-1], in_channels * self.head_scale**3, kernel_size=1)
 
     def check_batch(self, x: torch.Tensor) -> None:
         super().check_batch(x)
@@ -219,24 +244,24 @@ class SparKPretext(PretextModel):
             return self.encoder(masked_input)
 
     def reconstruct(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """Reconstruction ``(B, C, D, H, W)`` of the whole crop from its visible patches."""
+        """Prediction ``(B, C, D, H, W)`` of the whole crop, in patch-normalised intensities,
+        from its visible patches."""
         features = self.sparse_features(x, visible)[1:][::-1]  # layer4 .. layer1
         dense = []
         for feature, token, densify in zip(features, self.mask_tokens, self.densify):
             keep = resample_mask(visible, feature.shape[2:])
             dense.append(densify(torch.where(keep, feature, token.to(feature.dtype))))
         out = dense[0]
-        for block, skip in zip(self.up_blocks, dense[1:]):
+        for block, skip in zip(self.decoder, dense[1:]):
             out = block(out) + skip
-        return self.head(out)
+        return pixelshuffle(self.head(out), 3, self.head_scale)
 
     def loss(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
-        """Masked-voxel reconstruction loss; ``visible`` (``(B, 1, *grid)`` bool) fixes the mask."""
+        """Per-patch normalised MSE over the masked patches; ``visible`` (``(B, 1, *grid)`` bool) fixes the mask."""
         self.check_batch(x)
         if visible is None:
             visible = self.random_mask(x)
         elif tuple(visible.shape) != (x.shape[0], 1, *self.patch_grid(x)):
             raise PretextError(f"mask of shape {tuple(visible.shape)} does not fit the batch's patch grid {self.patch_grid(x)}")
         visible = visible.bool()
-        prediction = self.reconstruct(x, visible)
-        return masked_reconstruction_loss(prediction, x, ~self.voxel_mask(visible, x), self.loss_kind)
+        return masked_patch_loss(self.reconstruct(x, visible), x, ~visible, self.patch_size)
