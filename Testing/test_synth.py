@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from SinusAnomalyLib.errors import SinusAnomalyError
 from SinusAnomalyLib.imageio import read_image
@@ -204,7 +205,9 @@ def test_default_cohort_draws_no_extra_random_numbers():
     reference = load_reference()
     rng_default, rng_explicit = np.random.default_rng(9), np.random.default_rng(9)
     make_case("x", rng_default, SynthParams(), reference=reference)
-    make_case("x", rng_explicit, SynthParams(contrasts=("reference",), sinus_scale_range=(1.0, 1.0)), reference=reference)
+    make_case("x", rng_explicit, SynthParams(contrasts=("reference",), sinus_scale_range=(1.0, 1.0),
+                                             anomaly_types=synth.DEFAULT_ANOMALY_TYPES, sinus_shape_mm=0.0,
+                                             wall_thickness_mm=(0.0, 0.0), septum_rate=0.0), reference=reference)
     assert rng_default.random() == rng_explicit.random()
 
 
@@ -244,3 +247,155 @@ def test_a_head_from_a_real_anatomy_keeps_its_field_of_view():
     assert np.linalg.norm(points - case.centers_ras["left"], axis=1).max() < 30.0
     with pytest.raises(SinusAnomalyError, match="unknown anatomy"):
         make_case("x", np.random.default_rng(0), SynthParams(anatomies=("mni152",)))
+
+
+# --------------------------------------------------------------------------- lesion kinds, bone, shape (issue 15)
+
+BONY = SynthParams(wall_thickness_mm=(1.0, 2.5), septum_rate=1.0)
+DOWN_LPS = np.array([0.0, 1.0, 0.0])  # posterior: down for a supine head
+
+
+def _lesioned(kind, contrast, params=BONY, seed=3):
+    """1 mm anatomy arrays [x, y, z] of the reference with ``kind`` drawn in the left sinus: (image, left lesion, left cavity)."""
+    reference = load_reference()
+    _, cavity, _ = synth._anatomy(reference)
+    image, labels = synth._lesioned_anatomy(reference, np.random.default_rng(seed), {"left": kind, "right": None},
+                                            contrast, params, DOWN_LPS)
+    image = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    labels = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
+    assert not (labels == LESION_LABELS["right"]).any()
+    return image, labels == LESION_LABELS["left"], cavity == LESION_LABELS["left"]
+
+
+@pytest.mark.parametrize("contrast", ["reference", "t2"])
+@pytest.mark.parametrize("kind", ANOMALY_TYPES)
+def test_each_lesion_kind_lies_in_the_cavity_and_matches_its_mask(kind, contrast):
+    """With a bony wall and a septum: the mask lies inside the cavity, and the cavity's voxels brighter than
+    halfway from its air to the lesion are the mask's (Dice; the mask's edge is blurred by partial volume)."""
+    image, lesion, cavity = _lesioned(kind, contrast)
+    assert lesion.sum() > 200, kind
+    assert not (lesion & ~cavity).any()
+    air = np.median(image[cavity & ~ndi.binary_dilation(lesion, iterations=2)]) if kind != "fully_occupied" else synth.AIR_LEVEL
+    bright = cavity & (image > (np.median(image[lesion]) + air) / 2)
+    dice = 2 * (bright & lesion).sum() / (bright.sum() + lesion.sum())
+    assert dice > 0.9, (kind, contrast, dice)
+
+
+def test_bony_wall_and_septum_are_dark_and_left_out_of_the_lesion():
+    """A fully occupied sinus fills what the wall layer and the septum leave of the cavity; those are dark."""
+    image, lesion, cavity = _lesioned("fully_occupied", "reference")
+    bone = cavity & ~lesion
+    assert 0.1 < bone.sum() / cavity.sum() < 0.5
+    edge = cavity & ~ndi.binary_erosion(cavity)
+    assert (bone & edge).sum() / edge.sum() > 0.9  # the wall lines the cavity's edge
+    assert (bone & ndi.binary_erosion(cavity, iterations=4)).sum() > 50  # the septum reaches inside
+    core = bone & ndi.binary_erosion(bone)  # away from the blurred edges of the lesion
+    assert np.median(image[core]) < synth.WALL_LEVEL[1] * synth.TEMPLATE_BRIGHT < 0.5 * np.median(image[lesion])
+    # without the options no bone is drawn: the lesion is the whole cavity
+    _, plain, cavity = _lesioned("fully_occupied", "reference", SynthParams())
+    assert np.array_equal(plain, cavity)
+
+
+def test_fluid_is_dark_on_t1_and_bright_on_t2_relative_to_white_matter():
+    reference = load_reference()
+    template = sitk.GetArrayViewFromImage(synth._anatomy(reference)[0]).transpose(2, 1, 0)
+    white_matter = np.abs(template - synth._white_matter(reference)) < 3.0
+    for contrast, darker in (("t1", True), ("t2", False)):
+        for seed in range(3):
+            image, lesion, _ = _lesioned("air_fluid_level", contrast, SynthParams(), seed)
+            assert (np.median(image[lesion]) < np.median(image[white_matter])) == darker, (contrast, seed)
+
+
+def _world_lps_view(image: sitk.Image, centre_lps, interpolator) -> np.ndarray:
+    """``image`` on a 1 mm grid aligned with the scanner's LPS axes around ``centre_lps``: array [x, y, z]."""
+    box = sitk.Image([48, 48, 48], image.GetPixelID())
+    box.SetOrigin((np.asarray(centre_lps) - 23.5).tolist())
+    return sitk.GetArrayFromImage(sitk.Resample(image, box, sitk.Transform(), interpolator, 0)).transpose(2, 1, 0)
+
+
+def test_air_fluid_level_is_horizontal_in_the_scanner_with_fluid_posterior():
+    """A supine head turned by 10-15 degrees: the fluid's free surface (fluid voxels with air in front) is a
+    plane perpendicular to the scanner's y (tilted under 8 degrees), and the fluid lies behind the air."""
+    params = SynthParams(anomaly_types=("air_fluid_level",), max_translation_mm=0, anisotropic=False,
+                         spacing_range_mm=(1.0, 1.0))
+    case = make_case("x", np.random.default_rng(1), params, anomalies={"left": "air_fluid_level", "right": None})
+    assert case.pose["rotation_deg"] > 10.0, case.pose  # the head is turned: drawn level in the head would tilt
+    centre = np.diag([-1.0, -1.0, 1.0]) @ case.centers_ras["left"]
+    fluid = _world_lps_view(case.lesion_labels, centre, sitk.sitkNearestNeighbor) == LESION_LABELS["left"]
+    image = _world_lps_view(case.image, centre, sitk.sitkLinear)
+    air = (image < 0.25 * np.median(image[fluid])) & ~fluid
+    surface = fluid & np.roll(air, 1, axis=1) & np.roll(air, 2, axis=1)  # air 1 and 2 mm in front (smaller LPS y)
+    points = np.argwhere(surface).astype(float)
+    assert len(points) > 30
+    normal = np.linalg.svd(points - points.mean(0), full_matrices=False)[2][-1]
+    assert np.degrees(np.arccos(abs(normal[1]))) < 8.0, normal
+    in_front = np.argwhere(air & ndi.binary_dilation(fluid, iterations=6))[:, 1]
+    assert np.median(np.argwhere(fluid)[:, 1]) > np.median(in_front)
+
+
+def test_two_anatomies_have_differently_shaped_cavities():
+    """Each cavity centred and scaled to the same volume: the same side of two anatomies overlaps by Dice < 0.9."""
+    grid = np.indices((48, 48, 48)).reshape(3, -1).T - 23.5
+
+    def normalised(name, value):
+        _, cavity, _ = synth._anatomy(load_anatomy(name))
+        points = np.argwhere(cavity == value)
+        source = np.round(grid * (len(points) / 8000.0) ** (1 / 3) + points.mean(0)).astype(int)
+        inside = np.all((source >= 0) & (source < cavity.shape), 1)
+        shape = np.zeros(len(grid), bool)
+        shape[inside] = cavity[tuple(source[inside].T)] == value
+        return shape
+
+    for value in (1, 2):
+        shapes = [normalised(name, value) for name in ANATOMIES]
+        for i in range(len(shapes)):
+            for j in range(i + 1, len(shapes)):
+                dice = 2 * (shapes[i] & shapes[j]).sum() / (shapes[i].sum() + shapes[j].sum())
+                assert dice < 0.9, (ANATOMIES[i], ANATOMIES[j], value, dice)
+
+
+def test_sinus_shape_changes_each_sinus_on_its_own():
+    """Fully occupied sinuses (lesion = cavity) with and without each sinus's own shape change."""
+    reference = load_reference()
+    masks = {}
+    for amplitude in (0.0, 3.0):
+        params = SynthParams(sinus_shape_mm=amplitude, deformation_mm=0.0, **FIXED_POSE)
+        case = make_case("x", np.random.default_rng(5), params, anomalies={"left": "fully_occupied", "right": "fully_occupied"},
+                         reference=reference)
+        masks[amplitude] = sitk.GetArrayFromImage(case.lesion_labels)
+    dices = []
+    for value in LESION_LABELS.values():
+        a, b = masks[0.0] == value, masks[3.0] == value
+        dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
+    assert all(0.6 < d < 0.95 for d in dices), dices
+    assert abs(dices[0] - dices[1]) > 0.005, dices  # each side changed by its own field
+
+
+FULL_VARIETY = SynthParams(anatomies=("reference", "colin27"), contrasts=("t1", "t2", "flair"), sinus_scale_range=(0.7, 1.3),
+                           floor_first_thickening=True, anomaly_types=ANOMALY_TYPES, sinus_shape_mm=3.0,
+                           wall_thickness_mm=(0.0, 2.5), septum_rate=0.3, anomaly_rate=1.0)
+
+
+def test_full_variety_same_seed_same_head():
+    a = make_case("a", np.random.default_rng([8, 1]), FULL_VARIETY)
+    b = make_case("a", np.random.default_rng([8, 1]), FULL_VARIETY)
+    assert a.anomalies == b.anomalies and a.pose == b.pose
+    assert np.array_equal(sitk.GetArrayViewFromImage(a.image), sitk.GetArrayViewFromImage(b.image))
+    assert np.array_equal(sitk.GetArrayViewFromImage(a.lesion_labels), sitk.GetArrayViewFromImage(b.lesion_labels))
+
+
+def test_cli_variety_flags(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "c"), "--cases", "1", "--seed", "2", "--previews", "0",
+                 "--anomaly-types", "air_fluid_level", "--anomaly-rate", "1", "--sinus-shape-mm", "2",
+                 "--wall-thickness", "0,2", "--septum-rate", "0.5"]) == 0
+    settings = json.loads((tmp_path / "c" / "synth.json").read_text())["params"]
+    assert settings["anomaly_types"] == ["air_fluid_level"] and settings["wall_thickness_mm"] == [0.0, 2.0]
+    assert settings["sinus_shape_mm"] == 2.0 and settings["septum_rate"] == 0.5
+    with open(tmp_path / "c" / "labels.csv", newline="") as fh:
+        assert {row["anomaly_type"] for row in csv.DictReader(fh)} <= {"air_fluid_level", "normal"}
+    capsys.readouterr()
+    for bad in (["--septum-rate", "2"], ["--wall-thickness", "2,1"], ["--anomaly-types", "tumour"], ["--sinus-shape-mm", "x"]):
+        with pytest.raises(SystemExit) as info:
+            main(["synth", "--out", str(tmp_path / "d"), *bad])
+        assert info.value.code == 2
+        assert "expected" in capsys.readouterr().err, bad

@@ -494,7 +494,7 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     if anatomy_name != "reference":  # a real head's field of view ends in the face: beyond it, zero padding
         in_view = sitk.Image(anatomy.GetSize(), sitk.sitkUInt8) + 1
         in_view.CopyInformation(anatomy)
-        array[sitk.GetArrayViewFromImage(sitk.Resample(in_view, grid, pull, sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0) == 0] = 0.0
+        array[sitk.GetArrayFromImage(sitk.Resample(in_view, grid, pull, sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0) == 0] = 0.0
     out = sitk.GetImageFromArray(array.transpose(2, 1, 0))
     out.CopyInformation(grid)
     pose = {
