@@ -20,8 +20,15 @@ Conventions used throughout this module
 The paper (Bhattacharya et al.) reports, per method and training fraction, the mean and 95 %
 confidence interval over the five cross-validation folds of AUROC, AUPRC and F1 on the test folds,
 with the F1 threshold chosen on the validation set. :func:`evaluate_fold` +
-:func:`summarize_folds` give exactly those numbers; :func:`bootstrap_ci` adds a CI on the pooled
-out-of-fold predictions, resampling patients (``groups``) since a patient's two sinuses are
+:func:`summarize_folds` give those numbers; the Student-t interval is given only from
+:data:`MIN_FOLDS_FOR_T` folds on (with two, t has one degree of freedom and the interval is
+meaningless). It describes the spread of the folds' scores, not the uncertainty from the test
+patients: here every fold tests the same held-out patients.
+
+For that uncertainty: :func:`ensemble_by_sinus` pools the folds' test predictions per sinus (the
+mean probability of the folds that tested it, as the exported bundle predicts), so each test
+patient counts once however many folds tested it; :func:`pooled_bootstrap` with ``groups`` = the
+patients then resamples patients, each with all their sinuses, since a patient's two sinuses are
 correlated.
 """
 from __future__ import annotations
@@ -39,12 +46,16 @@ __all__ = [
     "binary_metrics",
     "best_f1_threshold",
     "evaluate_fold",
+    "MIN_FOLDS_FOR_T",
     "mean_ci",
+    "ensemble_by_sinus",
     "bootstrap_ci",
     "pooled_bootstrap",
     "summarize_folds",
 ]
 
+#: Fewest folds for which :func:`summarize_folds` gives a Student-t interval.
+MIN_FOLDS_FOR_T = 3
 #: Metrics of :func:`binary_metrics` that depend on the decision threshold.
 THRESHOLD_METRICS = ("f1", "precision", "recall", "specificity", "accuracy")
 _RANKING_METRICS = ("auroc", "auprc")
@@ -296,6 +307,40 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def ensemble_by_sinus(sample_ids, patients, y_true, p) -> dict:
+    """The folds' test predictions pooled per sinus: one row per sinus, its mean probability.
+
+    Args:
+        sample_ids, patients: ``(n,)`` sinus ids and their patients, one row per prediction (the
+            test rows of every fold, concatenated; a sinus appears once per fold that tested it).
+        y_true: ``(n,)`` labels 0/1; p: ``(n,)`` anomalous-class probabilities.
+
+    Returns:
+        ``{"sample_ids", "patients", "y", "p", "n_folds"}``: arrays of one row per sinus (sorted by
+        sinus id); ``p`` is the mean of the sinus's predictions (the fold ensemble), ``n_folds`` how
+        many were averaged. Folds that test different patients are handled alike: each sinus is
+        averaged over the folds that tested it.
+
+    Raises:
+        InvalidValueError: mismatched lengths, or a sinus given two labels or two patients.
+    """
+    y, s = check_pair(y_true, p)
+    ids = np.asarray(sample_ids).astype(str)
+    owners = np.asarray(patients).astype(str)
+    if ids.shape != y.shape or owners.shape != y.shape:
+        raise InvalidValueError(f"sample_ids {ids.shape}, patients {owners.shape} and labels {y.shape} must have one row each")
+    unique, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    mean_p = np.bincount(inverse, weights=s) / counts
+    labels = np.zeros(unique.size, dtype=np.int64)
+    labels[inverse] = y
+    owner = np.empty(unique.size, dtype=owners.dtype)
+    owner[inverse] = owners
+    bad = np.flatnonzero((labels[inverse] != y) | (owner[inverse] != owners))
+    if bad.size:
+        raise InvalidValueError(f"sinus {ids[bad[0]]} has different labels or patients in different folds")
+    return {"sample_ids": unique, "patients": owner, "y": labels, "p": mean_p, "n_folds": counts.astype(np.int64)}
+
+
 def _metric_function(metric: str | Callable, threshold: float) -> Callable[[np.ndarray, np.ndarray], float]:
     if callable(metric):
         return metric
@@ -414,7 +459,8 @@ def _is_metric_value(v) -> bool:
     return isinstance(v, (float, np.floating)) and not isinstance(v, bool)
 
 
-def summarize_folds(fold_results: list[dict], confidence: float = 0.95, keys: Sequence[str] | None = None) -> dict:
+def summarize_folds(fold_results: list[dict], confidence: float = 0.95, keys: Sequence[str] | None = None,
+                    min_folds: int = MIN_FOLDS_FOR_T) -> dict:
     """Mean and Student-t CI over folds of every metric in the per-fold dicts.
 
     Args:
@@ -422,6 +468,8 @@ def summarize_folds(fold_results: list[dict], confidence: float = 0.95, keys: Se
         confidence: passed to :func:`mean_ci`.
         keys: metrics to summarise; default: every key whose value is a float in at least one fold
             (ints are counts, bools flags, strings and lists notes), in order of first appearance.
+        min_folds: fewest folds with a number for which the interval is given; below, ``low``
+            and ``high`` are NaN (the mean alone).
 
     Returns:
         ``{metric: {"mean", "low", "high", "n", "n_missing"}}``; ``n`` is the number of folds that
@@ -439,5 +487,7 @@ def summarize_folds(fold_results: list[dict], confidence: float = 0.95, keys: Se
         vals = [float(r[k]) if k in r and r[k] is not None else _NAN for r in fold_results]
         mean, low, high = mean_ci(vals, confidence)
         n = int(np.sum(~np.isnan(np.asarray(vals, dtype=np.float64)))) if vals else 0
+        if n < int(min_folds):
+            low = high = _NAN
         summary[k] = {"mean": mean, "low": low, "high": high, "n": n, "n_missing": len(vals) - n}
     return summary

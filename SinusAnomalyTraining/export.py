@@ -130,8 +130,9 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         "models": {"cae": {"channels": list(config.cae.channels), "latent_dim": config.cae.latent_dim},
                    "encoder_widths": list(config.encoder_widths)},
         "reference_sha256": load_reference().sha256,
-        "metrics": {k: {kk: vv for kk, vv in v.items() if kk in ("mean", "low", "high", "n")} for k, v in metrics.items()
-                    if k in ("auroc", "auprc", "f1_at_val_threshold", "f1_at_0.5")},
+        # per-fold means; their t interval only from 3 folds on (an absent one is left out)
+        "metrics": {k: {kk: vv for kk, vv in v.items() if kk in ("mean", "low", "high", "n") and vv is not None}
+                    for k, v in metrics.items() if k in ("auroc", "auprc", "f1_at_val_threshold", "f1_at_0.5")},
         "training_data": {k: training_data.get(k) for k in ("counts", "splits", "anomaly_types", "created") if k in training_data},
         "intended_use": "research; bundles trained on synthetic data are for trying the workflow only",
         "weights_storage": {

@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 
 from SinusAnomalyTraining.evaluation import (
+    MIN_FOLDS_FOR_T,
     best_f1_threshold,
     binary_metrics,
     bootstrap_ci,
+    ensemble_by_sinus,
     evaluate_fold,
     mean_ci,
     pooled_bootstrap,
     summarize_folds,
 )
 from SinusAnomalyTraining.plots import plot_roc_pr
+from SinusAnomalyTraining import report
 from SinusAnomalyTraining.report import write_metrics
 
 
@@ -194,6 +197,19 @@ def test_summarize_folds():
     assert list(summarize_folds(folds, keys=["auroc"])) == ["auroc"]
 
 
+def test_t_interval_only_from_three_folds():
+    assert MIN_FOLDS_FOR_T == 3
+    two = summarize_folds([{"auroc": 0.8}, {"auroc": 0.9}])
+    assert two["auroc"]["mean"] == pytest.approx(0.85) and two["auroc"]["n"] == 2
+    assert math.isnan(two["auroc"]["low"]) and math.isnan(two["auroc"]["high"])  # t(1 df) would be +-0.32
+    three = summarize_folds([{"auroc": 0.8}, {"auroc": 0.9}, {"auroc": float("nan")}, {"auroc": 1.0}])
+    m, lo, hi = mean_ci([0.8, 0.9, 1.0])
+    assert (three["auroc"]["low"], three["auroc"]["high"]) == (pytest.approx(lo), pytest.approx(hi))
+    # a NaN fold does not count towards the three
+    short = summarize_folds([{"auroc": 0.8}, {"auroc": 0.9}, {"auroc": float("nan")}])
+    assert math.isnan(short["auroc"]["low"])
+
+
 # ---------------------------------------------------------------------------- bootstrap
 def test_bootstrap_contains_estimate_and_narrows_with_more_data():
     widths = []
@@ -313,3 +329,104 @@ def test_plot_roc_pr(tmp_path):
     out = plot_roc_pr(curves, tmp_path / "figs" / "roc_pr.png", title="test")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+# ---------------------------------------------------------------------------- fold ensemble
+def _fold_rows(n_pat, n_folds, seed=0, same_scores=False):
+    """Test rows of ``n_folds`` folds that all test the same ``n_pat`` patients (two sinuses each)."""
+    rng = np.random.default_rng(seed)
+    y_pat = np.arange(n_pat) % 2
+    ids, patients, y, p = [], [], [], []
+    base = rng.normal(size=(n_pat, 2)) + y_pat[:, None]
+    for fold in range(n_folds):
+        scores = base if same_scores else base + 0.3 * rng.normal(size=base.shape)
+        for i in range(n_pat):
+            for side in range(2):
+                ids.append(f"p{i}_{side}")
+                patients.append(f"p{i}")
+                y.append(y_pat[i])
+                p.append(1 / (1 + np.exp(-scores[i, side])))
+    return np.array(ids), np.array(patients), np.array(y), np.array(p)
+
+
+def test_ensemble_counts_a_patient_tested_by_several_folds_once():
+    ids, patients, y, p = _fold_rows(60, 3)
+    ens = ensemble_by_sinus(ids, patients, y, p)
+    assert ens["y"].size == 120 and set(ens["n_folds"].tolist()) == {3}
+    assert np.unique(ens["patients"]).size == 60
+    i = int(np.flatnonzero(ens["sample_ids"] == "p7_1")[0])
+    assert ens["p"][i] == pytest.approx(p[ids == "p7_1"].mean()) and ens["patients"][i] == "p7"
+    # folds that agree exactly: the interval is that of one fold alone, not narrower
+    ids, patients, y, p = _fold_rows(60, 3, same_scores=True)
+    ens = ensemble_by_sinus(ids, patients, y, p)
+    one = slice(0, 120)
+    alone = pooled_bootstrap(y[one], p[one], groups=patients[one], n_boot=300, seed=2)
+    assert pooled_bootstrap(ens["y"], ens["p"], groups=ens["patients"], n_boot=300, seed=2) == alone
+    # the old pooling (each fold's copy of a patient a separate group) was ~sqrt(3) too narrow
+    fold = np.repeat(np.arange(3), 120)
+    old = pooled_bootstrap(y, p, groups=np.char.add(fold.astype(str), patients), n_boot=300, seed=2)
+    ratio = (old["auroc"]["high"] - old["auroc"]["low"]) / (alone["auroc"]["high"] - alone["auroc"]["low"])
+    assert 0.45 < ratio < 0.75
+
+
+def test_ensemble_of_folds_testing_different_patients():
+    """Each sinus is averaged over the folds that tested it; every patient appears once."""
+    ids = np.array(["a_l", "a_r", "b_l", "b_r", "b_l", "b_r", "c_l"])
+    patients = np.array(["a", "a", "b", "b", "b", "b", "c"])
+    y = np.array([0, 1, 1, 1, 1, 1, 0])
+    p = np.array([0.1, 0.7, 0.6, 0.8, 0.4, 0.9, 0.2])  # fold 0 tests a and b, fold 1 tests b and c
+    ens = ensemble_by_sinus(ids, patients, y, p)
+    assert ens["sample_ids"].tolist() == ["a_l", "a_r", "b_l", "b_r", "c_l"]
+    assert ens["p"].tolist() == pytest.approx([0.1, 0.7, 0.5, 0.85, 0.2])
+    assert ens["n_folds"].tolist() == [1, 1, 2, 2, 1] and ens["patients"].tolist() == ["a", "a", "b", "b", "c"]
+    with pytest.raises(ValueError, match="b_l"):
+        ensemble_by_sinus(ids, patients, np.array([0, 1, 1, 1, 0, 1, 0]), p)
+    with pytest.raises(ValueError, match="one row each"):
+        ensemble_by_sinus(ids[:-1], patients, y, p)
+
+
+def test_patient_bootstrap_width_of_a_known_case():
+    """Mean of a per-patient value over n patients: the 95 % percentile interval is close to
+    +-1.96 sd / sqrt(n) (sd of the patient values, ddof 0), each patient's two sinuses drawn together."""
+    rng = np.random.default_rng(4)
+    n_pat = 400
+    value = rng.uniform(0, 1, n_pat)
+    y, p, groups = np.repeat(np.arange(n_pat) % 2, 2), np.repeat(value, 2), np.repeat(np.arange(n_pat), 2)
+    est, low, high = bootstrap_ci(y, p, lambda yy, pp: float(pp.mean()), n_boot=4000, seed=0, groups=groups)
+    expected = 2 * 1.959964 * value.std() / math.sqrt(n_pat)
+    assert est == pytest.approx(value.mean())
+    assert high - low == pytest.approx(expected, rel=0.08)
+
+
+def test_report_cell_pools_the_folds_by_sinus(tmp_path):
+    """A cell of three folds sharing one test set: per-fold t intervals, and a fold-ensemble
+    bootstrap over the 40 test patients (not 120)."""
+    from types import SimpleNamespace
+
+    ids, patients, y, p = _fold_rows(40, 3, seed=5)
+    rng = np.random.default_rng(6)
+    header = "sample_id,patient,side,split,label,anomaly_type,p_anomalous\n"
+    for fold in range(3):
+        rows = [f"v{fold}_{i}_l,v{fold}_{i},left,val,{i % 2},x,{0.2 + 0.6 * (i % 2) + 0.1 * rng.random():.6f}" for i in range(10)]
+        test = slice(80 * fold, 80 * fold + 80)
+        rows += [f"{a},{b},left,test,{c},x,{d:.6f}" for a, b, c, d in zip(ids[test], patients[test], y[test], p[test])]
+        path = tmp_path / f"fold{fold}" / "finetune" / "none" / "frac100" / "predictions.csv"
+        path.parent.mkdir(parents=True)
+        path.write_text(header + "\n".join(rows) + "\n")
+    seen = []
+    original = report.evaluation.pooled_bootstrap
+
+    def spy(yy, pp, groups=None, **kwargs):
+        seen.append((len(yy), len(set(groups))))
+        return original(yy, pp, groups=groups, **kwargs)
+
+    report.evaluation.pooled_bootstrap = spy
+    try:
+        cell = report._evaluate_cell(tmp_path, [0, 1, 2], "none", 100, SimpleNamespace(bootstrap=100, seed=0), tmp_path / "out")
+    finally:
+        report.evaluation.pooled_bootstrap = original
+    assert seen == [(80, 40)]
+    assert len(cell["y"]) == 80 and np.isfinite(cell["auroc"]["low"])
+    ens = ensemble_by_sinus(ids, patients, y, np.round(p, 6))
+    assert cell["pooled"]["auroc"]["estimate"] == pytest.approx(
+        binary_metrics(ens["y"], ens["p"])["auroc"])

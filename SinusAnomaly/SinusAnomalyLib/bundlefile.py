@@ -400,8 +400,9 @@ def describe_bundle(meta: dict) -> str:
     lines = [f"{meta.get('name', '?')}: {meta.get('method', '?')} pretraining, {fraction} % labels, "
              f"{meta.get('n_folds', '?')} fold(s), {crop.get('model_crop_size', '?')}^3 network input"]
     metrics = meta.get("metrics") or {}
-    scores = [f"{name.upper()} {m['mean']:.2f}" + (f" ({m['low']:.2f}-{m['high']:.2f})" if "low" in m and "high" in m else "")
-              for name, m in metrics.items() if name in ("auroc", "auprc") and isinstance(m, dict) and "mean" in m]
+    scores = [f"{name.upper()} {m['mean']:.2f}" + (f" ({m['low']:.2f}-{m['high']:.2f})" if _is_number(m.get("low"))
+                                                     and _is_number(m.get("high")) else "")
+              for name, m in metrics.items() if name in ("auroc", "auprc") and isinstance(m, dict) and _is_number(m.get("mean"))]
     if scores:
         lines.append("test " + ", ".join(scores) + " (on its own data: no guarantee for yours)")
     counts = (meta.get("training_data") or {}).get("counts") or {}
