@@ -16,8 +16,15 @@ the files training reads::
       manifest.csv                     one row per extracted, labelled sinus (MANIFEST_COLUMNS)
       splits.json                      patient-level test set, folds, label fractions (splits.py)
       failures.csv                     scans (or single sinuses not in view) left out in the last run, and why
+      unlabelled_manifest.csv          with an unlabelled set (``unlabelled=``): one row per sinus of its
+                                       scans (UNLABELLED_COLUMNS: no label, no split; pretraining only)
+      unlabelled_crops.npy             float16 (M, 64, 64, 64), one crop per unlabelled_manifest row
       dataset.json                     parameters, counts per split/label/type; written last, so
                                        its presence marks a complete, consistent dataset
+
+The unlabelled set (the paper's D_u) is a list ``patient[,image]`` or a folder of scans
+(:func:`labels.read_unlabelled`); its scans are cached beside the labelled ones, a patient may
+not be in both sets, and a dataset prepared without one reads as having an empty one.
 
 The labels CSV has one row per sinus with columns ``patient, side, label, anomaly_type`` and an
 optional ``image`` (file or DICOM folder, relative to the images folder). Without it the image of
@@ -38,7 +45,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -48,9 +55,9 @@ from . import __version__
 from .errors import DatasetError, OutputError, SinusAnomalyError
 from .extraction import MIN_COVERAGE, extract_sinuses
 from .fileio import atomic_path, check_output_folder, locked_output_folder, write_csv_atomic, write_json_atomic
-from .labels import LabelledSinus, read_labels
+from .labels import LabelledSinus, UnlabelledScan, read_labels, read_unlabelled
 from .reference import SIDES, load_reference
-from .splits import DEFAULT_FRACTIONS, Sample, Splits, fraction_key, fraction_percent, load_splits, make_splits, save_splits
+from .splits import DEFAULT_FRACTIONS, Sample, Splits, sample_id, fraction_key, fraction_percent, load_splits, make_splits, save_splits
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ MANIFEST_COLUMNS = (
     "sample_id", "patient", "side", "label", "anomaly_type", "image",
     "crop_file", "crop_key", "crop_index", "registration_quality",
 )
+UNLABELLED_COLUMNS = ("sample_id", "patient", "side", "image", "crop_file", "crop_key", "crop_index", "registration_quality")
 FAILURE_COLUMNS = ("patient", "image", "error")
 CROP_SHAPE = (64, 64, 64)
 CROP_DTYPE = np.float16
@@ -71,6 +79,8 @@ MANIFEST_FILE = "manifest.csv"
 SPLITS_FILE = "splits.json"
 FAILURES_FILE = "failures.csv"
 DATASET_FILE = "dataset.json"
+UNLABELLED_MANIFEST_FILE = "unlabelled_manifest.csv"
+UNLABELLED_CROPS_FILE = "unlabelled_crops.npy"
 
 
 def image_signature(image: Path) -> dict:
@@ -198,6 +208,68 @@ def load_manifest(path: str | Path) -> list[ManifestRow]:
         raise DatasetError(f"{path}: manifest cannot be read: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class UnlabelledRow:
+    """One extracted sinus of the unlabelled set; ``crop_index`` is its row in ``unlabelled_crops.npy``."""
+
+    sample_id: str
+    patient: str
+    side: str
+    image: str
+    crop_file: str
+    crop_key: str
+    crop_index: int
+    registration_quality: float | None
+    label: ClassVar[int] = -1  # unknown: code serving crops with their labels serves these with -1
+
+
+@dataclass
+class UnlabelledCrops:
+    """The unlabelled set of a prepared dataset: ``manifest`` rows and their ``crops`` (row i = manifest[i]).
+
+    Has the ``manifest`` and ``crops`` a :class:`PreparedDataset` has, so crops are served from it alike.
+    """
+
+    manifest: list[UnlabelledRow] = field(default_factory=list)
+    crops: np.ndarray = field(default_factory=lambda: np.zeros((0, *CROP_SHAPE), dtype=CROP_DTYPE))
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def patients(self) -> set[str]:
+        return {r.patient for r in self.manifest}
+
+
+def _write_rows(path: Path, columns: Sequence[str], rows: Sequence) -> None:
+    write_csv_atomic(path, columns, ([getattr(r, c) if getattr(r, c) is not None else "" for c in columns] for r in rows))
+
+
+def load_unlabelled(root: Path) -> UnlabelledCrops:
+    """The unlabelled set of the dataset at ``root``; DatasetError for missing or inconsistent files."""
+    path = root / UNLABELLED_MANIFEST_FILE
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in UNLABELLED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DatasetError(f"{path}: unlabelled manifest lacks column(s) {', '.join(missing)}")
+            rows = [UnlabelledRow(r["sample_id"], r["patient"], r["side"], r["image"], r["crop_file"], r["crop_key"],
+                                  int(r["crop_index"]), float(r["registration_quality"]) if r["registration_quality"] else None)
+                    for r in reader]
+        crops = np.load(root / UNLABELLED_CROPS_FILE, mmap_mode="r")
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{exc.filename}: missing, though {root / DATASET_FILE} lists an unlabelled set "
+                           "(re-run 'sinus-anomaly prepare' with --unlabelled)") from None
+    except (OSError, ValueError, csv.Error) as exc:
+        raise DatasetError(f"{path}: unlabelled set cannot be read: {exc}") from exc
+    if crops.shape != (len(rows), *CROP_SHAPE):
+        raise DatasetError(f"{root / UNLABELLED_CROPS_FILE}: shape {crops.shape} does not match {len(rows)} rows of {path}")
+    if [r.crop_index for r in rows] != list(range(len(rows))):
+        raise DatasetError(f"{path}: crop_index is not 0..M-1 in row order")
+    return UnlabelledCrops(rows, crops)
+
+
 # --------------------------------------------------------------------------- prepare
 
 @dataclass(frozen=True)
@@ -223,6 +295,7 @@ class PrepareReport:
     n_anomalous: int
     anomaly_types: dict[str, int]
     split_counts: dict  # "test" -> counts, "folds" -> [{"train": counts, "val": counts}]
+    unlabelled: dict | None = None  # the unlabelled set's counts (listed, prepared patients, sinuses), if one was given
 
     @property
     def n_scans_prepared(self) -> int:
@@ -257,9 +330,9 @@ def _split_counts(rows: Sequence[ManifestRow], splits: Splits) -> dict:
     }
 
 
-def _write_crops(out_dir: Path, rows: Sequence[ManifestRow]) -> None:
-    """Gather every row's crop from the per-scan caches into ``crops.npy`` (atomically)."""
-    with atomic_path(out_dir / CROPS_FILE) as tmp:
+def _write_crops(out_dir: Path, rows: Sequence[ManifestRow | UnlabelledRow], name: str = CROPS_FILE) -> None:
+    """Gather every row's crop from the per-scan caches into ``name`` (``crops.npy``; atomically)."""
+    with atomic_path(out_dir / name) as tmp:
         crops = np.lib.format.open_memmap(tmp, mode="w+", dtype=CROP_DTYPE, shape=(len(rows), *CROP_SHAPE))
         by_file: dict[str, list[ManifestRow]] = {}
         for row in rows:
@@ -286,8 +359,14 @@ def prepare_dataset(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     progress: bool = True,
+    unlabelled: str | Path | None = None,
 ) -> PrepareReport:
     """Extract and cache every labelled scan, then write crops, manifest, splits and summary.
+
+    ``unlabelled``: a list (CSV ``patient[,image]``, images relative to ``images_dir``) or a folder
+    of unlabelled scans, extracted and cached alike into the unlabelled manifest and crops (their
+    bad scans are skipped and recorded the same way); a patient both labelled and unlabelled is a
+    :class:`DatasetError`. Without it, an unlabelled set of an earlier run is removed.
 
     Scans complete in the cache (same image, unchanged) are reused. A scan failing with
     :class:`SinusAnomalyError` is logged as ``skipped <patient>: <message>``, recorded in
@@ -299,23 +378,28 @@ def prepare_dataset(
     """
     images_dir, labels_csv, out_dir = Path(images_dir), Path(labels_csv), Path(out_dir)
     sinuses = read_labels(labels_csv, images_dir)
+    unlabelled_scans = read_unlabelled(unlabelled, images_dir) if unlabelled is not None else None
+    both = sorted({s.patient for s in sinuses} & {u.patient for u in unlabelled_scans or []})
+    if both:
+        shown = ", ".join(both[:10]) + (f" and {len(both) - 10} more" if len(both) > 10 else "")
+        raise DatasetError(f"patient(s) {shown} are both in {labels_csv} and in the unlabelled set {unlabelled}: "
+                           "a patient's scans must be labelled or unlabelled, not both (pretraining on a labelled "
+                           "patient's scans would leak into its split)")
     make_splits([s.sample for s in sinuses], n_folds, test_fraction, fractions, seed)  # fail early on bad parameters
     with locked_output_folder(out_dir, "dataset"):  # checked before minutes of registration
-        return _prepare(images_dir, labels_csv, out_dir, sinuses, n_folds, test_fraction, fractions, seed, progress)
+        return _prepare(images_dir, labels_csv, out_dir, sinuses, n_folds, test_fraction, fractions, seed, progress,
+                        unlabelled, unlabelled_scans)
 
 
-def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[LabelledSinus], n_folds: int,
-             test_fraction: float, fractions: Sequence[float], seed: int, progress: bool) -> PrepareReport:
-    by_patient: dict[str, list[LabelledSinus]] = {}
-    for sinus in sinuses:
-        by_patient.setdefault(sinus.patient, []).append(sinus)
-
+def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: bool
+                   ) -> tuple[dict[str, dict], list[ScanFailure], int, int]:
+    """Extract (or reuse from the cache) each ``(patient, image)``; the summaries by patient, the
+    failures, and how many scans were extracted and reused."""
     summaries: dict[str, dict] = {}
     failures: list[ScanFailure] = []
     n_extracted = n_reused = 0
-    with logging_redirect_tqdm(), tqdm(by_patient.items(), desc="prepare", unit="scan", disable=not progress) as bar:
-        for patient, patient_sinuses in bar:
-            image = patient_sinuses[0].image
+    with logging_redirect_tqdm(), tqdm(scans, desc="prepare", unit="scan", disable=not progress) as bar:
+        for patient, image in bar:
             scan_dir = out_dir / SCANS_DIR / patient
             if cached_scan_is_complete(scan_dir, image):
                 summaries[patient] = json.loads((scan_dir / SCAN_SUMMARY).read_text(encoding="utf-8"))
@@ -330,6 +414,29 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
                     failures.append(ScanFailure(patient, str(image), _one_line(exc)))
                     logger.warning("skipped %s: %s", patient, _one_line(exc))
             bar.set_postfix(extracted=n_extracted, reused=n_reused, failed=len(failures))
+    return summaries, failures, n_extracted, n_reused
+
+
+def _not_assessable(patient: str, image: Path, side: str, side_summary: dict) -> ScanFailure | None:
+    """The failure line of a sinus left out for too little of it in view, else None."""
+    if side_summary.get("assessable") is not False:  # a crop mostly outside the scan teaches nothing
+        return None
+    problem = (f"{side} sinus not assessable: coverage {side_summary.get('coverage', 0.0):.2f} "
+               f"< {MIN_COVERAGE} (too little of it in view); left out")
+    logger.warning("%s: %s", patient, problem)
+    return ScanFailure(patient, str(image), problem)
+
+
+def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[LabelledSinus], n_folds: int,
+             test_fraction: float, fractions: Sequence[float], seed: int, progress: bool,
+             unlabelled: str | Path | None = None, unlabelled_scans: list[UnlabelledScan] | None = None) -> PrepareReport:
+    by_patient: dict[str, list[LabelledSinus]] = {}
+    for sinus in sinuses:
+        by_patient.setdefault(sinus.patient, []).append(sinus)
+    summaries, failures, n_extracted, n_reused = _extract_scans(
+        [(patient, patient_sinuses[0].image) for patient, patient_sinuses in by_patient.items()], out_dir, progress)
+    u_summaries, u_failures, u_extracted, u_reused = _extract_scans(
+        [(scan.patient, scan.image) for scan in unlabelled_scans or []], out_dir, progress and bool(unlabelled_scans))
 
     # From here on the outputs change together; dataset.json marks them consistent again at the end.
     (out_dir / DATASET_FILE).unlink(missing_ok=True)
@@ -343,12 +450,9 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
     for sinus in sinuses:
         if sinus.patient not in summaries:
             continue
-        side_summary = summaries[sinus.patient].get(sinus.side, {})
-        if side_summary.get("assessable") is False:  # a crop mostly outside the scan teaches nothing
-            problem = (f"{sinus.side} sinus not assessable: coverage {side_summary.get('coverage', 0.0):.2f} "
-                       f"< {MIN_COVERAGE} (too little of it in view); left out")
-            failures.append(ScanFailure(sinus.patient, str(sinus.image), problem))
-            logger.warning("%s: %s", sinus.patient, problem)
+        failure = _not_assessable(sinus.patient, sinus.image, sinus.side, summaries[sinus.patient].get(sinus.side, {}))
+        if failure is not None:
+            failures.append(failure)
             continue
         rows.append(ManifestRow(
             sample_id=sinus.sample.sample_id, patient=sinus.patient, side=sinus.side, label=sinus.label,
@@ -356,12 +460,39 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
             crop_file=f"{SCANS_DIR}/{sinus.patient}/{SCAN_CROPS}", crop_key=sinus.side, crop_index=len(rows),
             registration_quality=_registration_quality(summaries[sinus.patient]),
         ))
+    unlabelled_rows = []
+    failures += u_failures
+    for scan in unlabelled_scans or []:
+        if scan.patient not in u_summaries:
+            continue
+        for side in SIDES:
+            failure = _not_assessable(scan.patient, scan.image, side, u_summaries[scan.patient].get(side, {}))
+            if failure is not None:
+                failures.append(failure)
+                continue
+            unlabelled_rows.append(UnlabelledRow(
+                sample_id=sample_id(scan.patient, side), patient=scan.patient, side=side, image=str(scan.image),
+                crop_file=f"{SCANS_DIR}/{scan.patient}/{SCAN_CROPS}", crop_key=side, crop_index=len(unlabelled_rows),
+                registration_quality=_registration_quality(u_summaries[scan.patient]),
+            ))
     write_csv_atomic(out_dir / FAILURES_FILE, FAILURE_COLUMNS, ([f.patient, f.image, f.error] for f in failures))
     splits = make_splits([r.sample for r in rows], n_folds, test_fraction, fractions, seed)
 
     _write_crops(out_dir, rows)
     write_manifest(out_dir / MANIFEST_FILE, rows)
     save_splits(splits, out_dir / SPLITS_FILE)
+    unlabelled_counts = None
+    if unlabelled_scans is None:  # no unlabelled set asked for: none of an earlier run stays behind
+        for name in (UNLABELLED_MANIFEST_FILE, UNLABELLED_CROPS_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    else:
+        _write_crops(out_dir, unlabelled_rows, UNLABELLED_CROPS_FILE)
+        _write_rows(out_dir / UNLABELLED_MANIFEST_FILE, UNLABELLED_COLUMNS, unlabelled_rows)
+        unlabelled_counts = {"source": str(Path(unlabelled).resolve()), "patients_listed": len(unlabelled_scans),
+                             "extracted": u_extracted, "reused": u_reused, "failed": len(u_failures),
+                             "patients": len({r.patient for r in unlabelled_rows}), "sinuses": len(unlabelled_rows),
+                             "crops": {"file": UNLABELLED_CROPS_FILE, "manifest": UNLABELLED_MANIFEST_FILE,
+                                       "shape": [len(unlabelled_rows), *CROP_SHAPE], "dtype": np.dtype(CROP_DTYPE).name}}
     report = PrepareReport(
         out_dir=out_dir,
         n_patients_listed=len(by_patient),
@@ -373,6 +504,7 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
         n_anomalous=sum(1 for r in rows if r.label == 1),
         anomaly_types=dict(sorted(Counter(r.anomaly_type for r in rows).items())),
         split_counts=_split_counts(rows, splits),
+        unlabelled=unlabelled_counts,
     )
     write_json_atomic(out_dir / DATASET_FILE, {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -396,6 +528,7 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
         "anomaly_types": report.anomaly_types,
         "splits": report.split_counts,
         "crops": {"file": CROPS_FILE, "shape": [len(rows), *CROP_SHAPE], "dtype": np.dtype(CROP_DTYPE).name},
+        **({"unlabelled": unlabelled_counts} if unlabelled_counts is not None else {}),
     })
     return report
 
@@ -411,6 +544,7 @@ class PreparedDataset:
     crops: np.ndarray  # float16 (N, 64, 64, 64), memory-mapped, row i = manifest[i]
     splits: Splits
     info: dict = field(default_factory=dict)  # dataset.json
+    unlabelled: UnlabelledCrops = field(default_factory=UnlabelledCrops)  # empty unless prepared with an unlabelled set
 
     def rows_of_patients(self, patients: Iterable[str]) -> np.ndarray:
         """Crop indices of every sinus of the given patients, in manifest order."""
@@ -430,8 +564,9 @@ def load_dataset(dataset_dir: str | Path) -> PreparedDataset:
     """Open a dataset made by :func:`prepare_dataset` and check its parts agree.
 
     Checked: the run finished (``dataset.json`` present), manifest rows match ``crops.npy``
-    (count, order, shape), the splits cover exactly the manifest's patients, and each fold's
-    100 % label fraction holds every training sinus.
+    (count, order, shape), the splits cover exactly the manifest's patients, each fold's
+    100 % label fraction holds every training sinus, and the unlabelled set (if ``dataset.json``
+    lists one) matches its crops and shares no patient with the labelled one.
     """
     root = Path(dataset_dir)
     info_path = root / DATASET_FILE
@@ -462,4 +597,8 @@ def load_dataset(dataset_dir: str | Path) -> PreparedDataset:
             expected = sorted(r.sample_id for r in manifest if r.patient in train)
             if sorted(fold.labelled[fraction_key(1.0)]) != expected:
                 raise DatasetError(f"{root / SPLITS_FILE}: fold {k} 100 % labelled set is not every training sinus")
-    return PreparedDataset(root=root, manifest=manifest, crops=crops, splits=splits, info=info)
+    unlabelled = load_unlabelled(root) if info.get("unlabelled") else UnlabelledCrops()
+    both = sorted(unlabelled.patients & patients)
+    if both:
+        raise DatasetError(f"{root / UNLABELLED_MANIFEST_FILE}: patient(s) {', '.join(both[:10])} are also labelled")
+    return PreparedDataset(root=root, manifest=manifest, crops=crops, splits=splits, info=info, unlabelled=unlabelled)

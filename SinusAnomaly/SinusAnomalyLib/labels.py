@@ -147,6 +147,32 @@ def _read_rows(labels_csv: Path) -> tuple[list[str], list[tuple[int, dict[str, s
     return header, rows
 
 
+def _resolve_images(patients: set[str], explicit: dict[str, tuple[int, Path]], images_dir: Path, table: Path) -> dict[str, Path]:
+    """Each patient's image: the one its table row names (``explicit``: patient -> line, path),
+    else the single entry of ``images_dir`` named after the patient. DatasetError naming ``table``
+    for a patient with no image or several candidates."""
+    images = {patient: image for patient, (_, image) in explicit.items()}
+    unresolved = sorted(patients - set(images))
+    if unresolved:
+        candidates = images_by_stem(images_dir)
+        missing = [p for p in unresolved if p not in candidates]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise DatasetError(
+                f"{table}: no image in {images_dir} for patient(s) {shown} (expected <patient>.nii.gz, "
+                ".nii, .nrrd, .mha or a DICOM folder <patient>; or give an 'image' column)"
+            )
+        for patient in unresolved:
+            if len(candidates[patient]) > 1:
+                names = ", ".join(c.name for c in candidates[patient])
+                raise DatasetError(
+                    f"{table}: patient {patient} has several images in {images_dir} ({names}); "
+                    "give an 'image' column to choose one"
+                )
+            images[patient] = candidates[patient][0]
+    return images
+
+
 def read_labels(labels_csv: str | Path, images_dir: str | Path) -> list[LabelledSinus]:
     """Read and validate the labels CSV; resolve every patient's image.
 
@@ -189,31 +215,69 @@ def read_labels(labels_csv: str | Path, images_dir: str | Path) -> list[Labelled
                 raise DatasetError(f"{where}: patient {patient} has image {row['image']!r} here but {other} on line {other_line}")
             explicit_images[patient] = (line, image)
 
-    images = {patient: image for patient, (_, image) in explicit_images.items()}
-    unresolved = sorted({patient for patient, _ in parsed} - set(images))
-    if unresolved:
-        candidates = images_by_stem(images_dir)
-        missing = [p for p in unresolved if p not in candidates]
-        if missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise DatasetError(
-                f"{labels_csv}: no image in {images_dir} for patient(s) {shown} (expected <patient>.nii.gz, "
-                ".nii, .nrrd, .mha or a DICOM folder <patient>; or give an 'image' column)"
-            )
-        for patient in unresolved:
-            if len(candidates[patient]) > 1:
-                names = ", ".join(c.name for c in candidates[patient])
-                raise DatasetError(
-                    f"{labels_csv}: patient {patient} has several images in {images_dir} ({names}); "
-                    "give an 'image' column to choose one"
-                )
-            images[patient] = candidates[patient][0]
-
+    images = _resolve_images({patient for patient, _ in parsed}, explicit_images, images_dir, labels_csv)
     sinuses = []
     for patient, side in sorted(parsed, key=lambda key: (key[0], SIDES.index(key[1]))):
         line, label, anomaly_type = parsed[patient, side]
         sinuses.append(LabelledSinus(patient, side, label, anomaly_type, images[patient].resolve(), line))
     return sinuses
+
+
+@dataclass(frozen=True)
+class UnlabelledScan:
+    """A scan of the unlabelled set (pretraining only): its patient and image, no labels."""
+
+    patient: str
+    image: Path
+    where: str  # the list's line or the folder's entry, for messages
+
+
+def read_unlabelled(source: str | Path, images_dir: str | Path) -> list[UnlabelledScan]:
+    """The unlabelled scans of a list (CSV ``patient[,image]``) or of a folder; sorted by patient.
+
+    A list's images resolve as the labels table's do: an ``image`` column relative to
+    ``images_dir`` (or absolute), else the entry of ``images_dir`` named after the patient (any
+    other column, e.g. a label, is ignored). A folder: every image file and DICOM folder in it, the
+    patient named after it (its name without suffix). Raises :class:`DatasetError` naming the
+    file or folder: missing, no ``patient`` column, a patient listed twice or unusable as a folder
+    name, an image not found, several images for one patient, nothing listed.
+    """
+    source, images_dir = Path(source), Path(images_dir)
+    if source.is_dir():
+        found = images_by_stem(source)
+        for patient, entries in found.items():
+            _check_patient_id(patient, f"{source}: {entries[0].name}")
+            if len(entries) > 1:
+                raise DatasetError(f"{source}: patient {patient} has several images ({', '.join(e.name for e in entries)}); "
+                                   "give a CSV list (patient,image) to choose one")
+        scans = [UnlabelledScan(patient, entries[0].resolve(), f"{source}: {entries[0].name}") for patient, entries in found.items()]
+    else:
+        header, rows = read_csv_table(source, "unlabelled scans list")
+        if "patient" not in header:
+            raise DatasetError(f"{source}: unlabelled scans list needs a 'patient' column (and optionally 'image'); "
+                               f"found: {', '.join(h for h in header if h) or 'none'}")
+        if not images_dir.is_dir():
+            raise DatasetError(f"{images_dir}: images folder does not exist")
+        lines: dict[str, int] = {}
+        explicit: dict[str, tuple[int, Path]] = {}
+        for line, row in rows:
+            where = f"{source}: line {line}"
+            patient = row["patient"]
+            _check_patient_id(patient, where)
+            if patient in lines:
+                raise DatasetError(f"{where}: patient {patient} is already listed on line {lines[patient]}")
+            lines[patient] = line
+            if row.get("image"):
+                image = Path(row["image"])
+                image = image if image.is_absolute() else images_dir / image
+                if not image.exists():
+                    raise DatasetError(f"{where}: image {row['image']!r} of patient {patient} not found in {images_dir}")
+                explicit[patient] = (line, image)
+        images = _resolve_images(set(lines), explicit, images_dir, source)
+        scans = [UnlabelledScan(patient, images[patient].resolve(), f"{source}: line {line}") for patient, line in lines.items()]
+    if not scans:
+        raise DatasetError(f"{source}: lists no unlabelled scan")
+    return sorted(scans, key=lambda scan: scan.patient)
 
 
 # --------------------------------------------------------------------------- per-scan cache

@@ -4,6 +4,13 @@
 anomaly_type, and optionally image (file or DICOM folder relative to --images). Without an image
 column the image of patient P is --images/P.nii.gz (or .nii, .nrrd, .mha, or a DICOM folder P).
 
+--unlabelled is the unlabelled set for pretraining (the paper's D_u): a CSV list with columns
+patient and optionally image (relative to --images, as in the labels CSV; e.g. the unlabelled.csv
+of 'sinus-anomaly synth --unlabelled'), or a folder whose every scan is one patient (named after
+the file or DICOM folder). Its scans are extracted and cached the same way, resumably, a bad one
+skipped with a line in failures.csv; their crops go to unlabelled_crops.npy and
+unlabelled_manifest.csv, never into the splits. A patient in both sets is refused.
+
 Writes into --out: scans/<patient>/ (cached crops, reused on the next run unless the image
 changed), crops.npy (all crops, float16, N x 64^3), manifest.csv (one row per sinus),
 splits.json (held-out test patients, K folds, nested label fractions; the two sinuses of a
@@ -33,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of head MRIs")
     parser.add_argument("--labels", required=True, type=Path, metavar="CSV", help="labels CSV (one row per sinus)")
     parser.add_argument("--out", required=True, type=Path, metavar="DATASET", help="dataset folder to create or resume")
+    parser.add_argument("--unlabelled", type=Path, metavar="CSV|FOLDER",
+                        help="unlabelled scans for pretraining: a CSV list (patient[,image]) or a folder of scans")
     parser.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (default 5)")
     parser.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
                         help="fraction of patients held out for testing (default 0.2)")
@@ -63,6 +72,10 @@ def format_report(report: PrepareReport) -> str:
         lines.append(row(f"fold {k} val", fold["val"]))
     lines.append("")
     lines.append("anomaly types: " + ", ".join(f"{name} {n}" for name, n in report.anomaly_types.items()))
+    if report.unlabelled is not None:
+        u = report.unlabelled
+        lines.append(f"unlabelled set: {u['patients']} of {u['patients_listed']} scans prepared ({u['extracted']} extracted, "
+                     f"{u['reused']} reused), {u['failed']} failed; {u['sinuses']} sinuses for pretraining")
     if report.failures:
         lines.append(f"failed scans (see {report.out_dir / 'failures.csv'}): "
                      + ", ".join(f.patient for f in report.failures[:10])
@@ -75,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     report = prepare_dataset(
         args.images, args.labels, args.out,
         n_folds=args.folds, test_fraction=args.test_fraction, fractions=args.fractions,
-        seed=args.seed, progress=not args.no_progress,
+        seed=args.seed, progress=not args.no_progress, unlabelled=args.unlabelled,
     )
     print(format_report(report))
     return 0
