@@ -24,7 +24,8 @@ DEFAULT_RESIDUAL_THRESHOLD = 0.5
 HALF_WEIGHTS_MAX_CHANGE = 0.002  # largest probability change float16 storage may cause on validation
 
 
-def half_weights_change(run_dir: Path, config: RunConfig, folds: list[int], states: list[dict]) -> float | None:
+def half_weights_change(run_dir: Path, config: RunConfig, folds: list[int], states: list[dict],
+                        shortcut_type: str = "B") -> float | None:
     """Largest change of a validation probability when the classifiers' weights are stored as float16.
 
     Each fold's classifier is run on its own validation sinuses with its float32 weights and with
@@ -40,7 +41,7 @@ def half_weights_change(run_dir: Path, config: RunConfig, folds: list[int], stat
         rows = dataset.rows_of_patients(dataset.splits.folds[fold].val)
         crops = torch.from_numpy(resize_crops(np.asarray(dataset.crops[rows], dtype=np.float32), config.crop_size))[:, None]
         probabilities = []
-        model = stages.network_spec(config).classifier().eval()
+        model = stages.network_spec(config, shortcut_type).classifier().eval()
         for weights in (state, {k: torch.from_numpy(v) for k, v in as_half_stored({k: v.numpy() for k, v in state.items()}).items()}):
             model.load_state_dict(weights)
             with torch.inference_mode():
@@ -100,6 +101,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     if not cae_path.is_file():
         raise stages.StageInputError(f"{cae_path} is missing")
     cae_state = _finite_weights(cae_path)
+    shortcut = stages.classifier_shortcut(method)  # the bundle records it: MedicalNet's classifier differs
     classifier_states, thresholds = [], []
     for fold, finetune in folds:
         classifier_states.append(_finite_weights(finetune / "best.pt"))
@@ -107,7 +109,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         y = np.array([r["label"] for r in rows])
         p = np.array([r["p_anomalous"] for r in rows])
         thresholds.append(_inside_unit(evaluation.best_f1_threshold(y, p)) if len(set(y.tolist())) == 2 else 0.5)
-    half_change = half_weights_change(run_dir, config, [fold for fold, _ in folds], classifier_states)
+    half_change = half_weights_change(run_dir, config, [fold for fold, _ in folds], classifier_states, shortcut)
     half_weights = half_change is not None and half_change <= HALF_WEIGHTS_MAX_CHANGE
     metrics_path = run_dir / "evaluation" / f"{method}_frac{fraction_key(float(fraction) / 100.0)}" / "metrics.json"
     metrics = json.loads(metrics_path.read_text()).get("summary", {}) if metrics_path.is_file() else {}
@@ -128,7 +130,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         "intensity": {"percentiles": list(PERCENTILES), "range": [0, 1]},
         "residuals": config.residuals.as_dict(),
         "models": {"cae": {"channels": list(config.cae.channels), "latent_dim": config.cae.latent_dim},
-                   "encoder_widths": list(config.encoder_widths)},
+                   "encoder_widths": list(config.encoder_widths), "shortcut_type": shortcut},
         "reference_sha256": load_reference().sha256,
         # per-fold means; their t interval only from 3 folds on (an absent one is left out)
         "metrics": {k: {kk: vv for kk, vv in v.items() if kk in ("mean", "low", "high", "n") and vv is not None}

@@ -173,10 +173,16 @@ def _image_batch(batch: dict, device: torch.device) -> torch.Tensor:
 
 
 def network_spec(config: RunConfig, shortcut_type: str = "B") -> NetworkSpec:
-    """The shapes of a run's networks (``shortcut_type`` "A" for a MedicalNet classifier)."""
+    """The shapes of a run's networks (``shortcut_type`` from :func:`classifier_shortcut`)."""
     return NetworkSpec(crop_size=config.crop_size, encoder_widths=config.encoder_widths,
                        cae_channels=config.cae.channels, cae_latent_dim=config.cae.latent_dim,
                        shortcut_type=shortcut_type)
+
+
+def classifier_shortcut(method: str) -> str:
+    """The classifier's shortcut type after ``method``'s pretraining: "A" (parameter-free, MedicalNet's
+    layout) for the MedicalNet weights, "B" (1x1x1 projections) for every other method."""
+    return "A" if method == "medicalnet" else "B"
 
 
 @dataclass
@@ -459,16 +465,16 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
     cfg = ctx.config.finetune
     made_from = {"method": name, "fraction": fraction, "finetune": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths),
                  "seed": ctx.config.seed, "dataset": ctx.dataset_fingerprint}
-    pretrained_path, shortcut = None, "B"
+    pretrained_path = None
     if method in PRETRAINING:
         pretrained_path = _require(pretraining_dir(ctx, method) / Checkpointer.BEST, f"pretrain --method {method}", ctx.fold_dir)
     elif method == "medicalnet":
-        pretrained_path, shortcut = Path(ctx.config.medicalnet_weights), "A"  # MedicalNet's layout
+        pretrained_path = Path(ctx.config.medicalnet_weights)
     elif method != "none":
         raise SinusAnomalyError(f"unknown pretraining method '{method}' (known: {', '.join(METHODS)})")
     if pretrained_path is not None:
         made_from["pretrained_sha256"] = sha256_file(pretrained_path) if pretrained_path.is_file() else None
-    spec = network_spec(ctx.config, shortcut)
+    spec = network_spec(ctx.config, classifier_shortcut(method))
     size = ctx.config.crop_size
     sets = {}  # filled by build, read by finish
 

@@ -286,3 +286,81 @@ def test_export_refuses_a_run_with_nan_weights(bundle_path, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(best) in err and f"'{key}' (1 values)" in err and "NaN or infinite" in err
     assert not (tmp_path / "nan.sabundle").exists()
+
+
+def _manifest_edit(change):
+    """A ``_rewrite`` change applying ``change(meta)`` to bundle.json and re-digesting it (an edit
+    made consistent, as an older export would have written it)."""
+    import hashlib
+
+    manifest = {}
+
+    def rewrite(name, blob):
+        if name == "bundle.json":
+            meta = json.loads(blob)
+            change(meta)
+            manifest["bytes"] = json.dumps(meta).encode()
+            return manifest["bytes"]
+        if name == "bundle.json.sha256":
+            return f"{hashlib.sha256(manifest['bytes']).hexdigest()}  bundle.json\n"
+        return blob
+    return rewrite
+
+
+def test_bundles_without_a_shortcut_type_load_as_projection_shortcuts(bundle_path, tmp_path):
+    """Format-3 bundles exported before the shortcut type was recorded all had projections ("B")."""
+    assert load_bundle(bundle_path).meta["models"]["shortcut_type"] == "B"
+    old = _rewrite(bundle_path, tmp_path / "old.sabundle", _manifest_edit(lambda m: m["models"].pop("shortcut_type")))
+    bundle = load_bundle(old)
+    assert "shortcut_type" not in bundle.meta["models"]
+    assert bundle.classifiers[0].encoder.shortcut_type == "B"
+    _expect(_rewrite(bundle_path, tmp_path / "c.sabundle", _manifest_edit(lambda m: m["models"].update(shortcut_type="C"))),
+            "'models.shortcut_type' must be \"A\" or \"B\"")
+    # a bundle claiming the other shortcut does not fit its weights: refused, never loaded loosely
+    _expect(_rewrite(bundle_path, tmp_path / "a.sabundle", _manifest_edit(lambda m: m["models"].update(shortcut_type="A"))),
+            "does not fit the network described in its bundle.json")
+
+
+EVERY_METHOD = ["none", "residual", "ae", "dae", "simclr", "byol", "simsiam", "spark", "medicalnet"]
+
+
+def test_every_method_exports_and_classifies(tiny_dataset, head, tmp_path):
+    """One run of each kind, MedicalNet's (shortcut A) included: each exports, its bundle rebuilds
+    the run's classifier exactly (float16 storage aside) and classifies a head."""
+    from SinusAnomalyLib.extraction import extract_sinuses
+    from SinusAnomalyLib.imageio import read_image
+    from SinusAnomalyLib.inference import classify_extraction
+    from SinusAnomalyLib.models import ResNet18Encoder, SinusClassifier
+    from SinusAnomalyTraining.engine import load_checkpoint
+
+    torch.manual_seed(0)
+    widths = TINY_CONFIG["encoder_widths"]
+    medicalnet = ResNet18Encoder(shortcut_type="A", widths=widths)  # MedicalNet's file layout, tiny
+    weights = {f"module.{k}": v for k, v in medicalnet.state_dict().items()}
+    weights["module.conv_seg.0.weight"] = torch.randn(2, widths[-1], 1, 1, 1)
+    torch.save({"state_dict": weights}, tmp_path / "resnet_18.pth")
+    config = copy.deepcopy(TINY_CONFIG)
+    config.update(methods=EVERY_METHOD, fractions=[100], folds=[0], pretext={"spark": {"patch_size": 4}},
+                  medicalnet_weights=str(tmp_path / "resnet_18.pth"))
+    config["cae"]["epochs"] = config["pretrain"]["epochs"] = config["finetune"]["epochs"] = 1
+    run = tmp_path / "run"
+    pipeline.run_pipeline(config_from_dict(config), tiny_dataset, run, torch.device("cpu"), progress=False)
+
+    _, path = head
+    image = read_image(path)
+    extraction = extract_sinuses(image, load_reference(), source=str(path))
+    crops = torch.from_numpy(np.asarray(load_dataset(tiny_dataset).crops[:4], dtype=np.float32))[:, None]
+    crops = torch.nn.functional.adaptive_avg_pool3d(crops, 32)
+    for method in EVERY_METHOD:
+        bundle = load_bundle(export_run(run, tmp_path / f"{method}.sabundle", method, 100))
+        shortcut = "A" if method == "medicalnet" else "B"
+        assert bundle.meta["method"] == method and bundle.meta["models"]["shortcut_type"] == shortcut
+        reference = SinusClassifier(encoder_widths=tuple(widths), shortcut_type=shortcut).eval()
+        reference.load_state_dict(load_checkpoint(run / "fold0" / "finetune" / method / "frac100" / "best.pt")["model"])
+        with torch.no_grad():
+            expected = torch.softmax(reference(crops), 1)[:, 1]
+            got = torch.softmax(bundle.classifiers[0](crops), 1)[:, 1]
+        assert (got - expected).abs().max().item() < 2e-3, method
+        result = classify_extraction(image, extraction, bundle)
+        assessed = [s for s in result.sides.values() if s.assessable]
+        assert assessed and all(0.0 <= s.probability <= 1.0 for s in assessed), method

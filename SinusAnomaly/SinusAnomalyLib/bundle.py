@@ -64,10 +64,12 @@ class ModelBundle:
 
 
 def network_spec(meta: dict) -> NetworkSpec:
-    """The networks a ``bundle.json`` describes."""
+    """The networks a ``bundle.json`` describes. A bundle without ``models.shortcut_type`` (exported
+    before it was recorded) has projection shortcuts ("B"): export could not bundle any other then."""
     models = meta["models"]
     return NetworkSpec(crop_size=int(meta["crop"]["model_crop_size"]), encoder_widths=tuple(models["encoder_widths"]),
-                       cae_channels=tuple(models["cae"]["channels"]), cae_latent_dim=int(models["cae"]["latent_dim"]))
+                       cae_channels=tuple(models["cae"]["channels"]), cae_latent_dim=int(models["cae"]["latent_dim"]),
+                       shortcut_type=str(models.get("shortcut_type", "B")))
 
 
 def _build(kind: str, meta: dict) -> torch.nn.Module:

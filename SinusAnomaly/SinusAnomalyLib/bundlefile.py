@@ -3,7 +3,8 @@
 A bundle is a zip archive of
 
 * ``bundle.json`` — format marker and version, crop geometry and intensity normalisation, the
-  reference head's checksum, the decision threshold chosen on validation, the evaluation
+  networks' shapes (``models``: CAE channels and latent size, encoder widths, the classifier's
+  shortcut type, "B" when absent), the reference head's checksum, the decision threshold chosen on validation, the evaluation
   metrics, a training data summary, library versions, and the SHA-256 of every other member;
 * ``bundle.json.sha256`` — the SHA-256 of ``bundle.json`` (``sha256sum`` format). Through the
   member checksums inside ``bundle.json`` this one digest covers every byte of every member:
@@ -171,6 +172,7 @@ _SCHEMA = {
     "models.cae.channels": (_positive_ints, "a list of positive whole numbers"),
     "models.cae.latent_dim": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
     "models.encoder_widths": (lambda v: _positive_ints(v, 4), "a list of four positive whole numbers"),
+    "models.shortcut_type": (lambda v: v in ("A", "B"), '"A" or "B" (the classifier encoder\'s shortcuts)'),
     "reference_sha256": (_is_sha256, "a SHA-256 in hexadecimal"),
     "n_folds": (lambda v: _is_int(v) and 1 <= v <= MAX_FOLDS, f"a whole number from 1 to {MAX_FOLDS}"),
     "members": (lambda v: isinstance(v, dict) and all(_is_sha256(h) for h in v.values()),
@@ -185,7 +187,8 @@ _SCHEMA = {
     "training_data": (lambda v: isinstance(v, dict), "a table"),
     "versions": (lambda v: isinstance(v, dict), "a table"),
 }
-_OPTIONAL = {"folds", "fold_thresholds", "weights_storage", "intended_use", "metrics", "training_data", "versions"}
+_OPTIONAL = {"folds", "fold_thresholds", "weights_storage", "intended_use", "metrics", "training_data", "versions",
+             "models.shortcut_type"}  # absent in bundles exported before MedicalNet runs could be: "B"
 
 
 def check_manifest(path: str | Path, meta: dict) -> None:
