@@ -25,6 +25,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BUILTIN = ("paper", "demo", "grid-cpu", "grid-paper")
 PRETEXT = ("ae", "dae", "simclr", "byol", "simsiam", "spark")  # the baselines of the paper's Table 2
 METHODS = ("none", "residual", *PRETEXT, "medicalnet")
+RETIRED = ("num_workers",)  # settings of earlier versions, dropped when read so their saved config.json files still load
 PRETRAINING = ("residual", *PRETEXT)  # the methods with a pretraining stage of their own (`pretrain --method`)
 
 
@@ -76,6 +77,12 @@ def _numbers(values, where: str, path: Path, integer: bool = False, low: float |
     if not isinstance(values, (list, tuple)):
         raise ConfigError(f"{path}: '{where}' must be a list, got {values!r}")
     return tuple(_number(v, f"{where}[{i}]", path, integer, low, keep) for i, v in enumerate(values))
+
+
+def _flag(value, where: str, path: Path) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: '{where}' must be true or false, got {value!r}")
+    return value
 
 
 def _percents(values, where: str, path: Path) -> tuple:
@@ -199,7 +206,7 @@ class RunConfig(_Settings):
     seed: int
     device: str  # auto, cpu, cuda or cuda:N
     amp: bool
-    num_workers: int
+    deterministic: bool  # reproducible GPU kernels (True) or cuDNN's auto-tuned fastest (False); CPU: either way
     folds: str | tuple[int, ...]  # "all" or fold numbers
     fractions: tuple[Percent, ...]  # label fractions fine-tuned
     methods: tuple[str, ...]
@@ -246,7 +253,7 @@ class RunConfig(_Settings):
                               "ResNet18 file (nothing is downloaded)")
         bootstrap = _number(data["evaluate"]["bootstrap"], "evaluate.bootstrap", path, True, 1)
         return cls(description=str(data.get("description", "")), crop_size=crop, seed=_number(data["seed"], "seed", path, True),
-                   device=str(data["device"]), amp=bool(data["amp"]), num_workers=_number(data["num_workers"], "num_workers", path, True, 0),
+                   device=str(data["device"]), amp=bool(data["amp"]), deterministic=_flag(data["deterministic"], "deterministic", path),
                    folds="all" if folds == "all" else tuple(folds), fractions=fractions, methods=methods, encoder_widths=widths,
                    cae=CAESettings.parse(data["cae"], path), residuals=ResidualSettings.parse(data["residuals"], path),
                    pretrain=PretrainSettings.parse(data["pretrain"], path), finetune=FinetuneSettings.parse(data["finetune"], path),
@@ -262,7 +269,8 @@ def load_config(name_or_path: str | Path) -> RunConfig:
     base = _read(paper_path)
     path = CONFIG_DIR / f"{name_or_path}.json" if str(name_or_path) in BUILTIN else Path(name_or_path)
     override = _read(path)
-    override.pop("source", None)  # written into a run's saved config.json, not a setting
+    for key in ("source", *RETIRED):  # source: written into a run's saved config.json, not a setting
+        override.pop(key, None)
     merged = _merge(base, override, "", path) if path != paper_path else base
     merged["source"] = str(path)
     return RunConfig.parse(merged, path)
@@ -270,7 +278,7 @@ def load_config(name_or_path: str | Path) -> RunConfig:
 
 def config_from_dict(data: dict, path: str | Path = "<settings>") -> RunConfig:
     """A configuration from a dict of settings over the paper's defaults (for tests and scripts)."""
-    merged = _merge(_read(CONFIG_DIR / "paper.json"), {k: v for k, v in data.items() if k != "source"}, "", Path(path))
+    merged = _merge(_read(CONFIG_DIR / "paper.json"), {k: v for k, v in data.items() if k not in ("source", *RETIRED)}, "", Path(path))
     merged["source"] = str(data.get("source", path))
     return RunConfig.parse(merged, Path(path))
 

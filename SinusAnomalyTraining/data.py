@@ -1,123 +1,155 @@
-"""Training data: sinus crops of a prepared dataset as MONAI-style dictionaries.
+"""Training data: sinus crops held as one tensor, served in batches by index on the training device.
 
-Each item is ``{"image": (1, S, S, S) float32, "label": int64, "sample_id": str}`` plus
-``"residual": (1, S, S, S) float32`` when residual targets are attached. Residuals are attached by
-sample id, never by position, so an image can only ever meet its own residual (the authors
-paired two unsorted directory listings).
+:class:`SinusCrops` holds the selected crops of a prepared dataset, and their residual targets
+when given, as ONE float16 tensor ``(N, C, S, S, S)`` in memory (channel 0 the image, channel 1
+the residual), as they are on disk. :class:`CropLoader` serves it in batches: one gather per batch
+(``index_select``; into pinned memory and copied without blocking when the device is a GPU),
+widened to float32 on the device, then augmented there by
+:func:`SinusAnomalyTraining.augment.augment_batch` (training loaders). No per-sample Python, no
+worker processes.
+
+A batch is ``{"image": (B, 1, S, S, S) float32, "label": (B,) int64}`` on the device, plus
+``"residual": (B, 1, S, S, S)`` when residuals are held. Residuals are attached by sample id,
+never by position, so an image can only ever meet its own residual (the authors paired two
+unsorted directory listings).
 
 Crops are 64^3 on disk; a smaller ``crop_size`` (the CPU demo uses 32) is made once, in memory,
 by area averaging.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Compose, RandAffined, RandFlipd, RandGaussianNoised
-from torch.utils.data import DataLoader, Dataset
 
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.errors import DatasetError
 from SinusAnomalyLib.residuals import resize_crops
 
 from . import runtime
+from .augment import augment_batch
 from .config import AugmentSettings
 
+_CHUNK = 256  # crops widened and resized at a time while filling the tensor (bounds the float32 copy)
 
-class SinusCrops(Dataset):
-    """Selected crops of a prepared dataset, optionally paired with residual targets.
 
-    Args:
-        dataset: the prepared dataset.
-        indices: crop indices (rows of the manifest) to serve.
-        crop_size: edge length served (64, or a divisor such as 32 for CPU runs).
-        residuals: optional ``{sample_id: (S, S, S) array}`` of targets; every served sample must
-            have one.
-        transform: a MONAI dictionary transform applied to each item.
+class SinusCrops:
+    """Crops, optionally with residual targets, as one float16 tensor; build it with :meth:`from_dataset`.
+
+    Attributes:
+        volumes: ``(N, C, S, S, S)`` float16; channel 0 the crop, channel 1 its residual (if any).
+        labels: ``(N,)`` int64 NumPy array.
+        indices: ``(N,)`` manifest rows of the crops (``arange(N)`` when made from tensors).
+        sample_ids: their sample ids.
     """
 
-    def __init__(
-        self,
-        dataset: PreparedDataset,
-        indices: Sequence[int],
-        crop_size: int = 64,
-        residuals: dict | None = None,
-        transform=None,
-    ) -> None:
-        self.indices = np.asarray(indices, dtype=np.int64)
-        rows = [dataset.manifest[i] for i in self.indices]
-        self.sample_ids = [r.sample_id for r in rows]
-        self.labels = np.array([r.label for r in rows], dtype=np.int64)
-        self.images = resize_crops(dataset.crops[self.indices], crop_size) if len(self.indices) else np.zeros((0,) + (crop_size,) * 3, np.float32)
-        self.residuals = None
+    def __init__(self, volumes: torch.Tensor, labels: np.ndarray, indices: np.ndarray | None = None,
+                 sample_ids: Sequence[str] | None = None) -> None:
+        if volumes.dim() != 5 or len(volumes) != len(labels):
+            raise DatasetError(f"crops must be (N, C, S, S, S) with one label each, got {tuple(volumes.shape)} and {len(labels)} labels")
+        self.volumes = volumes
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self._labels = torch.from_numpy(self.labels)
+        self.indices = np.arange(len(volumes)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.sample_ids = [str(i) for i in self.indices] if sample_ids is None else list(sample_ids)
+
+    @classmethod
+    def from_dataset(cls, dataset: PreparedDataset, indices: Sequence[int], crop_size: int = 64,
+                     residuals: dict | None = None) -> SinusCrops:
+        """The crops of manifest rows ``indices`` at ``crop_size`` (64, or a divisor such as 32 for CPU
+        runs), with their residuals from ``{sample_id: (S, S, S) array}`` when given (every crop needs one)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        rows = [dataset.manifest[i] for i in indices]
+        sample_ids = [r.sample_id for r in rows]
         if residuals is not None:
-            missing = [s for s in self.sample_ids if s not in residuals]
+            missing = [s for s in sample_ids if s not in residuals]
             if missing:
                 raise DatasetError(f"no residual for {len(missing)} samples (first: {missing[0]}); recompute residuals")
-            self.residuals = np.stack([np.asarray(residuals[s], dtype=np.float32) for s in self.sample_ids]) if self.sample_ids else None
-            if self.residuals is not None and self.residuals.shape != self.images.shape:
-                raise DatasetError(f"residuals of shape {self.residuals.shape[1:]} do not match crops {self.images.shape[1:]}")
-        self.transform = transform
+        n, size = len(indices), int(crop_size)
+        volumes = torch.empty((n, 1 if residuals is None else 2, size, size, size), dtype=torch.float16)
+        for start in range(0, n, _CHUNK):
+            chunk = indices[start:start + _CHUNK]
+            volumes[start:start + len(chunk), 0] = torch.from_numpy(resize_crops(dataset.crops[chunk], size))
+        for i, sample_id in enumerate(sample_ids if residuals is not None else ()):
+            residual = np.array(residuals[sample_id], dtype=np.float16)  # a copy: the cache is memory-mapped read-only
+            if residual.shape != (size,) * 3:
+                raise DatasetError(f"the residual of {sample_id} has shape {residual.shape}, the crops {(size,) * 3}; recompute residuals")
+            volumes[i, 1] = torch.from_numpy(residual)
+        return cls(volumes, np.array([r.label for r in rows], dtype=np.int64), indices, sample_ids)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict:
-        item = {
-            "image": torch.from_numpy(self.images[i][None].copy()),
-            "label": torch.tensor(self.labels[i]),
-            "sample_id": self.sample_ids[i],
-        }
-        if self.residuals is not None:
-            item["residual"] = torch.from_numpy(self.residuals[i][None].copy())
-        if self.transform is not None:
-            # MONAI's random transforms keep generators of their own, seeded from OS entropy at
-            # import; seeding them from torch's generator (reseeded every epoch by the training
-            # loop, per worker by the loader) makes augmentation reproducible and resumable.
-            self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ()).item()))
-            item = self.transform(item)
-        return item
+    @property
+    def has_residuals(self) -> bool:
+        return self.volumes.shape[1] > 1
+
+    def gather(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``volumes[rows]`` on ``device`` as float32 ``(len(rows), C, S, S, S)``.
+
+        On a GPU the rows are gathered into pinned memory and copied without blocking, so the copy
+        overlaps the model's work on the previous batch; the widening happens on the device.
+        """
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        if device.type == "cuda":
+            staged = torch.empty((len(rows), *self.volumes.shape[1:]), dtype=self.volumes.dtype, pin_memory=True)
+            torch.index_select(self.volumes, 0, rows, out=staged)
+            return staged.to(device, non_blocking=True).float()
+        return self.volumes.index_select(0, rows).float()
+
+    def batch(self, rows: torch.Tensor, device: torch.device, augment: AugmentSettings | None = None) -> dict:
+        """The batch of ``rows`` on ``device`` (see the module docstring), augmented with ``augment`` if given."""
+        volumes = self.gather(rows, device)
+        if augment is not None:
+            volumes = augment_batch(volumes, augment)
+        out = {"image": volumes[:, :1], "label": self._labels[rows].to(device, non_blocking=True)}
+        if self.has_residuals:
+            out["residual"] = volumes[:, 1:]
+        return out
 
 
-def augmentation(settings: AugmentSettings, with_residual: bool) -> Compose | None:
-    """Training augmentations with ``settings``' probability and ranges (``None`` when the probability is 0).
+class CropLoader:
+    """Batches of a :class:`SinusCrops` on ``device``, in a reproducible order, augmented for training.
 
-    Geometric transforms (random affine, flips) move image and residual target together;
-    intensity noise touches the image only (the authors also noised the target).
+    The order is a seeded permutation (``shuffle``) or the held order; under ``torchrun`` a
+    ``DistributedSampler`` (:attr:`sampler`, :func:`runtime.distributed_sampler`) gives each
+    process its share. :func:`SinusAnomalyTraining.engine.fit` reseeds :attr:`generator` and calls
+    the sampler's ``set_epoch`` every epoch. ``drop_last`` drops an incomplete last batch (when
+    there is a complete one).
     """
-    prob = settings.prob
-    if prob <= 0.0:
-        return None
-    geometric_keys = ["image", "residual"] if with_residual else ["image"]
-    rotate = np.radians(settings.rotate_deg)
-    transforms = [
-        RandAffined(
-            keys=geometric_keys,
-            prob=prob,
-            rotate_range=(rotate, rotate, rotate),
-            scale_range=(settings.scale,) * 3,
-            translate_range=(settings.translate_voxels,) * 3,
-            mode="bilinear",
-            padding_mode="border",
-        ),
-        RandFlipd(keys=geometric_keys, prob=prob / 2.0, spatial_axis=1),
-        RandFlipd(keys=geometric_keys, prob=prob / 2.0, spatial_axis=2),
-        RandGaussianNoised(keys=["image"], prob=prob, mean=0.0, std=settings.noise_std),
-    ]
-    return Compose(transforms)
 
+    def __init__(self, crops: SinusCrops, batch_size: int, shuffle: bool, seed: int, device: torch.device,
+                 augment: AugmentSettings | None = None, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise DatasetError(f"batch size must be at least 1, got {batch_size}")
+        self.crops = crops
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.device = torch.device(device)
+        self.augment = augment if augment is not None and augment.prob > 0 else None
+        self.sampler = runtime.distributed_sampler(crops, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.generator = runtime.make_generator(seed)
+        n = self._n_samples()
+        self.drop_last = bool(drop_last) and n >= self.batch_size
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """DataLoader whose order is reproducible (seeded generator; DistributedSampler under torchrun)."""
-    sampler = runtime.distributed_sampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last and len(dataset) > batch_size,
-        generator=runtime.make_generator(seed),
-        worker_init_fn=runtime.worker_init_fn if num_workers else None,
-    )
+    def _n_samples(self) -> int:
+        return len(self.sampler) if self.sampler is not None else len(self.crops)
+
+    def __len__(self) -> int:
+        n = self._n_samples()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def order(self) -> torch.Tensor:
+        """This epoch's rows, in serving order (draws the permutation from :attr:`generator`)."""
+        if self.sampler is not None:
+            return torch.as_tensor(list(iter(self.sampler)), dtype=torch.long)
+        n = len(self.crops)
+        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+
+    def __iter__(self) -> Iterator[dict]:
+        order = self.order()
+        for b in range(len(self)):
+            yield self.crops.batch(order[b * self.batch_size:(b + 1) * self.batch_size], self.device, self.augment)
+

@@ -412,10 +412,12 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
 
     Args:
         model: the model, already on ``device`` (and wrapped with :func:`runtime.wrap_ddp` for DDP).
-        train_loader, val_loader: DataLoaders (``val_loader`` may be ``None``). With DDP give them a
-            ``DistributedSampler`` (:func:`runtime.distributed_sampler`).
+        train_loader, val_loader: :class:`~SinusAnomalyTraining.data.CropLoader` (batches already on
+            the device, augmented on it) or DataLoaders; anything with ``len`` that yields batches
+            (``val_loader`` may be ``None``). With DDP give them a ``DistributedSampler``
+            (:func:`runtime.distributed_sampler`, as ``.sampler``); a ``.generator`` is reseeded too.
         loss_step_fn: ``loss_step_fn(model, batch, device) -> scalar loss tensor``; moves the batch
-            to ``device`` itself. Used for training and, under ``model.eval()`` and
+            to ``device`` if it is not there. Used for training and, under ``model.eval()`` and
             ``torch.no_grad()``, for validation.
         epochs: total number of epochs of the run (also when resuming).
         scheduler: stepped once per optimisation step (e.g. :class:`optim.WarmupCosine`), or None.

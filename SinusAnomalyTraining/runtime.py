@@ -24,7 +24,7 @@ from SinusAnomalyLib.errors import DeviceError
 
 __all__ = [
     "DeviceError", "select_device",
-    "seed_everything", "derive_seed", "make_generator", "worker_init_fn", "reseed_all",
+    "seed_everything", "set_deterministic", "derive_seed", "make_generator", "worker_init_fn", "reseed_all",
     "DistInfo", "init_distributed", "is_distributed", "is_main_process", "rank", "world_size", "barrier",
     "cleanup", "wrap_ddp", "unwrap_model", "distributed_sampler", "all_gather_tensor", "reduce_mean",
     "amp_dtype", "autocast_context", "make_grad_scaler",
@@ -81,21 +81,24 @@ def reseed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed every global random generator and choose reproducible kernels where it is cheap.
-
-    Always turns cuDNN auto-tuning off and asks cuDNN for deterministic kernels. With
-    ``deterministic=True`` also calls ``torch.use_deterministic_algorithms(True, warn_only=True)``
-    (slower on GPU; ops without a deterministic kernel, such as 3-D trilinear upsampling backward
-    on CUDA, then warn instead of failing).
-    """
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed every global random generator and choose the GPU kernels (:func:`set_deterministic`)."""
     os.environ.setdefault("PYTHONHASHSEED", str(int(seed)))  # affects child processes only
     reseed_all(seed)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    set_deterministic(deterministic)
+
+
+def set_deterministic(deterministic: bool) -> None:
+    """cuDNN's kernel choice: reproducible (``True``) or fastest (``False``).
+
+    ``True``: deterministic kernels, no auto-tuning, so a run repeats bit for bit on the same GPU
+    (the configurations' ``"deterministic": true``, default for CPU runs and tests). ``False``:
+    ``cudnn.benchmark`` times the candidate kernels for each new input shape and keeps the fastest;
+    3-D convolutions run faster, results differ in the last bits between runs (the ``paper``
+    configurations on a GPU). CPU kernels are deterministic either way.
+    """
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = bool(deterministic)
 
 
 def make_generator(seed: int, *parts: int) -> torch.Generator:

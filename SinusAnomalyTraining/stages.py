@@ -16,6 +16,7 @@ a CAE shared by folds would have seen other folds' validation sinuses.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -33,11 +34,11 @@ from SinusAnomalyLib.models import ConvAutoencoder, NetworkSpec, SinusClassifier
 from SinusAnomalyLib.residuals import residual_maps, resize_crops
 
 from . import runtime
-from .data import SinusCrops, augmentation, make_loader
+from .data import CropLoader, SinusCrops
 from .config import METHODS, PRETEXT, PRETRAINING, PretrainSettings, RunConfig, percent_key
 from .engine import Checkpointer, LossStepFn, fit, load_checkpoint
 from .optim import LARS, WarmupCosine, scaled_lr
-from .pretext import build_pretext, load_medicalnet_encoder
+from .pretext import PRETEXT_METHODS, TwoViewPretext, build_pretext, load_medicalnet_encoder
 
 DONE = "done.json"
 
@@ -261,9 +262,10 @@ def train_cae(ctx: FoldContext) -> Path:
         if not train:
             raise DatasetError(f"fold {ctx.fold} has no normal training sinus to train the CAE on")
         size = ctx.config.crop_size
-        train_loader = make_loader(SinusCrops(ctx.dataset, train, size), cfg.batch_size, True, ctx.config.seed)
-        val_loader = make_loader(SinusCrops(ctx.dataset, val, size), cfg.batch_size, False, ctx.config.seed) if val else None
-        runtime.seed_everything(ctx.config.seed)
+        train_loader = CropLoader(SinusCrops.from_dataset(ctx.dataset, train, size), cfg.batch_size, True, ctx.config.seed, ctx.device)
+        val_loader = CropLoader(SinusCrops.from_dataset(ctx.dataset, val, size), cfg.batch_size, False, ctx.config.seed,
+                                ctx.device) if val else None
+        runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
         model = network_spec(ctx.config).cae().to(ctx.device)
 
         def l1_step(net, batch, device):
@@ -352,12 +354,12 @@ def pretrain(ctx: FoldContext) -> Path:
 
     def build() -> Training:
         size = ctx.config.crop_size
-        train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size, residuals, augmentation(cfg.augment, with_residual=True))
-        val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size, residuals)
+        train_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("train"), size, residuals)
+        val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size, residuals)
         batch = min(cfg.batch_size, len(train_set))
-        train_loader = make_loader(train_set, batch, True, ctx.config.seed, ctx.config.num_workers, drop_last=True)
-        val_loader = make_loader(val_set, batch, False, ctx.config.seed) if len(val_set) else None
-        runtime.seed_everything(ctx.config.seed)
+        train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment, drop_last=True)
+        val_loader = CropLoader(val_set, batch, False, ctx.config.seed, ctx.device) if len(val_set) else None
+        runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
         model = network_spec(ctx.config).unet().to(ctx.device)
         optimizer, scheduler, lr = lars_with_warmup_cosine(model, cfg, batch, train_loader)
 
@@ -380,8 +382,9 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
     """A baseline self-supervised pretraining (AE, DAE, SimCLR, BYOL, SimSiam, SparK) of the same encoder.
 
     Same data (every sinus of the fold's training patients, labels unused), optimiser and schedule
-    as residual pretraining, so the comparison differs in the pretext task only. Each method
-    brings its own augmentation (see :mod:`.pretext`); BYOL's target moves by EMA after each step.
+    as residual pretraining, and the same augmentation policy (``pretrain.augment``,
+    :mod:`.augment`), so the comparison differs in the pretext task only (plus the view-making
+    extras of a method, see :mod:`.pretext`); BYOL's target moves by EMA after each step.
     """
     if method not in PRETEXT:
         raise SinusAnomalyError(f"'{method}' is not a baseline pretraining method (known: {', '.join(PRETEXT)})")
@@ -389,18 +392,23 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
     cfg = ctx.config.pretrain
     options = dict(ctx.config.pretext.get(method, {}))
     made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "method": method, "options": options,
-                 "pretrain": {k: v for k, v in cfg.as_dict().items() if k != "augment"}, "encoder_widths": list(ctx.config.encoder_widths),
+                 "pretrain": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths),
                  "crop_size": ctx.config.crop_size, "seed": ctx.config.seed}
 
     def build() -> Training:
         size = ctx.config.crop_size
-        train_set = SinusCrops(ctx.dataset, ctx.indices("train"), size)
-        val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size)
+        train_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("train"), size)
+        val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size)
         batch = min(cfg.batch_size, len(train_set))
-        train_loader = make_loader(train_set, batch, True, ctx.config.seed, ctx.config.num_workers, drop_last=True)
-        val_loader = make_loader(val_set, batch, False, ctx.config.seed, drop_last=True) if len(val_set) >= 2 else None
-        runtime.seed_everything(ctx.config.seed)
-        model = build_pretext(method, encoder_widths=ctx.config.encoder_widths, **options).to(ctx.device)
+        # one policy (cfg.augment): two-view methods apply it to the raw batch themselves, twice; the
+        # others reconstruct their own input, so their loader gives its geometry only (noise would touch the target)
+        two_views = issubclass(PRETEXT_METHODS[method], TwoViewPretext)
+        view = None if two_views else dataclasses.replace(cfg.augment, noise_std=0.0)
+        train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, view, drop_last=True)
+        val_loader = CropLoader(val_set, batch, False, ctx.config.seed, ctx.device, drop_last=True) if len(val_set) >= 2 else None
+        runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
+        views = {"augment": cfg.augment} if two_views else {}
+        model = build_pretext(method, encoder_widths=ctx.config.encoder_widths, **options, **views).to(ctx.device)
         optimizer, scheduler, lr = lars_with_warmup_cosine(model, cfg, batch, train_loader)
 
         def pretext_step(net, batch_, device):
@@ -441,13 +449,13 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def predict(model: SinusClassifier, dataset: SinusCrops, device: torch.device, batch_size: int = 16) -> np.ndarray:
-    """P(anomalous) for every item of ``dataset``, in order."""
+def predict(model: SinusClassifier, crops: SinusCrops, device: torch.device, batch_size: int = 16) -> np.ndarray:
+    """P(anomalous) for every crop of ``crops``, in order (every process predicts all of them)."""
     model.eval()
     out = []
     with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            x = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
+        for start in range(0, len(crops), batch_size):
+            x = crops.batch(torch.arange(start, min(start + batch_size, len(crops))), device)["image"]
             out.append(torch.softmax(model(x), dim=1)[:, 1].cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -480,13 +488,13 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
 
     def build() -> Training:
         labelled = ctx.labelled_indices(fraction)
-        sets["train"] = train_set = SinusCrops(ctx.dataset, labelled, size, transform=augmentation(cfg.augment, with_residual=False))
-        sets["val"] = val_set = SinusCrops(ctx.dataset, ctx.indices("val"), size)
-        sets["test"] = SinusCrops(ctx.dataset, ctx.indices("test"), size)
+        sets["train"] = train_set = SinusCrops.from_dataset(ctx.dataset, labelled, size)
+        sets["val"] = val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size)
+        sets["test"] = SinusCrops.from_dataset(ctx.dataset, ctx.indices("test"), size)
         batch = min(cfg.batch_size, len(train_set))
-        train_loader = make_loader(train_set, batch, True, ctx.config.seed, ctx.config.num_workers)
-        val_loader = make_loader(val_set, batch, False, ctx.config.seed) if len(val_set) else None
-        runtime.seed_everything(ctx.config.seed)
+        train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment)
+        val_loader = CropLoader(val_set, batch, False, ctx.config.seed, ctx.device) if len(val_set) else None
+        runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
         model = spec.classifier()
         transfer = {}
         if method == "medicalnet":

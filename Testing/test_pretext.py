@@ -101,36 +101,10 @@ def test_build_pretext_rejects_unknown_names_and_options():
         small("ae").loss(torch.rand(2, 1, 24, 24, 24))
 
 
-# ------------------------------------------------------------------------------ augmentations
-
-def test_augmentations_are_pure_seeded_and_per_sample():
-    x = batch(3)
-    original = x.clone()
-    torch.manual_seed(5)
-    a = pretext.augment_view(x)
-    torch.manual_seed(5)
-    b = pretext.augment_view(x)
-    assert torch.equal(x, original) and torch.equal(a, b) and a.shape == x.shape
-    assert not torch.equal(pretext.augment_view(x), a)
-    assert torch.equal(pretext.random_flip(x, prob=1.0, axes=(2,)), x.flip(4))
-    assert torch.equal(pretext.random_flip(x, prob=0.0), x)
-    assert torch.equal(pretext.random_affine(x, prob=0.0), x)
-    # the identity affine (no rotation, zoom or shift) resamples voxel centres exactly
-    assert torch.allclose(pretext.random_affine(x, prob=1.0, rotate_deg=0, scale=0, translate=0), x, atol=1e-5)
-    warped = pretext.random_affine(x, prob=1.0)
-    assert all(not torch.equal(warped[i], x[i]) for i in range(len(x)))
-    noisy = pretext.random_gaussian_noise(x, prob=1.0, std=0.3, fixed_std=True)
-    assert abs(float((noisy - x).std()) - 0.3) < 0.01
-    scaled = pretext.random_intensity_scale(x, prob=1.0, amount=0.1)
-    ratio = scaled.flatten(1) / x.flatten(1).clamp_min(1e-6)
-    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-4)  # one factor per sample
-    assert ((ratio[:, 0] >= 0.9 - 1e-5) & (ratio[:, 0] <= 1.1 + 1e-5)).all()
-
-
 # ------------------------------------------------------------------------------ AE / DAE
 
 def test_dae_target_is_the_clean_image_and_noise_is_always_applied():
-    model = small("dae", augment=False)
+    model = small("dae")
     assert model.noise_std == 0.6
     x = batch(4)
     torch.manual_seed(7)
@@ -148,7 +122,7 @@ def test_dae_target_is_the_clean_image_and_noise_is_always_applied():
 
 
 def test_ae_reconstructs_its_own_input_through_a_skipless_decoder():
-    model = small("ae", augment=False)
+    model = small("ae")
     x = batch(5)
     inputs, target = model.make_pair(x)
     assert torch.equal(inputs, x) and torch.equal(target, x)

@@ -27,15 +27,16 @@ Common interface (:class:`PretextModel`):
 * ``model.after_optimizer_step(step, total_steps)``: call after every optimiser step (BYOL's
   momentum update of the target; a no-op for the others).
 
-Augmentations (:mod:`.augment`: :func:`random_affine`, :func:`random_flip`, :func:`random_gaussian_noise`,
-:func:`random_intensity_scale`, :func:`augment_view`) are pure functions of a batch tensor: they
-never modify their input and draw every random number from torch's global RNG, per sample.
+Augmentation is the training policy of every method (:mod:`SinusAnomalyTraining.augment`): AE, DAE
+and SparK get batches already augmented (geometry only: their target is their input) from the
+pretraining stage's loader; SimCLR, BYOL and SimSiam (:class:`TwoViewPretext`) make two views of
+the raw batch with it, plus an intensity scaling.
 
 :func:`load_medicalnet_encoder` (:mod:`.medicalnet`) loads the transfer-learning baseline's weights (MedicalNet's 3D
 ResNet18) from a local file into a :class:`ResNet18Encoder`, checked key by key. Nothing in this
 module downloads anything.
 
-Modules: :mod:`.base` (the interface, shared blocks, errors), :mod:`.augment` (random views),
+Modules: :mod:`.base` (the interface, shared blocks, errors),
 :mod:`.losses`, :mod:`.reconstruction` (AE, DAE), :mod:`.joint_embedding` (SimCLR, BYOL,
 SimSiam), :mod:`.spark`, :mod:`.medicalnet`; the registry :data:`PRETEXT_METHODS` is here.
 """
@@ -47,10 +48,8 @@ from typing import Any
 from SinusAnomalyLib.errors import PretextError, PretrainedWeightsError
 from SinusAnomalyLib.models import RESNET18_WIDTHS
 
-from .augment import (AugmentOptions, augment_view, random_affine, random_flip, random_gaussian_noise,
-                      random_intensity_scale)
 from .base import PretextModel
-from .joint_embedding import BYOLPretext, SimCLRPretext, SimSiamPretext
+from .joint_embedding import BYOLPretext, SimCLRPretext, SimSiamPretext, TwoViewPretext
 from .losses import (byol_momentum, byol_regression_loss, masked_patch_loss, negative_cosine_similarity,
                      normalised_patches, nt_xent_loss)
 from .medicalnet import MEDICALNET_HEAD_PREFIXES, load_medicalnet_encoder
@@ -60,12 +59,6 @@ from .spark import SparKPretext, random_patch_mask, resample_mask
 __all__ = [
     "PretextError",
     "PretrainedWeightsError",
-    "AugmentOptions",
-    "random_flip",
-    "random_affine",
-    "random_gaussian_noise",
-    "random_intensity_scale",
-    "augment_view",
     "nt_xent_loss",
     "byol_regression_loss",
     "negative_cosine_similarity",
@@ -78,6 +71,7 @@ __all__ = [
     "ReconstructionDecoder",
     "AutoencoderPretext",
     "DenoisingPretext",
+    "TwoViewPretext",
     "SimCLRPretext",
     "BYOLPretext",
     "SimSiamPretext",

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -11,23 +10,40 @@ from torch import nn
 from SinusAnomalyLib.errors import PretextError
 from SinusAnomalyLib.models import RESNET18_WIDTHS
 
-from .augment import AugmentOptions, augment_view
+from ..augment import DEFAULT_AUGMENT, augment_batch, random_intensity_scale
+from ..config import AugmentSettings
 from .base import PretextModel, mlp
 from .losses import byol_momentum, byol_regression_loss, negative_cosine_similarity, nt_xent_loss
 
 
-class _TwoViewPretext(PretextModel):
-    """Two independent random views of each image (:func:`augment_view`)."""
+class TwoViewPretext(PretextModel):
+    """Two independent random views of each image, made inside the model from the raw batch.
 
-    def __init__(self, encoder_widths, in_channels, shortcut_type, augment) -> None:
+    A view is the training policy (:func:`SinusAnomalyTraining.augment.augment_batch` with
+    ``augment``: affine, flips, noise) followed by this family's one view-making extra, an
+    intensity scaling by up to ``intensity`` (probability ``augment.prob``;
+    :func:`~SinusAnomalyTraining.augment.random_intensity_scale`). ``augment`` defaults to the
+    paper configuration's policy; the pretraining stage passes the run's ``pretrain.augment``.
+    """
+
+    def __init__(self, encoder_widths, in_channels, shortcut_type, augment: AugmentSettings | None, intensity: float) -> None:
         super().__init__(encoder_widths, in_channels, shortcut_type)
-        self.augment = AugmentOptions.from_options(augment)
+        if augment is not None and not isinstance(augment, AugmentSettings):
+            raise PretextError("augment must be AugmentSettings (set the views' augmentation in the configuration's pretrain.augment)")
+        if not 0.0 <= float(intensity) < 1.0:
+            raise PretextError(f"intensity must be in [0, 1), got {intensity}")
+        self.augment = augment or DEFAULT_AUGMENT
+        self.intensity = float(intensity)
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """One random view of the batch ``(B, C, D, H, W)`` (same shape; ``x`` is not modified)."""
+        return random_intensity_scale(augment_batch(x, self.augment), self.augment.prob, self.intensity)
 
     def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return augment_view(x, self.augment), augment_view(x, self.augment)
+        return self.view(x), self.view(x)
 
 
-class SimCLRPretext(_TwoViewPretext):
+class SimCLRPretext(TwoViewPretext):
     """SimCLR: pooled encoder features -> projector Linear-BN-ReLU-Linear to ``projection_dim``
     (512, the paper) -> NT-Xent over the two views' projections (:func:`nt_xent_loss`).
 
@@ -35,7 +51,8 @@ class SimCLRPretext(_TwoViewPretext):
         projection_dim: output of the projector (512).
         hidden_dim: hidden width of the projector (default: the encoder's output width).
         temperature: NT-Xent temperature (0.1).
-        augment: view augmentation settings (AugmentOptions or a dict of its fields).
+        augment: the views' augmentation policy (default: the paper configuration's).
+        intensity: the views' intensity scaling, up to this fraction (0.1).
     """
 
     def __init__(
@@ -46,9 +63,10 @@ class SimCLRPretext(_TwoViewPretext):
         projection_dim: int = 512,
         hidden_dim: int | None = None,
         temperature: float = 0.1,
-        augment: AugmentOptions | Mapping[str, Any] | None = None,
+        augment: AugmentSettings | None = None,
+        intensity: float = 0.1,
     ) -> None:
-        super().__init__(encoder_widths, in_channels, shortcut_type, augment)
+        super().__init__(encoder_widths, in_channels, shortcut_type, augment, intensity)
         if float(temperature) <= 0.0:
             raise PretextError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
@@ -67,7 +85,7 @@ class SimCLRPretext(_TwoViewPretext):
         return nt_xent_loss(z1, z2, self.temperature)
 
 
-class BYOLPretext(_TwoViewPretext):
+class BYOLPretext(TwoViewPretext):
     """BYOL: online encoder + projector + predictor; target encoder + projector updated only by EMA.
 
     Projector and predictor are Linear-BN-ReLU-Linear MLPs, hidden ``hidden_dim`` (BYOL used 4096;
@@ -92,9 +110,10 @@ class BYOLPretext(_TwoViewPretext):
         projection_dim: int = 512,
         hidden_dim: int = 1024,
         tau_base: float = 0.996,
-        augment: AugmentOptions | Mapping[str, Any] | None = None,
+        augment: AugmentSettings | None = None,
+        intensity: float = 0.1,
     ) -> None:
-        super().__init__(encoder_widths, in_channels, shortcut_type, augment)
+        super().__init__(encoder_widths, in_channels, shortcut_type, augment, intensity)
         if not 0.0 <= float(tau_base) <= 1.0:
             raise PretextError(f"tau_base must be in [0, 1], got {tau_base}")
         self.tau_base = float(tau_base)
@@ -148,7 +167,7 @@ class BYOLPretext(_TwoViewPretext):
         return byol_regression_loss(p1, z2) + byol_regression_loss(p2, z1)
 
 
-class SimSiamPretext(_TwoViewPretext):
+class SimSiamPretext(TwoViewPretext):
     """SimSiam: encoder + 3-layer projector (BN on every layer) + 2-layer bottleneck predictor;
     symmetric negative cosine similarity with a stop-gradient on the projection branch
     (:func:`negative_cosine_similarity` detaches it), ``D(p1, z2) / 2 + D(p2, z1) / 2``.
@@ -165,9 +184,10 @@ class SimSiamPretext(_TwoViewPretext):
         shortcut_type: str = "B",
         projection_dim: int = 512,
         predictor_hidden_dim: int | None = None,
-        augment: AugmentOptions | Mapping[str, Any] | None = None,
+        augment: AugmentSettings | None = None,
+        intensity: float = 0.1,
     ) -> None:
-        super().__init__(encoder_widths, in_channels, shortcut_type, augment)
+        super().__init__(encoder_widths, in_channels, shortcut_type, augment, intensity)
         c, d = self.encoder.out_channels, int(projection_dim)
         h = int(predictor_hidden_dim or max(d // 4, 1))
         self.projector = nn.Sequential(

@@ -1,7 +1,7 @@
 """Reconstruction pretext tasks: autoencoder (AE) and denoising autoencoder (DAE)."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -11,7 +11,6 @@ from torch import nn
 from SinusAnomalyLib.errors import PretextError
 from SinusAnomalyLib.models import RESNET18_WIDTHS
 
-from .augment import AugmentOptions, augment_view, random_gaussian_noise
 from .base import PretextModel, upsample_block
 
 
@@ -50,14 +49,13 @@ class ReconstructionDecoder(nn.Module):
 class AutoencoderPretext(PretextModel):
     """AE: ``decoder(encoder(x)[-1])`` reconstructs the input; L1 loss.
 
-    With ``augment`` the batch first gets a random geometric view (affine and flips, probability
-    0.5 each, as the other methods' views), and the view is both input and target. Input edges must
-    be multiples of 32 (the decoder inverts the encoder's five halvings).
+    The batch is both input and target: the pretraining stage serves it already augmented with
+    the training policy's geometry only (affine and flips; noise would also touch the target,
+    which the policy never does). Input edges must be multiples of 32 (the decoder inverts the
+    encoder's five halvings).
 
     Args:
         decoder_widths: widths of the five decoder stages (default: see :class:`ReconstructionDecoder`).
-        augment: geometric augmentation of the batch (AugmentOptions or a dict of its fields to
-            change the defaults, or ``False``/``None`` for none).
     """
 
     size_multiple = 32
@@ -69,15 +67,9 @@ class AutoencoderPretext(PretextModel):
         shortcut_type: str = "B",
         decoder_widths: Sequence[int] | None = None,
         out_activation: str | None = "sigmoid",
-        augment: AugmentOptions | Mapping[str, Any] | bool | None = True,
     ) -> None:
         super().__init__(encoder_widths, in_channels, shortcut_type)
         self.decoder = ReconstructionDecoder(self.encoder.feature_channels, in_channels, decoder_widths, out_activation)
-        if augment is True:
-            augment = {}
-        self.augment = None if augment in (False, None) else AugmentOptions.from_options(
-            {"geometric_only": True, **dict(augment)} if isinstance(augment, Mapping) else augment
-        )
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S, S)`` -> reconstruction of the same shape."""
@@ -85,9 +77,8 @@ class AutoencoderPretext(PretextModel):
         return self.decoder(self.encoder(x)[-1])
 
     def make_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(network input, reconstruction target)`` for the batch: the same view, twice."""
-        view = augment_view(x, self.augment) if self.augment is not None else x
-        return view, view
+        """``(network input, reconstruction target)`` for the batch: the batch, twice."""
+        return x, x
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         self.check_batch(x)
@@ -96,8 +87,9 @@ class AutoencoderPretext(PretextModel):
 
 
 class DenoisingPretext(AutoencoderPretext):
-    """DAE: the AE's network fed ``view + N(0, noise_std^2)`` (ALWAYS, std 0.6 by default, as in the
-    paper) and trained with L1 to reconstruct the CLEAN view (the target never gets noise)."""
+    """DAE: the AE's network fed ``x + N(0, noise_std^2)`` (ALWAYS, std 0.6 by default, as in the
+    paper: the method's one extra) and trained with L1 to reconstruct the CLEAN batch (the target
+    never gets noise)."""
 
     def __init__(self, *args: Any, noise_std: float = 0.6, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -106,6 +98,4 @@ class DenoisingPretext(AutoencoderPretext):
         self.noise_std = float(noise_std)
 
     def make_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        clean = augment_view(x, self.augment) if self.augment is not None else x
-        noisy = random_gaussian_noise(clean, prob=1.0, std=self.noise_std, fixed_std=True)
-        return noisy, clean
+        return x + self.noise_std * torch.randn_like(x), x
