@@ -445,3 +445,24 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["model"])              # unwrapped before saving
     assert_same_state(ckpt["model"], w0)
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "history.csv", "history.json", "last.pt"]
+
+
+def test_deterministic_setting_chooses_the_cudnn_kernels_and_old_configs_still_load(tmp_path):
+    from SinusAnomalyLib.errors import ConfigError
+    from SinusAnomalyTraining.config import load_config
+
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        runtime.set_deterministic(False)
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+        runtime.seed_everything(0, deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
+    assert [load_config(name).deterministic for name in ("paper", "grid-paper", "demo", "grid-cpu")] == [False, False, True, True]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"num_workers": 4, "seed": 3}))  # a config.json of an earlier version
+    assert load_config(old).seed == 3
+    old.write_text(json.dumps({"deterministic": "yes"}))
+    with pytest.raises(ConfigError, match="deterministic"):
+        load_config(old)
