@@ -1,7 +1,8 @@
 """Evaluate a run: AUROC, AUPRC and F1 on the held-out test set per fold and label fraction.
 
-F1 at the threshold maximising F1 on the fold's validation set and at 0.5; means with 95 %
-intervals over folds; a patient-level bootstrap interval on the pooled predictions; ROC and PR
+F1 at the threshold maximising F1 on the fold's validation set and at 0.5; means over folds
+with 95 % Student-t intervals (from 3 folds on); the fold ensemble (each test sinus's mean
+probability over the folds) with a 95 % bootstrap interval over test patients; ROC and PR
 curves as PNG; RUN/evaluation/{report.md,results.csv,<method>_frac<p>/metrics.{json,csv}}.
 """
 from __future__ import annotations
