@@ -85,7 +85,7 @@ class SyntheticCase:
 
 # --------------------------------------------------------------------------- anatomy
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=len(ANATOMIES) + 1)  # every anatomy stays prepared: a mixed cohort switches between them
 def _anatomy(reference: ReferenceHead) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
     """(1 mm head with air-filled sinuses, cavity label array, head mask array); arrays are [x, y, z]."""
     ref = reference.image
@@ -264,17 +264,22 @@ def _draw_bone(rng: np.random.Generator, cavity: np.ndarray, params: SynthParams
 
 
 def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomalies: dict, contrast: str = "reference",
-                      params: SynthParams = SynthParams(), gravity_lps: np.ndarray | None = None) -> tuple[sitk.Image, sitk.Image]:
+                      params: SynthParams = SynthParams(), gravity_lps: np.ndarray | None = None) -> tuple[sitk.Image, sitk.Image | None]:
     """The 1 mm anatomy in ``contrast`` with each sinus's bone (wall, septum; see :func:`_draw_bone`)
-    and lesions drawn in, and its lesion label image. ``gravity_lps``: unit vector, down in the
-    anatomy's LPS space (for air-fluid levels)."""
+    and lesions drawn in, and its lesion label image (None when no sinus has a lesion).
+    ``gravity_lps``: unit vector, down in the anatomy's LPS space (for air-fluid levels)."""
     head, cavity, _ = _anatomy(reference)
-    array = sitk.GetArrayFromImage(head).transpose(2, 1, 0).copy()
-    if contrast != "reference":
-        array = _render(array, rng, contrast, _white_matter(reference))
-    gravity = None if gravity_lps is None else np.asarray(head.GetDirection()).reshape(3, 3).T @ gravity_lps  # along the index axes
-    labels = np.zeros(array.shape, np.uint8)
     bony = tuple(params.wall_thickness_mm) != (0.0, 0.0) or params.septum_rate > 0
+    if contrast == "reference" and not bony and not any(anomalies.get(side) for side in SIDES):
+        return head, None  # nothing to draw
+    # drawn into through [x, y, z] views of SimpleITK's [z, y, x] arrays: no transposed copies of the whole head
+    voxels = sitk.GetArrayFromImage(head)
+    if contrast != "reference":
+        voxels = _render(voxels, rng, contrast, _white_matter(reference))
+    array = voxels.transpose(2, 1, 0)
+    gravity = None if gravity_lps is None else np.asarray(head.GetDirection()).reshape(3, 3).T @ gravity_lps  # along the index axes
+    label_voxels = np.zeros(voxels.shape, np.uint8)
+    labels = label_voxels.transpose(2, 1, 0)
     for side in SIDES:
         kind = anomalies.get(side)
         if not kind and not bony:
@@ -296,9 +301,11 @@ def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomal
         soft = ndi.gaussian_filter(lesion.astype(np.float32), 0.6)  # partial-volume edge
         array[box] = array[box] * (1.0 - soft) + intensity * soft
         labels[box][lesion] = LESION_LABELS[side]
-    out = sitk.GetImageFromArray(array.transpose(2, 1, 0).astype(np.float32))
+    out = sitk.GetImageFromArray(voxels.astype(np.float32, copy=False))
     out.CopyInformation(head)
-    lab = sitk.GetImageFromArray(labels.transpose(2, 1, 0))
+    if not label_voxels.any():
+        return out, None
+    lab = sitk.GetImageFromArray(label_voxels)
     lab.CopyInformation(head)
     return out, lab
 
@@ -480,7 +487,11 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     head_points = np.array([anatomy.TransformIndexToPhysicalPoint([int(v) for v in c]) for c in corners])
     grid = _output_grid(rng, params, np.array([forward(p) for p in head_points]))
     image = sitk.Resample(anatomy, grid, pull, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    lesion_labels = sitk.Resample(lesions, grid, pull, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    if lesions is None:  # what resampling an empty label map would give
+        lesion_labels = sitk.Image(grid.GetSize(), sitk.sitkUInt8)
+        lesion_labels.CopyInformation(grid)
+    else:
+        lesion_labels = sitk.Resample(lesions, grid, pull, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     centers = {side: _true_centre(reference, side, pull, forward(reference.center_lps(side))) for side in SIDES}
 
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
