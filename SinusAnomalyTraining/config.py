@@ -27,6 +27,9 @@ PRETEXT = ("ae", "dae", "simclr", "byol", "simsiam", "spark")  # the baselines o
 METHODS = ("none", "residual", *PRETEXT, "medicalnet")
 RETIRED = ("num_workers",)  # settings of earlier versions, dropped when read so their saved config.json files still load
 PRETRAINING = ("residual", *PRETEXT)  # the methods with a pretraining stage of their own (`pretrain --method`)
+# what pretraining learns from when the dataset has unlabelled scans: them (the paper's D_u), or them and the
+# fold's training sinuses; a dataset without any pretrains on the fold's training sinuses
+PRETRAIN_DATA = ("unlabelled", "unlabelled+train")
 
 
 def _read(path: Path) -> dict:
@@ -160,6 +163,7 @@ class ResidualSettings(_Settings):
 
 @dataclass(frozen=True)
 class PretrainSettings(_Settings):
+    data: str  # one of PRETRAIN_DATA
     epochs: int
     batch_size: int
     base_lr: float  # at base_batch; scaled linearly with the global batch
@@ -172,7 +176,9 @@ class PretrainSettings(_Settings):
     @classmethod
     def parse(cls, data: dict, path: Path) -> PretrainSettings:
         n = lambda key, **kw: _number(data[key], f"pretrain.{key}", path, **kw)  # noqa: E731
-        return cls(n("epochs", integer=True, low=1), n("batch_size", integer=True, low=1), n("base_lr", low=0),
+        if data["data"] not in PRETRAIN_DATA:
+            raise ConfigError(f"{path}: pretrain.data must be one of {', '.join(PRETRAIN_DATA)}, got {data['data']!r}")
+        return cls(data["data"], n("epochs", integer=True, low=1), n("batch_size", integer=True, low=1), n("base_lr", low=0),
                    n("base_batch", integer=True, low=1), n("warmup_epochs", low=0), n("weight_decay", low=0),
                    n("momentum", low=0), AugmentSettings.parse(data["augment"], "pretrain.augment", path))
 

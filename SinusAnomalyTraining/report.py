@@ -21,7 +21,7 @@ from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic, write_text_atomic
 
 from . import evaluation, plots, stages
-from .config import RunConfig, ablation_fractions, chosen_folds, percent_key
+from .config import PRETRAINING, RunConfig, ablation_fractions, chosen_folds, percent_key
 
 def _jsonable(obj):
     """NaN / inf -> None (JSON has no NaN), numpy scalars and arrays -> Python, keys -> str."""
@@ -173,6 +173,20 @@ def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: f
             "f1_at_0.5": summary.get("f1_at_0.5"), "pooled": pooled}
 
 
+def pretraining_data_sentence(config: RunConfig, dataset: PreparedDataset) -> str:
+    """What the run's pretraining learned from, in a sentence for reports ("" when nothing was pretrained)."""
+    if not any(m in PRETRAINING for m in config.methods):
+        return ""
+    unlabelled = dataset.unlabelled
+    if not len(unlabelled):
+        return ("Pretraining data: the dataset has no unlabelled scans (`prepare --unlabelled`), so every pretraining "
+                "learned from each fold's training sinuses (labels unused), not from a separate unlabelled set as in the paper.")
+    also = ", plus each fold's training sinuses (labels unused)" if config.pretrain.data == "unlabelled+train" else ""
+    return (f"Pretraining data: the unlabelled set (the paper's D_u) of {len(unlabelled.patients)} patients "
+            f"({len(unlabelled)} sinuses){also}; the residual targets come from each fold's CAE, trained on that "
+            "fold's normal training sinuses; only fine-tuning uses labels.")
+
+
 def evaluate_run(config: RunConfig, dataset: PreparedDataset, run_dir: str | Path) -> dict:
     """Metrics of every (method, fraction) cell, and of the CAE ablation; writes ``RUN/evaluation``."""
     run_dir = Path(run_dir)
@@ -198,8 +212,9 @@ def evaluate_run(config: RunConfig, dataset: PreparedDataset, run_dir: str | Pat
             row["cae_fraction"] = cae_fraction
             ablation.append(row)
     _write_table(out_dir, table + [r for r in ablation if r["method"] != "residual"])  # no duplicate row
-    _write_report(out_dir, table, ablation, figures, config)
-    return {"table": table, "ablation": ablation, "plots": [str(p) for p in figures]}
+    pretraining = pretraining_data_sentence(config, dataset)
+    _write_report(out_dir, table, ablation, figures, config, pretraining)
+    return {"table": table, "ablation": ablation, "plots": [str(p) for p in figures], "pretraining_data": pretraining}
 
 
 def _write_table(out_dir: Path, table: list[dict]) -> None:
@@ -226,7 +241,8 @@ def _paper_cell(paper: dict, method: str, fraction, metric_index: int) -> str:
     return f"{mean:.2f} ({low:.2f}-{high:.2f})"
 
 
-def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figures: list[Path], config: RunConfig) -> None:
+def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figures: list[Path], config: RunConfig,
+                  pretraining: str = "") -> None:
     paper = json.loads(PAPER_RESULTS.read_text())
     lines = [
         "# SinusAnomaly evaluation",
@@ -240,6 +256,7 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
         "probability of the folds that tested it (what an exported bundle predicts), every test patient counted once; "
         "95 % percentile-bootstrap interval resampling patients (each with both sinuses): the uncertainty from "
         "the test patients.",
+        *(["", pretraining] if pretraining else []),
         "",
         "## Methods and label fractions (the form of the paper's Table 2)",
         "",

@@ -4,13 +4,16 @@ Run directory layout (``RUN``)::
 
     RUN/config.json                         the resolved configuration of the run
     RUN/fold<k>/cae/                        last.pt, best.pt, history.*, train.log, done.json
-    RUN/fold<k>/residuals/                  residuals.npy (N, S, S, S) float16, residuals.json
+    RUN/fold<k>/residuals/                  residuals.npy (N + M, S, S, S) float16 (labelled, then unlabelled crops), residuals.json
     RUN/fold<k>/pretrain/                   last.pt, best.pt, history.*, train.log, done.json
+    RUN/fold<k>/pretrain_<method>/          the same, for a baseline's pretraining (ae, dae, simclr, byol, simsiam, spark)
     RUN/fold<k>/finetune/<method>/frac<p>/  best.pt, ..., predictions.csv, done.json
 
 Each stage writes ``done.json`` last, recording what it was made from (checksums of its inputs,
-its settings); a stage whose ``done.json`` matches is skipped, one whose inputs changed is an error
-that says which stage to re-run. One CAE per fold, trained on that fold's training normals only:
+its settings); a stage whose ``done.json`` matches is skipped, an interrupted one continues from
+its ``last.pt`` (``FoldContext.restart`` starts it over), one whose inputs changed starts over, and
+a missing input is an error that says which stage to run. Pretraining learns from the dataset's
+unlabelled set when it has one (:func:`pretraining_data`). One CAE per fold, trained on that fold's training normals only:
 a CAE shared by folds would have seen other folds' validation sinuses.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from SinusAnomalyLib.dataset import PreparedDataset
+from SinusAnomalyLib.dataset import UNLABELLED_MANIFEST_FILE, PreparedDataset
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError, StageInputError
 from SinusAnomalyLib.fileio import atomic_path, write_csv_atomic, write_json_atomic
 from SinusAnomalyLib.models import ConvAutoencoder, NetworkSpec, SinusClassifier, parameter_groups
@@ -115,6 +118,13 @@ class FoldContext:
         """Checksum of the manifest and splits: a stage made from other data is stale."""
         root = self.dataset.root
         return hashlib.sha256((sha256_file(root / "manifest.csv") + sha256_file(root / "splits.json")).encode()).hexdigest()
+
+    @property
+    def unlabelled_fingerprint(self) -> str | None:
+        """Checksum of the unlabelled set's manifest (None without one): stages made from another set are stale."""
+        if not len(self.dataset.unlabelled):
+            return None
+        return sha256_file(self.dataset.root / UNLABELLED_MANIFEST_FILE)
 
     def logger(self, stage_dir: Path) -> runtime.RunLogger:
         return runtime.setup_run_logging(stage_dir)
@@ -292,23 +302,29 @@ def load_cae(ctx: FoldContext) -> tuple[ConvAutoencoder, str]:
 # --------------------------------------------------------------------------- 2. residuals
 
 def compute_residuals(ctx: FoldContext) -> Path:
-    """Residual targets of every crop of the dataset with the fold's CAE; cached with its identity."""
+    """Residual targets of every crop of the dataset, labelled and unlabelled, with the fold's CAE;
+    cached with its identity (and the unlabelled set's: another set makes them stale)."""
     stage_dir = ctx.residuals_dir
     cfg = ctx.config.residuals
     cae, cae_sha = load_cae(ctx)
     made_from = {"cae_sha256": cae_sha, "residuals": cfg.as_dict(), "crop_size": ctx.config.crop_size}
+    if ctx.unlabelled_fingerprint is not None:  # only then, so residuals of a dataset without one stay valid
+        made_from["unlabelled"] = ctx.unlabelled_fingerprint
     if not ctx.restart and _finished(stage_dir, made_from):
         return stage_dir / "residuals.npy"
-    sample_ids = [r.sample_id for r in ctx.dataset.manifest]
+    sources = [ctx.dataset, ctx.dataset.unlabelled]  # each with .manifest and .crops (row i = manifest[i])
+    sample_ids = [r.sample_id for source in sources for r in source.manifest]
     size = ctx.config.crop_size
     out = np.zeros((len(sample_ids), size, size, size), dtype=np.float16)
     batch = cfg.batch_size
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    for start in tqdm(range(0, len(sample_ids), batch), desc=f"residuals fold {ctx.fold}", disable=not ctx.progress, unit="batch"):
-        crops = resize_crops(ctx.dataset.crops[start:start + batch], size)
+    batches = [(source, start, offset) for source, offset in zip(sources, (0, len(ctx.dataset.manifest)))
+               for start in range(0, len(source.manifest), batch)]
+    for source, start, offset in tqdm(batches, desc=f"residuals fold {ctx.fold}", disable=not ctx.progress, unit="batch"):
+        crops = resize_crops(source.crops[start:start + batch], size)
         images = torch.from_numpy(crops)[:, None].to(ctx.device)
-        out[start:start + batch] = residual_maps(cae, images, cfg.percentiles, cfg.median_kernel)[:, 0].cpu().numpy()
+        out[offset + start:offset + start + len(crops)] = residual_maps(cae, images, cfg.percentiles, cfg.median_kernel)[:, 0].cpu().numpy()
     if runtime.is_main_process():
         with atomic_path(stage_dir / "residuals.npy") as tmp:
             np.save(tmp, out)
@@ -338,23 +354,50 @@ def load_residuals(ctx: FoldContext) -> dict:
 
 # --------------------------------------------------------------------------- 3. pretraining
 
+def pretraining_data(ctx: FoldContext) -> str:
+    """What the fold's pretraining learns from: ``pretrain.data`` ("unlabelled": the dataset's
+    unlabelled set, the paper's D_u; "unlabelled+train": it and the fold's training sinuses), or
+    "train" (the fold's training sinuses) when the dataset has no unlabelled scans."""
+    return ctx.config.pretrain.data if len(ctx.dataset.unlabelled) else "train"
+
+
+def pretraining_crops(ctx: FoldContext, residuals: dict | None = None) -> tuple[SinusCrops, str]:
+    """The crops the fold's pretraining learns from (:func:`pretraining_data`; labels are never
+    used), with their residuals when given, and a description of them for the log."""
+    size, data = ctx.config.crop_size, pretraining_data(ctx)
+    unlabelled = ctx.dataset.unlabelled
+    parts, said = [], []
+    if data != "train":
+        parts.append(SinusCrops.from_dataset(unlabelled, np.arange(len(unlabelled)), size, residuals))
+        said.append(f"{len(parts[-1])} unlabelled sinuses ({len(unlabelled.patients)} patients)")
+    if data != "unlabelled":
+        parts.append(SinusCrops.from_dataset(ctx.dataset, ctx.indices("train"), size, residuals))
+        said.append(f"{len(parts[-1])} training sinuses of fold {ctx.fold}"
+                    + (" (the dataset has no unlabelled scans)" if data == "train" else ""))
+    if len(parts) == 1:
+        return parts[0], said[0]
+    return SinusCrops(torch.cat([part.volumes for part in parts]), np.concatenate([part.labels for part in parts]),
+                      sample_ids=[s for part in parts for s in part.sample_ids]), " + ".join(said)
+
+
 def pretrain(ctx: FoldContext) -> Path:
     """Residual-reconstruction pretraining: the U-Net predicts the CAE residual from the image.
 
     BCE with logits against the soft residual target; LARS with the learning rate scaled
     linearly with the (global) batch, warm-up then cosine to zero; geometric augmentations move
-    image and target together, noise touches the image only. Labels are not used: every sinus of
-    the fold's training patients is unlabelled data.
+    image and target together, noise touches the image only. Labels are not used: it learns from
+    the unlabelled set (:func:`pretraining_crops`) and validates on the fold's validation sinuses.
     """
     stage_dir = ctx.pretrain_dir
     cfg = ctx.config.pretrain
     residuals = load_residuals(ctx)
     residual_sha = _done(ctx.residuals_dir)["residuals_sha256"]
-    made_from = {"residuals_sha256": residual_sha, "pretrain": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths), "seed": ctx.config.seed}
+    made_from = {"residuals_sha256": residual_sha, "pretrain": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths),
+                 "seed": ctx.config.seed, "data": pretraining_data(ctx)}
 
     def build() -> Training:
         size = ctx.config.crop_size
-        train_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("train"), size, residuals)
+        train_set, described = pretraining_crops(ctx, residuals)
         val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size, residuals)
         batch = min(cfg.batch_size, len(train_set))
         train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment, drop_last=True)
@@ -368,7 +411,7 @@ def pretrain(ctx: FoldContext) -> Path:
             target = batch_["residual"].to(device, non_blocking=True)
             return F.binary_cross_entropy_with_logits(net(x), target)
 
-        return Training(f"pretraining fold {ctx.fold}: {len(train_set)} sinuses, batch {batch}, LARS lr {lr:.4g}",
+        return Training(f"pretraining fold {ctx.fold}: {described}, batch {batch}, LARS lr {lr:.4g}",
                         model, train_loader, val_loader, bce_step, cfg.epochs, optimizer, scheduler,
                         extra={"model": "ResidualUNet"})
 
@@ -381,7 +424,7 @@ def pretrain(ctx: FoldContext) -> Path:
 def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
     """A baseline self-supervised pretraining (AE, DAE, SimCLR, BYOL, SimSiam, SparK) of the same encoder.
 
-    Same data (every sinus of the fold's training patients, labels unused), optimiser and schedule
+    Same data (:func:`pretraining_crops`, labels unused; validated on the fold's validation sinuses), optimiser and schedule
     as residual pretraining, and the same augmentation policy (``pretrain.augment``,
     :mod:`.augment`), so the comparison differs in the pretext task only (plus the view-making
     extras of a method, see :mod:`.pretext`); BYOL's target moves by EMA after each step.
@@ -393,11 +436,12 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
     options = dict(ctx.config.pretext.get(method, {}))
     made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "method": method, "options": options,
                  "pretrain": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths),
-                 "crop_size": ctx.config.crop_size, "seed": ctx.config.seed}
+                 "crop_size": ctx.config.crop_size, "seed": ctx.config.seed, "data": pretraining_data(ctx),
+                 "unlabelled": ctx.unlabelled_fingerprint}
 
     def build() -> Training:
         size = ctx.config.crop_size
-        train_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("train"), size)
+        train_set, described = pretraining_crops(ctx)
         val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size)
         batch = min(cfg.batch_size, len(train_set))
         # one policy (cfg.augment): two-view methods apply it to the raw batch themselves, twice; the
@@ -414,7 +458,7 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
         def pretext_step(net, batch_, device):
             return net(_image_batch(batch_, device))  # each pretext model returns its own loss
 
-        return Training(f"{method} pretraining fold {ctx.fold}: {len(train_set)} sinuses, batch {batch}, LARS lr {lr:.4g}",
+        return Training(f"{method} pretraining fold {ctx.fold}: {described}, batch {batch}, LARS lr {lr:.4g}",
                         model, train_loader, val_loader, pretext_step, cfg.epochs, optimizer, scheduler,
                         extra={"model": type(model).__name__, "method": method}, after_step=model.after_optimizer_step)
 

@@ -46,8 +46,10 @@ class _FakeExtraction:
         }
 
 
-def make_tiny_dataset(root: Path, monkeypatch, n_patients: int = 20, seed: int = 0, n_folds: int = 2) -> Path:
-    rng = np.random.default_rng(seed)
+def make_tiny_dataset(root: Path, monkeypatch, n_patients: int = 20, seed: int = 0, n_folds: int = 2,
+                      n_unlabelled: int = 0) -> Path:
+    """Patients p000...; with ``n_unlabelled``, also an unlabelled set u000... (root/unlabelled.csv)
+    drawn the same way, its labels withheld."""
     images = root / "images"
     images.mkdir(parents=True)
     labels = {}
@@ -63,16 +65,24 @@ def make_tiny_dataset(root: Path, monkeypatch, n_patients: int = 20, seed: int =
         writer = csv.writer(fh)
         writer.writerow(["patient", "side", "label", "anomaly_type"])
         writer.writerows(rows)
+    for u in range(n_unlabelled):
+        patient = f"u{u:03d}"
+        (images / f"{patient}.nii.gz").write_bytes(b"placeholder: extraction is faked in this fixture")
+        labels.update({(patient, "left"): u % 4 in (1, 3), (patient, "right"): u % 4 in (2, 3)})
+    if n_unlabelled:
+        with open(root / "unlabelled.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows([("patient", "image"), *[(f"u{u:03d}", f"u{u:03d}.nii.gz") for u in range(n_unlabelled)]])
 
     def fake_extract(path, *args, **kwargs):
         patient = Path(path).name.split(".")[0]
-        crop_rng = np.random.default_rng([seed, int(patient[1:])])
+        crop_rng = np.random.default_rng([seed, int(patient[1:]), *([1] if patient.startswith("u") else [])])
         return _FakeExtraction({side: synthetic_crop(crop_rng, labels[(patient, side)]) for side in ("left", "right")})
 
     monkeypatch.setattr(dataset_module, "extract_sinuses", fake_extract)
     out = root / "dataset"
     dataset_module.prepare_dataset(images, root / "labels.csv", out, n_folds=n_folds, test_fraction=0.2,
-                                   fractions=(0.5, 1.0), seed=seed, progress=False)
+                                   fractions=(0.5, 1.0), seed=seed, progress=False,
+                                   unlabelled=root / "unlabelled.csv" if n_unlabelled else None)
     return out
 
 

@@ -6,6 +6,7 @@ configuration on a tiny dataset prepared with an unlabelled set.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import csv
 import json
 
@@ -20,9 +21,15 @@ from SinusAnomalyLib import synth
 from SinusAnomalyLib.synth import generate_cohort
 from SinusAnomalyTraining import stages
 from SinusAnomalyTraining.config import config_from_dict
-from SinusAnomalyTraining.engine import load_checkpoint
-from conftest import TINY_CONFIG, make_tiny_dataset, synthetic_crop
-from test_prepare import FakeExtractor, extractor, fake_crop, make_cohort, read_csv  # noqa: F401  (extractor: a fixture)
+from conftest import TINY_CONFIG, make_tiny_dataset
+from test_prepare import FakeExtractor, fake_crop, make_cohort, read_csv
+
+
+@pytest.fixture
+def extractor(monkeypatch):
+    fake = FakeExtractor()
+    monkeypatch.setattr(dataset, "extract_sinuses", fake)
+    return fake
 
 
 def add_unlabelled_images(images, n, first=100):
@@ -152,3 +159,101 @@ def test_prepare_command_reads_an_unlabelled_folder(tmp_path, extractor, capsys)
     code = main(["prepare", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "dataset"),
                  "--folds", "3", "--unlabelled", str(listing), "--no-progress"])
     assert code == 2 and "no image in" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+@pytest.fixture(scope="module")
+def with_unlabelled(tmp_path_factory):
+    """The tiny dataset (20 labelled patients) with an unlabelled set of 6 patients (12 sinuses)."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("tiny_u")
+    try:
+        yield make_tiny_dataset(root, mp, n_unlabelled=6)
+    finally:
+        mp.undo()
+
+
+def context(dataset_dir, run, **changes):
+    config = copy.deepcopy(TINY_CONFIG)
+    for key, value in changes.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    return stages.FoldContext(load_dataset(dataset_dir), config_from_dict(config), run, 0, torch.device("cpu"), progress=False)
+
+
+def test_residual_and_baseline_pretraining_learn_from_the_unlabelled_set(with_unlabelled, tmp_path):
+    ctx = context(with_unlabelled, tmp_path / "run")
+    unlabelled_ids = [r.sample_id for r in ctx.dataset.unlabelled.manifest]
+    assert len(unlabelled_ids) == 12
+    stages.train_cae(ctx)
+    assert json.loads((ctx.cae_dir / "done.json").read_text())["n_train"] == int((ctx.dataset.labels()[ctx.indices("train")] == 0).sum())
+    stages.compute_residuals(ctx)
+    residuals = stages.load_residuals(ctx)
+    assert set(residuals) == {r.sample_id for r in ctx.dataset.manifest} | set(unlabelled_ids)
+    # an unlabelled crop's residual is the fold CAE's residual of that crop
+    cae, _ = stages.load_cae(ctx)
+    image = torch.from_numpy(stages.resize_crops(ctx.dataset.unlabelled.crops[3:4], 32))[:, None]
+    expected = stages.residual_maps(cae, image, (1, 99), 3)[0, 0].numpy()
+    assert np.allclose(residuals[unlabelled_ids[3]], expected, atol=2e-3)
+
+    crops, described = stages.pretraining_crops(ctx, residuals)
+    assert crops.sample_ids == unlabelled_ids and described == "12 unlabelled sinuses (6 patients)"
+    assert torch.equal(crops.volumes[3, 1], torch.from_numpy(np.array(residuals[unlabelled_ids[3]])))
+    stages.pretrain(ctx)
+    assert "pretraining fold 0: 12 unlabelled sinuses (6 patients)" in (ctx.pretrain_dir / "train.log").read_text()
+    stages.pretrain_pretext(ctx, "ae")
+    assert "ae pretraining fold 0: 12 unlabelled sinuses (6 patients)" in (ctx.fold_dir / "pretrain_ae" / "train.log").read_text()
+
+    both = context(with_unlabelled, tmp_path / "both", pretrain={"data": "unlabelled+train"})
+    crops, described = stages.pretraining_crops(both)
+    train_ids = [both.dataset.manifest[i].sample_id for i in both.indices("train")]
+    assert crops.sample_ids == unlabelled_ids + train_ids
+    assert described == f"12 unlabelled sinuses (6 patients) + {len(train_ids)} training sinuses of fold 0"
+
+
+def test_without_unlabelled_scans_pretraining_uses_the_folds_training_sinuses_and_says_so(tiny_dataset, tmp_path):
+    ctx = context(tiny_dataset, tmp_path / "run")
+    assert len(ctx.dataset.unlabelled) == 0 and ctx.unlabelled_fingerprint is None
+    crops, described = stages.pretraining_crops(ctx)
+    train_ids = [ctx.dataset.manifest[i].sample_id for i in ctx.indices("train")]
+    assert crops.sample_ids == train_ids
+    assert described == f"{len(train_ids)} training sinuses of fold 0 (the dataset has no unlabelled scans)"
+    stages.pretrain_pretext(ctx, "ae")
+    assert "(the dataset has no unlabelled scans)" in (ctx.fold_dir / "pretrain_ae" / "train.log").read_text()
+
+
+def test_another_unlabelled_set_reruns_residuals_and_pretraining_not_the_cae(tmp_path, monkeypatch):
+    dataset_dir = make_tiny_dataset(tmp_path, monkeypatch, n_unlabelled=4)
+    run = tmp_path / "run"
+    ctx = context(dataset_dir, run)
+    stages.train_cae(ctx)
+    stages.compute_residuals(ctx)
+    stages.pretrain(ctx)
+    cae_done = (ctx.cae_dir / "done.json").read_bytes()
+    first_pretrain = json.loads((ctx.pretrain_dir / "done.json").read_text())
+    # the same labelled patients, one unlabelled patient fewer (its scans come from the cache)
+    (tmp_path / "fewer.csv").write_text("patient,image\n" + "".join(f"u{u:03d},u{u:03d}.nii.gz\n" for u in range(3)))
+    dataset.prepare_dataset(tmp_path / "images", tmp_path / "labels.csv", dataset_dir, n_folds=2, test_fraction=0.2,
+                            fractions=(0.5, 1.0), seed=0, progress=False, unlabelled=tmp_path / "fewer.csv")
+    ctx = context(dataset_dir, run)
+    assert len(ctx.dataset.unlabelled) == 6
+    stages.train_cae(ctx)
+    assert (ctx.cae_dir / "done.json").read_bytes() == cae_done  # the CAE never sees the unlabelled set
+    stages.compute_residuals(ctx)
+    assert len(json.loads((ctx.residuals_dir / "residuals.json").read_text())["sample_ids"]) == len(ctx.dataset.manifest) + 6
+    stages.pretrain(ctx)
+    assert json.loads((ctx.pretrain_dir / "done.json").read_text())["made_from"] != first_pretrain["made_from"]
+    assert "6 unlabelled sinuses (3 patients)" in (ctx.pretrain_dir / "train.log").read_text()
+
+
+def test_the_report_says_what_pretraining_learned_from(with_unlabelled, tiny_dataset):
+    from SinusAnomalyTraining.report import pretraining_data_sentence
+
+    config = config_from_dict(TINY_CONFIG)
+    assert pretraining_data_sentence(config, load_dataset(with_unlabelled)).startswith(
+        "Pretraining data: the unlabelled set (the paper's D_u) of 6 patients (12 sinuses);")
+    both = config.replace(pretrain=dataclasses.replace(config.pretrain, data="unlabelled+train"))
+    assert "12 sinuses), plus each fold's training sinuses" in pretraining_data_sentence(both, load_dataset(with_unlabelled))
+    assert "the dataset has no unlabelled scans" in pretraining_data_sentence(config, load_dataset(tiny_dataset))
+    assert pretraining_data_sentence(config.replace(methods=("none",)), load_dataset(tiny_dataset)) == ""

@@ -1,10 +1,12 @@
 """Run the whole method on a small synthetic cohort: the README's main command.
 
-1. a synthetic cohort with known lesions (DIR/cohort);
+1. a synthetic cohort with known lesions (DIR/cohort), plus unlabelled heads of the same kind
+   whose labels are withheld (the paper's unlabelled set D_u);
 2. dataset preparation: both sinuses of every head located and cropped, patient-level splits and
-   label fractions (DIR/dataset);
+   label fractions, the unlabelled set cached beside them (DIR/dataset);
 3. the method with the CPU-sized 'demo' configuration (DIR/run): per fold a CAE on normal
-   sinuses, its residuals, residual-reconstruction pretraining, and fine-tuning with and without
+   training sinuses, its residuals of the unlabelled set (and of every labelled crop),
+   residual-reconstruction pretraining on the unlabelled set, and fine-tuning with and without
    pretraining at 10 % and 100 % of the labels; evaluation on the held-out test patients;
 4. a model bundle (DIR/bundle/synthetic-demo.sabundle) and one held-out head classified with it
    (DIR/classified/<patient>/: result.json, heat map and label map on the head's grid);
@@ -37,7 +39,9 @@ from ..export import export_run
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--cases", type=int, default=48, help="synthetic patients (default 48)")
+    parser.add_argument("--cases", type=int, default=48, help="synthetic labelled patients (default 48)")
+    parser.add_argument("--unlabelled", type=int, default=24, metavar="M",
+                        help="synthetic unlabelled patients for pretraining (default 24; 0: pretrain on the folds' training sinuses)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--config", default="demo", help="training configuration (default: the CPU-sized 'demo')")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default=None, help="default: the configuration's")
@@ -70,9 +74,10 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(device=args.device)
     device = runtime.select_device(config.device)
 
-    cohort = generate_cohort(out / "cohort", n_cases=args.cases, seed=args.seed)
+    cohort = generate_cohort(out / "cohort", n_cases=args.cases, seed=args.seed, n_unlabelled=args.unlabelled)
     dataset_dir = out / "dataset"
-    prepare_dataset(cohort / "images", cohort / "labels.csv", dataset_dir, n_folds=2, seed=args.seed)
+    prepare_dataset(cohort / "images", cohort / "labels.csv", dataset_dir, n_folds=2, seed=args.seed,
+                    unlabelled=cohort / "unlabelled.csv" if args.unlabelled else None)
     evaluation = pipeline.run_pipeline(config, dataset_dir, out / "run", device)
 
     dataset = load_dataset(dataset_dir)
@@ -106,9 +111,11 @@ def run(args: argparse.Namespace) -> int:
     report = [
         "# SinusAnomaly demo",
         "",
-        f"Synthetic cohort of {args.cases} heads (seed {args.seed}), configuration `{args.config}` "
-        f"(crops {config.crop_size}^3, encoder widths {list(config.encoder_widths)}), {minutes:.1f} min. "
-        "Synthetic data and a scaled-down configuration: this shows the workflow, not clinical performance.",
+        f"Synthetic cohort of {args.cases} labelled heads and {args.unlabelled} unlabelled ones (seed {args.seed}), "
+        f"configuration `{args.config}` (crops {config.crop_size}^3, encoder widths {list(config.encoder_widths)}), "
+        f"{minutes:.1f} min. Synthetic data and a scaled-down configuration: this shows the workflow, not clinical performance.",
+        "",
+        evaluation["pretraining_data"],
         "",
         "## Sinus extraction",
         "",

@@ -1,4 +1,4 @@
-"""Compute the residual targets |x - CAE(x)| of every crop with the fold's CAE.
+"""Compute the residual targets |x - CAE(x)| of every crop, labelled and unlabelled, with the fold's CAE.
 
 Each map is rescaled by its 1st/99th percentiles to [0, 1] and median filtered; the cache
 RUN/fold<k>/residuals/ records the CAE checkpoint's checksum and the sample id of every map, so
