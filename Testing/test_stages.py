@@ -201,3 +201,29 @@ def test_same_seed_same_result_with_augmentation(tiny_dataset, tmp_path):
         ctx = stages.FoldContext(load_dataset(tiny_dataset), config_from_dict(config), tmp_path / name, 0, torch.device("cpu"), progress=False)
         outputs.append(stages.finetune(ctx, "none", 100).read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_pretrain_command_writes_each_method_where_finetune_finds_it(trained_fold, tmp_path, capsys):
+    """`pretrain --method M` for every pretraining method, then `finetune --method M` starts from that checkpoint."""
+    import shutil
+
+    from SinusAnomalyTraining.cli import main
+    from SinusAnomalyTraining.config import PRETRAINING
+
+    ctx, _ = trained_fold
+    run = tmp_path / "run"
+    for stage in ("cae", "residuals"):  # residual pretraining's inputs
+        shutil.copytree(ctx.fold_dir / stage, run / "fold0" / stage)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY_CONFIG, "pretrain": {**TINY_CONFIG["pretrain"], "epochs": 1},
+                                  "finetune": {**TINY_CONFIG["finetune"], "epochs": 1}}))
+    common = ["--config", str(config), "--dataset", str(ctx.dataset.root), "--run-dir", str(run), "--no-progress"]
+    code = main(["finetune", "--method", "byol", "--fraction", "50", *common])
+    assert code == 2 and "run the 'pretrain --method byol' stage for fold0 first" in capsys.readouterr().err
+    for method in PRETRAINING:
+        assert main(["pretrain", "--method", method, *common]) == 0
+        checkpoint = run / "fold0" / ("pretrain" if method == "residual" else f"pretrain_{method}") / "best.pt"
+        assert f"pretrained ({method}): {checkpoint}" in capsys.readouterr().out
+        assert main(["finetune", "--method", method, "--fraction", "50", *common]) == 0
+        done = json.loads((run / "fold0" / "finetune" / method / "frac50" / "done.json").read_text())
+        assert done["made_from"]["pretrained_sha256"] == stages.sha256_file(checkpoint)
