@@ -149,3 +149,20 @@ def test_restart_starts_a_finished_stage_over_and_resume_is_a_no_op_that_says_so
     run_args = ["run", "--config", str(config), "--dataset", str(tiny_dataset), "--run-dir", str(tmp_path / "run"), "--restart"]
     with pytest.raises(SystemExit):  # run and experiment resume only: a whole run starts over in a new folder
         main(run_args)
+
+
+def test_a_changed_setting_starts_an_interrupted_stage_over_instead_of_resuming_it(tiny_dataset, tmp_path):
+    """Resuming is the default, but never from the checkpoint of other settings."""
+    def finetune(run, lr):
+        config = config_from_dict({**TINY_CONFIG, "finetune": {**TINY_CONFIG["finetune"], "lr": lr}})
+        ctx = stages.FoldContext(load_dataset(tiny_dataset), config, run, 0, torch.device("cpu"), progress=False)
+        stages.finetune(ctx, "none", 50)
+        return ctx.fold_dir / "finetune" / "none" / "frac50"
+
+    stage = finetune(tmp_path / "run", 1e-3)
+    (stage / "done.json").unlink()  # as if stopped after its last epoch: last.pt of lr 1e-3 is there
+    assert load_checkpoint(stage / "last.pt")["epoch"] == TINY_CONFIG["finetune"]["epochs"]
+    finetune(tmp_path / "run", 3e-3)
+    assert "resuming from" not in (stage / "train.log").read_text().split("fine-tuning fold 0")[-1]
+    fresh = finetune(tmp_path / "fresh", 3e-3)
+    assert_bitwise_equal(weights(fresh / "last.pt"), weights(stage / "last.pt"))
