@@ -109,10 +109,11 @@ def _theta(params: AugmentParams, rows: torch.Tensor, spatial: tuple[int, int, i
 
 def augment_batch(x: torch.Tensor, settings: AugmentSettings, image_channels: int = 1,
                   params: AugmentParams | None = None) -> torch.Tensor:
-    """The augmented batch: ``(B, C, D, H, W)`` floating point -> a new tensor of the same shape and device.
+    """The augmented batch: ``(B, C, D, H, W)`` floating point -> a tensor of the same shape and device.
 
     Geometry moves all ``C`` channels together; noise touches the first ``image_channels`` only.
-    ``x`` is never modified. ``params`` (default: :func:`draw_params`) fixes the random draws.
+    ``x`` is never modified (it is returned as it is when nothing was drawn). ``params``
+    (default: :func:`draw_params`) fixes the random draws.
     """
     if x.dim() != 5 or not x.is_floating_point():
         raise ValueError(f"augment_batch expects a floating-point batch (B, C, D, H, W), got {tuple(x.shape)} {x.dtype}")
@@ -120,28 +121,30 @@ def augment_batch(x: torch.Tensor, settings: AugmentSettings, image_channels: in
         if settings.prob <= 0.0:
             return x
         params = draw_params(x.shape[0], settings)
-    out = x.clone()
+    out = None  # the result, once something changed (x itself is never written)
     warped = params.affine.nonzero().flatten()
     if len(warped):
         theta = _theta(params, warped, tuple(x.shape[2:])).to(device=x.device, dtype=torch.float32)
         rows = warped.to(x.device)
-        chosen = x.index_select(0, rows).float()
+        chosen = x if len(warped) == len(x) else x.index_select(0, rows)
         grid = F.affine_grid(theta, list(chosen.shape), align_corners=False)
-        moved = F.grid_sample(chosen, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        out.index_copy_(0, rows, moved.to(x.dtype))
+        moved = F.grid_sample(chosen.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(x.dtype)
+        out = moved if len(warped) == len(x) else x.clone().index_copy_(0, rows, moved)
     for axis, dim in enumerate(FLIP_DIMS):
         flipped = params.flip[:, axis].nonzero().flatten()
         if len(flipped):
+            out = x.clone() if out is None else out
             rows = flipped.to(x.device)
             out.index_copy_(0, rows, out.index_select(0, rows).flip(dim))
     noised = params.noise.nonzero().flatten()
     if len(noised):
+        out = x.clone() if out is None else out
         rows = noised.to(x.device)
         image = out[:, :image_channels]
         std = params.noise_std[noised].to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1, 1)
         noise = torch.randn((len(noised), *image.shape[1:]), device=x.device, dtype=x.dtype)
         image.index_copy_(0, rows, image.index_select(0, rows) + std * noise)
-    return out
+    return x if out is None else out
 
 
 def random_intensity_scale(x: torch.Tensor, prob: float, amount: float) -> torch.Tensor:
