@@ -335,7 +335,7 @@ def compute_residuals(ctx: FoldContext) -> Path:
 
 
 def load_residuals(ctx: FoldContext) -> dict:
-    """``{sample_id: (S, S, S) residual}`` of the fold, refusing residuals of another CAE."""
+    """``{sample_id: (S, S, S) residual}`` of the fold, refusing residuals of another CAE or unlabelled set."""
     stage_dir = ctx.residuals_dir
     npy = _require(stage_dir / "residuals.npy", "residuals", ctx.fold_dir)
     meta = json.loads(_require(stage_dir / "residuals.json", "residuals", ctx.fold_dir).read_text())
@@ -344,6 +344,9 @@ def load_residuals(ctx: FoldContext) -> dict:
         raise StageInputError(
             f"{npy} was made by a different CAE than {cae_path} (stale): re-run the 'residuals' stage for {ctx.fold_dir.name}"
         )
+    if meta.get("unlabelled") != ctx.unlabelled_fingerprint:
+        raise StageInputError(f"{npy} was made for another unlabelled set than the dataset's (stale): "
+                              f"re-run the 'residuals' stage for {ctx.fold_dir.name}")
     if meta.get("crop_size") != ctx.config.crop_size:
         raise StageInputError(f"{npy} has crop size {meta.get('crop_size')}, the run uses {ctx.config.crop_size}: re-run 'residuals'")
     array = np.load(npy, mmap_mode="r")

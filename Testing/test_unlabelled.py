@@ -238,6 +238,8 @@ def test_another_unlabelled_set_reruns_residuals_and_pretraining_not_the_cae(tmp
                             fractions=(0.5, 1.0), seed=0, progress=False, unlabelled=tmp_path / "fewer.csv")
     ctx = context(dataset_dir, run)
     assert len(ctx.dataset.unlabelled) == 6
+    with pytest.raises(stages.StageInputError, match="another unlabelled set"):  # pretraining refuses the old residuals
+        stages.pretrain(ctx)
     stages.train_cae(ctx)
     assert (ctx.cae_dir / "done.json").read_bytes() == cae_done  # the CAE never sees the unlabelled set
     stages.compute_residuals(ctx)
