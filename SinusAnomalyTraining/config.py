@@ -213,6 +213,7 @@ class RunConfig(_Settings):
     device: str  # auto, cpu, cuda or cuda:N
     amp: bool
     deterministic: bool  # reproducible GPU kernels (True) or cuDNN's auto-tuned fastest (False); CPU: either way
+    channels_last: bool  # train in the channels_last_3d memory layout (bench_training_steps --options)
     folds: str | tuple[int, ...]  # "all" or fold numbers
     fractions: tuple[Percent, ...]  # label fractions fine-tuned
     methods: tuple[str, ...]
@@ -260,6 +261,7 @@ class RunConfig(_Settings):
         bootstrap = _number(data["evaluate"]["bootstrap"], "evaluate.bootstrap", path, True, 1)
         return cls(description=str(data.get("description", "")), crop_size=crop, seed=_number(data["seed"], "seed", path, True),
                    device=str(data["device"]), amp=bool(data["amp"]), deterministic=_flag(data["deterministic"], "deterministic", path),
+                   channels_last=_flag(data["channels_last"], "channels_last", path),
                    folds="all" if folds == "all" else tuple(folds), fractions=fractions, methods=methods, encoder_widths=widths,
                    cae=CAESettings.parse(data["cae"], path), residuals=ResidualSettings.parse(data["residuals"], path),
                    pretrain=PretrainSettings.parse(data["pretrain"], path), finetune=FinetuneSettings.parse(data["finetune"], path),

@@ -228,9 +228,12 @@ def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build
         return False
     _start_stage(stage_dir, made_from, ctx.restart)
     training = build()
+    model = training.model
+    if ctx.config.channels_last:  # the same weights in another memory layout (faster 3-D convolutions on a CPU)
+        model = model.to(memory_format=torch.channels_last_3d)
     with ctx.logger(stage_dir) as log:
         log.info(training.description)
-        fit(runtime.wrap_ddp(training.model, ctx.device), training.train_loader, training.val_loader, training.loss_step,
+        fit(runtime.wrap_ddp(model, ctx.device), training.train_loader, training.val_loader, training.loss_step,
             training.epochs, training.optimizer, training.scheduler, ctx.device, Checkpointer(stage_dir),
             resume=True, amp=ctx.config.amp, progress=ctx.progress, log=log, seed=ctx.config.seed,
             extra=training.extra, after_step=training.after_step)
