@@ -138,7 +138,7 @@ def _fmt(entry: dict) -> str:
 
 
 METHOD_TITLES = {"none": "No pretraining", "medicalnet": "Transfer learning (MedicalNet)", "ae": "AE", "dae": "DAE",
-                 "byol": "BYOL", "simsiam": "SimSiam", "simclr": "SimCLR", "spark": "SparK-style MAE",
+                 "byol": "BYOL", "simsiam": "SimSiam", "simclr": "SimCLR", "spark": "SparK",
                  "residual": "Residual reconstruction (ours)"}
 PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.json"
 
