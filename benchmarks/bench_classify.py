@@ -13,6 +13,7 @@ bundle and libraries are still in the OS file cache varies, which is why several
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import subprocess
@@ -40,6 +41,25 @@ WARM_BUDGET_S, COLD_BUDGET_S = 3.0, 10.0
 
 def random_bundle(path: Path, size: dict, folds: int) -> Path:
     return build_untrained_bundle(path, size["crop"], size["widths"], size["cae"]["channels"], size["cae"]["latent_dim"], folds)
+
+
+def layout_ratio(bundle, reps: int = 5) -> float:
+    """Model time (every fold's classifier and the CAE, both sides) channels-last 3D over
+    contiguous, alternated ``reps`` times, best of each: what :func:`inference._channels_last` buys."""
+    size = bundle.model_crop_size
+    batch = torch.rand(2, 1, size, size, size)
+    nets = {"contiguous": [m.to(memory_format=torch.contiguous_format) for m in (bundle.cae, *bundle.classifiers)]}
+    nets["channels_last"] = [copy.deepcopy(m).to(memory_format=torch.channels_last_3d) for m in nets["contiguous"]]
+    inputs = {"contiguous": batch, "channels_last": batch.contiguous(memory_format=torch.channels_last_3d)}
+    best = {name: float("inf") for name in nets}
+    with torch.inference_mode():
+        for _ in range(reps):
+            for name, models in nets.items():
+                start = time.perf_counter()
+                for model in models:
+                    model(inputs[name])
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best["channels_last"] / best["contiguous"]
 
 
 def main() -> None:
@@ -72,6 +92,7 @@ def main() -> None:
                 start = time.perf_counter()
                 save_classification(classify(head, bundle, "cpu", reference), bundle, tmp / f"out-{name}-{i}")
                 warm.append(time.perf_counter() - start)
+            layout = layout_ratio(bundle)
             del bundle
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             cold = []
@@ -81,7 +102,7 @@ def main() -> None:
                                 "--model", str(bundle_path), "--out", str(tmp / f"cold-{name}-{i}"), "--device", "cpu"],
                                check=True, env=env, capture_output=True)
                 cold.append(time.perf_counter() - start)
-            results[name] = {"warm": warm, "cold": cold}
+            results[name] = {"warm": warm, "cold": cold, "layout": layout}
             print(f"{name:5s} bundle ({folds} folds, {bundle_path.stat().st_size / 1e6:.0f} MB, loads in {load_s:.2f} s): "
                   f"warm median {statistics.median(warm):.2f} s (max {max(warm):.2f}), "
                   f"cold CLI median {statistics.median(cold):.2f} s (max {max(cold):.2f})")
@@ -91,6 +112,8 @@ def main() -> None:
         print(f"{name:5s}: ratio warm / {WARM_BUDGET_S:.0f} s budget {statistics.median(r['warm']) / WARM_BUDGET_S:.2f} "
               f"(max {max(r['warm']) / WARM_BUDGET_S:.2f}); ratio cold / {COLD_BUDGET_S:.0f} s budget "
               f"{statistics.median(r['cold']) / COLD_BUDGET_S:.2f} (max {max(r['cold']) / COLD_BUDGET_S:.2f})")
+    for name, r in results.items():
+        print(f"{name:5s}: ratio channels-last / contiguous model time: {r['layout']:.2f}")
     print(f"ratio paper / demo warm time: {statistics.median(results['paper']['warm']) / statistics.median(results['demo']['warm']):.2f}")
 
 
