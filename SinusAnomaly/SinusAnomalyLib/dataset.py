@@ -179,29 +179,42 @@ class ManifestRow:
 
 def write_manifest(path: Path, rows: Sequence[ManifestRow]) -> None:
     """Write ``manifest.csv`` atomically (an unknown registration quality is an empty cell)."""
-    write_csv_atomic(path, MANIFEST_COLUMNS, (
-        [getattr(r, c) if getattr(r, c) is not None else "" for c in MANIFEST_COLUMNS] for r in rows
-    ))
+    _write_rows(path, MANIFEST_COLUMNS, rows)
+
+
+def _write_rows(path: Path, columns: Sequence[str], rows: Sequence) -> None:
+    """Write the ``columns`` attributes of ``rows`` as a CSV, atomically (``None`` as an empty cell)."""
+    write_csv_atomic(path, columns, ([getattr(r, c) if getattr(r, c) is not None else "" for c in columns] for r in rows))
+
+
+def _read_rows(path: Path, columns: Sequence[str], what: str) -> list[dict]:
+    """The rows of the CSV at ``path`` as dictionaries; DatasetError naming ``what`` when a column is missing."""
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{path}: {what} lacks column(s) {', '.join(missing)}")
+        return list(reader)
+
+
+def _optional_float(text: str) -> float | None:
+    """A manifest's registration quality: empty when unknown."""
+    return float(text) if text else None
 
 
 def load_manifest(path: str | Path) -> list[ManifestRow]:
     """Read ``manifest.csv``; raise :class:`DatasetError` for a missing or malformed file."""
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DatasetError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
-            return [
-                ManifestRow(
-                    sample_id=r["sample_id"], patient=r["patient"], side=r["side"], label=int(r["label"]),
-                    anomaly_type=r["anomaly_type"], image=r["image"], crop_file=r["crop_file"],
-                    crop_key=r["crop_key"], crop_index=int(r["crop_index"]),
-                    registration_quality=float(r["registration_quality"]) if r["registration_quality"] else None,
-                )
-                for r in reader
-            ]
+        return [
+            ManifestRow(
+                sample_id=r["sample_id"], patient=r["patient"], side=r["side"], label=int(r["label"]),
+                anomaly_type=r["anomaly_type"], image=r["image"], crop_file=r["crop_file"],
+                crop_key=r["crop_key"], crop_index=int(r["crop_index"]),
+                registration_quality=_optional_float(r["registration_quality"]),
+            )
+            for r in _read_rows(path, MANIFEST_COLUMNS, "manifest")
+        ]
     except FileNotFoundError:
         raise DatasetError(f"{path}: manifest does not exist (run 'sinus-anomaly prepare')") from None
     except (OSError, ValueError, csv.Error) as exc:
@@ -241,22 +254,13 @@ class UnlabelledCrops:
         return {r.patient for r in self.manifest}
 
 
-def _write_rows(path: Path, columns: Sequence[str], rows: Sequence) -> None:
-    write_csv_atomic(path, columns, ([getattr(r, c) if getattr(r, c) is not None else "" for c in columns] for r in rows))
-
-
 def load_unlabelled(root: Path) -> UnlabelledCrops:
     """The unlabelled set of the dataset at ``root``; DatasetError for missing or inconsistent files."""
     path = root / UNLABELLED_MANIFEST_FILE
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in UNLABELLED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DatasetError(f"{path}: unlabelled manifest lacks column(s) {', '.join(missing)}")
-            rows = [UnlabelledRow(r["sample_id"], r["patient"], r["side"], r["image"], r["crop_file"], r["crop_key"],
-                                  int(r["crop_index"]), float(r["registration_quality"]) if r["registration_quality"] else None)
-                    for r in reader]
+        rows = [UnlabelledRow(r["sample_id"], r["patient"], r["side"], r["image"], r["crop_file"], r["crop_key"],
+                              int(r["crop_index"]), _optional_float(r["registration_quality"]))
+                for r in _read_rows(path, UNLABELLED_COLUMNS, "unlabelled manifest")]
         crops = np.load(root / UNLABELLED_CROPS_FILE, mmap_mode="r")
     except FileNotFoundError as exc:
         raise DatasetError(f"{exc.filename}: missing, though {root / DATASET_FILE} lists an unlabelled set "
