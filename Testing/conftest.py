@@ -7,6 +7,7 @@ seconds while every file format, split and manifest is the real one.
 """
 from __future__ import annotations
 
+import copy
 import csv
 from pathlib import Path
 
@@ -86,6 +87,17 @@ def make_tiny_dataset(root: Path, monkeypatch, n_patients: int = 20, seed: int =
     return out
 
 
+@pytest.fixture
+def two_torch_threads():
+    """torch on 2 threads during the test, restored after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """A prepared dataset of 20 patients (40 crops), 2 folds, label fractions 50 and 100 %."""
@@ -94,6 +106,24 @@ def tiny_dataset(tmp_path_factory):
         yield make_tiny_dataset(tmp_path_factory.mktemp("tiny"), mp)
     finally:
         mp.undo()
+
+
+def tiny_fold_context(dataset_dir, run, **changes):
+    """Fold 0 of the dataset at ``dataset_dir`` with :data:`TINY_CONFIG`, on the CPU, into ``run``.
+
+    ``changes`` replace top-level settings; a dictionary is merged into that section
+    (``finetune={"lr": 0.01}``).
+    """
+    import torch
+
+    from SinusAnomalyLib.dataset import load_dataset
+    from SinusAnomalyTraining import stages
+    from SinusAnomalyTraining.config import config_from_dict
+
+    config = copy.deepcopy(TINY_CONFIG)
+    for key, value in changes.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    return stages.FoldContext(load_dataset(dataset_dir), config_from_dict(config), run, 0, torch.device("cpu"), progress=False)
 
 
 TINY_CONFIG = {

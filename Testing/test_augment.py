@@ -19,12 +19,7 @@ from SinusAnomalyTraining.pretext import build_pretext
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def only(batch: int, **changes) -> AugmentParams:

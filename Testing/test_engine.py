@@ -470,19 +470,12 @@ def test_deterministic_setting_chooses_the_cudnn_kernels_and_old_configs_still_l
 
 def test_channels_last_setting_trains_the_same_stage_in_another_memory_layout(tiny_dataset, tmp_path):
     """channels_last_3d changes the layout, not the computation: same losses to rounding, weights load into a plain model."""
-    import copy
-
-    from conftest import TINY_CONFIG
-    from SinusAnomalyLib.dataset import load_dataset
+    from conftest import tiny_fold_context
     from SinusAnomalyTraining import stages
-    from SinusAnomalyTraining.config import config_from_dict
 
     histories = {}
     for layout in (False, True):
-        config = copy.deepcopy(TINY_CONFIG)
-        config["channels_last"] = layout
-        ctx = stages.FoldContext(load_dataset(tiny_dataset), config_from_dict(config), tmp_path / str(layout), 0,
-                                 torch.device("cpu"), progress=False)
+        ctx = tiny_fold_context(tiny_dataset, tmp_path / str(layout), channels_last=layout)
         best = stages.train_cae(ctx)
         histories[layout] = [row["train_loss"] for row in json.loads((best.parent / "history.json").read_text())]
         model = stages.network_spec(ctx.config).cae()

@@ -35,12 +35,7 @@ SMALL = {  # narrow heads so the whole file runs in seconds on CPU
 }
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def batch(seed: int = 0, b: int = 4, size: int = 32) -> torch.Tensor:

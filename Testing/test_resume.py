@@ -18,12 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from SinusAnomalyLib.dataset import load_dataset
 from SinusAnomalyTraining import stages
 from SinusAnomalyTraining.cli import main
-from SinusAnomalyTraining.config import config_from_dict
 from SinusAnomalyTraining.engine import load_checkpoint
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, tiny_fold_context
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +67,7 @@ STAGES = {  # stage kind -> (command words, its folder in fold0)
 def residuals_ready(tiny_dataset, tmp_path_factory):
     """Fold 0's CAE and residuals (the inputs of residual pretraining), made once."""
     run = tmp_path_factory.mktemp("inputs")
-    ctx = stages.FoldContext(load_dataset(tiny_dataset), config_from_dict(TINY_CONFIG), run, 0, torch.device("cpu"), progress=False)
+    ctx = tiny_fold_context(tiny_dataset, run)
     stages.train_cae(ctx)
     stages.compute_residuals(ctx)
     return ctx.fold_dir
@@ -154,8 +152,7 @@ def test_restart_starts_a_finished_stage_over_and_resume_is_a_no_op_that_says_so
 def test_a_changed_setting_starts_an_interrupted_stage_over_instead_of_resuming_it(tiny_dataset, tmp_path):
     """Resuming is the default, but never from the checkpoint of other settings."""
     def finetune(run, lr):
-        config = config_from_dict({**TINY_CONFIG, "finetune": {**TINY_CONFIG["finetune"], "lr": lr}})
-        ctx = stages.FoldContext(load_dataset(tiny_dataset), config, run, 0, torch.device("cpu"), progress=False)
+        ctx = tiny_fold_context(tiny_dataset, run, finetune={"lr": lr})
         stages.finetune(ctx, "none", 50)
         return ctx.fold_dir / "finetune" / "none" / "frac50"
 

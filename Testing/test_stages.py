@@ -12,14 +12,14 @@ from SinusAnomalyLib.dataset import load_dataset
 from SinusAnomalyTraining import stages
 from SinusAnomalyTraining.config import config_from_dict
 from SinusAnomalyTraining.engine import load_checkpoint
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, tiny_fold_context
 
 
 @pytest.fixture(scope="module")
 def trained_fold(tiny_dataset, tmp_path_factory):
     """Fold 0 run through CAE, residuals, pretraining and both fine-tunings at 50 %."""
     run = tmp_path_factory.mktemp("run")
-    ctx = stages.FoldContext(load_dataset(tiny_dataset), config_from_dict(TINY_CONFIG), run, 0, torch.device("cpu"), progress=False)
+    ctx = tiny_fold_context(tiny_dataset, run)
     stages.train_cae(ctx)
     stages.compute_residuals(ctx)
     stages.pretrain(ctx)
@@ -70,7 +70,7 @@ def test_residuals_of_another_cae_are_refused(trained_fold, tmp_path):
 
 
 def test_pretraining_needs_residuals(tiny_dataset, tmp_path):
-    ctx = stages.FoldContext(load_dataset(tiny_dataset), config_from_dict(TINY_CONFIG), tmp_path, 0, torch.device("cpu"), progress=False)
+    ctx = tiny_fold_context(tiny_dataset, tmp_path)
     with pytest.raises(stages.StageInputError, match="residuals"):
         stages.pretrain(ctx)
 

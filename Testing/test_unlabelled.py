@@ -5,7 +5,6 @@ configuration on a tiny dataset prepared with an unlabelled set.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import csv
 import json
@@ -21,7 +20,7 @@ from SinusAnomalyLib import synth
 from SinusAnomalyLib.synth import generate_cohort
 from SinusAnomalyTraining import stages
 from SinusAnomalyTraining.config import config_from_dict
-from conftest import TINY_CONFIG, make_tiny_dataset
+from conftest import TINY_CONFIG, make_tiny_dataset, tiny_fold_context
 from test_prepare import FakeExtractor, fake_crop, make_cohort, read_csv
 
 
@@ -175,15 +174,8 @@ def with_unlabelled(tmp_path_factory):
         mp.undo()
 
 
-def context(dataset_dir, run, **changes):
-    config = copy.deepcopy(TINY_CONFIG)
-    for key, value in changes.items():
-        config[key] = {**config[key], **value} if isinstance(value, dict) else value
-    return stages.FoldContext(load_dataset(dataset_dir), config_from_dict(config), run, 0, torch.device("cpu"), progress=False)
-
-
 def test_residual_and_baseline_pretraining_learn_from_the_unlabelled_set(with_unlabelled, tmp_path):
-    ctx = context(with_unlabelled, tmp_path / "run")
+    ctx = tiny_fold_context(with_unlabelled, tmp_path / "run")
     unlabelled_ids = [r.sample_id for r in ctx.dataset.unlabelled.manifest]
     assert len(unlabelled_ids) == 12
     stages.train_cae(ctx)
@@ -205,7 +197,7 @@ def test_residual_and_baseline_pretraining_learn_from_the_unlabelled_set(with_un
     stages.pretrain_pretext(ctx, "ae")
     assert "ae pretraining fold 0: 12 unlabelled sinuses (6 patients)" in (ctx.fold_dir / "pretrain_ae" / "train.log").read_text()
 
-    both = context(with_unlabelled, tmp_path / "both", pretrain={"data": "unlabelled+train"})
+    both = tiny_fold_context(with_unlabelled, tmp_path / "both", pretrain={"data": "unlabelled+train"})
     crops, described = stages.pretraining_crops(both)
     train_ids = [both.dataset.manifest[i].sample_id for i in both.indices("train")]
     assert crops.sample_ids == unlabelled_ids + train_ids
@@ -213,7 +205,7 @@ def test_residual_and_baseline_pretraining_learn_from_the_unlabelled_set(with_un
 
 
 def test_without_unlabelled_scans_pretraining_uses_the_folds_training_sinuses_and_says_so(tiny_dataset, tmp_path):
-    ctx = context(tiny_dataset, tmp_path / "run")
+    ctx = tiny_fold_context(tiny_dataset, tmp_path / "run")
     assert len(ctx.dataset.unlabelled) == 0 and ctx.unlabelled_fingerprint is None
     crops, described = stages.pretraining_crops(ctx)
     train_ids = [ctx.dataset.manifest[i].sample_id for i in ctx.indices("train")]
@@ -226,7 +218,7 @@ def test_without_unlabelled_scans_pretraining_uses_the_folds_training_sinuses_an
 def test_another_unlabelled_set_reruns_residuals_and_pretraining_not_the_cae(tmp_path, monkeypatch):
     dataset_dir = make_tiny_dataset(tmp_path, monkeypatch, n_unlabelled=4)
     run = tmp_path / "run"
-    ctx = context(dataset_dir, run)
+    ctx = tiny_fold_context(dataset_dir, run)
     stages.train_cae(ctx)
     stages.compute_residuals(ctx)
     stages.pretrain(ctx)
@@ -236,7 +228,7 @@ def test_another_unlabelled_set_reruns_residuals_and_pretraining_not_the_cae(tmp
     (tmp_path / "fewer.csv").write_text("patient,image\n" + "".join(f"u{u:03d},u{u:03d}.nii.gz\n" for u in range(3)))
     dataset.prepare_dataset(tmp_path / "images", tmp_path / "labels.csv", dataset_dir, n_folds=2, test_fraction=0.2,
                             fractions=(0.5, 1.0), seed=0, progress=False, unlabelled=tmp_path / "fewer.csv")
-    ctx = context(dataset_dir, run)
+    ctx = tiny_fold_context(dataset_dir, run)
     assert len(ctx.dataset.unlabelled) == 6
     with pytest.raises(stages.StageInputError, match="another unlabelled set"):  # pretraining refuses the old residuals
         stages.pretrain(ctx)
