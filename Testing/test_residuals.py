@@ -1,5 +1,4 @@
 """The residual maps' median filter against MONAI's float median filter."""
-import numpy as np
 import pytest
 import torch
 from monai.networks.layers import median_filter
