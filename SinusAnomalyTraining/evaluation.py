@@ -29,12 +29,13 @@ For that uncertainty: :func:`ensemble_by_sinus` pools the folds' test prediction
 mean probability of the folds that tested it, as the exported bundle predicts), so each test
 patient counts once however many folds tested it; :func:`pooled_bootstrap` with ``groups`` = the
 patients then resamples patients, each with all their sinuses, since a patient's two sinuses are
-correlated.
+correlated. :func:`paired_bootstrap_difference` compares two models on the same test sinuses:
+one resample per replicate, both models' metric on it, the interval of the difference.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -51,6 +52,7 @@ __all__ = [
     "ensemble_by_sinus",
     "bootstrap_ci",
     "pooled_bootstrap",
+    "paired_bootstrap_difference",
     "summarize_folds",
 ]
 
@@ -355,6 +357,57 @@ def _metric_function(metric: str | Callable, threshold: float) -> Callable[[np.n
     raise InvalidValueError(f"unknown metric {metric!r}: use a callable(y_true, p) or one of {_RANKING_METRICS + THRESHOLD_METRICS}")
 
 
+def _check_bootstrap_args(confidence: float, n_boot: int) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise InvalidValueError(f"confidence must be in (0, 1), got {confidence}")
+    if int(n_boot) < 1:
+        raise InvalidValueError(f"n_boot must be >= 1, got {n_boot}")
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return 0 < int(y.sum()) < y.size
+
+
+def _bootstrap_indices(y: np.ndarray, groups, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """The bootstrap resamples of :func:`bootstrap_ci` and :func:`paired_bootstrap_difference`.
+
+    Draws ``n_boot`` resamples with ``numpy.random.default_rng(seed)`` and yields, as an index
+    array into the ``(n,)`` inputs, each one that has both classes in ``y`` (the others are
+    skipped, not redrawn, so fewer than ``n_boot`` may come out). With ``groups`` (``(n,)``
+    patient ids) a resample draws patients with replacement, as many as there are patients, each
+    with all its rows; without, it draws rows. The same ``y``, ``groups`` and ``seed`` give the
+    same resamples, whichever metric is computed on them.
+    """
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        g = np.asarray(groups)
+        if g.shape != y.shape:
+            raise InvalidValueError(f"groups must have shape {y.shape}, got {g.shape}")
+        _, inverse = np.unique(g, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.r_[0, np.cumsum(np.bincount(inverse))]
+        members = [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+        def draw() -> np.ndarray:
+            picks = rng.integers(0, len(members), size=len(members))
+            return np.concatenate([members[i] for i in picks])
+    else:
+
+        def draw() -> np.ndarray:
+            return rng.integers(0, y.size, size=y.size)
+
+    for _ in range(int(n_boot)):
+        idx = draw()
+        if _both_classes(y[idx]):
+            yield idx
+
+
+def _percentile_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(np.asarray(values, dtype=np.float64), [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
 def bootstrap_ci(
     y_true,
     p,
@@ -388,48 +441,20 @@ def bootstrap_ci(
         class only, or every replicate was skipped, the undefined parts are NaN.
     """
     y, s = check_pair(y_true, p)
-    if not 0.0 < confidence < 1.0:
-        raise InvalidValueError(f"confidence must be in (0, 1), got {confidence}")
-    if int(n_boot) < 1:
-        raise InvalidValueError(f"n_boot must be >= 1, got {n_boot}")
+    _check_bootstrap_args(confidence, n_boot)
     fn = _metric_function(metric, threshold)
-    both = lambda yy: 0 < int(yy.sum()) < yy.size  # noqa: E731
-    estimate = float(fn(y, s)) if both(y) else _NAN
-    if not both(y):
-        return estimate, _NAN, _NAN
-
-    rng = np.random.default_rng(seed)
-    if groups is not None:
-        g = np.asarray(groups)
-        if g.shape != y.shape:
-            raise InvalidValueError(f"groups must have shape {y.shape}, got {g.shape}")
-        _, inverse = np.unique(g, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.r_[0, np.cumsum(np.bincount(inverse))]
-        members = [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
-
-        def draw() -> np.ndarray:
-            picks = rng.integers(0, len(members), size=len(members))
-            return np.concatenate([members[i] for i in picks])
-    else:
-
-        def draw() -> np.ndarray:
-            return rng.integers(0, y.size, size=y.size)
-
+    if not _both_classes(y):
+        return _NAN, _NAN, _NAN
+    estimate = float(fn(y, s))
     reps = []
-    for _ in range(int(n_boot)):
-        idx = draw()
-        yb = y[idx]
-        if not both(yb):
-            continue
-        value = float(fn(yb, s[idx]))
+    for idx in _bootstrap_indices(y, groups, n_boot, seed):
+        value = float(fn(y[idx], s[idx]))
         if not math.isnan(value):
             reps.append(value)
     if not reps:
         return estimate, _NAN, _NAN
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(np.asarray(reps), [alpha, 1.0 - alpha])
-    return estimate, float(low), float(high)
+    low, high = _percentile_interval(reps, confidence)
+    return estimate, low, high
 
 
 def pooled_bootstrap(
@@ -453,6 +478,64 @@ def pooled_bootstrap(
                                       groups=groups, threshold=threshold)
         out[name] = {"estimate": est, "low": low, "high": high}
     return out
+
+
+def paired_bootstrap_difference(
+    y_true,
+    p_a,
+    p_b,
+    groups=None,
+    metric: str | Callable[[np.ndarray, np.ndarray], float] = "auroc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    threshold: float = 0.5,
+) -> dict:
+    """Paired percentile bootstrap of ``metric(a) - metric(b)``: two models scored on the same samples.
+
+    Each replicate resamples once (patients, with ``groups``) and computes both models' metric on
+    that same resample, so what the two share (which patients are easy or hard) cancels in the
+    difference; two separate :func:`bootstrap_ci` intervals that overlap say little about it.
+    The resamples are those of :func:`bootstrap_ci` with the same ``y_true``, ``groups`` and
+    ``seed``: each replicate's difference is the difference of the two models' replicates there.
+
+    Args:
+        y_true: ``(n,)`` labels 0/1, the same samples for both models (align them first, e.g. by
+            sinus id; :func:`ensemble_by_sinus` returns its rows sorted by id).
+        p_a, p_b: ``(n,)`` anomalous-class scores of model a and model b for those samples.
+        groups: optional ``(n,)`` patient ids; given, replicates resample whole patients.
+        metric: as in :func:`bootstrap_ci`: ``"auroc"``, ``"auprc"``, one of
+            :data:`THRESHOLD_METRICS` (at ``threshold``) or ``callable(y_true, p) -> float``.
+        n_boot, seed, confidence, threshold: as in :func:`bootstrap_ci`.
+
+    Returns:
+        dict of floats ``estimate`` (``metric(a) - metric(b)`` on all samples), ``low``, ``high``
+        (the ``(1 -+ confidence) / 2`` quantiles of the replicate differences), ``share_positive``
+        (the share of replicates with difference > 0, ties count as not positive), and int
+        ``n_replicates`` (the replicates used). As in :func:`bootstrap_ci`, replicates with one
+        class only, or where either model's metric is NaN, are skipped (not redrawn); when the
+        full data has one class only, or every replicate was skipped, the undefined values are
+        NaN and ``n_replicates`` is 0.
+    """
+    y, a = check_pair(y_true, p_a)
+    b = _as_scores(p_b, y.shape[0], "p_b")
+    _check_bootstrap_args(confidence, n_boot)
+    fn = _metric_function(metric, threshold)
+    undefined = {"estimate": _NAN, "low": _NAN, "high": _NAN, "share_positive": _NAN, "n_replicates": 0}
+    if not _both_classes(y):
+        return undefined
+    estimate = float(fn(y, a)) - float(fn(y, b))
+    diffs = []
+    for idx in _bootstrap_indices(y, groups, n_boot, seed):
+        yb = y[idx]
+        value = float(fn(yb, a[idx])) - float(fn(yb, b[idx]))
+        if not math.isnan(value):
+            diffs.append(value)
+    if not diffs:
+        return {**undefined, "estimate": estimate}
+    low, high = _percentile_interval(diffs, confidence)
+    share = float(np.mean(np.asarray(diffs) > 0.0))
+    return {"estimate": estimate, "low": low, "high": high, "share_positive": share, "n_replicates": len(diffs)}
 
 
 def _is_metric_value(v) -> bool:

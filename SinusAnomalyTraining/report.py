@@ -3,8 +3,10 @@
 :func:`evaluate_run` reads every fine-tuned classifier's ``predictions.csv``, computes the metrics
 (:mod:`.evaluation`), draws the figures (:mod:`.plots`) and writes ``RUN/evaluation``:
 ``<method>_frac<p>/metrics.{json,csv}``, ``results.csv`` (one row per method and label fraction,
-unclipped intervals), ``report.md`` (the tables in the form of the paper's Tables 2 and 3 beside
-the paper's own numbers) and the PNG figures.
+unclipped intervals), ``comparisons.csv`` (when the run has residual pretraining and another
+method: per label fraction, the paired patient-bootstrap difference residual - other of the fold
+ensembles' AUROC and AUPRC), ``report.md`` (the tables in the form of the paper's Tables 2 and 3
+beside the paper's own numbers, and the paired comparisons) and the PNG figures.
 """
 from __future__ import annotations
 
@@ -169,6 +171,7 @@ def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: f
     pooled = evaluation.pooled_bootstrap(y, p, groups=ensemble["patients"], n_boot=config.bootstrap, seed=config.seed)
     write_metrics(out_dir / f"{method_dir}_frac{key}", per_fold, summary, pooled)
     return {"method": method_dir, "fraction": fraction, "folds": len(folds), "y": y, "p": p,
+            "sample_ids": ensemble["sample_ids"], "patients": ensemble["patients"],
             "auroc": summary.get("auroc"), "auprc": summary.get("auprc"), "f1": summary.get("f1_at_val_threshold"),
             "f1_at_0.5": summary.get("f1_at_0.5"), "pooled": pooled}
 
@@ -212,9 +215,122 @@ def evaluate_run(config: RunConfig, dataset: PreparedDataset, run_dir: str | Pat
             row["cae_fraction"] = cae_fraction
             ablation.append(row)
     _write_table(out_dir, table + [r for r in ablation if r["method"] != "residual"])  # no duplicate row
+    comparisons = compare_to_residual(table, config)
+    if comparisons:
+        _write_comparisons(out_dir, comparisons)
     pretraining = pretraining_data_sentence(config, dataset)
-    _write_report(out_dir, table, ablation, figures, config, pretraining)
-    return {"table": table, "ablation": ablation, "plots": [str(p) for p in figures], "pretraining_data": pretraining}
+    _write_report(out_dir, table, ablation, figures, config, pretraining, comparisons)
+    return {"table": table, "ablation": ablation, "plots": [str(p) for p in figures], "pretraining_data": pretraining,
+            "comparisons": comparisons}
+
+
+#: The method the paired comparisons put against every other one, and their metrics.
+REFERENCE_METHOD = "residual"
+COMPARISON_METRICS = ("auroc", "auprc")
+COMPARISON_COLUMNS = ("fraction", "other_method", "metric", "difference", "low", "high", "share_positive",
+                      "n_test_patients", "n_replicates")
+
+
+def compare_to_residual(table: list[dict], config: RunConfig) -> list[dict]:
+    """Paired patient-bootstrap differences residual - other of the fold ensembles, per label fraction.
+
+    For every fraction and every other method of ``table`` (rows of :func:`_evaluate_cell`), the
+    two fold ensembles are aligned by sinus id and :func:`evaluation.paired_bootstrap_difference`
+    gives, for each of :data:`COMPARISON_METRICS`, ``metric(residual) - metric(other)`` with its
+    95 % percentile interval and the share of replicates > 0; ``config.bootstrap`` replicates,
+    seed ``config.seed`` (the resamples of the methods' own pooled intervals).
+
+    Returns:
+        one dict per (fraction, other method, metric), keys :data:`COMPARISON_COLUMNS`; ``[]``
+        when the table has no residual row or no other method.
+
+    Raises:
+        StageInputError: the two methods' test sinuses (ids, patients or labels) differ.
+    """
+    rows = []
+    for fraction in dict.fromkeys(r["fraction"] for r in table):
+        cells = [r for r in table if r["fraction"] == fraction]
+        reference = next((r for r in cells if r["method"] == REFERENCE_METHOD), None)
+        if reference is None:
+            continue
+        for other in cells:
+            if other["method"] == REFERENCE_METHOD:
+                continue
+            y, p_ref, p_other, patients = _aligned(reference, other)
+            n_patients = int(np.unique(patients).size)
+            for metric in COMPARISON_METRICS:
+                diff = evaluation.paired_bootstrap_difference(y, p_ref, p_other, groups=patients, metric=metric,
+                                                              n_boot=config.bootstrap, seed=config.seed)
+                rows.append({"fraction": fraction, "other_method": other["method"], "metric": metric,
+                             "difference": diff["estimate"], "low": diff["low"], "high": diff["high"],
+                             "share_positive": diff["share_positive"], "n_test_patients": n_patients,
+                             "n_replicates": diff["n_replicates"]})
+    return rows
+
+
+def _aligned(a: dict, b: dict) -> tuple:
+    """Labels, both methods' probabilities and patients, row by row on the same test sinuses."""
+    ids_a, ids_b = np.asarray(a["sample_ids"]).astype(str), np.asarray(b["sample_ids"]).astype(str)
+    where = f"at {a['fraction']} % labels, methods {a['method']!r} and {b['method']!r}"
+    if ids_a.shape != ids_b.shape or set(ids_a.tolist()) != set(ids_b.tolist()):
+        only_a = sorted(set(ids_a.tolist()) - set(ids_b.tolist()))
+        only_b = sorted(set(ids_b.tolist()) - set(ids_a.tolist()))
+        raise stages.StageInputError(
+            f"{where} were tested on different sinuses ({len(only_a)} only in {a['method']!r}, e.g. {only_a[:3]}; "
+            f"{len(only_b)} only in {b['method']!r}, e.g. {only_b[:3]}): a paired comparison needs the same test "
+            "sinuses; evaluate runs whose folds used the same dataset splits")
+    order_a, order_b = np.argsort(ids_a, kind="stable"), np.argsort(ids_b, kind="stable")
+    y_a, y_b = np.asarray(a["y"])[order_a], np.asarray(b["y"])[order_b]
+    pat_a, pat_b = np.asarray(a["patients"]).astype(str)[order_a], np.asarray(b["patients"]).astype(str)[order_b]
+    if not (np.array_equal(y_a, y_b) and np.array_equal(pat_a, pat_b)):
+        raise stages.StageInputError(f"{where} give the same test sinuses different labels or patients: "
+                                     "their predictions come from different datasets")
+    return y_a, np.asarray(a["p"])[order_a], np.asarray(b["p"])[order_b], pat_a
+
+
+def _write_comparisons(out_dir: Path, comparisons: list[dict]) -> None:
+    """``comparisons.csv``: one row per (fraction, other method, metric); NaN as an empty cell."""
+    def cell(v):
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    write_csv_atomic(out_dir / "comparisons.csv", COMPARISON_COLUMNS,
+                     [[cell(row[c]) for c in COMPARISON_COLUMNS] for row in comparisons])
+
+
+def _number(v: float, digits: int = 3) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _interval(row: dict) -> str:
+    return f"[{_number(row['low'])}, {_number(row['high'])}]"
+
+
+def comparison_sentence(fraction, rows: list[dict]) -> str:
+    """One sentence on whether residual pretraining leads every other method at ``fraction`` in AUROC.
+
+    ``rows``: the AUROC rows of :func:`compare_to_residual` at that fraction. Residual pretraining
+    leads a method when the 95 % paired interval of the difference lies above 0 (``low > 0``).
+    The sentence names the best other method (the smallest difference: the highest fold-ensemble
+    AUROC among the others, the first in the configuration's order on ties) with its difference
+    and interval, and any other method against which the interval does not lie above 0.
+    """
+    rows = [r for r in rows if r["metric"] == "auroc"]
+    head = f"At {fraction:g} % labels, residual pretraining"
+    defined = [r for r in rows if math.isfinite(r["difference"]) and math.isfinite(r["low"]) and math.isfinite(r["high"])]
+    if not rows or len(defined) < len(rows):
+        return (f"{head} cannot be compared with every other method: the AUROC difference or its paired interval "
+                "is undefined (a test set, or every bootstrap replicate, with one class only).")
+    leads = all(r["low"] > 0 for r in rows)
+    best = min(rows, key=lambda r: r["difference"])
+    excludes = "excludes" if best["low"] > 0 or best["high"] < 0 else "includes"
+    sentence = (f"{head} {'leads every other method' if leads else 'does not lead'} "
+                f"(best other: {best['other_method']}, AUROC difference {_number(best['difference'])}, "
+                f"95 % paired interval {_interval(best)}: the interval {excludes} 0")
+    behind = [r for r in rows if r is not best and not r["low"] > 0]
+    if behind and best["low"] > 0:
+        sentence += "; the paired interval does not lie above 0 against " + ", ".join(
+            f"{r['other_method']} ({_number(r['difference'])}, {_interval(r)})" for r in behind)
+    return sentence + ")."
 
 
 def _write_table(out_dir: Path, table: list[dict]) -> None:
@@ -241,8 +357,31 @@ def _paper_cell(paper: dict, method: str, fraction, metric_index: int) -> str:
     return f"{mean:.2f} ({low:.2f}-{high:.2f})"
 
 
+def _comparison_lines(comparisons: list[dict], config: RunConfig) -> list[str]:
+    lines = ["", "## Residual pretraining against every other method (paired patient bootstrap)", "",
+             f"Difference residual - other of the fold ensembles' AUROC and AUPRC on the same test sinuses; each of "
+             f"{config.bootstrap} replicates resamples the test patients once (each with both sinuses) and scores both "
+             "methods on that resample; 95 % percentile interval of the differences, and the share of replicates in "
+             "which residual pretraining scored higher. Residual pretraining leads a method when the interval lies "
+             "above 0; the sentence under each table is about AUROC. All rows: `comparisons.csv`."]
+    for fraction in dict.fromkeys(r["fraction"] for r in comparisons):
+        rows = [r for r in comparisons if r["fraction"] == fraction]
+        by = {(r["other_method"], r["metric"]): r for r in rows}
+        lines += ["", f"### {fraction:g} % labels ({rows[0]['n_test_patients']} test patients)", "",
+                  "| other method | AUROC difference | 95 % paired interval | share > 0 | AUPRC difference | "
+                  "95 % paired interval | share > 0 |", "|---|---|---|---|---|---|---|"]
+        for other in dict.fromkeys(r["other_method"] for r in rows):
+            cells = []
+            for metric in COMPARISON_METRICS:
+                r = by[(other, metric)]
+                cells += [_number(r["difference"]), _interval(r), _number(r["share_positive"], 2)]
+            lines.append(f"| {other} | " + " | ".join(cells) + " |")
+        lines += ["", comparison_sentence(fraction, rows)]
+    return lines
+
+
 def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figures: list[Path], config: RunConfig,
-                  pretraining: str = "") -> None:
+                  pretraining: str = "", comparisons: list[dict] | None = None) -> None:
     paper = json.loads(PAPER_RESULTS.read_text())
     lines = [
         "# SinusAnomaly evaluation",
@@ -272,6 +411,8 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
         lines.append(f"| {row['method']} | {row['fraction']} % | {_fmt(row['auroc'])} | {_fmt(row['auprc'])} | "
                      f"{_fmt(row['f1'])} | {_fmt(row['f1_at_0.5'])} | {pooled} | "
                      + " | ".join(_paper_cell(paper, row["method"], row["fraction"], i) for i in range(3)) + " |")
+    if comparisons:
+        lines += _comparison_lines(comparisons, config)
     if ablation:
         lines += ["", f"## CAE trained on part of the normal training sinuses (the form of the paper's Table 3), "
                       f"{config.cae_ablation_label_fraction} % labels", "",
@@ -281,7 +422,8 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
             ref = [f"{m:.2f} ({lo:.2f}-{hi:.2f})" for m, lo, hi in entry] if entry else ["", "", ""]
             lines.append(f"| {row['cae_fraction']:g} % | {_fmt(row['auroc'])} | {_fmt(row['auprc'])} | {_fmt(row['f1'])} | "
                          + " | ".join(ref) + " |")
-    lines += ["", "Per-fold numbers: `<method>_frac<p>/metrics.csv`; all rows: `results.csv`.", ""]
+    lines += ["", "Per-fold numbers: `<method>_frac<p>/metrics.csv`; all rows: `results.csv`"
+              + ("; paired comparisons: `comparisons.csv`." if comparisons else "."), ""]
     for figure in figures:
         lines += [f"![{figure.stem}]({figure.name})", ""]
     write_text_atomic(out_dir / "report.md", "\n".join(lines))

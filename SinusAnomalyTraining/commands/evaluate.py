@@ -2,8 +2,10 @@
 
 F1 at the threshold maximising F1 on the fold's validation set and at 0.5; means over folds
 with 95 % Student-t intervals (from 3 folds on); the fold ensemble (each test sinus's mean
-probability over the folds) with a 95 % bootstrap interval over test patients; ROC and PR
-curves as PNG; RUN/evaluation/{report.md,results.csv,<method>_frac<p>/metrics.{json,csv}}.
+probability over the folds) with a 95 % bootstrap interval over test patients; with residual
+pretraining and other methods, the paired patient-bootstrap difference residual - other of the
+fold ensembles' AUROC and AUPRC per fraction; ROC and PR curves as PNG;
+RUN/evaluation/{report.md,results.csv,comparisons.csv,<method>_frac<p>/metrics.{json,csv}}.
 """
 from __future__ import annotations
 
