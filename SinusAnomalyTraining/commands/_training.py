@@ -17,7 +17,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, fold: bool = True) -> Non
     parser.add_argument("--dataset", required=True, type=Path, help="prepared dataset folder (sinus-anomaly prepare)")
     # not "--run": torchrun would take it for an abbreviation of its own --run-path
     parser.add_argument("--run-dir", dest="run", required=True, type=Path, help="run folder (created; holds every stage's output)")
-    parser.add_argument("--config", help="'paper' (default for a new run), 'demo', or a JSON file; "
+    parser.add_argument("--config", help="'paper' (default for a new run), 'demo', 'grid-cpu', 'grid-cpu5', 'grid-paper', "
+                                         "or a JSON file; "
                                          "default for an existing run: its saved config.json")
     if fold:
         parser.add_argument("--fold", type=int, default=0, help="cross-validation fold (default 0)")
