@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Leave-one-anatomy-out transfer check (issue 15): train the demo configuration on synthetic heads
-# made from the reference and Colin27 (T1/T2/FLAIR-like, each sinus scaled 0.7-1.3, floor-first
-# thickening), then classify heads made from the held-out single-subject anatomy and print AUROC
-# and the share of normal sinuses called normal. About 40 minutes on 2 busy cores.
+# made from the reference and Colin27 with all of synth's variety (T1/T2/FLAIR-like contrasts, each
+# sinus scaled 0.7-1.3 and reshaped, bony walls, septa, floor-first thickening, air-fluid levels),
+# pretraining on an unlabelled set of such heads (the paper's D_u), then classify heads made from the
+# held-out single-subject anatomy and print AUROC and the share of normal sinuses called normal.
+# Every step resumes when re-run.
 #
 #   bash benchmarks/transfer_check.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-transfer_out}
 sa=".venv/bin/sinus-anomaly"
-variety=(--contrasts t1,t2,flair --sinus-scale 0.7,1.3 --floor-first-thickening --previews 0)
-$sa synth --out "$out/train_cohort" --cases 48 --seed 11 --anatomies reference,colin27 "${variety[@]}"
+variety=(--contrasts t1,t2,flair --sinus-scale 0.7,1.3 --sinus-shape-mm 3 --wall-thickness 0,2.5
+  --septum-rate 0.2 --floor-first-thickening
+  --anomaly-types mucosal_thickening,polyp,retention_cyst,fully_occupied,air_fluid_level --previews 0)
+$sa synth --out "$out/train_cohort" --cases 48 --unlabelled 48 --seed 11 --anatomies reference,colin27 "${variety[@]}"
 $sa prepare --images "$out/train_cohort/images" --labels "$out/train_cohort/labels.csv" --out "$out/dataset" \
-  --folds 2 --test-fraction 0.25 --fractions 10,100 --no-progress
+  --unlabelled "$out/train_cohort/unlabelled.csv" --folds 2 --test-fraction 0.25 --fractions 10,100 --no-progress
 $sa run --config demo --dataset "$out/dataset" --run-dir "$out/run"
 $sa export "$out/run" --out "$out/transfer.sabundle" --method residual --fraction 100
 $sa synth --out "$out/heldout_cohort" --cases 24 --seed 12 --anatomies single_subject_t1 "${variety[@]}"
