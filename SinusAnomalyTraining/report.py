@@ -290,11 +290,8 @@ def _aligned(a: dict, b: dict) -> tuple:
 
 def _write_comparisons(out_dir: Path, comparisons: list[dict]) -> None:
     """``comparisons.csv``: one row per (fraction, other method, metric); NaN as an empty cell."""
-    def cell(v):
-        return None if isinstance(v, float) and math.isnan(v) else v
-
     write_csv_atomic(out_dir / "comparisons.csv", COMPARISON_COLUMNS,
-                     [[cell(row[c]) for c in COMPARISON_COLUMNS] for row in comparisons])
+                     [[_csv_cell(row[c]) for c in COMPARISON_COLUMNS] for row in comparisons])
 
 
 def _number(v: float, digits: int = 3) -> str:

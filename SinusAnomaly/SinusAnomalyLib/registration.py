@@ -387,12 +387,12 @@ def register_to_reference(
                                         moving_mask=content)
         whole = _as_affine(whole, head_center)
         stage = {"stage": "affine whole head", "metric": round(value, 5), "iterations": iters}
-        scales = np.linalg.svd(affine_to_matrix(whole)[:3, :3], compute_uv=False)
-        if scales.min() < SCALE_RANGE[0] or scales.max() > SCALE_RANGE[1]:
+        runaway = scaling_problem(affine_to_matrix(whole))
+        if runaway:
             # the affine fit at times runs off into a stretched head (seen once in 450 synthetic
             # heads: scales 2.97/1.26/0.68 from a good rigid fit); the midface stage then starts
             # from the rigid fit, which is a head of the right size to within the plausible range
-            stage["rejected"] = f"implausible scaling {np.round(scales, 2).tolist()}; the midface fit starts from the rigid one"
+            stage["rejected"] = f"{runaway}; the midface fit starts from the rigid one"
             whole = affine_init
         stages.append(stage)
     except RuntimeError as exc:
@@ -454,11 +454,19 @@ def check_plausible(result: RegistrationResult, reference: ReferenceHead, source
         raise RegistrationError(source, problem)
 
 
+def scaling_problem(matrix_lps: np.ndarray) -> str | None:
+    """The scale factors of a 4 x 4 fit outside :data:`SCALE_RANGE`, in words, or None."""
+    scales = np.linalg.svd(matrix_lps[:3, :3], compute_uv=False)
+    if scales.min() < SCALE_RANGE[0] or scales.max() > SCALE_RANGE[1]:
+        return f"implausible scaling {np.round(scales, 2).tolist()} (expected {SCALE_RANGE[0]}-{SCALE_RANGE[1]})"
+    return None
+
+
 def plausibility_problem(result: RegistrationResult, reference: ReferenceHead) -> str | None:
     """What is implausible about a fit, in words, or None."""
-    scales = np.linalg.svd(result.matrix_lps[:3, :3], compute_uv=False)
-    if scales.min() < SCALE_RANGE[0] or scales.max() > SCALE_RANGE[1]:
-        return f"implausible scaling {np.round(scales, 2).tolist()} (expected {SCALE_RANGE[0]}-{SCALE_RANGE[1]}): is this a head MRI?"
+    scaling = scaling_problem(result.matrix_lps)
+    if scaling:
+        return f"{scaling}: is this a head MRI?"
     angle = rotation_angle_deg(result.rotation_lps)
     if angle > MAX_ROTATION_DEG:
         return f"implausible rotation of {angle:.0f} degrees from the reference pose"
