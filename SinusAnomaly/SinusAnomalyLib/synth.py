@@ -210,11 +210,14 @@ TEMPLATE_BRIGHT = 255.0  # reference units of the bright tissue (uint8 template:
 WHITE_MATTER_LEVEL = 0.6  # where CONTRAST_MAPS expect white matter (fraction of the bright tissue)
 
 
-def _render(array: np.ndarray, rng: np.random.Generator, contrast: str, white_matter: float = WHITE_MATTER_LEVEL * TEMPLATE_BRIGHT) -> np.ndarray:
+def _render(array: np.ndarray, rng: np.random.Generator, contrast: str, white_matter: float = WHITE_MATTER_LEVEL * TEMPLATE_BRIGHT,
+            tissue_fraction: np.ndarray | None = None) -> np.ndarray:
     """Template-unit T1 anatomy ``array`` in ``contrast`` (template units); "reference" as is.
 
     ``white_matter`` is the anatomy's white-matter intensity: heads scaled by their brightest
     voxels (fat, vessels, artefacts) put their tissues elsewhere than the maps expect.
+    ``tissue_fraction`` (same shape, in [0, 1]): the share of each voxel that its tissue fills, the
+    rest being air; ``array`` is then the tissue's own level (see :func:`_tissue_layers`).
     """
     if contrast == "reference":
         return array
@@ -223,7 +226,42 @@ def _render(array: np.ndarray, rng: np.random.Generator, contrast: str, white_ma
     ys = np.clip(np.array([y for _, y in mapping]) + rng.uniform(-CONTRAST_JITTER, CONTRAST_JITTER, len(mapping)), 0.0, 1.2)
     ys[0] = 0.0  # air stays dark
     scaled = array * (WHITE_MATTER_LEVEL / max(white_matter, 1e-6))
-    return (np.interp(scaled, xs, ys) * TEMPLATE_BRIGHT).astype(np.float32)
+    rendered = np.interp(scaled, xs, ys) * TEMPLATE_BRIGHT
+    if tissue_fraction is not None:
+        rendered *= tissue_fraction  # the air share of a voxel is dark in every contrast
+    return rendered.astype(np.float32)
+
+
+AIR_CEILING = 0.1  # T1 levels below this (fraction of the bright tissue, as CONTRAST_MAPS) are air or cortical bone
+TISSUE_FLOOR = 0.15  # ... and above this, tissue
+
+
+@functools.lru_cache(maxsize=len(ANATOMIES) + 1)
+def _tissue_layers(reference: ReferenceHead) -> tuple[np.ndarray, np.ndarray]:
+    """What the contrast maps are applied to: per voxel of the 1 mm anatomy (``[z, y, x]`` arrays
+    like ``sitk.GetArrayFromImage``), its tissue's T1 level (template units) and the share of the
+    voxel that tissue fills.
+
+    The maps are not monotone (T2 turns the darker CSF range bright), so two things a T1 image
+    carries must not go through them as they are: noise (a single scan's speckle would become
+    salt-and-pepper) and the partial-volume voxels where air meets tissue (a T1 level between air
+    and tissue would become a bright rim round every cavity, like mucosal thickening). So the head
+    is median-filtered first (the synthetic head gets its own noise later), and a voxel within 2 mm
+    of air that is darker than the tissue around it (Gaussian-weighted mean of the tissue voxels,
+    sigma 1.5 mm) is that tissue filling the share level / tissue of it, the rest air.
+    """
+    head, _, _ = _anatomy(reference)
+    level = sitk.GetArrayFromImage(sitk.Median(head, [1, 1, 1]))
+    scale = WHITE_MATTER_LEVEL / max(_white_matter(reference), 1e-6)
+    tissue = (level * scale >= TISSUE_FLOOR).astype(np.float32)
+    weight = ndi.gaussian_filter(tissue, 1.5 / ANATOMY_SPACING_MM)
+    around = ndi.gaussian_filter(level * tissue, 1.5 / ANATOMY_SPACING_MM) / np.maximum(weight, 1e-6)
+    mixed = ndi.binary_dilation(level * scale < AIR_CEILING, iterations=int(round(2 / ANATOMY_SPACING_MM)))
+    mixed &= (weight > 0.05) & (level < around)
+    fraction = np.ones_like(level)
+    fraction[mixed] = np.clip(level[mixed] / around[mixed], 0.0, 1.0)
+    level[mixed] = around[mixed]
+    return level, fraction
 
 
 @functools.lru_cache(maxsize=4)
@@ -273,9 +311,11 @@ def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomal
     if contrast == "reference" and not bony and not any(anomalies.get(side) for side in SIDES):
         return head, None  # nothing to draw
     # drawn into through [x, y, z] views of SimpleITK's [z, y, x] arrays: no transposed copies of the whole head
-    voxels = sitk.GetArrayFromImage(head)
-    if contrast != "reference":
-        voxels = _render(voxels, rng, contrast, _white_matter(reference))
+    if contrast == "reference":
+        voxels = sitk.GetArrayFromImage(head)
+    else:
+        level, fraction = _tissue_layers(reference)
+        voxels = _render(level, rng, contrast, _white_matter(reference), fraction)
     array = voxels.transpose(2, 1, 0)
     gravity = None if gravity_lps is None else np.asarray(head.GetDirection()).reshape(3, 3).T @ gravity_lps  # along the index axes
     label_voxels = np.zeros(voxels.shape, np.uint8)
