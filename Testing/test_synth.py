@@ -151,6 +151,19 @@ def test_contrasts_order_the_tissues_as_intended(seed):
     assert np.array_equal(synth._render(tissue, np.random.default_rng(seed), "reference"), tissue)
 
 
+def test_t2_rendering_draws_no_bright_rim_round_a_normal_cavity():
+    """T2 turns the darker T1 range bright; the partial-volume voxels where the cavity's air meets
+    tissue must fade from dark to the tissue's T2 level, not light up like mucosal thickening."""
+    reference = load_reference()
+    _, cavity, _ = synth._anatomy(reference)
+    level, fraction = synth._tissue_layers(reference)
+    t2 = synth._render(level, np.random.default_rng(0), "t2", synth._white_matter(reference), fraction)
+    distance = ndi.distance_transform_edt(cavity.transpose(2, 1, 0) == 0)  # mm from the cavity, [z, y, x]
+    rim = t2[(distance > 0) & (distance <= 2)]
+    beyond = t2[(distance > 3) & (distance <= 6)]
+    assert np.median(rim) < 0.9 * np.median(beyond)
+
+
 @pytest.mark.parametrize("contrast", ["t1", "t2", "flair"])
 def test_lesions_in_other_contrasts_lie_in_the_cavity_at_their_level(contrast):
     reference = load_reference()

@@ -51,6 +51,7 @@ def main() -> None:
         head = reference if name == "reference" else load_anatomy(name)
         synth._anatomy(head)
         synth._white_matter(head)
+        synth._tissue_layers(head)
         print(f"anatomy {name}: prepared once in {time.perf_counter() - start:.2f} s")
 
     seconds = {setting: [] for setting in SETTINGS}

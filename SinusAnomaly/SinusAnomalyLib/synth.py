@@ -44,6 +44,7 @@ DEFAULT_ANOMALY_TYPES = ANOMALY_TYPES[:4]
 LESION_LABELS = {"left": 1, "right": 2}
 ANATOMY_SPACING_MM = 1.0
 AIR_LEVEL = 4.0  # reference units (uint8 scale of the template)
+OUT_OF_VIEW = -1.0  # resampled value of points outside the anatomy's grid (intensities are >= 0)
 LESION_BOX_HALF_MM = 32  # lesions are drawn in a box of this half-size around each sinus
 
 
@@ -526,7 +527,8 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     corners = np.argwhere(head_mask[::8, ::8, ::8]) * 8
     head_points = np.array([anatomy.TransformIndexToPhysicalPoint([int(v) for v in c]) for c in corners])
     grid = _output_grid(rng, params, np.array([forward(p) for p in head_points]))
-    image = sitk.Resample(anatomy, grid, pull, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    # outside the anatomy's grid: -1, never an intensity; a real head's field of view ends there
+    image = sitk.Resample(anatomy, grid, pull, sitk.sitkLinear, OUT_OF_VIEW, sitk.sitkFloat32)
     if lesions is None:  # what resampling an empty label map would give
         lesion_labels = sitk.Image(grid.GetSize(), sitk.sitkUInt8)
         lesion_labels.CopyInformation(grid)
@@ -535,6 +537,8 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     centers = {side: _true_centre(reference, side, pull, forward(reference.center_lps(side))) for side in SIDES}
 
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    out_of_view = array == OUT_OF_VIEW
+    array[out_of_view] = 0.0
     array *= _bias_field(rng, array.shape, params.bias_strength)
     bright = float(np.percentile(array[array > 20], 95)) if (array > 20).any() else 1.0
     sigma = params.noise_std * bright
@@ -543,9 +547,7 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     gain = rng.uniform(2.0, 8.0)
     array = (gain * bright * (array / bright) ** gamma).astype(np.float32)
     if anatomy_name != "reference":  # a real head's field of view ends in the face: beyond it, zero padding
-        in_view = sitk.Image(anatomy.GetSize(), sitk.sitkUInt8) + 1
-        in_view.CopyInformation(anatomy)
-        array[sitk.GetArrayFromImage(sitk.Resample(in_view, grid, pull, sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0) == 0] = 0.0
+        array[out_of_view] = 0.0
     out = sitk.GetImageFromArray(array.transpose(2, 1, 0))
     out.CopyInformation(grid)
     pose = {
