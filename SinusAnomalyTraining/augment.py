@@ -15,7 +15,12 @@ Per sample, independently, with the ranges of :class:`~SinusAnomalyTraining.conf
    aligned; samples not drawn are not resampled at all (returned exactly);
 2. a flip of the H axis and one of the W axis, each with probability ``prob / 2`` (exact: no
    resampling);
-3. with probability ``prob`` Gaussian noise of a standard deviation uniform in ``[0, noise_std]``,
+3. when ``gamma_max`` is above 1, with probability ``prob`` a gamma change of the image
+   channel(s): ``x ** gamma`` (``x`` clamped to ``[0, 1]``, the crops' range), ``gamma``
+   log-uniform in ``[1 / gamma_max, gamma_max]``. Not in the paper; it makes tissue brightness an
+   unreliable cue, as it is across MRI contrasts (a normal sinus in T2-like tissue is brighter
+   than in T1-like tissue, a lesion is brighter than air in every contrast);
+4. with probability ``prob`` Gaussian noise of a standard deviation uniform in ``[0, noise_std]``,
    on the image channel(s) only (the authors also noised the target).
 
 Which methods get which (``README``, *Comparing pretraining methods*): residual pretraining and
@@ -59,6 +64,7 @@ class AugmentParams:
     flip: torch.Tensor  # (B, 2) bool: flipped along H, along W
     noise: torch.Tensor  # (B,) bool: noised
     noise_std: torch.Tensor  # (B,) standard deviation of the noise (0 where not noised)
+    gamma: torch.Tensor | None = None  # (B,) exponent of the image (1 where unchanged); None: off
 
 
 def draw_params(batch: int, settings: AugmentSettings) -> AugmentParams:
@@ -67,6 +73,11 @@ def draw_params(batch: int, settings: AugmentSettings) -> AugmentParams:
     u = torch.rand(batch, 14, dtype=torch.float64)
     symmetric = u[:, 1:10] * 2.0 - 1.0  # uniform in [-1, 1]
     noise = u[:, 12] < p
+    gamma = None
+    if float(settings.gamma_max) > 1.0:  # drawn after the rest, so the other draws stay those of a policy without it
+        g = torch.rand(batch, 2, dtype=torch.float64)
+        log_gamma = (g[:, 1] * 2.0 - 1.0) * math.log(float(settings.gamma_max))
+        gamma = torch.where(g[:, 0] < p, log_gamma.exp(), torch.ones(batch, dtype=torch.float64))
     return AugmentParams(
         affine=u[:, 0] < p,
         angles=symmetric[:, 0:3] * math.radians(float(settings.rotate_deg)),
@@ -75,6 +86,7 @@ def draw_params(batch: int, settings: AugmentSettings) -> AugmentParams:
         flip=u[:, 10:12] < p / 2.0,
         noise=noise & (float(settings.noise_std) > 0.0),
         noise_std=torch.where(noise, u[:, 13] * float(settings.noise_std), torch.zeros(batch, dtype=torch.float64)),
+        gamma=gamma,
     )
 
 
@@ -136,6 +148,13 @@ def augment_batch(x: torch.Tensor, settings: AugmentSettings, image_channels: in
             out = x.clone() if out is None else out
             rows = flipped.to(x.device)
             out.index_copy_(0, rows, out.index_select(0, rows).flip(dim))
+    changed = [] if params.gamma is None else (params.gamma != 1.0).nonzero().flatten()
+    if len(changed):
+        out = x.clone() if out is None else out
+        rows = changed.to(x.device)
+        image = out[:, :image_channels]
+        exponent = params.gamma[changed].to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1, 1)
+        image.index_copy_(0, rows, image.index_select(0, rows).clamp(0.0, 1.0) ** exponent)
     noised = params.noise.nonzero().flatten()
     if len(noised):
         out = x.clone() if out is None else out

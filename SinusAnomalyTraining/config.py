@@ -122,10 +122,14 @@ class AugmentSettings(_Settings):
     scale: float  # zoom in [1 - scale, 1 + scale]
     translate_voxels: float  # voxels of the served crop
     noise_std: float  # Gaussian noise on the image only
+    gamma_max: float = 1.0  # image ** gamma, gamma log-uniform in [1 / gamma_max, gamma_max]; 1: off (the paper's)
 
     @classmethod
     def parse(cls, data: dict, where: str, path: Path) -> AugmentSettings:
-        return cls(**{f.name: _number(data[f.name], f"{where}.{f.name}", path, low=0) for f in fields(cls)})
+        settings = cls(**{f.name: _number(data[f.name], f"{where}.{f.name}", path, low=0) for f in fields(cls)})
+        if settings.gamma_max < 1:
+            raise ConfigError(f"{path}: '{where}.gamma_max' must be at least 1 (1: no gamma change), got {settings.gamma_max!r}")
+        return settings
 
 
 @dataclass(frozen=True)
@@ -190,12 +194,16 @@ class FinetuneSettings(_Settings):
     lr: float
     weight_decay: float
     augment: AugmentSettings
+    # BatchNorm statistics averaged over the training sinuses after every epoch (engine.recompute_batchnorm_statistics):
+    # steadier validation and test predictions when an epoch is only a few steps
+    recompute_batchnorm: bool
 
     @classmethod
     def parse(cls, data: dict, path: Path) -> FinetuneSettings:
         n = lambda key, **kw: _number(data[key], f"finetune.{key}", path, **kw)  # noqa: E731
         return cls(n("epochs", integer=True, low=1), n("batch_size", integer=True, low=1), n("lr", low=0),
-                   n("weight_decay", low=0), AugmentSettings.parse(data["augment"], "finetune.augment", path))
+                   n("weight_decay", low=0), AugmentSettings.parse(data["augment"], "finetune.augment", path),
+                   _flag(data["recompute_batchnorm"], "finetune.recompute_batchnorm", path))
 
 
 @dataclass(frozen=True)

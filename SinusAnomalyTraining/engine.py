@@ -379,6 +379,32 @@ def train_epoch(model: nn.Module, loader, loss_step_fn: LossStepFn, optimizer: t
     return float(runtime.reduce_mean((total / max(n_steps, 1)).float()).item())
 
 
+def recompute_batchnorm_statistics(model: nn.Module, loader, loss_step_fn: LossStepFn, device: torch.device, amp: bool) -> None:
+    """Replace every BatchNorm's running mean and variance by their average over one pass of
+    ``loader`` with the current weights (no gradients, no optimisation step).
+
+    ``torch.optim.swa_utils.update_bn``'s procedure (reset, ``momentum=None`` for a cumulative
+    average, forward passes in train mode), fed through ``loss_step_fn`` so any batch layout works.
+    Why: with a few optimisation steps per epoch, the running statistics (an exponential average
+    over recent batches, computed with older weights) lag the weights, and eval-mode predictions
+    swing from epoch to epoch; the checkpoint chosen by validation loss is then a matter of luck.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for batch in loader:
+            with runtime.autocast_context(device, amp):
+                loss_step_fn(model, batch, device)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
 def validate(model: nn.Module, loader, loss_step_fn: LossStepFn, device: torch.device, amp: bool, epoch: int,
              epochs: int, show: bool) -> float | None:
     """Mean loss over ``loader`` in eval mode without gradients (all ranks); ``None`` without batches."""
@@ -404,10 +430,11 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
         optimizer: torch.optim.Optimizer, scheduler, device: torch.device, checkpointer: Checkpointer | None,
         resume: bool = False, monitor: str = "val_loss", mode: str = "min", amp: bool = False,
         progress: bool = True, log=None, *, seed: int = 0, extra: dict | None = None,
-        after_step: Callable[[int, int], None] | None = None) -> list[dict]:
+        after_step: Callable[[int, int], None] | None = None, recompute_batchnorm: bool = False) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs; return the per-epoch history.
 
-    Each epoch: reseed (:func:`_begin_epoch`), :func:`train_epoch`, :func:`validate`, then
+    Each epoch: reseed (:func:`_begin_epoch`), :func:`train_epoch`, with ``recompute_batchnorm``
+    :func:`recompute_batchnorm_statistics` over the training loader, :func:`validate`, then
     ``last.pt`` (and ``best.pt`` on improvement) and the history files.
 
     Args:
@@ -465,6 +492,8 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
         _begin_epoch([train_loader, val_loader], seed, epoch, rank)
         train_loss = train_epoch(model, train_loader, loss_step_fn, optimizer, scheduler, scaler, device, amp, epoch,
                                  epochs, show, after_step)
+        if recompute_batchnorm:
+            recompute_batchnorm_statistics(model, train_loader, loss_step_fn, device, amp)
         val_loss = validate(model, val_loader, loss_step_fn, device, amp, epoch, epochs, show)
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                                  "lr": float(optimizer.param_groups[0]["lr"])}

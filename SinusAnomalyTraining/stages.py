@@ -211,6 +211,7 @@ class Training:
     extra: dict = field(default_factory=dict)  # stored in every checkpoint
     after_step: Callable[[int, int], None] | None = None  # e.g. BYOL's target update
     done: dict = field(default_factory=dict)  # more entries for done.json
+    recompute_batchnorm: bool = False  # engine.fit's: BatchNorm statistics averaged over the training set each epoch
 
 
 def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build: Callable[[], Training],
@@ -236,7 +237,7 @@ def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build
         fit(runtime.wrap_ddp(model, ctx.device), training.train_loader, training.val_loader, training.loss_step,
             training.epochs, training.optimizer, training.scheduler, ctx.device, Checkpointer(stage_dir),
             resume=True, amp=ctx.config.amp, progress=ctx.progress, log=log, seed=ctx.config.seed,
-            extra=training.extra, after_step=training.after_step)
+            extra=training.extra, after_step=training.after_step, recompute_batchnorm=training.recompute_batchnorm)
     runtime.barrier()
     if finish is not None:
         finish()
@@ -562,7 +563,8 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
         return Training(f"fine-tuning fold {ctx.fold}, {method} pretraining, {fraction} % labels: {len(train_set)} sinuses "
                         f"({int(train_set.labels.sum())} anomalous)", model, train_loader, val_loader, ce_step,
                         cfg.epochs, torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr),
-                        extra={"model": "SinusClassifier", "method": method}, done=transfer)
+                        extra={"model": "SinusClassifier", "method": method}, done=transfer,
+                        recompute_batchnorm=cfg.recompute_batchnorm)
 
     def predict_val_and_test() -> None:
         best = spec.classifier()

@@ -11,7 +11,7 @@ from torch import nn
 
 from SinusAnomalyTraining import runtime
 from SinusAnomalyTraining.augment import AugmentParams, augment_batch, draw_params, random_intensity_scale
-from SinusAnomalyTraining.config import AugmentSettings, load_config
+from SinusAnomalyTraining.config import AugmentSettings, ConfigError, config_from_dict, load_config
 from SinusAnomalyTraining.data import CropLoader, SinusCrops
 from SinusAnomalyTraining.engine import Checkpointer, fit
 from SinusAnomalyTraining.pretext import build_pretext
@@ -127,6 +127,36 @@ def test_noise_touches_the_image_channel_only():
     assert torch.equal(out[:, 1], x[:, 1])  # the target never gets noise
     assert torch.equal(out[1], x[1])
     assert abs(float((out[0, 0] - x[0, 0]).std()) - 0.2) < 0.01 and abs(float((out[2, 0] - x[2, 0]).std()) - 0.1) < 0.005
+
+
+def test_gamma_changes_the_image_channel_of_the_drawn_samples_only():
+    torch.manual_seed(0)
+    x = torch.rand(3, 2, 8, 8, 8)
+    gamma = torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)
+    out = augment_batch(x, AugmentSettings(1.0, 0, 0, 0, 0.0, gamma_max=2.0), params=only(3, gamma=gamma))
+    torch.testing.assert_close(out[0, 0], x[0, 0] ** 2)
+    torch.testing.assert_close(out[2, 0], x[2, 0] ** 0.5)
+    assert torch.equal(out[1], x[1]) and torch.equal(out[:, 1], x[:, 1])  # undrawn sample, target channel
+
+
+def test_gamma_is_log_uniform_in_its_range_and_leaves_the_other_draws_as_they_were():
+    """Turning gamma on must not change what a policy without it draws (the same seed gives the
+    same warps, flips and noise), and gamma spreads over [1 / gamma_max, gamma_max]."""
+    plain = AugmentSettings(prob=0.5, rotate_deg=10, scale=0.1, translate_voxels=2, noise_std=0.1)
+    with_gamma = dataclasses.replace(plain, gamma_max=2.0)
+    torch.manual_seed(3)
+    a = draw_params(4000, plain)
+    torch.manual_seed(3)
+    b = draw_params(4000, with_gamma)
+    assert a.gamma is None
+    for name in ("affine", "angles", "scale", "shift", "flip", "noise", "noise_std"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    changed = b.gamma[b.gamma != 1.0]
+    assert abs(len(changed) / 4000 - 0.5) < 0.05
+    assert changed.min() >= 0.5 - 1e-12 and changed.max() <= 2.0 + 1e-12
+    assert abs(float((changed.log() < 0).double().mean()) - 0.5) < 0.05  # as often darker as brighter
+    with pytest.raises(ConfigError, match="gamma_max"):
+        config_from_dict({"finetune": {"augment": {"gamma_max": 0.5}}})
 
 
 def test_the_same_seed_gives_the_same_batch_and_the_input_is_not_modified():

@@ -482,3 +482,40 @@ def test_channels_last_setting_trains_the_same_stage_in_another_memory_layout(ti
         model.load_state_dict(load_checkpoint(best)["model"])
         assert all(p.is_contiguous() for p in model.parameters())
     assert np.allclose(histories[True], histories[False], rtol=1e-3)
+
+
+# ------------------------------------------------------------------------ BatchNorm re-estimation
+
+def test_recompute_batchnorm_statistics_averages_over_the_whole_loader():
+    """The running mean becomes the mean over every batch of the loader (not an exponential
+    average weighted to the last batches), and the layer's momentum is restored."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    model[1].running_mean.fill_(100.0)
+    batches = [torch.randn(4, 3, generator=torch.Generator().manual_seed(k)) + k for k in range(3)]
+
+    def loss_step(net, batch, device):
+        return net(batch.to(device)).sum()
+
+    engine.recompute_batchnorm_statistics(model, batches, loss_step, torch.device("cpu"), amp=False)
+    with torch.no_grad():
+        expected = model[0](torch.cat(batches)).mean(0)
+    torch.testing.assert_close(model[1].running_mean, expected)
+    assert model[1].momentum == 0.1
+    assert model.training  # left in train mode, as after a training epoch
+
+
+def test_fit_with_recomputed_batchnorm_validates_with_the_recomputed_statistics():
+    """With ``recompute_batchnorm`` the statistics that validation (eval mode) uses are those of
+    the final weights over the training data: re-running the recomputation changes nothing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
+    data = [(torch.randn(6, 8), torch.randn(6, 1)) for _ in range(3)]
+
+    def loss_step(net, batch, device):
+        return nn.functional.mse_loss(net(batch[0].to(device)), batch[1].to(device))
+
+    fit(model, data, data, loss_step, 2, torch.optim.SGD(model.parameters(), lr=0.1), None, torch.device("cpu"), None,
+        progress=False, recompute_batchnorm=True)
+    after_fit = model[2].running_mean.clone()
+    engine.recompute_batchnorm_statistics(model, data, loss_step, torch.device("cpu"), amp=False)
+    torch.testing.assert_close(model[2].running_mean, after_fit)

@@ -6,20 +6,24 @@
 # held-out single-subject anatomy and print AUROC and the share of normal sinuses called normal.
 # Every step resumes when re-run.
 #
-#   bash benchmarks/transfer_check.sh [OUT_DIR]
+#   bash benchmarks/transfer_check.sh [OUT_DIR] [LABELLED_HEADS] [UNLABELLED_HEADS] [HELD_OUT_HEADS]
+#   (defaults 48, 48 and 24; the demo's cohort is 48 labelled and 24 unlabelled heads)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-transfer_out}
+labelled=${2:-48}
+unlabelled=${3:-48}
+held_out=${4:-24}
 sa=".venv/bin/sinus-anomaly"
 variety=(--contrasts t1,t2,flair --sinus-scale 0.7,1.3 --sinus-shape-mm 3 --wall-thickness 0,2.5
   --septum-rate 0.2 --floor-first-thickening
   --anomaly-types mucosal_thickening,polyp,retention_cyst,fully_occupied,air_fluid_level --previews 0)
-$sa synth --out "$out/train_cohort" --cases 48 --unlabelled 48 --seed 11 --anatomies reference,colin27 "${variety[@]}"
+$sa synth --out "$out/train_cohort" --cases "$labelled" --unlabelled "$unlabelled" --seed 11 --anatomies reference,colin27 "${variety[@]}"
 $sa prepare --images "$out/train_cohort/images" --labels "$out/train_cohort/labels.csv" --out "$out/dataset" \
   --unlabelled "$out/train_cohort/unlabelled.csv" --folds 2 --test-fraction 0.25 --fractions 10,100 --no-progress
 $sa run --config demo --dataset "$out/dataset" --run-dir "$out/run"
 $sa export "$out/run" --out "$out/transfer.sabundle" --method residual --fraction 100
-$sa synth --out "$out/heldout_cohort" --cases 24 --seed 12 --anatomies single_subject_t1 "${variety[@]}"
+$sa synth --out "$out/heldout_cohort" --cases "$held_out" --seed 12 --anatomies single_subject_t1 "${variety[@]}"
 $sa classify "$out/heldout_cohort/images" --model "$out/transfer.sabundle" --out "$out/classified" || true
 .venv/bin/python - "$out" <<'PY'
 import csv, sys
