@@ -82,6 +82,11 @@ def test_cohort_files_agree(cohort):
         spacing = np.asarray(image.GetSpacing())
         assert np.all((spacing >= 0.9 - 1e-6) & (spacing <= 2.0 + 1e-6))
     assert any(name.endswith(".nrrd") for name in (r["image"] for r in rows))  # case 3 is NRRD
+    # stored as scanners do, as integers: the head made again, rounded, is what the file holds
+    stored = sitk.ReadImage(str(cohort / truth["synth-0001"]["image"]))
+    assert stored.GetPixelID() == sitk.sitkInt16
+    made = make_case("synth-0001", np.random.default_rng([3, 1])).image
+    assert np.abs(sitk.GetArrayFromImage(stored) - sitk.GetArrayFromImage(made)).max() <= 0.5
 
 
 def test_previews_are_written(cohort):
