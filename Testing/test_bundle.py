@@ -21,6 +21,7 @@ from SinusAnomalyLib.reference import load_reference
 from SinusAnomalyLib.synth import SynthParams, make_case
 from SinusAnomalyTraining import pipeline
 from SinusAnomalyTraining.cli import main
+from SinusAnomalyTraining.commands.demo import OTHER_ANATOMIES, classify_other_anatomies
 from SinusAnomalyTraining.config import config_from_dict
 from SinusAnomalyTraining.export import export_run
 from conftest import TINY_CONFIG
@@ -364,3 +365,19 @@ def test_every_method_exports_and_classifies(tiny_dataset, head, tmp_path):
         result = classify_extraction(image, extraction, bundle)
         assessed = [s for s in result.sides.values() if s.assessable]
         assert assessed and all(0.0 <= s.probability <= 1.0 for s in assessed), method
+
+
+def test_demo_scores_its_bundle_on_heads_of_the_anatomies_it_never_saw(bundle_path, tmp_path):
+    """The demo report's transfer section: heads made from the other real anatomies, classified
+    with the bundle, scored at the bundle's threshold; a re-run reuses the heads."""
+    bundle = load_bundle(bundle_path)
+    scores = classify_other_anatomies(tmp_path, bundle, "cpu", n_heads=3, seed=5)
+    truth = json.loads((tmp_path / "cohort" / "truth.json").read_text())
+    assert sorted(truth) == ["synth-0000", "synth-0001", "synth-0002"]
+    assert {case["pose"]["anatomy"] for case in truth.values()} <= set(OTHER_ANATOMIES)
+    assessed = 2 * (3 - scores["heads_refused"])
+    assert 0 < scores["n"] <= assessed  # a side partly out of view may not be assessable
+    assert scores["threshold"] == pytest.approx(bundle.threshold)
+    assert scores["tn"] + scores["fp"] == scores["n_negative"] and scores["tp"] + scores["fn"] == scores["n_positive"]
+    again = classify_other_anatomies(tmp_path, bundle, "cpu", n_heads=3, seed=5)
+    assert again["tn"] == scores["tn"] and again["tp"] == scores["tp"]
