@@ -26,22 +26,34 @@ $sa export "$out/run" --out "$out/transfer.sabundle" --method residual --fractio
 $sa synth --out "$out/heldout_cohort" --cases "$held_out" --seed 12 --anatomies single_subject_t1 "${variety[@]}"
 $sa classify "$out/heldout_cohort/images" --model "$out/transfer.sabundle" --out "$out/classified" || true
 .venv/bin/python - "$out" <<'PY'
-import csv, sys
+import csv, json, sys
+from collections import defaultdict
 import numpy as np
 from sklearn.metrics import roc_auc_score
 out = sys.argv[1]
-labels = {(r["patient"], r["side"]): int(r["label"]) for r in csv.DictReader(open(f"{out}/heldout_cohort/labels.csv"))}
-truth, probability, normal_called_normal = [], [], []
+truth = json.load(open(f"{out}/heldout_cohort/truth.json"))
+sinuses = []  # (contrast, anomaly kind or None, probability, verdict)
 for row in csv.DictReader(open(f"{out}/classified/results.csv")):
-    patient = row["image"].split("/")[-1].split(".")[0]
+    case = truth[row["image"].split("/")[-1].split(".")[0]]
     for side in ("left", "right"):
         if row[f"{side}_verdict"] in ("normal", "anomalous"):
-            label = labels[(patient, side)]
-            truth.append(label)
-            probability.append(float(row[f"{side}_probability"]))
-            if label == 0:
-                normal_called_normal.append(row[f"{side}_verdict"] == "normal")
-print(f"held-out anatomy (single_subject_t1): {len(truth)} sinuses, {sum(truth)} anomalous; "
-      f"AUROC {roc_auc_score(truth, probability):.2f} (goal >= 0.85); "
-      f"normal sinuses called normal {100 * np.mean(normal_called_normal):.0f} % (goal >= 75 %)")
+            sinuses.append((case["pose"]["contrast"], case[side]["anomaly"], float(row[f"{side}_probability"]), row[f"{side}_verdict"]))
+
+
+def summary(group):
+    label = [kind is not None for _, kind, _, _ in group]
+    normal_verdicts = [verdict == "normal" for _, kind, _, verdict in group if kind is None]
+    auroc = f"{roc_auc_score(label, [p for _, _, p, _ in group]):.2f}" if 0 < sum(label) < len(label) else "-"
+    return (f"{len(group)} sinuses, {sum(label)} anomalous; AUROC {auroc}; normal sinuses called normal "
+            f"{sum(normal_verdicts)}/{len(normal_verdicts)} ({100 * np.mean(normal_verdicts) if normal_verdicts else float('nan'):.0f} %)")
+
+
+print(f"held-out anatomy (single_subject_t1): {summary(sinuses)} (goals: AUROC >= 0.85, >= 75 % of normals)")
+for contrast in sorted({s[0] for s in sinuses}):
+    print(f"  {contrast}: {summary([s for s in sinuses if s[0] == contrast])}")
+found = defaultdict(list)
+for _, kind, _, verdict in sinuses:
+    if kind is not None:
+        found[kind].append(verdict == "anomalous")
+print("  called anomalous, by kind: " + ", ".join(f"{kind} {sum(v)}/{len(v)}" for kind, v in sorted(found.items())))
 PY
