@@ -62,7 +62,7 @@ def main() -> None:
                 start, cpu_start = time.perf_counter(), time.process_time()
                 case = make_case(f"bench-{index}", np.random.default_rng([args.seed, index]), params, reference=reference)
                 made = time.perf_counter()
-                write_image(case.image, Path(tmp) / f"{index}.nii.gz")
+                write_image(synth.stored_as_integers(case.image), Path(tmp) / f"{index}.nii.gz")  # as synth writes it
                 write_image(case.lesion_labels, Path(tmp) / f"{index}_lesions.nii.gz")
                 done = time.perf_counter()
                 seconds[setting].append(done - start)
