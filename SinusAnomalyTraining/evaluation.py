@@ -46,6 +46,7 @@ __all__ = [
     "check_pair",
     "binary_metrics",
     "best_f1_threshold",
+    "best_youden_threshold",
     "evaluate_fold",
     "MIN_FOLDS_FOR_T",
     "mean_ci",
@@ -208,8 +209,34 @@ def best_f1_threshold(y_true, p) -> float:
     precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
-    best = f1.max()
-    ties = np.flatnonzero(f1 >= best - 1e-12)
+    return _lowest_best_with_margin(f1, thresholds, s)
+
+
+def best_youden_threshold(y_true, p) -> float:
+    """Threshold that maximises Youden's J = sensitivity + specificity - 1 on ``(y_true, p)``.
+
+    The balanced operating point of a diagnostic test: unlike F1, which never counts true
+    negatives, it weighs a normal sinus called anomalous as much as an anomalous one missed.
+    Candidates are the ROC curve's points; ties, the margin and the all-anomalous case as in
+    :func:`best_f1_threshold`.
+
+    Raises:
+        ValueError: ``y_true`` holds one class only (J is undefined), or invalid inputs.
+    """
+    from sklearn.metrics import roc_curve  # noqa: PLC0415
+
+    y, s = check_pair(y_true, p)
+    if not _both_classes(y):
+        raise InvalidValueError("best_youden_threshold needs normal (0) and anomalous (1) samples")
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    finite = np.isfinite(thresholds)  # the first point (nothing anomalous) sits at +inf
+    return _lowest_best_with_margin((tpr - fpr)[finite], thresholds[finite], s)
+
+
+def _lowest_best_with_margin(score: np.ndarray, thresholds: np.ndarray, s: np.ndarray) -> float:
+    """The lowest of the ``thresholds`` with the maximal ``score``, moved to the middle of the gap
+    down to the next lower sample score (the same predictions, the widest margin on either side)."""
+    ties = np.flatnonzero(score >= score.max() - 1e-12)
     t_star = float(np.min(thresholds[ties]))
     below = s[s < t_star]
     if below.size == 0:

@@ -10,7 +10,7 @@ import torch
 from SinusAnomalyLib.bundle import write_bundle
 from SinusAnomalyLib.bundlefile import as_half_stored
 from SinusAnomalyLib.dataset import load_dataset
-from SinusAnomalyLib.errors import SinusAnomalyError
+from SinusAnomalyLib.errors import InvalidValueError, SinusAnomalyError
 from SinusAnomalyLib.extraction import CROP_SIZE, CROP_SPACING_MM, PERCENTILES
 from SinusAnomalyLib.reference import load_reference
 from SinusAnomalyLib.residuals import resize_crops
@@ -81,14 +81,29 @@ def _fold_dirs(run_dir: Path, method: str, fraction: float) -> list[tuple[int, P
     return found
 
 
+# How a bundle's verdict threshold is chosen on each fold's validation predictions
+THRESHOLD_RULES = {
+    "youden": (evaluation.best_youden_threshold, "Youden's J (sensitivity + specificity - 1)"),
+    "f1": (evaluation.best_f1_threshold, "F1 (the paper's; it never counts normal sinuses called normal)"),
+}
+
+
 def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", fraction: float = 100,
-               residual_threshold: float = DEFAULT_RESIDUAL_THRESHOLD, name: str | None = None) -> Path:
+               residual_threshold: float = DEFAULT_RESIDUAL_THRESHOLD, name: str | None = None,
+               threshold_rule: str = "youden") -> Path:
     """Bundle every finished fold of ``run_dir`` for ``method`` at ``fraction`` % labels.
 
-    The decision threshold is the median over folds of the F1-maximising threshold on each fold's
-    validation predictions (each fold's model predicting its own validation patients). The heat
-    map's CAE is the first bundled fold's (any fold's CAE has seen only normal training sinuses).
+    The decision threshold is the median over folds of the threshold that maximises
+    ``threshold_rule`` (:data:`THRESHOLD_RULES`) on each fold's validation predictions (each
+    fold's model predicting its own validation patients). Youden's J by default: a verdict should
+    weigh a normal sinus called anomalous as much as an anomalous one missed, and the F1 optimum
+    (the paper's F1 threshold) calls many normal sinuses anomalous when that gains a little
+    recall. The heat map's CAE is the first bundled fold's (any fold's CAE has seen only normal
+    training sinuses).
     """
+    if threshold_rule not in THRESHOLD_RULES:
+        raise InvalidValueError(f"unknown threshold rule '{threshold_rule}' (known: {', '.join(THRESHOLD_RULES)})")
+    best_threshold, rule_name = THRESHOLD_RULES[threshold_rule]
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise stages.StageInputError(f"{run_dir} is not a run folder (no config.json)")
@@ -108,7 +123,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         rows = [r for r in stages.read_predictions(finetune / "predictions.csv") if r["split"] == "val"]
         y = np.array([r["label"] for r in rows])
         p = np.array([r["p_anomalous"] for r in rows])
-        thresholds.append(_inside_unit(evaluation.best_f1_threshold(y, p)) if len(set(y.tolist())) == 2 else 0.5)
+        thresholds.append(_inside_unit(best_threshold(y, p)) if len(set(y.tolist())) == 2 else 0.5)
     half_change = half_weights_change(run_dir, config, [fold for fold, _ in folds], classifier_states, shortcut)
     half_weights = half_change is not None and half_change <= HALF_WEIGHTS_MAX_CHANGE
     metrics_path = run_dir / "evaluation" / f"{method}_frac{fraction_key(float(fraction) / 100.0)}" / "metrics.json"
@@ -123,7 +138,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         "cae_fold": cae_fold,
         "threshold": float(np.median(thresholds)),
         "fold_thresholds": [float(t) for t in thresholds],
-        "threshold_rule": "median over folds of the F1-maximising threshold on each fold's validation predictions",
+        "threshold_rule": f"median over folds of the threshold maximising {rule_name} on each fold's validation predictions",
         "residual_threshold": float(residual_threshold),
         "crop": {"size_voxels": CROP_SIZE, "spacing_mm": CROP_SPACING_MM, "model_crop_size": config.crop_size,
                  "mirror": "right crop mirrored along axis 0"},

@@ -19,7 +19,9 @@ from SinusAnomalyLib.dataset import load_dataset
 from SinusAnomalyLib.imageio import write_image
 from SinusAnomalyLib.reference import load_reference
 from SinusAnomalyLib.synth import SynthParams, make_case
-from SinusAnomalyTraining import pipeline
+from SinusAnomalyLib.errors import SinusAnomalyError
+from SinusAnomalyTraining import pipeline, stages
+from SinusAnomalyTraining.evaluation import best_f1_threshold, best_youden_threshold
 from SinusAnomalyTraining.cli import main
 from SinusAnomalyTraining.commands.demo import OTHER_ANATOMIES, classify_other_anatomies
 from SinusAnomalyTraining.config import config_from_dict
@@ -57,10 +59,25 @@ def test_bundle_holds_every_fold_and_its_metadata(bundle_path):
     assert meta["cae_fold"] == 0 and meta["folds"] == [0, 1]
     assert meta["reference_sha256"] == load_reference().sha256
     assert 0.0 < meta["threshold"] < 1.0 and len(meta["fold_thresholds"]) == 2
+    assert "Youden" in meta["threshold_rule"]  # the default: sensitivity and specificity weigh alike
     assert meta["crop"]["model_crop_size"] == 32 and meta["crop"]["size_voxels"] == 64
     assert meta["metrics"]["auroc"]["n"] == 2
     assert meta["training_data"]["counts"]["patients"] == 20
     assert {"torch", "monai", "sinus_anomaly"} <= set(meta["versions"])
+
+
+def test_export_chooses_the_verdict_threshold_by_the_rule_asked_for(bundle_path, tmp_path):
+    run = bundle_path.parent / "run"
+    f1 = load_bundle(export_run(run, tmp_path / "f1.sabundle", "residual", 100, threshold_rule="f1")).meta
+    assert "F1" in f1["threshold_rule"]
+    rows = [r for r in stages.read_predictions(run / "fold0" / "finetune" / "residual" / "frac100" / "predictions.csv")
+            if r["split"] == "val"]
+    y, p = np.array([r["label"] for r in rows]), np.array([r["p_anomalous"] for r in rows])
+    assert f1["fold_thresholds"][0] == pytest.approx(float(np.clip(best_f1_threshold(y, p), 1e-300, 1 - 1e-16)))
+    assert load_bundle(bundle_path).meta["fold_thresholds"][0] == pytest.approx(
+        float(np.clip(best_youden_threshold(y, p), 1e-300, 1 - 1e-16)))
+    with pytest.raises(SinusAnomalyError, match="unknown threshold rule"):
+        export_run(run, tmp_path / "x.sabundle", "residual", 100, threshold_rule="accuracy")
 
 
 def test_classify_writes_results_on_the_input_grid(bundle_path, head, tmp_path, capsys):

@@ -12,6 +12,7 @@ import pytest
 from SinusAnomalyTraining.evaluation import (
     MIN_FOLDS_FOR_T,
     best_f1_threshold,
+    best_youden_threshold,
     binary_metrics,
     bootstrap_ci,
     ensemble_by_sinus,
@@ -132,6 +133,24 @@ def test_best_f1_threshold_ties_and_edges():
     assert best_f1_threshold(y, p) == pytest.approx(0.075)  # midway between 0.05 and 0.1
     with pytest.raises(ValueError, match="at least one anomalous"):
         best_f1_threshold(np.zeros(p.size, int), p)
+
+
+# ---------------------------------------------------------------------------- best_youden_threshold
+def test_best_youden_threshold_matches_brute_force_and_spares_more_normals_than_f1():
+    y, p = noisy(300, prevalence=0.45, shift=1.5, seed=3)
+    t = best_youden_threshold(y, p)
+
+    def youden(c):
+        m = binary_metrics(y, p, c)
+        return m["recall"] + m["specificity"] - 1
+
+    assert youden(t) == pytest.approx(max(youden(c) for c in np.unique(p)))
+    assert binary_metrics(y, p, t)["specificity"] >= binary_metrics(y, p, best_f1_threshold(y, p))["specificity"]
+    separable_y, separable_p = separable()
+    assert best_youden_threshold(separable_y, separable_p) == pytest.approx(
+        (separable_p[separable_y == 0].max() + separable_p[separable_y == 1].min()) / 2)
+    with pytest.raises(ValueError, match="normal .* and anomalous"):
+        best_youden_threshold(np.ones(p.size, int), p)
 
 
 # ---------------------------------------------------------------------------- evaluate_fold

@@ -52,9 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--config", default="demo", help="training configuration (default: the CPU-sized 'demo')")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default=None, help="default: the configuration's")
-    parser.add_argument("--transfer-heads", type=int, default=8, metavar="N",
+    parser.add_argument("--transfer-heads", type=int, default=12, metavar="N",
                         help="heads made from the real anatomies the cohort is not made from, classified with the "
-                             "demo's bundle (default 8; 0: skip)")
+                             "demo's bundle (default 12; 0: skip)")
 
 
 def centre_errors(cohort: Path, dataset: Path) -> list[float]:

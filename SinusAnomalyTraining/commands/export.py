@@ -19,7 +19,7 @@ from SinusAnomalyLib.fileio import atomic_path, check_output_folder
 from SinusAnomalyLib.modelstore import BUNDLE_SUFFIX, models_folder
 
 from ..config import METHODS
-from ..export import DEFAULT_RESIDUAL_THRESHOLD, export_run
+from ..export import DEFAULT_RESIDUAL_THRESHOLD, THRESHOLD_RULES, export_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fraction", type=float, default=100, help="label fraction of the classifiers (default 100)")
     parser.add_argument("--residual-threshold", type=float, default=DEFAULT_RESIDUAL_THRESHOLD,
                         help="heat-map level marking anomalous voxels in the label map (default 0.5)")
+    parser.add_argument("--threshold-rule", choices=sorted(THRESHOLD_RULES), default="youden",
+                        help="what the verdict threshold maximises on the validation predictions: youden (sensitivity + "
+                             "specificity, the default) or f1 (the paper's metric)")
     parser.add_argument("--install", action="store_true", help="also copy the bundle into the per-user models folder")
 
 
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(out.parent)
     if out.is_dir():
         raise OutputError(out, "is a folder; a bundle is written as one file")
-    path = export_run(args.run, out, args.method, args.fraction, args.residual_threshold)
+    path = export_run(args.run, out, args.method, args.fraction, args.residual_threshold, threshold_rule=args.threshold_rule)
     bundle = load_bundle(path)  # what was written must load
     print(f"bundle {path}: {len(bundle.classifiers)} fold(s), threshold {bundle.threshold:.3f}, "
           f"{path.stat().st_size / 1e6:.1f} MB, fingerprint {bundle.fingerprint}")
