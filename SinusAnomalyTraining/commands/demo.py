@@ -192,8 +192,9 @@ def run(args: argparse.Namespace) -> int:
             f"{_number(100 * transfer['specificity'], '.0f')} % of normal sinuses called normal, "
             f"{100 * transfer['recall']:.0f} % of anomalous ones called anomalous"
             + (f"; {transfer['heads_refused']} heads had no assessable sinus" if transfer["heads_refused"] else "") + ". "
-            "The demo's cohort is built from one anatomy, so this is where its model stops holding; "
-            "`benchmarks/transfer_check.sh` trains on several anatomies and contrasts.",
+            "The demo's cohort is built from one anatomy and one contrast; this shows how far its model carries "
+            "to other anatomies in that contrast. `benchmarks/transfer_check.sh` trains on several anatomies and "
+            "contrasts and holds one anatomy out.",
             "",
         ]
     write_text_atomic(out / "report.md", "\n".join(report))
