@@ -248,8 +248,9 @@ def _tissue_layers(reference: ReferenceHead) -> tuple[np.ndarray, np.ndarray]:
     salt-and-pepper) and the partial-volume voxels where air meets tissue (a T1 level between air
     and tissue would become a bright rim round every cavity, like mucosal thickening). So the head
     is median-filtered first (the synthetic head gets its own noise later), and a voxel within 2 mm
-    of air that is darker than the tissue around it (Gaussian-weighted mean of the tissue voxels,
-    sigma 1.5 mm) is that tissue filling the share level / tissue of it, the rest air.
+    of air that is darker than the tissue around it (the Gaussian-weighted mean of the tissue
+    voxels, sigma 1.5 mm) is rendered as that tissue filling the share level / around of the
+    voxel, and air the rest.
     """
     head, _, _ = _anatomy(reference)
     level = sitk.GetArrayFromImage(sitk.Median(head, [1, 1, 1]))
