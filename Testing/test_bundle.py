@@ -19,10 +19,11 @@ from SinusAnomalyLib.dataset import load_dataset
 from SinusAnomalyLib.imageio import write_image
 from SinusAnomalyLib.reference import load_reference
 from SinusAnomalyLib.synth import SynthParams, make_case
-from SinusAnomalyLib.errors import SinusAnomalyError
+from SinusAnomalyLib.errors import ImageError, SinusAnomalyError
 from SinusAnomalyTraining import pipeline, stages
 from SinusAnomalyTraining.evaluation import best_f1_threshold, best_youden_threshold
 from SinusAnomalyTraining.cli import main
+from SinusAnomalyTraining.commands import demo as demo_command
 from SinusAnomalyTraining.commands.demo import OTHER_ANATOMIES, classify_other_anatomies
 from SinusAnomalyTraining.config import config_from_dict
 from SinusAnomalyTraining.export import export_run
@@ -398,3 +399,16 @@ def test_demo_scores_its_bundle_on_heads_of_the_anatomies_it_never_saw(bundle_pa
     assert scores["tn"] + scores["fp"] == scores["n_negative"] and scores["tp"] + scores["fn"] == scores["n_positive"]
     again = classify_other_anatomies(tmp_path, bundle, "cpu", n_heads=3, seed=5)
     assert again["tn"] == scores["tn"] and again["tp"] == scores["tp"]
+
+
+def test_demo_transfer_section_survives_heads_that_cannot_be_assessed(bundle_path, tmp_path, monkeypatch, capsys):
+    """Every head refused: no metrics to compute, and no crash at the end of the demo's long run;
+    a negative --transfer-heads is refused before any work."""
+    def refuse(path, *args, **kwargs):
+        raise ImageError(path, "neither maxillary sinus is in view enough to assess")
+
+    monkeypatch.setattr(demo_command, "classify", refuse)
+    assert classify_other_anatomies(tmp_path, load_bundle(bundle_path), "cpu", n_heads=2, seed=5) == {"n": 0, "heads_refused": 2}
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--transfer-heads", "-1"]) == 2
+    assert "--transfer-heads must be 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

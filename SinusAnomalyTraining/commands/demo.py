@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 
 from SinusAnomalyLib.bundle import ModelBundle, load_bundle
 from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
-from SinusAnomalyLib.errors import ImageError, RegistrationError
+from SinusAnomalyLib.errors import ImageError, InvalidValueError, RegistrationError
 from SinusAnomalyLib.inference import classify, save_classification
 from SinusAnomalyLib.fileio import write_text_atomic
 from SinusAnomalyLib.synth import SynthParams, generate_cohort
@@ -75,7 +76,8 @@ def classify_other_anatomies(folder: Path, bundle: ModelBundle, device, n_heads:
     """Make ``n_heads`` heads from :data:`OTHER_ANATOMIES` (the demo's lesion kinds and contrast) in
     ``folder``/cohort and classify them with ``bundle``. Returns ``binary_metrics`` of the assessed
     sinuses at the bundle's threshold (``auroc``; ``specificity``: normal sinuses called normal)
-    and ``heads_refused``: heads refused by the extraction or with no assessable side."""
+    and ``heads_refused``: heads refused by the extraction or with no assessable side. With no
+    assessed sinus at all, only ``n`` (0) and ``heads_refused``."""
     cohort = generate_cohort(folder / "cohort", n_cases=n_heads, seed=seed, params=SynthParams(anatomies=OTHER_ANATOMIES),
                              previews=0)
     truth, probabilities, refused = [], [], 0
@@ -89,16 +91,21 @@ def classify_other_anatomies(folder: Path, bundle: ModelBundle, device, n_heads:
             if r.probability is not None:
                 truth.append(int(case[side]["anomaly"] is not None))
                 probabilities.append(r.probability)
+    if not truth:
+        return {"n": 0, "heads_refused": refused}
     return {**binary_metrics(truth, probabilities, bundle.threshold), "heads_refused": refused}
 
 
 def _number(value, spec: str) -> str:
-    """A table cell: the number, or a dash for a side that was not assessable."""
-    return "-" if value is None else format(value, spec)
+    """A table cell: the number, or a dash for a side that was not assessable or a metric that is
+    undefined (NaN: e.g. the share of normals called normal when there were none)."""
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    if args.transfer_heads < 0:  # checked before the long work, not after it
+        raise InvalidValueError(f"--transfer-heads must be 0 or more (got {args.transfer_heads})")
     out = args.out
     config = load_config(args.config).replace(seed=args.seed, folds="all")
     if args.device:
@@ -182,7 +189,11 @@ def run(args: argparse.Namespace) -> int:
           f"{r.verdict} | {_number(r.anomalous_volume_ml, '.1f')} |" for side, r in classified.sides.items()],
         "",
     ]
-    if transfer is not None:
+    if transfer is not None and transfer["n"] == 0:
+        report += ["## The bundle on anatomies it never saw", "",
+                   f"None of the {args.transfer_heads} heads made from {', '.join(OTHER_ANATOMIES)} had a sinus the "
+                   f"extraction could assess (`{out / 'transfer'}`).", ""]
+    elif transfer is not None:
         report += [
             "## The bundle on anatomies it never saw",
             "",
@@ -190,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             f"`{out / 'transfer'}`), classified with the bundle: AUROC {_number(transfer['auroc'], '.2f')} over "
             f"{transfer['n']} assessed sinuses ({transfer['n_positive']} anomalous), "
             f"{_number(100 * transfer['specificity'], '.0f')} % of normal sinuses called normal, "
-            f"{100 * transfer['recall']:.0f} % of anomalous ones called anomalous"
+            f"{_number(100 * transfer['recall'], '.0f')} % of anomalous ones called anomalous"
             + (f"; {transfer['heads_refused']} heads had no assessable sinus" if transfer["heads_refused"] else "") + ". "
             "The demo's cohort is built from one anatomy and one contrast; this shows how far its model carries "
             "to other anatomies in that contrast. `benchmarks/transfer_check.sh` trains on several anatomies and "
