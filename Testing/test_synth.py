@@ -169,6 +169,29 @@ def test_t2_rendering_draws_no_bright_rim_round_a_normal_cavity():
     assert np.median(rim) < 0.9 * np.median(beyond)
 
 
+@pytest.mark.parametrize("contrast", ["t2", "flair"])
+def test_the_face_round_a_sinus_is_darker_than_its_lesions_and_the_brain_keeps_its_contrast(contrast):
+    """Muscle shares grey matter's T1 range but is dark on T2 and FLAIR: rendered with the brain's
+    maps it lit up round every cavity like mucosa. Next to a normal cavity, most tissue must now be
+    darker than the dimmest mucosal lesion of that contrast; far from the face, T2 keeps CSF's
+    range (T1 0.2-0.3) brighter than white matter, as the brain's map makes it."""
+    reference = load_reference()
+    _, cavity, _ = synth._anatomy(reference)
+    level, fraction = synth._tissue_layers(reference)
+    face = synth._face_weight(reference)
+    rendered = synth._render(level, np.random.default_rng(0), contrast, synth._white_matter(reference), fraction, face)
+    distance = ndi.distance_transform_edt(cavity.transpose(2, 1, 0) == 0)  # mm from the cavity, [z, y, x]
+    round_cavity = rendered[(distance > 3) & (distance <= 10)]
+    assert np.median(round_cavity) < 0.8 * synth.LESION_LEVELS[contrast][0] * synth.TEMPLATE_BRIGHT
+    assert face[distance <= synth.FACE_MM[0]].min() == 1.0 and face[distance >= synth.FACE_MM[1]].max() == 0.0
+    if contrast == "t2":
+        scaled = level * synth.WHITE_MATTER_LEVEL / synth._white_matter(reference)
+        brain = (distance > synth.FACE_MM[1]) & (fraction == 1.0)
+        csf_range = rendered[brain & (scaled > 0.2) & (scaled < 0.3)]
+        white_range = rendered[brain & (np.abs(scaled - synth.WHITE_MATTER_LEVEL) < 0.03)]
+        assert np.median(csf_range) > np.median(white_range)
+
+
 @pytest.mark.parametrize("contrast", ["t1", "t2", "flair"])
 def test_lesions_in_other_contrasts_lie_in_the_cavity_at_their_level(contrast):
     reference = load_reference()

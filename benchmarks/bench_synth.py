@@ -52,6 +52,7 @@ def main() -> None:
         synth._anatomy(head)
         synth._white_matter(head)
         synth._tissue_layers(head)
+        synth._face_weight(head)
         print(f"anatomy {name}: prepared once in {time.perf_counter() - start:.2f} s")
 
     seconds = {setting: [] for setting in SETTINGS}

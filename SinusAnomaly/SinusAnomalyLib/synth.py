@@ -190,11 +190,22 @@ CONTRAST_MAPS = {
     "t2": ((0.0, 0.0), (0.08, 0.04), (0.2, 0.9), (0.35, 0.8), (0.5, 0.6), (0.65, 0.42), (0.8, 0.7), (1.0, 0.8)),
     "flair": ((0.0, 0.0), (0.08, 0.04), (0.3, 0.1), (0.45, 0.62), (0.6, 0.45), (0.8, 0.72), (1.0, 0.78)),
 }
+# The face round the sinuses holds other tissues in the same T1 ranges: muscle (about 0.3-0.6 of
+# the bright tissue) where the brain has grey matter, and fat and marrow above. Muscle is dark on
+# T2 and FLAIR, where grey matter is bright; fat stays fairly bright; fluid (the eye's vitreous,
+# T1 about 0.15) is bright on T2 and suppressed on FLAIR. So mucosa and fluid are the brightest
+# things next to a sinus on T2, as radiologists read them, not as bright as the muscle round it.
+FACE_CONTRAST_MAPS = {
+    "t1": None,
+    "t2": ((0.0, 0.0), (0.08, 0.04), (0.18, 0.6), (0.3, 0.32), (0.55, 0.3), (0.75, 0.5), (1.0, 0.68)),
+    "flair": ((0.0, 0.0), (0.08, 0.04), (0.2, 0.1), (0.35, 0.3), (0.55, 0.36), (0.8, 0.62), (1.0, 0.72)),
+}
+FACE_MM = (30.0, 50.0)  # the face maps apply up to the first distance from either cavity, fading into the brain's by the second
 
 
 # Contrasts a head can be rendered in. "reference": the template's T1 tissue with bright lesions (the
 # demo cohort's look, FLAIR-like lesions); "t1", "t2", "flair": the tissue remapped as in
-# CONTRAST_MAPS with per-head random changes of every control point (in the spirit of SynthSeg), and
+# CONTRAST_MAPS (FACE_CONTRAST_MAPS round the sinuses) with per-head random changes of every control point (in the spirit of SynthSeg), and
 # lesions at a level relative to the bright tissue typical of that contrast: mucosa and fluid are
 # intermediate on T1 and bright on T2 and FLAIR (fraction of the bright tissue, low-high); fluid
 # (retention cysts, air-fluid levels) is darker on T1, brighter on T2, and on FLAIR anywhere from
@@ -211,26 +222,48 @@ TEMPLATE_BRIGHT = 255.0  # reference units of the bright tissue (uint8 template:
 WHITE_MATTER_LEVEL = 0.6  # where CONTRAST_MAPS expect white matter (fraction of the bright tissue)
 
 
+def _jittered_map(rng: np.random.Generator, mapping) -> tuple[np.ndarray, np.ndarray]:
+    """Control points (x, y) of ``mapping`` (None: identity) with each output moved by up to
+    :data:`CONTRAST_JITTER`, air kept dark."""
+    mapping = mapping or ((0.0, 0.0), (0.2, 0.2), (0.45, 0.45), (0.6, 0.6), (1.0, 1.0))
+    xs = np.array([x for x, _ in mapping])
+    ys = np.clip(np.array([y for _, y in mapping]) + rng.uniform(-CONTRAST_JITTER, CONTRAST_JITTER, len(mapping)), 0.0, 1.2)
+    ys[0] = 0.0
+    return xs, ys
+
+
 def _render(array: np.ndarray, rng: np.random.Generator, contrast: str, white_matter: float = WHITE_MATTER_LEVEL * TEMPLATE_BRIGHT,
-            tissue_fraction: np.ndarray | None = None) -> np.ndarray:
+            tissue_fraction: np.ndarray | None = None, face_weight: np.ndarray | None = None) -> np.ndarray:
     """Template-unit T1 anatomy ``array`` in ``contrast`` (template units); "reference" as is.
 
     ``white_matter`` is the anatomy's white-matter intensity: heads scaled by their brightest
     voxels (fat, vessels, artefacts) put their tissues elsewhere than the maps expect.
     ``tissue_fraction`` (same shape, in [0, 1]): the share of each voxel that its tissue fills, the
     rest being air; ``array`` is then the tissue's own level (see :func:`_tissue_layers`).
+    ``face_weight`` (same shape, in [0, 1]): where :data:`FACE_CONTRAST_MAPS` apply instead of
+    :data:`CONTRAST_MAPS` (see :func:`_face_weight`); None: the brain's maps everywhere.
     """
     if contrast == "reference":
         return array
-    mapping = CONTRAST_MAPS[contrast] or ((0.0, 0.0), (0.2, 0.2), (0.45, 0.45), (0.6, 0.6), (1.0, 1.0))
-    xs = np.array([x for x, _ in mapping])
-    ys = np.clip(np.array([y for _, y in mapping]) + rng.uniform(-CONTRAST_JITTER, CONTRAST_JITTER, len(mapping)), 0.0, 1.2)
-    ys[0] = 0.0  # air stays dark
     scaled = array * (WHITE_MATTER_LEVEL / max(white_matter, 1e-6))
-    rendered = np.interp(scaled, xs, ys) * TEMPLATE_BRIGHT
+    rendered = np.interp(scaled, *_jittered_map(rng, CONTRAST_MAPS[contrast]))
+    if face_weight is not None and FACE_CONTRAST_MAPS[contrast] is not None:
+        face = np.interp(scaled, *_jittered_map(rng, FACE_CONTRAST_MAPS[contrast]))
+        rendered += face_weight * (face - rendered)
+    rendered *= TEMPLATE_BRIGHT
     if tissue_fraction is not None:
         rendered *= tissue_fraction  # the air share of a voxel is dark in every contrast
     return rendered.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=len(ANATOMIES) + 1)
+def _face_weight(reference: ReferenceHead) -> np.ndarray:
+    """Per voxel of the 1 mm anatomy (``[z, y, x]``), 1 within ``FACE_MM[0]`` of either sinus
+    cavity, falling linearly to 0 at ``FACE_MM[1]``: where the face's contrast maps apply. The
+    64 mm crop round a sinus lies inside the face; the brain beyond keeps its own maps."""
+    _, cavity, _ = _anatomy(reference)
+    distance = ndi.distance_transform_edt(cavity.transpose(2, 1, 0) == 0, sampling=ANATOMY_SPACING_MM)
+    return np.clip((FACE_MM[1] - distance) / (FACE_MM[1] - FACE_MM[0]), 0.0, 1.0).astype(np.float32)
 
 
 AIR_CEILING = 0.1  # T1 levels below this (fraction of the bright tissue, as CONTRAST_MAPS) are air or cortical bone
@@ -317,7 +350,7 @@ def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomal
         voxels = sitk.GetArrayFromImage(head)
     else:
         level, fraction = _tissue_layers(reference)
-        voxels = _render(level, rng, contrast, _white_matter(reference), fraction)
+        voxels = _render(level, rng, contrast, _white_matter(reference), fraction, _face_weight(reference))
     array = voxels.transpose(2, 1, 0)
     gravity = None if gravity_lps is None else np.asarray(head.GetDirection()).reshape(3, 3).T @ gravity_lps  # along the index axes
     label_voxels = np.zeros(voxels.shape, np.uint8)
