@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Leave-one-anatomy-out transfer check (issue 15): train the demo configuration on synthetic heads
-# made from the reference and Colin27 with all of synth's variety (T1/T2/FLAIR-like contrasts, each
-# sinus scaled 0.7-1.3 and reshaped, bony walls, septa, floor-first thickening, air-fluid levels),
-# pretraining on an unlabelled set of such heads (the paper's D_u), then classify heads made from the
-# held-out single-subject anatomy and print AUROC and the share of normal sinuses called normal.
-# Every step resumes when re-run.
+# Leave-one-anatomy-out transfer check (issue 15), the demo's at other sizes: train the demo
+# configuration on synthetic heads made like the demo's (commands/demo.DEMO_VARIETY: the reference
+# and Colin27 with all of synth's variety: T1/T2/FLAIR-like contrasts, each sinus scaled 0.7-1.3
+# and reshaped, bony walls, septa, floor-first thickening, air-fluid levels), pretraining on an
+# unlabelled set of such heads (the paper's D_u), then classify heads made from the held-out
+# single-subject anatomy and print AUROC and the share of normal sinuses called normal, per
+# contrast, for each held-out set (one per seed) and over all of them. Every step resumes when re-run.
 #
-#   bash benchmarks/transfer_check.sh [OUT_DIR] [LABELLED_HEADS] [UNLABELLED_HEADS] [HELD_OUT_HEADS]
-#   (defaults 48, 48 and 24; the demo's cohort is 48 labelled and 24 unlabelled heads)
+#   bash benchmarks/transfer_check.sh [OUT_DIR] [LABELLED_HEADS] [UNLABELLED_HEADS] [HELD_OUT_HEADS] [HELD_OUT_SEEDS]
+#   (defaults 48, 48, 24 and 12; the demo's cohort is 48 labelled and 24 unlabelled heads;
+#   HELD_OUT_SEEDS: comma-separated, one held-out set of HELD_OUT_HEADS heads per seed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-transfer_out}
 labelled=${2:-48}
 unlabelled=${3:-48}
 held_out=${4:-24}
+seeds=${5:-12}
 sa=".venv/bin/sinus-anomaly"
 variety=(--contrasts t1,t2,flair --sinus-scale 0.7,1.3 --sinus-shape-mm 3 --wall-thickness 0,2.5
   --septum-rate 0.2 --floor-first-thickening
@@ -23,21 +26,28 @@ $sa prepare --images "$out/train_cohort/images" --labels "$out/train_cohort/labe
   --unlabelled "$out/train_cohort/unlabelled.csv" --folds 2 --test-fraction 0.25 --fractions 10,100 --no-progress
 $sa run --config demo --dataset "$out/dataset" --run-dir "$out/run"
 $sa export "$out/run" --out "$out/transfer.sabundle" --method residual --fraction 100
-$sa synth --out "$out/heldout_cohort" --cases "$held_out" --seed 12 --anatomies single_subject_t1 "${variety[@]}"
-$sa classify "$out/heldout_cohort/images" --model "$out/transfer.sabundle" --out "$out/classified" || true
-.venv/bin/python - "$out" <<'PY'
+for seed in ${seeds//,/ }; do
+  $sa synth --out "$out/heldout_seed$seed" --cases "$held_out" --seed "$seed" --anatomies single_subject_t1 "${variety[@]}"
+  $sa classify "$out/heldout_seed$seed/images" --model "$out/transfer.sabundle" --out "$out/classified_seed$seed" || true
+done
+.venv/bin/python - "$out" "$seeds" <<'PY'
 import csv, json, sys
 from collections import defaultdict
 import numpy as np
 from sklearn.metrics import roc_auc_score
-out = sys.argv[1]
-truth = json.load(open(f"{out}/heldout_cohort/truth.json"))
-sinuses = []  # (contrast, anomaly kind or None, probability, verdict)
-for row in csv.DictReader(open(f"{out}/classified/results.csv")):
-    case = truth[row["image"].split("/")[-1].split(".")[0]]
-    for side in ("left", "right"):
-        if row[f"{side}_verdict"] in ("normal", "anomalous"):
-            sinuses.append((case["pose"]["contrast"], case[side]["anomaly"], float(row[f"{side}_probability"]), row[f"{side}_verdict"]))
+out, seeds = sys.argv[1], sys.argv[2].split(",")
+
+
+def sinuses_of(seed):
+    """(contrast, anomaly kind or None, probability, verdict) of every assessed held-out sinus."""
+    truth = json.load(open(f"{out}/heldout_seed{seed}/truth.json"))
+    found = []
+    for row in csv.DictReader(open(f"{out}/classified_seed{seed}/results.csv")):
+        case = truth[row["image"].split("/")[-1].split(".")[0]]
+        for side in ("left", "right"):
+            if row[f"{side}_verdict"] in ("normal", "anomalous"):
+                found.append((case["pose"]["contrast"], case[side]["anomaly"], float(row[f"{side}_probability"]), row[f"{side}_verdict"]))
+    return found
 
 
 def summary(group):
@@ -48,11 +58,16 @@ def summary(group):
             f"{sum(normal_verdicts)}/{len(normal_verdicts)} ({100 * np.mean(normal_verdicts) if normal_verdicts else float('nan'):.0f} %)")
 
 
-print(f"held-out anatomy (single_subject_t1): {summary(sinuses)} (goals: AUROC >= 0.85, >= 75 % of normals)")
-for contrast in sorted({s[0] for s in sinuses}):
-    print(f"  {contrast}: {summary([s for s in sinuses if s[0] == contrast])}")
+sets = {seed: sinuses_of(seed) for seed in seeds}
+for seed, sinuses in sets.items():
+    print(f"held-out anatomy (single_subject_t1), seed {seed}: {summary(sinuses)} (goals: AUROC >= 0.85, >= 75 % of normals)")
+    for contrast in sorted({s[0] for s in sinuses}):
+        print(f"  {contrast}: {summary([s for s in sinuses if s[0] == contrast])}")
+everything = [s for sinuses in sets.values() for s in sinuses]
+if len(sets) > 1:
+    print(f"all {len(sets)} held-out sets: {summary(everything)}")
 found = defaultdict(list)
-for _, kind, _, verdict in sinuses:
+for _, kind, _, verdict in everything:
     if kind is not None:
         found[kind].append(verdict == "anomalous")
 print("  called anomalous, by kind: " + ", ".join(f"{kind} {sum(v)}/{len(v)}" for kind, v in sorted(found.items())))
