@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Leave-one-anatomy-out transfer check (issue 15), the demo's at other sizes: train the demo
-# configuration on synthetic heads made like the demo's (commands/demo.DEMO_VARIETY: the reference
-# and Colin27 with all of synth's variety: T1/T2/FLAIR-like contrasts, each sinus scaled 0.7-1.3
-# and reshaped, bony walls, septa, floor-first thickening, air-fluid levels), pretraining on an
-# unlabelled set of such heads (the paper's D_u), then classify heads made from the held-out
-# single-subject anatomy and print AUROC and the share of normal sinuses called normal, per
+# Leave-one-anatomy-out transfer check (issue 15): train the demo configuration on synthetic heads
+# made from the reference and Colin27 with all of synth's variety (T1/T2/FLAIR-like contrasts, each
+# sinus scaled 0.7-1.3 and reshaped, bony walls, septa, floor-first thickening, air-fluid levels),
+# pretraining on an unlabelled set of such heads (the paper's D_u), then classify heads made from the
+# held-out single-subject anatomy and print AUROC and the share of normal sinuses called normal, per
 # contrast, for each held-out set (one per seed) and over all of them. Every step resumes when re-run.
 #
 #   bash benchmarks/transfer_check.sh [OUT_DIR] [LABELLED_HEADS] [UNLABELLED_HEADS] [HELD_OUT_HEADS] [HELD_OUT_SEEDS]
