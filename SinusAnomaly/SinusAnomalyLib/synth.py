@@ -205,9 +205,10 @@ FACE_MM = (30.0, 50.0)  # the face maps apply up to the first distance from eith
 
 # Contrasts a head can be rendered in. "reference": the template's T1 tissue with bright lesions (the
 # demo cohort's look, FLAIR-like lesions); "t1", "t2", "flair": the tissue remapped as in
-# CONTRAST_MAPS (FACE_CONTRAST_MAPS round the sinuses) with per-head random changes of every control point (in the spirit of SynthSeg), and
-# lesions at a level relative to the bright tissue typical of that contrast: mucosa and fluid are
-# intermediate on T1 and bright on T2 and FLAIR (fraction of the bright tissue, low-high); fluid
+# CONTRAST_MAPS (FACE_CONTRAST_MAPS round the sinuses) with per-head random changes of every
+# control point (in the spirit of SynthSeg), and lesions at a level relative to the bright tissue
+# typical of that contrast: mucosa and fluid are intermediate on T1 and bright on T2 and FLAIR
+# (fraction of the bright tissue, low-high); fluid
 # (retention cysts, air-fluid levels) is darker on T1, brighter on T2, and on FLAIR anywhere from
 # suppressed to bright with its protein content. Each lesion's level is drawn per case.
 CONTRASTS = ("reference", "t1", "t2", "flair")
