@@ -4,7 +4,8 @@
 # sinus scaled 0.7-1.3 and reshaped, bony walls, septa, floor-first thickening, air-fluid levels),
 # pretraining on an unlabelled set of such heads (the paper's D_u), then classify heads made from the
 # held-out single-subject anatomy and print AUROC and the share of normal sinuses called normal, per
-# contrast, for each held-out set (one per seed) and over all of them. Every step resumes when re-run.
+# contrast, for each held-out set (one per seed) and over all of them, and for each fold's model
+# alone. Every step resumes when re-run.
 #
 #   bash benchmarks/transfer_check.sh [OUT_DIR] [LABELLED_HEADS] [UNLABELLED_HEADS] [HELD_OUT_HEADS] [HELD_OUT_SEEDS]
 #   (defaults 48, 48, 24 and 12; the demo's cohort is 48 labelled and 24 unlabelled heads;
@@ -32,29 +33,45 @@ done
 .venv/bin/python - "$out" "$seeds" <<'PY'
 import csv, json, sys
 from collections import defaultdict
+from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
+from SinusAnomalyLib.bundlefile import read_bundle_meta
 out, seeds = sys.argv[1], sys.argv[2].split(",")
+fold_thresholds = read_bundle_meta(f"{out}/transfer.sabundle")["fold_thresholds"]
 
 
 def sinuses_of(seed):
-    """(contrast, anomaly kind or None, probability, verdict) of every assessed held-out sinus."""
+    """(contrast, anomaly kind or None, probability, verdict, fold probabilities) of every assessed held-out sinus."""
     truth = json.load(open(f"{out}/heldout_seed{seed}/truth.json"))
     found = []
     for row in csv.DictReader(open(f"{out}/classified_seed{seed}/results.csv")):
-        case = truth[row["image"].split("/")[-1].split(".")[0]]
+        patient = Path(row["image"]).name.split(".")[0]
         for side in ("left", "right"):
-            if row[f"{side}_verdict"] in ("normal", "anomalous"):
-                found.append((case["pose"]["contrast"], case[side]["anomaly"], float(row[f"{side}_probability"]), row[f"{side}_verdict"]))
+            if row[f"{side}_verdict"] in ("normal", "anomalous"):  # a refused scan has no result.json
+                result = json.load(open(f"{out}/classified_seed{seed}/{patient}/result.json"))
+                found.append((truth[patient]["pose"]["contrast"], truth[patient][side]["anomaly"], float(row[f"{side}_probability"]),
+                              row[f"{side}_verdict"], result["sides"][side]["fold_probabilities"]))
     return found
 
 
 def summary(group):
-    label = [kind is not None for _, kind, _, _ in group]
-    normal_verdicts = [verdict == "normal" for _, kind, _, verdict in group if kind is None]
-    auroc = f"{roc_auc_score(label, [p for _, _, p, _ in group]):.2f}" if 0 < sum(label) < len(label) else "-"
+    label = [s[1] is not None for s in group]
+    normal_verdicts = [s[3] == "normal" for s in group if s[1] is None]
+    auroc = f"{roc_auc_score(label, [s[2] for s in group]):.2f}" if 0 < sum(label) < len(label) else "-"
     return (f"{len(group)} sinuses, {sum(label)} anomalous; AUROC {auroc}; normal sinuses called normal "
             f"{sum(normal_verdicts)}/{len(normal_verdicts)} ({100 * np.mean(normal_verdicts) if normal_verdicts else float('nan'):.0f} %)")
+
+
+def per_fold(group):
+    """Each fold's model alone at its own validation threshold: how far the ensemble's verdicts rest on one fold."""
+    label = np.array([s[1] is not None for s in group])
+    parts = []
+    for k, threshold in enumerate(fold_thresholds):
+        p = np.array([s[4][k] for s in group])
+        auroc = f"{roc_auc_score(label, p):.2f}" if 0 < label.sum() < len(label) else "-"
+        parts.append(f"fold {k}: AUROC {auroc}, {100 * np.mean(p[~label] < threshold):.0f} % of normals called normal at its threshold {threshold:.2f}")
+    return "; ".join(parts)
 
 
 sets = {seed: sinuses_of(seed) for seed in seeds}
@@ -65,9 +82,10 @@ for seed, sinuses in sets.items():
 everything = [s for sinuses in sets.values() for s in sinuses]
 if len(sets) > 1:
     print(f"all {len(sets)} held-out sets: {summary(everything)}")
+print(f"  each fold's model alone: {per_fold(everything)}")
 found = defaultdict(list)
-for _, kind, _, verdict in everything:
-    if kind is not None:
-        found[kind].append(verdict == "anomalous")
+for s in everything:
+    if s[1] is not None:
+        found[s[1]].append(s[3] == "anomalous")
 print("  called anomalous, by kind: " + ", ".join(f"{kind} {sum(v)}/{len(v)}" for kind, v in sorted(found.items())))
 PY
