@@ -232,15 +232,23 @@ MIDFACE_START_SHIFTS_MM = ((0.0, 0.0, 0.0), (0.0, 0.0, 15.0), (0.0, 0.0, -15.0),
 MIDFACE_START_ITERATIONS = 30
 RIGID_START_ITERATIONS = 30  # per start on the coarsest level; the best start is then refined
 RIGID_START_SAMPLING = 0.15
+# When the fit from the best rigid start fails the checks, the next-best starts are carried through
+# the whole pipeline in turn, and the first fit that passes is kept. On T2-like heads against the
+# T1 reference the coarse metric at times ranks starts 20-35 mm off first (even a start 4 mm from
+# the truth drifts away), though the finer stages find the head from a start ranked lower: the 2 of
+# 41 Colin27 T2-like heads refused in the transfer check (quality 0.10) registered from the 3rd and
+# 4th starts (centres within 6 mm, quality 0.44 and 0.31). Costs nothing for a head that passes; a
+# scan that is no head pays this many more fits (about 10 s) before it is refused.
+RIGID_FALLBACK_STARTS = 4
 
 
-def _best_of_starts(fixed: dict, moving: dict, starts: list, shrink: int, iterations: int, sampling: float,
-                    fixed_mask, moving_mask) -> sitk.Transform:
-    """The best of short fits from each of ``starts`` on one pyramid level.
+def _ranked_fits(fixed: dict, moving: dict, starts: list, shrink: int, iterations: int, sampling: float,
+                 fixed_mask, moving_mask) -> list[sitk.Transform]:
+    """Short fits from each of ``starts`` on one pyramid level, best (lowest metric) first.
 
     The starts run side by side in threads (ITK releases the GIL), each on one ITK thread as
-    always, so the result is the same as one after the other: every start is independent and the
-    best is the first with the lowest metric, in the order given.
+    always, so the result is the same as one after the other: every start is independent, and
+    fits with equal metrics keep the order given.
     """
     def fit(start: sitk.Transform) -> tuple:
         fitted, value, _ = _register(fixed, moving, start, [shrink], iterations, [sampling],
@@ -250,7 +258,7 @@ def _best_of_starts(fixed: dict, moving: dict, starts: list, shrink: int, iterat
     workers = min(len(starts), os.cpu_count() or 1)
     with _single_threaded_itk(), ThreadPoolExecutor(workers) as pool:  # held across all starts: no thread restores it early
         fits = list(pool.map(fit, starts))
-    return fits[min(range(len(fits)), key=lambda i: fits[i][1])][0]
+    return [fitted for fitted, _ in sorted(fits, key=lambda fit: fit[1])]
 
 
 def _shifted(transform: sitk.Transform, shift_mm) -> sitk.Transform:
@@ -260,15 +268,14 @@ def _shifted(transform: sitk.Transform, shift_mm) -> sitk.Transform:
     return out
 
 
-def _rigid_multistart(fixed: dict, moving: dict, initial: sitk.Euler3DTransform, fixed_mask, moving_mask) -> tuple:
-    """Rigid fit from every start of :data:`RIGID_STARTS`, refined from the best one."""
+def _rigid_starts(fixed: dict, moving: dict, initial: sitk.Euler3DTransform, fixed_mask, moving_mask) -> list[sitk.Transform]:
+    """Short rigid fits from every start of :data:`RIGID_STARTS`, best first (to be refined)."""
     starts = []
     for nod, shift in RIGID_STARTS:
         start = _shifted(initial, shift)
         start.SetRotation(np.radians(nod), 0.0, 0.0)
         starts.append(start)
-    best = _best_of_starts(fixed, moving, starts, 4, RIGID_START_ITERATIONS, RIGID_START_SAMPLING, fixed_mask, moving_mask)
-    return _register(fixed, moving, best, [4, 2], 100, [0.3, 0.06], fixed_mask=fixed_mask, moving_mask=moving_mask)
+    return _ranked_fits(fixed, moving, starts, 4, RIGID_START_ITERATIONS, RIGID_START_SAMPLING, fixed_mask, moving_mask)
 
 
 def _unwrap(transform: sitk.Transform) -> sitk.Transform:
@@ -374,14 +381,20 @@ def register_to_reference(
     # the metric ignores blank fill, grown by the working copy's smoothing
     fill = fill_mask(image)
     content = sitk.BinaryDilate(fill, [FILL_MARGIN_VOXELS] * 3) == 0
-    stages = []
     try:
         initial = sitk.CenteredTransformInitializer(
             fixed[1], moving[1], sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
         )
-        rigid, value, iters = _rigid_multistart(fixed, moving, initial, upper_head, content)
-        stages.append({"stage": "rigid", "metric": round(value, 5), "iterations": iters})
-        head_center = np.asarray(initial.GetCenter())
+        rigid_starts = _rigid_starts(fixed, moving, initial, upper_head, content)
+    except RuntimeError as exc:
+        raise RegistrationError(source, _explain_itk_failure(str(exc))) from exc
+    head_center = np.asarray(initial.GetCenter())
+
+    def whole_head(rigid_start: sitk.Transform) -> tuple[sitk.AffineTransform, float, list]:
+        """The rigid fit refined from ``rigid_start``, then the affine whole-head fit: (fit, metric, stages)."""
+        rigid, value, iters = _register(fixed, moving, rigid_start, [4, 2], 100, [0.3, 0.06], fixed_mask=upper_head,
+                                        moving_mask=content)
+        stages = [{"stage": "rigid", "metric": round(value, 5), "iterations": iters}]
         affine_init = _as_affine(rigid, head_center)
         whole, value, iters = _register(fixed, moving, affine_init, [4, 2], 100, [0.3, 0.06], fixed_mask=upper_head,
                                         moving_mask=content)
@@ -394,42 +407,53 @@ def register_to_reference(
             # from the rigid fit, which is a head of the right size to within the plausible range
             stage["rejected"] = f"{runaway}; the midface fit starts from the rigid one"
             whole = affine_init
-        stages.append(stage)
-    except RuntimeError as exc:
-        raise RegistrationError(source, _explain_itk_failure(str(exc))) from exc
+        return whole, value, stages + [stage]
 
-    def result_from(local: sitk.Transform, value: float, midface_stage: list) -> RegistrationResult:
+    def result_from(local: sitk.Transform, whole: sitk.Transform, value: float, stages: list) -> RegistrationResult:
         matrix = affine_to_matrix(local)
         specificity, nmi = midface_specificity(midface_image, moving[1], matrix, midface_in_box)
         return RegistrationResult(matrix_lps=matrix, global_matrix_lps=affine_to_matrix(whole), quality=specificity,
-                                  midface_nmi=nmi, metric_value=value, seconds=0.0, stages=stages + midface_stage,
-                                  fill=fill)
+                                  midface_nmi=nmi, metric_value=value, seconds=0.0, stages=stages, fill=fill)
 
-    def midface(starts: list) -> RegistrationResult:
-        best = starts[0] if len(starts) == 1 else _best_of_starts(
-            fixed, moving, starts, 2, MIDFACE_START_ITERATIONS, 0.5, midface_mask, content)
+    def midface(starts: list, whole: sitk.Transform, stages: list) -> RegistrationResult:
+        best = starts[0] if len(starts) == 1 else _ranked_fits(
+            fixed, moving, starts, 2, MIDFACE_START_ITERATIONS, 0.5, midface_mask, content)[0]
         local, value, iters = _register(fixed, moving, best, [2, 1], 100, [0.5, 0.2], fixed_mask=midface_mask,
                                         moving_mask=content)
         stage = {"stage": "affine midface", "metric": round(value, 5), "iterations": iters, "starts": len(starts)}
-        return result_from(_as_affine(local, midface_lps), value, [stage])
+        return result_from(_as_affine(local, midface_lps), whole, value, stages + [stage])
+
+    def fit_from(rigid_start: sitk.Transform) -> RegistrationResult:
+        whole, value, stages = whole_head(rigid_start)
+        if not refine_midface:
+            return result_from(whole, whole, value, stages)
+        from_whole = _as_affine(whole, midface_lps)
+        result = midface([from_whole], whole, stages)
+        if plausibility_problem(result, reference):
+            # the whole-head fit of a head cut inside the sinuses, in another contrast, was at times
+            # 20-30 mm off, too far for one start: shifted starts, kept only if their fit is plausible
+            try:
+                retried = midface([_shifted(from_whole, shift) for shift in MIDFACE_START_SHIFTS_MM], whole, stages)
+            except RuntimeError:  # a start that left the scan: the first fit's problem is the one to report
+                retried = None
+            if retried is not None and not plausibility_problem(retried, reference):
+                result = retried
+        return result
 
     try:
-        if not refine_midface:
-            result = result_from(whole, value, [])
-        else:
-            from_whole = _as_affine(whole, midface_lps)
-            result = midface([from_whole])
+        result = fit_from(rigid_starts[0])
     except RuntimeError as exc:
         raise RegistrationError(source, _explain_itk_failure(str(exc))) from exc
     if refine_midface and plausibility_problem(result, reference):
-        # the whole-head fit of a head cut inside the sinuses, in another contrast, was at times
-        # 20-30 mm off, too far for one start: shifted starts, kept only if their fit is plausible
-        try:
-            retried = midface([_shifted(from_whole, shift) for shift in MIDFACE_START_SHIFTS_MM])
-        except RuntimeError:  # a start that left the scan: the first fit's problem is the one to report
-            retried = None
-        if retried is not None and not plausibility_problem(retried, reference):
-            result = retried
+        for rank, rigid_start in enumerate(rigid_starts[1:1 + RIGID_FALLBACK_STARTS], start=2):
+            try:
+                candidate = fit_from(rigid_start)
+            except RuntimeError:  # this start's fit left the scan; the first fit's problem stays the one to report
+                continue
+            if not plausibility_problem(candidate, reference):
+                candidate.stages.append({"stage": "fallback", "rigid_start_rank": rank})
+                result = candidate
+                break
     if check:
         check_plausible(result, reference, source)
     result.seconds = time.perf_counter() - start
