@@ -47,6 +47,7 @@ __all__ = [
     "binary_metrics",
     "best_f1_threshold",
     "best_youden_threshold",
+    "both_classes",
     "evaluate_fold",
     "MIN_FOLDS_FOR_T",
     "mean_ci",
@@ -226,7 +227,7 @@ def best_youden_threshold(y_true, p) -> float:
     from sklearn.metrics import roc_curve  # noqa: PLC0415
 
     y, s = check_pair(y_true, p)
-    if not _both_classes(y):
+    if not both_classes(y):
         raise InvalidValueError("best_youden_threshold needs normal (0) and anomalous (1) samples")
     fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
     finite = np.isfinite(thresholds)  # the first point (nothing anomalous) sits at +inf
@@ -391,7 +392,8 @@ def _check_bootstrap_args(confidence: float, n_boot: int) -> None:
         raise InvalidValueError(f"n_boot must be >= 1, got {n_boot}")
 
 
-def _both_classes(y: np.ndarray) -> bool:
+def both_classes(y: np.ndarray) -> bool:
+    """Whether 0/1 labels ``y`` hold both normal and anomalous samples."""
     return 0 < int(y.sum()) < y.size
 
 
@@ -425,7 +427,7 @@ def _bootstrap_indices(y: np.ndarray, groups, n_boot: int, seed: int) -> Iterato
 
     for _ in range(int(n_boot)):
         idx = draw()
-        if _both_classes(y[idx]):
+        if both_classes(y[idx]):
             yield idx
 
 
@@ -470,7 +472,7 @@ def bootstrap_ci(
     y, s = check_pair(y_true, p)
     _check_bootstrap_args(confidence, n_boot)
     fn = _metric_function(metric, threshold)
-    if not _both_classes(y):
+    if not both_classes(y):
         return _NAN, _NAN, _NAN
     estimate = float(fn(y, s))
     reps = []
@@ -549,7 +551,7 @@ def paired_bootstrap_difference(
     _check_bootstrap_args(confidence, n_boot)
     fn = _metric_function(metric, threshold)
     undefined = {"estimate": _NAN, "low": _NAN, "high": _NAN, "share_positive": _NAN, "n_replicates": 0}
-    if not _both_classes(y):
+    if not both_classes(y):
         return undefined
     estimate = float(fn(y, a)) - float(fn(y, b))
     diffs = []

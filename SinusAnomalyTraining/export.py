@@ -123,7 +123,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         rows = [r for r in stages.read_predictions(finetune / "predictions.csv") if r["split"] == "val"]
         y = np.array([r["label"] for r in rows])
         p = np.array([r["p_anomalous"] for r in rows])
-        thresholds.append(_inside_unit(best_threshold(y, p)) if len(set(y.tolist())) == 2 else 0.5)
+        thresholds.append(_inside_unit(best_threshold(y, p)) if evaluation.both_classes(y) else 0.5)
     half_change = half_weights_change(run_dir, config, [fold for fold, _ in folds], classifier_states, shortcut)
     half_weights = half_change is not None and half_change <= HALF_WEIGHTS_MAX_CHANGE
     metrics_path = run_dir / "evaluation" / f"{method}_frac{fraction_key(float(fraction) / 100.0)}" / "metrics.json"

@@ -35,8 +35,8 @@ import csv, json, sys
 from collections import defaultdict
 from pathlib import Path
 import numpy as np
-from sklearn.metrics import roc_auc_score
 from SinusAnomalyLib.bundlefile import read_bundle_meta
+from SinusAnomalyTraining.evaluation import binary_metrics
 out, seeds = sys.argv[1], sys.argv[2].split(",")
 fold_thresholds = read_bundle_meta(f"{out}/transfer.sabundle")["fold_thresholds"]
 
@@ -55,22 +55,26 @@ def sinuses_of(seed):
     return found
 
 
+def auroc_text(metrics):
+    return "-" if metrics["single_class"] else f"{metrics['auroc']:.2f}"
+
+
 def summary(group):
-    label = [s[1] is not None for s in group]
-    normal_verdicts = [s[3] == "normal" for s in group if s[1] is None]
-    auroc = f"{roc_auc_score(label, [s[2] for s in group]):.2f}" if 0 < sum(label) < len(label) else "-"
+    label = [int(s[1] is not None) for s in group]
+    normal_verdicts = [s[3] == "normal" for s in group if s[1] is None]  # classify's verdicts, as a user sees them
+    auroc = auroc_text(binary_metrics(label, [s[2] for s in group]))
     return (f"{len(group)} sinuses, {sum(label)} anomalous; AUROC {auroc}; normal sinuses called normal "
             f"{sum(normal_verdicts)}/{len(normal_verdicts)} ({100 * np.mean(normal_verdicts) if normal_verdicts else float('nan'):.0f} %)")
 
 
 def per_fold(group):
     """Each fold's model alone at its own validation threshold: how far the ensemble's verdicts rest on one fold."""
-    label = np.array([s[1] is not None for s in group])
+    label = [int(s[1] is not None) for s in group]
     parts = []
     for k, threshold in enumerate(fold_thresholds):
-        p = np.array([s[4][k] for s in group])
-        auroc = f"{roc_auc_score(label, p):.2f}" if 0 < label.sum() < len(label) else "-"
-        parts.append(f"fold {k}: AUROC {auroc}, {100 * np.mean(p[~label] < threshold):.0f} % of normals called normal at its threshold {threshold:.2f}")
+        metrics = binary_metrics(label, [s[4][k] for s in group], threshold)
+        parts.append(f"fold {k}: AUROC {auroc_text(metrics)}, {100 * metrics['specificity']:.0f} % of normals called normal "
+                     f"at its threshold {threshold:.2f}")
     return "; ".join(parts)
 
 
