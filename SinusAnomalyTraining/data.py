@@ -117,11 +117,13 @@ class CropLoader:
     ``DistributedSampler`` (:attr:`sampler`, :func:`runtime.distributed_sampler`) gives each
     process its share. :func:`SinusAnomalyTraining.engine.fit` reseeds :attr:`generator` and calls
     the sampler's ``set_epoch`` every epoch. ``drop_last`` drops an incomplete last batch (when
-    there is a complete one).
+    there is a complete one); ``drop_single`` drops it only when it holds a single sample: batch
+    norm cannot train on one sample whose deepest feature maps are one voxel (32^3 crops through a
+    ResNet), and a shuffled loader serves that sample in other epochs.
     """
 
     def __init__(self, crops: SinusCrops, batch_size: int, shuffle: bool, seed: int, device: torch.device,
-                 augment: AugmentSettings | None = None, drop_last: bool = False) -> None:
+                 augment: AugmentSettings | None = None, drop_last: bool = False, drop_single: bool = False) -> None:
         if batch_size < 1:
             raise DatasetError(f"batch size must be at least 1, got {batch_size}")
         self.crops = crops
@@ -133,13 +135,14 @@ class CropLoader:
         self.generator = runtime.make_generator(seed)
         n = self._n_samples()
         self.drop_last = bool(drop_last) and n >= self.batch_size
+        self.drop_single = bool(drop_single) and n > self.batch_size and n % self.batch_size == 1
 
     def _n_samples(self) -> int:
         return len(self.sampler) if self.sampler is not None else len(self.crops)
 
     def __len__(self) -> int:
         n = self._n_samples()
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return n // self.batch_size if self.drop_last or self.drop_single else math.ceil(n / self.batch_size)
 
     def order(self) -> torch.Tensor:
         """This epoch's rows, in serving order (draws the permutation from :attr:`generator`)."""

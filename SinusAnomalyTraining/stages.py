@@ -543,7 +543,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
         sets["val"] = val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size)
         sets["test"] = SinusCrops.from_dataset(ctx.dataset, ctx.indices("test"), size)
         batch = min(cfg.batch_size, len(train_set))
-        train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment)
+        train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment, drop_single=True)
         val_loader = CropLoader(val_set, batch, False, ctx.config.seed, ctx.device) if len(val_set) else None
         runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
         model = spec.classifier()

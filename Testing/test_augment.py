@@ -219,6 +219,21 @@ def test_loader_serves_each_crop_once_per_epoch_by_index_with_its_own_target_and
     assert torch.equal(torch.cat(ordered), data.volumes[:, :1].float())
 
 
+def test_a_training_loader_never_serves_a_lone_sample_that_batch_norm_cannot_train_on():
+    """Fine-tuning at 32^3 (the demo's crops) crashed when its training set held one sinus more than a
+    multiple of the batch size: the ResNet's deepest maps are one voxel, and batch norm cannot train
+    on a batch of one. ``drop_single`` drops exactly that last batch, and no other."""
+    from SinusAnomalyLib.models import SinusClassifier
+
+    classifier = SinusClassifier(encoder_widths=(4, 8, 8, 8)).train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        classifier(torch.rand(1, 1, 32, 32, 32))
+    for n, batches in ((17, [16]), (18, [16, 2]), (16, [16]), (33, [16, 16]), (1, [1])):
+        loader = CropLoader(crops(n), min(16, n), True, 0, CPU, drop_single=True)
+        assert [len(batch["label"]) for batch in loader] == batches, n
+    assert [len(b["label"]) for b in CropLoader(crops(17), 16, True, 0, CPU)] == [16, 1]  # without it
+
+
 def test_loader_order_and_augmentation_follow_the_seeds():
     data = crops(12)
     settings = AugmentSettings(prob=0.5, rotate_deg=10, scale=0.1, translate_voxels=1, noise_std=0.1)
