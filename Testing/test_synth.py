@@ -143,11 +143,11 @@ def test_resume_refuses_a_knob_that_the_folder_was_made_without(tmp_path):
     would mix two kinds of heads in one cohort."""
     generate_cohort(tmp_path, n_cases=1, seed=0, progress=False, previews=0)
     record = json.loads((tmp_path / "synth.json").read_text())
-    del record["params"]["face_level_range"]
+    del record["params"]["fov_cut_rate"]
     (tmp_path / "synth.json").write_text(json.dumps(record))
     generate_cohort(tmp_path, n_cases=1, seed=0, progress=False, previews=0)  # the default: the same cohort
-    with pytest.raises(SinusAnomalyError, match="face_level_range"):
-        generate_cohort(tmp_path, n_cases=1, seed=0, params=SynthParams(face_level_range=(0.7, 1.3)), progress=False)
+    with pytest.raises(SinusAnomalyError, match="fov_cut_rate"):
+        generate_cohort(tmp_path, n_cases=1, seed=0, params=SynthParams(fov_cut_rate=0.5), progress=False)
 
 
 # --------------------------------------------------------------------------- opt-in variety
@@ -202,31 +202,6 @@ def test_the_face_round_a_sinus_is_darker_than_its_lesions_and_the_brain_keeps_i
         csf_range = rendered[brain & (scaled > 0.2) & (scaled < 0.3)]
         white_range = rendered[brain & (np.abs(scaled - synth.WHITE_MATTER_LEVEL) < 0.03)]
         assert np.median(csf_range) > np.median(white_range)
-
-
-@pytest.mark.parametrize("contrast", ["t1", "t2", "flair"])
-def test_the_face_level_changes_the_face_and_leaves_the_brain(contrast):
-    """--face-level multiplies the face's T1 levels before its map (the real anatomies put their
-    facial tissue at different levels): the face round the sinuses changes, the brain does not,
-    and without it no random number is drawn, so cohorts made before stay the same."""
-    reference = load_reference()
-    level, fraction = synth._tissue_layers(reference)
-    face = synth._face_weight(reference)
-    white_matter = synth._white_matter(reference)
-    native, darker, brighter = (synth._render(level, np.random.default_rng(0), contrast, white_matter, fraction, face, face_level)
-                                for face_level in (1.0, 0.7, 1.3))
-    brain, inner_face = face == 0.0, (face == 1.0) & (fraction == 1.0)
-    assert np.array_equal(native[brain], darker[brain])  # the brain's map is drawn first, the same in both
-    assert np.mean(np.abs(darker[inner_face] - native[inner_face])) > 0.05 * synth.TEMPLATE_BRIGHT
-    if contrast == "t1":  # T1's face map is the identity (randomly bent as the others): a lower level is darker
-        assert np.median(darker[inner_face]) < 0.8 * np.median(brighter[inner_face])
-    rng = np.random.default_rng(0)
-    assert synth._face_level(rng, SynthParams()) == 1.0 and rng.bit_generator.state == np.random.default_rng(0).bit_generator.state
-    factors = [synth._face_level(rng, SynthParams(face_level_range=(0.7, 1.3))) for _ in range(200)]
-    assert 0.7 <= min(factors) < 0.75 and 1.25 < max(factors) <= 1.3
-    case = make_case("x", np.random.default_rng(1), SynthParams(contrasts=(contrast,), face_level_range=(0.7, 1.3), **FIXED_POSE),
-                     anomalies={"left": None, "right": None}, reference=reference)
-    assert 0.7 <= case.pose["face_level"] <= 1.3
 
 
 def test_a_cut_field_of_view_blanks_the_head_below_a_plane_inside_the_sinuses():

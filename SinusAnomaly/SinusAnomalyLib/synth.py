@@ -70,7 +70,6 @@ class SynthParams:
     sinus_shape_mm: float = 0.0  # per sinus: amplitude of its own smooth shape change (lobes, left/right asymmetry)
     wall_thickness_mm: tuple = (0.0, 0.0)  # per sinus: a bony wall this thick (random in range) inside the cavity's edge
     septum_rate: float = 0.0  # chance that a sinus has a septum (a thin bony wall rising from its floor)
-    face_level_range: tuple = (1.0, 1.0)  # per head, the face's T1 levels times a factor log-uniform in this range, before its contrast map
     fov_cut_rate: float = 0.0  # chance that a head's field of view ends inside its sinuses (see FOV_CUT_MM)
 
 
@@ -236,8 +235,7 @@ def _jittered_map(rng: np.random.Generator, mapping) -> tuple[np.ndarray, np.nda
 
 
 def _render(array: np.ndarray, rng: np.random.Generator, contrast: str, white_matter: float = WHITE_MATTER_LEVEL * TEMPLATE_BRIGHT,
-            tissue_fraction: np.ndarray | None = None, face_weight: np.ndarray | None = None,
-            face_level: float = 1.0) -> np.ndarray:
+            tissue_fraction: np.ndarray | None = None, face_weight: np.ndarray | None = None) -> np.ndarray:
     """Template-unit T1 anatomy ``array`` in ``contrast`` (template units); "reference" as is.
 
     ``white_matter`` is the anatomy's white-matter intensity: heads scaled by their brightest
@@ -246,15 +244,13 @@ def _render(array: np.ndarray, rng: np.random.Generator, contrast: str, white_ma
     rest being air; ``array`` is then the tissue's own level (see :func:`_tissue_layers`).
     ``face_weight`` (same shape, in [0, 1]): where :data:`FACE_CONTRAST_MAPS` apply instead of
     :data:`CONTRAST_MAPS` (see :func:`_face_weight`); None: the brain's maps everywhere.
-    ``face_level``: the face's T1 levels are multiplied by this before its map (T1 too, whose map is
-    the identity): real faces put muscle and fat at other levels relative to the white matter.
     """
     if contrast == "reference":
         return array
     scaled = array * (WHITE_MATTER_LEVEL / max(white_matter, 1e-6))
     rendered = np.interp(scaled, *_jittered_map(rng, CONTRAST_MAPS[contrast]))
-    if face_weight is not None and (FACE_CONTRAST_MAPS[contrast] is not None or face_level != 1.0):
-        face = np.interp(scaled * face_level, *_jittered_map(rng, FACE_CONTRAST_MAPS[contrast]))
+    if face_weight is not None and FACE_CONTRAST_MAPS[contrast] is not None:
+        face = np.interp(scaled, *_jittered_map(rng, FACE_CONTRAST_MAPS[contrast]))
         rendered += face_weight * (face - rendered)
     rendered *= TEMPLATE_BRIGHT
     if tissue_fraction is not None:
@@ -270,19 +266,6 @@ def _face_weight(reference: ReferenceHead) -> np.ndarray:
     _, cavity, _ = _anatomy(reference)
     distance = ndi.distance_transform_edt(cavity.transpose(2, 1, 0) == 0, sampling=ANATOMY_SPACING_MM)
     return np.clip((FACE_MM[1] - distance) / (FACE_MM[1] - FACE_MM[0]), 0.0, 1.0).astype(np.float32)
-
-
-def _face_level(rng: np.random.Generator, params: SynthParams) -> float:
-    """One head's factor on its face's T1 levels: log-uniform in ``params.face_level_range``; 1, with
-    no random draw, when the range is (1, 1) (so cohorts made without it stay as they were).
-
-    The real anatomies' facial tissue sits at different levels relative to their white matter
-    (median 0.34, 0.45 and 0.52 of the scaled range round the sinuses of single_subject_t1, the
-    reference and Colin27), so a model trained on two of them learns their face's brightness."""
-    low, high = params.face_level_range
-    if low == high == 1.0:
-        return 1.0
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
 AIR_CEILING = 0.1  # T1 levels below this (fraction of the bright tissue, as CONTRAST_MAPS) are air or cortical bone
@@ -356,12 +339,10 @@ def _draw_bone(rng: np.random.Generator, cavity: np.ndarray, params: SynthParams
 
 
 def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomalies: dict, contrast: str = "reference",
-                      params: SynthParams = SynthParams(), gravity_lps: np.ndarray | None = None,
-                      face_level: float = 1.0) -> tuple[sitk.Image, sitk.Image | None]:
+                      params: SynthParams = SynthParams(), gravity_lps: np.ndarray | None = None) -> tuple[sitk.Image, sitk.Image | None]:
     """The 1 mm anatomy in ``contrast`` with each sinus's bone (wall, septum; see :func:`_draw_bone`)
     and lesions drawn in, and its lesion label image (None when no sinus has a lesion).
-    ``gravity_lps``: unit vector, down in the anatomy's LPS space (for air-fluid levels).
-    ``face_level``: factor on the face's T1 levels (see :func:`_render`)."""
+    ``gravity_lps``: unit vector, down in the anatomy's LPS space (for air-fluid levels)."""
     head, cavity, _ = _anatomy(reference)
     bony = tuple(params.wall_thickness_mm) != (0.0, 0.0) or params.septum_rate > 0
     if contrast == "reference" and not bony and not any(anomalies.get(side) for side in SIDES):
@@ -371,7 +352,7 @@ def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomal
         voxels = sitk.GetArrayFromImage(head)
     else:
         level, fraction = _tissue_layers(reference)
-        voxels = _render(level, rng, contrast, _white_matter(reference), fraction, _face_weight(reference), face_level)
+        voxels = _render(level, rng, contrast, _white_matter(reference), fraction, _face_weight(reference))
     array = voxels.transpose(2, 1, 0)
     gravity = None if gravity_lps is None else np.asarray(head.GetDirection()).reshape(3, 3).T @ gravity_lps  # along the index axes
     label_voxels = np.zeros(voxels.shape, np.uint8)
@@ -585,8 +566,7 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     if pose_first is not None:
         gravity_lps = pose_first[2] * (pose_first[0].T @ SCANNER_GRAVITY_LPS)
         gravity_lps /= np.linalg.norm(gravity_lps)
-    face_level = _face_level(rng, params) if contrast != "reference" else 1.0
-    anatomy, lesions = _lesioned_anatomy(reference, rng, anomalies, contrast, params, gravity_lps, face_level)
+    anatomy, lesions = _lesioned_anatomy(reference, rng, anomalies, contrast, params, gravity_lps)
     _, _, head_mask = _anatomy(reference)
 
     # pull transform: image point -> reference point = deformation(scale(rigid^-1(point)))
@@ -641,8 +621,6 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
         "anatomy": anatomy_name,
         "contrast": contrast,
     }
-    if tuple(params.face_level_range) != (1.0, 1.0):
-        pose["face_level"] = round(face_level, 4)
     if fov_floor is not None:
         pose["fov_floor_s_mm"] = round(fov_floor, 2)
     return SyntheticCase(patient, out, lesion_labels, centers, dict(anomalies), pose)
