@@ -143,11 +143,11 @@ def test_resume_refuses_a_knob_that_the_folder_was_made_without(tmp_path):
     would mix two kinds of heads in one cohort."""
     generate_cohort(tmp_path, n_cases=1, seed=0, progress=False, previews=0)
     record = json.loads((tmp_path / "synth.json").read_text())
-    del record["params"]["fov_cut_rate"]
+    del record["params"]["septum_rate"]
     (tmp_path / "synth.json").write_text(json.dumps(record))
     generate_cohort(tmp_path, n_cases=1, seed=0, progress=False, previews=0)  # the default: the same cohort
-    with pytest.raises(SinusAnomalyError, match="fov_cut_rate"):
-        generate_cohort(tmp_path, n_cases=1, seed=0, params=SynthParams(fov_cut_rate=0.5), progress=False)
+    with pytest.raises(SinusAnomalyError, match="septum_rate"):
+        generate_cohort(tmp_path, n_cases=1, seed=0, params=SynthParams(septum_rate=0.3), progress=False)
 
 
 # --------------------------------------------------------------------------- opt-in variety
@@ -202,29 +202,6 @@ def test_the_face_round_a_sinus_is_darker_than_its_lesions_and_the_brain_keeps_i
         csf_range = rendered[brain & (scaled > 0.2) & (scaled < 0.3)]
         white_range = rendered[brain & (np.abs(scaled - synth.WHITE_MATTER_LEVEL) < 0.03)]
         assert np.median(csf_range) > np.median(white_range)
-
-
-def test_a_cut_field_of_view_blanks_the_head_below_a_plane_inside_the_sinuses():
-    """--fov-cut-rate: the field of view ends between the lower sinus centre and 12 mm below it;
-    nothing is imaged below that plane (zero, as the real anatomies' padding), the rest of the head
-    is exactly the uncut one (the cut is drawn last), and the extraction sees the cavity partly out
-    of view."""
-    from SinusAnomalyLib.extraction import extract_sinuses
-
-    reference = load_reference()
-    uncut, cut = (make_case("x", np.random.default_rng(3), SynthParams(contrasts=("flair",), fov_cut_rate=rate),
-                            anomalies={"left": None, "right": None}, reference=reference) for rate in (0.0, 1.0))
-    floor = cut.pose["fov_floor_s_mm"]
-    lower_centre = min(c[2] for c in cut.centers_ras.values())
-    assert synth.FOV_CUT_MM[0] <= floor - lower_centre <= synth.FOV_CUT_MM[1] and "fov_floor_s_mm" not in uncut.pose
-    before, after = (sitk.GetArrayFromImage(case.image).transpose(2, 1, 0) for case in (uncut, cut))
-    superior = synth._superior_mm(cut.image, after.shape)
-    assert np.all(after[superior < floor] == 0) and np.array_equal(after[superior >= floor], before[superior >= floor])
-    assert (before[superior < floor] > 0).mean() > 0.3  # there was head below the plane
-    physical = cut.image.TransformIndexToPhysicalPoint((5, 7, 9))  # the helper's S is the image's own
-    assert superior[5, 7, 9] == pytest.approx(physical[2], abs=1e-3)
-    extraction = extract_sinuses(cut.image, reference)
-    assert min(extraction.coverage.values()) < 0.95
 
 
 @pytest.mark.parametrize("contrast", ["t1", "t2", "flair"])

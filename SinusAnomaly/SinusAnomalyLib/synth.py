@@ -70,7 +70,6 @@ class SynthParams:
     sinus_shape_mm: float = 0.0  # per sinus: amplitude of its own smooth shape change (lobes, left/right asymmetry)
     wall_thickness_mm: tuple = (0.0, 0.0)  # per sinus: a bony wall this thick (random in range) inside the cavity's edge
     septum_rate: float = 0.0  # chance that a sinus has a septum (a thin bony wall rising from its floor)
-    fov_cut_rate: float = 0.0  # chance that a head's field of view ends inside its sinuses (see FOV_CUT_MM)
 
 
 @dataclass
@@ -475,28 +474,6 @@ def _bias_field(rng: np.random.Generator, shape, strength: float) -> np.ndarray:
     return np.exp(sum(c * t for c, t in zip(coeff, terms)))
 
 
-FOV_CUT_MM = (-12.0, 0.0)  # a cut field of view ends this far above the lower sinus centre: from all to half of its cavity in view (reference)
-
-
-def _fov_floor(rng: np.random.Generator, params: SynthParams, centers_ras: dict) -> float | None:
-    """Where the head's field of view ends (world S mm; below it nothing was imaged), or None.
-
-    With chance ``params.fov_cut_rate`` (no draw at 0): :data:`FOV_CUT_MM` from the lower of the
-    two true sinus centres. Scans of the brain often end inside the maxillary sinuses, and two of
-    the real anatomies do; cut from heads of every anatomy, a model cannot tie the cut to one."""
-    if params.fov_cut_rate <= 0 or rng.uniform() >= params.fov_cut_rate:
-        return None
-    return float(min(c[2] for c in centers_ras.values()) + rng.uniform(*FOV_CUT_MM))
-
-
-def _superior_mm(grid: sitk.Image, shape) -> np.ndarray:
-    """World S (mm) of every voxel of ``grid``, as an array of ``shape`` indexed [x, y, z]."""
-    direction = np.asarray(grid.GetDirection()).reshape(3, 3)
-    step = direction[2] * np.asarray(grid.GetSpacing())  # LPS z is S: mm of S per index step along each axis
-    x, y, z = (np.arange(n, dtype=np.float32) * step[axis] for axis, n in enumerate(shape))
-    return grid.GetOrigin()[2] + x[:, None, None] + y[None, :, None] + z[None, None, :]
-
-
 def _weighted_centroid_ras(image: sitk.Image) -> np.ndarray:
     arr = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
     idx = np.argwhere(arr > 0)
@@ -606,9 +583,6 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     array = (gain * bright * (array / bright) ** gamma).astype(np.float32)
     if anatomy_name != "reference":  # a real head's field of view ends in the face: beyond it, zero padding
         array[out_of_view] = 0.0
-    fov_floor = _fov_floor(rng, params, centers)  # drawn last: the rest of the head is that of a cohort without it
-    if fov_floor is not None:
-        array[_superior_mm(grid, array.shape) < fov_floor] = 0.0
     out = sitk.GetImageFromArray(array.transpose(2, 1, 0))
     out.CopyInformation(grid)
     pose = {
@@ -621,8 +595,6 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
         "anatomy": anatomy_name,
         "contrast": contrast,
     }
-    if fov_floor is not None:
-        pose["fov_floor_s_mm"] = round(fov_floor, 2)
     return SyntheticCase(patient, out, lesion_labels, centers, dict(anomalies), pose)
 
 

@@ -58,9 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                  "inside its cavity's edge (default 0,0: none; e.g. 0,2.5)")
     parser.add_argument("--septum-rate", type=_bounded(0.0, 1.0), default=defaults.septum_rate, metavar="P",
                         help="chance that a sinus has a septum rising from its floor (default 0)")
-    parser.add_argument("--fov-cut-rate", type=_bounded(0.0, 1.0), default=defaults.fov_cut_rate, metavar="P",
-                        help="chance that a head's field of view ends inside its sinuses (from about all to half "
-                             "of the cavity in view), as in many brain scans and two of the real anatomies (default 0)")
     parser.add_argument("--previews", type=int, default=4, help="PNG previews of the first anomalous cases")
 
 
@@ -117,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                          sinus_scale_range=tuple(args.sinus_scale),
                          floor_first_thickening=args.floor_first_thickening, anomaly_types=tuple(args.anomaly_types),
                          sinus_shape_mm=args.sinus_shape_mm, wall_thickness_mm=tuple(args.wall_thickness),
-                         septum_rate=args.septum_rate, fov_cut_rate=args.fov_cut_rate)
+                         septum_rate=args.septum_rate)
     out = generate_cohort(args.out, args.cases, args.seed, params, previews=args.previews, n_unlabelled=args.unlabelled)
     with open(out / "labels.csv", newline="") as fh:
         types = Counter(row["anomaly_type"] for row in csv.DictReader(fh))
