@@ -59,11 +59,13 @@ def sinuses_of(seed, train):
     found = []
     for row in csv.DictReader(open(f"{classified}/results.csv")):
         patient = Path(row["image"]).name.split(".")[0]
-        for side in ("left", "right"):
-            if row[f"{side}_verdict"] in ("normal", "anomalous"):  # a refused scan has no result.json
-                result = json.load(open(f"{classified}/{patient}/result.json"))
-                found.append((truth[patient]["pose"]["contrast"], truth[patient][side]["anomaly"], float(row[f"{side}_probability"]),
-                              row[f"{side}_verdict"], result["sides"][side]["fold_probabilities"]))
+        assessed = [side for side in ("left", "right") if row[f"{side}_verdict"] in ("normal", "anomalous")]
+        if not assessed:  # a refused scan has no result.json
+            continue
+        result = json.load(open(f"{classified}/{patient}/result.json"))
+        for side in assessed:
+            found.append((truth[patient]["pose"]["contrast"], truth[patient][side]["anomaly"], float(row[f"{side}_probability"]),
+                          row[f"{side}_verdict"], result["sides"][side]["fold_probabilities"]))
     return found
 
 
