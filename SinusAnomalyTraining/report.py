@@ -22,7 +22,7 @@ import numpy as np
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic, write_text_atomic
 
-from . import evaluation, plots, stages
+from . import bootstrap, evaluation, plots, stages
 from .config import PRETRAINING, RunConfig, ablation_fractions, chosen_folds, percent_key
 
 def _jsonable(obj):
@@ -168,7 +168,7 @@ def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: f
     summary = evaluation.summarize_folds(per_fold)
     ensemble = evaluation.ensemble_by_sinus(pooled_ids, pooled_patients, np.concatenate(pooled_y), np.concatenate(pooled_p))
     y, p = ensemble["y"], ensemble["p"]  # each test sinus once, each test patient once in the bootstrap
-    pooled = evaluation.pooled_bootstrap(y, p, groups=ensemble["patients"], n_boot=config.bootstrap, seed=config.seed)
+    pooled = bootstrap.pooled_bootstrap(y, p, groups=ensemble["patients"], n_boot=config.bootstrap, seed=config.seed)
     write_metrics(out_dir / f"{method_dir}_frac{key}", per_fold, summary, pooled)
     return {"method": method_dir, "fraction": fraction, "folds": len(folds), "y": y, "p": p,
             "sample_ids": ensemble["sample_ids"], "patients": ensemble["patients"],
@@ -235,7 +235,7 @@ def compare_to_residual(table: list[dict], config: RunConfig) -> list[dict]:
     """Paired patient-bootstrap differences residual - other of the fold ensembles, per label fraction.
 
     For every fraction and every other method of ``table`` (rows of :func:`_evaluate_cell`), the
-    two fold ensembles are aligned by sinus id and :func:`evaluation.paired_bootstrap_difference`
+    two fold ensembles are aligned by sinus id and :func:`bootstrap.paired_bootstrap_difference`
     gives, for each of :data:`COMPARISON_METRICS`, ``metric(residual) - metric(other)`` with its
     95 % percentile interval and the share of replicates > 0; ``config.bootstrap`` replicates,
     seed ``config.seed`` (the resamples of the methods' own pooled intervals).
@@ -259,7 +259,7 @@ def compare_to_residual(table: list[dict], config: RunConfig) -> list[dict]:
             y, p_ref, p_other, patients = _aligned(reference, other)
             n_patients = int(np.unique(patients).size)
             for metric in COMPARISON_METRICS:
-                diff = evaluation.paired_bootstrap_difference(y, p_ref, p_other, groups=patients, metric=metric,
+                diff = bootstrap.paired_bootstrap_difference(y, p_ref, p_other, groups=patients, metric=metric,
                                                               n_boot=config.bootstrap, seed=config.seed)
                 rows.append({"fraction": fraction, "other_method": other["method"], "metric": metric,
                              "difference": diff["estimate"], "low": diff["low"], "high": diff["high"],

@@ -9,17 +9,15 @@ import math
 import numpy as np
 import pytest
 
+from SinusAnomalyTraining.bootstrap import bootstrap_ci, paired_bootstrap_difference, pooled_bootstrap
 from SinusAnomalyTraining.evaluation import (
     MIN_FOLDS_FOR_T,
     best_f1_threshold,
     best_youden_threshold,
     binary_metrics,
-    bootstrap_ci,
     ensemble_by_sinus,
     evaluate_fold,
     mean_ci,
-    paired_bootstrap_difference,
-    pooled_bootstrap,
     summarize_folds,
 )
 from SinusAnomalyTraining.plots import plot_roc_pr
@@ -440,17 +438,17 @@ def test_report_cell_pools_the_folds_by_sinus(tmp_path):
         test = slice(80 * fold, 80 * fold + 80)
         _write_predictions(tmp_path, fold, "none", 100, ids[test], patients[test], y[test], p[test], rng)
     seen = []
-    original = report.evaluation.pooled_bootstrap
+    original = report.bootstrap.pooled_bootstrap
 
     def spy(yy, pp, groups=None, **kwargs):
         seen.append((len(yy), len(set(groups))))
         return original(yy, pp, groups=groups, **kwargs)
 
-    report.evaluation.pooled_bootstrap = spy
+    report.bootstrap.pooled_bootstrap = spy
     try:
         cell = report._evaluate_cell(tmp_path, [0, 1, 2], "none", 100, SimpleNamespace(bootstrap=100, seed=0), tmp_path / "out")
     finally:
-        report.evaluation.pooled_bootstrap = original
+        report.bootstrap.pooled_bootstrap = original
     assert seen == [(80, 40)]
     assert len(cell["y"]) == 80 and np.isfinite(cell["auroc"]["low"])
     ens = ensemble_by_sinus(ids, patients, y, np.round(p, 6))
