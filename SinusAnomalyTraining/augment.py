@@ -13,8 +13,11 @@ Per sample, independently, with the ranges of :class:`~SinusAnomalyTraining.conf
    shift ``t`` moves it by ``-t``); trilinear, border padding. Every channel of the warped samples
    goes through ONE ``affine_grid`` / ``grid_sample`` call per batch, so image and target stay
    aligned; samples not drawn are not resampled at all (returned exactly);
-2. a flip of the H axis and one of the W axis, each with probability ``prob / 2`` (exact: no
-   resampling);
+2. flips, each with probability ``prob / 2`` (exact: no resampling), of the axes ``flips`` names
+   (:data:`FLIP_DIMS`): "left-right" (default) mirrors D, the crop's left-right axis, the only
+   flip that gives an anatomically possible sinus; "authors" flips H and W as the paper's code does,
+   though they are the anterior-posterior and superior-inferior axes (upside-down sinuses, fluid
+   levels with the fluid on top); "none" flips nothing;
 3. when ``gamma_max`` is above 1, with probability ``prob`` a gamma change of the image
    channel(s): ``x ** gamma`` (``x`` clamped to ``[0, 1]``, the crops' range), ``gamma``
    log-uniform in ``[1 / gamma_max, gamma_max]``. Not in the paper; it makes tissue brightness an
@@ -50,7 +53,9 @@ __all__ = ["DEFAULT_AUGMENT", "AugmentParams", "draw_params", "augment_batch", "
 DEFAULT_AUGMENT = AugmentSettings(prob=0.5, rotate_deg=10.0, scale=0.2, translate_voxels=10.0, noise_std=0.1)
 """The paper configuration's policy (``configs/paper.json``), for pretext models built without settings."""
 
-FLIP_DIMS = (3, 4)  # H and W of (B, C, D, H, W), as the fine-tuning flips of the paper's code
+# Dimensions of (B, C, D, H, W) flipped by each ``AugmentSettings.flips``: D is the crop's
+# left-right axis, H anterior-posterior, W superior-inferior (extraction.py).
+FLIP_DIMS = {"left-right": (2,), "authors": (3, 4), "none": ()}
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class AugmentParams:
     angles: torch.Tensor  # (B, 3) radians about the D, H and W axes
     scale: torch.Tensor  # (B, 3) sampling-grid scale factors along D, H, W
     shift: torch.Tensor  # (B, 3) voxels along D, H, W
-    flip: torch.Tensor  # (B, 2) bool: flipped along H, along W
+    flip: torch.Tensor  # (B, 2) bool: flipped along the first, the second of FLIP_DIMS[settings.flips] (unused columns ignored)
     noise: torch.Tensor  # (B,) bool: noised
     noise_std: torch.Tensor  # (B,) standard deviation of the noise (0 where not noised)
     gamma: torch.Tensor | None = None  # (B,) exponent of the image (1 where unchanged); None: off
@@ -142,7 +147,7 @@ def augment_batch(x: torch.Tensor, settings: AugmentSettings, image_channels: in
         grid = F.affine_grid(theta, list(chosen.shape), align_corners=False)
         moved = F.grid_sample(chosen.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(x.dtype)
         out = moved if len(warped) == len(x) else x.clone().index_copy_(0, rows, moved)
-    for axis, dim in enumerate(FLIP_DIMS):
+    for axis, dim in enumerate(FLIP_DIMS[settings.flips]):
         flipped = params.flip[:, axis].nonzero().flatten()
         if len(flipped):
             out = x.clone() if out is None else out

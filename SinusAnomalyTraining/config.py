@@ -113,20 +113,34 @@ class _Settings:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
 
+# Which crop axes augmentation may flip. A crop's axes are the reference's RAS axes (0: left-right,
+# 1: anterior-posterior, 2: superior-inferior; the right crop mirrored into a left one), so only a
+# left-right flip gives an anatomically possible sinus; "authors": the two flips of the paper's code
+# (anterior-posterior and superior-inferior: upside-down sinuses, fluid levels with the fluid on top).
+FLIPS = ("left-right", "authors", "none")
+
+
 @dataclass(frozen=True)
 class AugmentSettings(_Settings):
-    """Training augmentation (:func:`SinusAnomalyTraining.data.augmentation`): each with probability ``prob``."""
+    """Training augmentation (:func:`SinusAnomalyTraining.augment.augment_batch`): each with probability ``prob``."""
 
-    prob: float
+    prob: float  # in [0, 1]
     rotate_deg: float  # degrees, about each axis
     scale: float  # zoom in [1 - scale, 1 + scale]
     translate_voxels: float  # voxels of the served crop
     noise_std: float  # Gaussian noise on the image only
     gamma_max: float = 1.0  # image ** gamma, gamma log-uniform in [1 / gamma_max, gamma_max]; 1: off (the paper's)
+    flips: str = "left-right"  # one of FLIPS
 
     @classmethod
     def parse(cls, data: dict, where: str, path: Path) -> AugmentSettings:
-        settings = cls(**{f.name: _number(data[f.name], f"{where}.{f.name}", path, low=0) for f in fields(cls)})
+        flips = data["flips"]
+        if flips not in FLIPS:
+            raise ConfigError(f"{path}: '{where}.flips' must be one of {', '.join(FLIPS)}, got {flips!r}")
+        settings = cls(**{f.name: _number(data[f.name], f"{where}.{f.name}", path, low=0) for f in fields(cls) if f.name != "flips"},
+                       flips=flips)
+        if settings.prob > 1:
+            raise ConfigError(f"{path}: '{where}.prob' is a probability: it must be between 0 and 1, got {settings.prob!r}")
         if settings.gamma_max < 1:
             raise ConfigError(f"{path}: '{where}.gamma_max' must be at least 1 (1: no gamma change), got {settings.gamma_max!r}")
         return settings
@@ -268,7 +282,7 @@ class RunConfig(_Settings):
                               "ResNet18 file (nothing is downloaded)")
         bootstrap = _number(data["evaluate"]["bootstrap"], "evaluate.bootstrap", path, True, 1)
         return cls(description=str(data.get("description", "")), crop_size=crop, seed=_number(data["seed"], "seed", path, True),
-                   device=str(data["device"]), amp=bool(data["amp"]), deterministic=_flag(data["deterministic"], "deterministic", path),
+                   device=str(data["device"]), amp=_flag(data["amp"], "amp", path), deterministic=_flag(data["deterministic"], "deterministic", path),
                    channels_last=_flag(data["channels_last"], "channels_last", path),
                    folds="all" if folds == "all" else tuple(folds), fractions=fractions, methods=methods, encoder_widths=widths,
                    cae=CAESettings.parse(data["cae"], path), residuals=ResidualSettings.parse(data["residuals"], path),

@@ -55,12 +55,13 @@ def rotation(angles: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ the policy
 
-def test_a_landmark_lands_at_the_same_place_in_image_and_target_where_the_parameters_say():
+@pytest.mark.parametrize("flips,flipped_axes", [("left-right", (0,)), ("authors", (1, 2))])
+def test_a_landmark_lands_at_the_same_place_in_image_and_target_where_the_parameters_say(flips, flipped_axes):
     size, landmark = 32, (12.0, 18.0, 14.0)
     image = blob(size, landmark) + 0.3 * blob(size, (22.0, 8.0, 20.0), width=3.0)  # the image has more than the landmark
     target = blob(size, landmark)
     x = torch.stack([image, target])[None].repeat(6, 1, 1, 1, 1)
-    settings = AugmentSettings(prob=1.0, rotate_deg=15, scale=0.2, translate_voxels=4, noise_std=0.0)
+    settings = AugmentSettings(prob=1.0, rotate_deg=15, scale=0.2, translate_voxels=4, noise_std=0.0, flips=flips)
     torch.manual_seed(3)
     params = draw_params(6, settings)
     out = augment_batch(x, settings, params=params)
@@ -70,7 +71,7 @@ def test_a_landmark_lands_at_the_same_place_in_image_and_target_where_the_parame
         # an output voxel o samples the input at L (o - c) + t + c: the landmark p lands at L^-1 (p - c - t) + c
         linear = rotation(params.angles[i]) @ torch.diag(params.scale[i])
         expected = torch.linalg.solve(linear, torch.tensor(landmark, dtype=torch.float64) - centre - params.shift[i]) + centre
-        for axis, flipped in zip((1, 2), params.flip[i]):
+        for axis, flipped in zip(flipped_axes, params.flip[i]):
             if flipped:
                 expected[axis] = size - 1 - expected[axis]
         assert torch.allclose(centroid(out[i, 1]), expected, atol=0.35), (i, centroid(out[i, 1]), expected)
@@ -98,7 +99,7 @@ def test_parameter_ranges_and_probabilities_match_the_config(name):
     tolerance = 4 * math.sqrt(0.25 / n)
     assert abs(p.affine.double().mean() - settings.prob) < tolerance
     assert abs(p.noise.double().mean() - settings.prob) < tolerance
-    assert (p.flip.double().mean(0) - settings.prob / 2).abs().max() < tolerance  # H and W, each prob / 2
+    assert (p.flip.double().mean(0) - settings.prob / 2).abs().max() < tolerance  # each flip prob / 2
     for values, bound in ((p.angles, math.radians(settings.rotate_deg)), (p.scale - 1.0, settings.scale),
                           (p.shift, settings.translate_voxels)):
         assert values.abs().max() <= bound + 1e-12
@@ -109,11 +110,14 @@ def test_parameter_ranges_and_probabilities_match_the_config(name):
 
 def test_flips_are_exact_and_undrawn_samples_are_untouched():
     torch.manual_seed(0)
-    x = torch.rand(4, 2, 8, 8, 8)
+    x = torch.rand(4, 2, 8, 8, 8)  # one sample: (C, D, H, W)
     flips = torch.tensor([[True, False], [False, True], [True, True], [False, False]])
-    out = augment_batch(x, AugmentSettings(0.5, 10, 0.1, 2, 0.1), params=only(4, flip=flips))
+    out = augment_batch(x, AugmentSettings(0.5, 10, 0.1, 2, 0.1, flips="authors"), params=only(4, flip=flips))
     assert torch.equal(out[0], x[0].flip(2)) and torch.equal(out[1], x[1].flip(3))
     assert torch.equal(out[2], x[2].flip(2).flip(3)) and torch.equal(out[3], x[3])
+    out = augment_batch(x, AugmentSettings(0.5, 10, 0.1, 2, 0.1), params=only(4, flip=flips))  # default: left-right only
+    assert torch.equal(out[0], x[0].flip(1)) and torch.equal(out[1], x[1]) and torch.equal(out[2], x[2].flip(1))
+    assert torch.equal(augment_batch(x, AugmentSettings(0.5, 10, 0.1, 2, 0.1, flips="none"), params=only(4, flip=flips)), x)
     warped = augment_batch(x, AugmentSettings(1.0, 10, 0.1, 2, 0.0), params=only(4, affine=torch.tensor([True, False, True, False]),
                                                                                   angles=torch.full((4, 3), 0.1, dtype=torch.float64)))
     assert torch.equal(warped[1], x[1]) and torch.equal(warped[3], x[3]) and not torch.allclose(warped[0], x[0])
@@ -183,7 +187,7 @@ def test_intensity_scale_is_one_factor_per_sample_in_range():
 def test_two_view_methods_make_their_views_with_the_policy_they_are_given():
     settings = AugmentSettings(prob=1.0, rotate_deg=0, scale=0, translate_voxels=0, noise_std=0.3)
     model = build_pretext("simclr", (8, 16, 32, 64), projection_dim=16, augment=settings, intensity=0.0)
-    x = torch.rand(4, 1, 32, 1, 1).expand(4, 1, 32, 32, 32).contiguous()  # H and W flips leave it as it is
+    x = torch.rand(4, 1, 1, 32, 1).expand(4, 1, 32, 32, 32).contiguous()  # left-right (D) flips leave it as it is
     torch.manual_seed(0)
     v1, v2 = model.views(x)
     assert model.augment is settings and not torch.equal(v1, v2)
