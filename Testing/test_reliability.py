@@ -245,6 +245,26 @@ def test_batch_table_has_coverage_and_verdicts_and_the_log_warns(bundle, extract
     assert "right sinus not assessable" in row["warnings"]
 
 
+def test_batch_scans_sharing_a_name_get_their_own_output_folders(bundle, extraction, head, tmp_path, monkeypatch):
+    """p1/flair.nii.gz and p2/flair.nii.gz (a study export's layout): two result folders, each named in results.csv."""
+    import csv
+
+    import SinusAnomalyTraining.commands.classify as classify_command
+
+    monkeypatch.setattr(classify_command, "extract_sinuses", lambda *a, source, **k: dataclasses.replace(extraction, source=source))
+    for patient in ("p1", "p2"):
+        (tmp_path / patient).mkdir()
+        (tmp_path / patient / "flair.nii.gz").write_bytes(head.read_bytes())
+    (tmp_path / "scans.csv").write_text("image\np1/flair.nii.gz\np2/flair.nii.gz\n")
+    out = tmp_path / "out"
+    assert main(["classify", str(tmp_path / "scans.csv"), "--model", str(bundle), "--out", str(out), "--device", "cpu"]) == 0
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(Path(r["image"]).parent.name, r["status"], r["output"]) for r in rows] == [("p1", "ok", "p1_flair"), ("p2", "ok", "p2_flair")]
+    for row in rows:
+        assert json.loads((out / row["output"] / "result.json").read_text())["input"] == row["image"]
+
+
 def sitk_array(image) -> np.ndarray:
     """Voxels (z, y, x) of a SimpleITK image or an image file."""
     import SimpleITK as sitk

@@ -12,8 +12,11 @@ The folder is written whole: into a temporary folder beside DIR, renamed into pl
 an earlier result; one process at a time writes it.
 
 Batch: IMAGE may be a folder of images (or DICOM series folders) or a CSV with an 'image'
-column; each scan gets DIR/<name>/ and a row in DIR/results.csv; a bad scan is reported in its
-row and the others go on (exit code 1 if any failed).
+column; each scan gets its own folder DIR/<name>/ and a row in DIR/results.csv (its 'output'
+column names the folder); a bad scan is reported in its row and the others go on (exit code 1 if
+any failed). <name> is the file name without its suffixes; scans of one batch that share it (a
+study export's p1/flair.nii.gz and p2/flair.nii.gz) are told apart by their parent folders
+(p1_flair, p2_flair), then by a number, so no scan's result replaces another's.
 
 --model takes a bundle path or the name of a bundle in the models folder
 ($SINUS_ANOMALY_MODELS or ~/.sinus-anomaly/models).
@@ -26,7 +29,7 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,7 +49,7 @@ log = logging.getLogger(__name__)
 PREFETCH = 2  # scans read and registered ahead of the networks (bounded: each holds an image)
 RESULTS_CSV = "results.csv"
 
-BATCH_COLUMNS = (["image", "status", "error"]
+BATCH_COLUMNS = (["image", "status", "error", "output"]
                  + [f"{s}_{k}" for s in SIDES for k in ("coverage", "verdict", "probability", "spread", "volume_ml")]
                  + ["warnings"])
 
@@ -64,6 +67,34 @@ def _scan_name(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def output_names(scans: list[Path]) -> list[str]:
+    """One output folder name per scan, distinct within the batch (also ignoring case, as file
+    systems on macOS and Windows do): the scan's name; where scans share it, preceded by as few of
+    its parent folders as tell it from the others; a number after any name still taken."""
+    def key(scan: Path, depth: int) -> tuple:
+        return tuple(part.casefold() for part in scan.parent.relative_to(scan.parent.anchor).parts[-depth:]) if depth else ()
+
+    stems = Counter(_scan_name(scan).casefold() for scan in scans)
+    names = []
+    for scan in scans:
+        name = _scan_name(scan)
+        if stems[name.casefold()] > 1:
+            rivals = [other for other in scans if other != scan and _scan_name(other).casefold() == name.casefold()]
+            levels = len(scan.parent.relative_to(scan.parent.anchor).parts)
+            depth = next((d for d in range(1, levels + 1) if all(key(other, d) != key(scan, d) for other in rivals)), min(1, levels))
+            name = "_".join([*scan.parent.parts[len(scan.parent.parts) - depth:], name])
+        names.append(name)
+    taken, unique = set(), []
+    for name in names:
+        candidate, number = name, 1
+        while candidate.casefold() in taken:
+            number += 1
+            candidate = f"{name}_{number}"
+        taken.add(candidate.casefold())
+        unique.append(candidate)
+    return unique
 
 
 def batch_inputs(target: Path) -> list[Path] | None:
@@ -118,8 +149,10 @@ def _prefetched(scans: list[Path], reference: ReferenceHead, first_image=None):
 def _side_text(side: str, r) -> str:
     if not r.assessable:
         return f"{side:5s}: not assessable ({r.coverage:.0%} of the sinus in view)"
+    volume = "" if r.anomalous_volume_ml is None else f", anomalous volume {r.anomalous_volume_ml:.2f} mL"
     return (f"{side:5s}: p(anomalous) {r.probability:.3f} (spread {r.spread:.3f}) -> {r.verdict} "
-            f"(threshold {r.threshold:.3f}), anomalous volume {r.anomalous_volume_ml:.2f} mL, {r.coverage:.0%} in view")
+            f"(threshold {r.threshold:.3f}){volume}, {r.coverage:.0%} in view"
+            + (", UNLIKE THE TRAINING DATA" if r.out_of_distribution else ""))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,12 +241,13 @@ def _classify(args: argparse.Namespace, reference: ReferenceHead, model: Path, s
         yield from prefetch
 
     rows, failed = [], 0
-    for scan, future in tqdm(all_scans(), total=len(scans), desc="classify", unit="scan"):
+    folders = output_names(scans)
+    for folder, (scan, future) in zip(folders, tqdm(all_scans(), total=len(scans), desc="classify", unit="scan")):
         row = {"image": str(scan)}
         try:
             result = classify_scan(scan, future)
-            save_classification(result, bundle, args.out / _scan_name(scan))
-            row["status"] = "ok"
+            save_classification(result, bundle, args.out / folder)
+            row.update(status="ok", output=folder)
             for side in SIDES:
                 r = result.sides[side]
                 row.update({f"{side}_coverage": r.coverage, f"{side}_verdict": r.verdict, f"{side}_probability": r.probability,
