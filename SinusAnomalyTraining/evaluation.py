@@ -239,8 +239,19 @@ def _lowest_best_with_margin(score: np.ndarray, thresholds: np.ndarray, s: np.nd
     return float((t_star + below.max()) / 2.0)
 
 
+def _validation_threshold(choose, rule: str, y_val, p_val, notes: list[str]) -> tuple[float, str]:
+    """``choose(y_val, p_val)`` and ``"validation_<rule>"``; 0.5 and ``"fallback_0.5"`` (noted) when
+    validation lacks a class the rule needs."""
+    try:
+        return float(choose(y_val, p_val)), f"validation_{rule}"
+    except ValueError as exc:
+        check_pair(y_val, p_val)  # re-raise real input errors; only a missing class falls back
+        notes.append(f"validation: {exc}; {rule} threshold 0.5 used")
+        return 0.5, "fallback_0.5"
+
+
 def evaluate_fold(y_val, p_val, y_test, p_test) -> dict:
-    """Test-set metrics of one cross-validation fold, with the F1 threshold chosen on validation.
+    """Test-set metrics of one cross-validation fold, at the F1 and the Youden threshold chosen on validation.
 
     Args:
         y_val, p_val: ``(n_val,)`` validation labels and anomalous-class scores (threshold choice).
@@ -255,20 +266,20 @@ def evaluate_fold(y_val, p_val, y_test, p_test) -> dict:
         * ``f1_at_val_threshold``, ``precision_at_val_threshold``, ``recall_at_val_threshold``,
           ``specificity_at_val_threshold``, ``accuracy_at_val_threshold``: test metrics at
           ``threshold`` (the paper's F1); the same five with suffix ``_at_0.5`` at 0.5.
+        * ``youden_threshold``: :func:`best_youden_threshold` on validation, the rule an exported
+          bundle decides with by default (0.5 when validation lacks a class;
+          ``youden_threshold_source`` as above); the same five test metrics at it, suffix
+          ``_at_youden_threshold``.
         * ``val_auroc``, ``val_auprc``, ``val_f1_at_threshold``: validation metrics, for reference.
         * ints ``n_val``, ``n_val_positive``, ``n_test``, ``n_test_positive`` and ``tp``, ``fp``,
           ``tn``, ``fn`` (test, at ``threshold``); bool ``single_class`` (test); list ``notes``.
     """
     notes: list[str] = []
-    try:
-        threshold = best_f1_threshold(y_val, p_val)
-        source = "validation_f1"
-    except ValueError as exc:
-        check_pair(y_val, p_val)  # re-raise real input errors; only "no anomalous sample" falls back
-        threshold, source = 0.5, "fallback_0.5"
-        notes.append(f"validation: {exc}; threshold 0.5 used")
+    threshold, source = _validation_threshold(best_f1_threshold, "f1", y_val, p_val, notes)
+    youden, youden_source = _validation_threshold(best_youden_threshold, "youden", y_val, p_val, notes)
     val = binary_metrics(y_val, p_val, threshold)
     at_val = binary_metrics(y_test, p_test, threshold)
+    at_youden = binary_metrics(y_test, p_test, youden)
     at_half = binary_metrics(y_test, p_test, 0.5)
     notes += [f"validation: {n}" for n in val["notes"]] + [f"test: {n}" for n in at_val["notes"]]
     out: dict = {
@@ -279,6 +290,9 @@ def evaluate_fold(y_val, p_val, y_test, p_test) -> dict:
     }
     for key in THRESHOLD_METRICS:
         out[f"{key}_at_val_threshold"] = at_val[key]
+    out.update(youden_threshold=float(youden), youden_threshold_source=youden_source)
+    for key in THRESHOLD_METRICS:
+        out[f"{key}_at_youden_threshold"] = at_youden[key]
     for key in THRESHOLD_METRICS:
         out[f"{key}_at_0.5"] = at_half[key]
     out.update(

@@ -16,7 +16,7 @@ from SinusAnomalyLib.reference import load_reference
 from SinusAnomalyLib.residuals import resize_crops
 from SinusAnomalyLib.splits import fraction_key
 
-from . import evaluation, stages
+from . import evaluation, lesion_types, stages
 from .config import RunConfig, load_config
 from .engine import load_checkpoint
 
@@ -147,9 +147,12 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         "models": {"cae": {"channels": list(config.cae.channels), "latent_dim": config.cae.latent_dim},
                    "encoder_widths": list(config.encoder_widths), "shortcut_type": shortcut},
         "reference_sha256": load_reference().sha256,
-        # per-fold means; their t interval only from 3 folds on (an absent one is left out)
+        # per-fold means; their t interval only from 3 folds on (an absent one is left out). The F1 at the
+        # paper's F1 threshold, and sensitivity and specificity at the Youden threshold; per lesion type too
         "metrics": {k: {kk: vv for kk, vv in v.items() if kk in ("mean", "low", "high", "n") and vv is not None}
-                    for k, v in metrics.items() if k in ("auroc", "auprc", "f1_at_val_threshold", "f1_at_0.5")},
+                    for k, v in metrics.items()
+                    if k in ("auroc", "auprc", "f1_at_val_threshold", "f1_at_0.5", "recall_at_youden_threshold",
+                             "specificity_at_youden_threshold") or lesion_types.parse_type_key(k)},
         "training_data": {k: training_data.get(k) for k in ("counts", "splits", "anomaly_types", "created") if k in training_data},
         "intended_use": "research; bundles trained on synthetic data are for trying the workflow only",
         "weights_storage": {

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic, write_text_atomic
 
-from . import bootstrap, evaluation, plots, stages
+from . import bootstrap, evaluation, lesion_types, plots, stages
 from .config import PRETRAINING, RunConfig, ablation_fractions, chosen_folds, percent_key
 
 def _jsonable(obj):
@@ -126,7 +127,7 @@ def write_metrics(out_dir: str | Path, per_fold: list[dict], summary: dict, pool
 def _arrays(rows: list[dict], split: str):
     chosen = [r for r in rows if r["split"] == split]
     return (np.array([r["label"] for r in chosen], dtype=np.int64), np.array([r["p_anomalous"] for r in chosen]),
-            [r["patient"] for r in chosen], [r["sample_id"] for r in chosen])
+            [r["patient"] for r in chosen], [r["sample_id"] for r in chosen], [r["anomaly_type"] for r in chosen])
 
 
 def _fmt(entry: dict) -> str:
@@ -148,18 +149,21 @@ PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.json"
 def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: float, config: RunConfig, out_dir: Path) -> dict:
     """Per-fold test metrics of one (method, label fraction) cell, their summary, and the fold
     ensemble's metrics (per test sinus the mean over the folds that tested it) with a bootstrap
-    interval over patients."""
+    interval over patients; per lesion type, the folds' test metrics (:mod:`.lesion_types`) and how
+    many test sinuses of each type."""
     key = percent_key(fraction)
     per_fold, pooled_y, pooled_p, pooled_patients, pooled_ids = [], [], [], [], []
+    test_types = {}  # sample id -> anomaly type of every anomalous test sinus
     for fold in folds:
         path = run_dir / f"fold{fold}" / "finetune" / method_dir / f"frac{key}" / "predictions.csv"
         if not path.is_file():
             raise stages.StageInputError(f"{path} is missing: run 'finetune' (or 'run') for fold {fold} first")
         rows = stages.read_predictions(path)
-        y_val, p_val, _, _ = _arrays(rows, "val")
-        y_test, p_test, patients, sample_ids = _arrays(rows, "test")
+        y_val, p_val, _, _, _ = _arrays(rows, "val")
+        y_test, p_test, patients, sample_ids, types = _arrays(rows, "test")
         result = evaluation.evaluate_fold(y_val, p_val, y_test, p_test)
-        result["fold"] = fold
+        result.update(lesion_types.fold_entries(types, y_test, p_test, result["youden_threshold"]), fold=fold)
+        test_types.update((i, kind) for i, kind, label in zip(sample_ids, types, y_test) if label == 1)
         per_fold.append(result)
         pooled_y.append(y_test)
         pooled_p.append(p_test)
@@ -173,7 +177,11 @@ def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: f
     return {"method": method_dir, "fraction": fraction, "folds": len(folds), "y": y, "p": p,
             "sample_ids": ensemble["sample_ids"], "patients": ensemble["patients"],
             "auroc": summary.get("auroc"), "auprc": summary.get("auprc"), "f1": summary.get("f1_at_val_threshold"),
-            "f1_at_0.5": summary.get("f1_at_0.5"), "pooled": pooled}
+            "f1_at_0.5": summary.get("f1_at_0.5"), "pooled": pooled,
+            "recall_at_youden_threshold": summary.get("recall_at_youden_threshold"),
+            "specificity_at_youden_threshold": summary.get("specificity_at_youden_threshold"),
+            "by_type": lesion_types.summary_by_type(summary),
+            "test_sinuses_by_type": dict(sorted(Counter(test_types.values()).items()))}
 
 
 def pretraining_data_sentence(config: RunConfig, dataset: PreparedDataset) -> str:
@@ -354,6 +362,32 @@ def _paper_cell(paper: dict, method: str, fraction, metric_index: int) -> str:
     return f"{mean:.2f} ({low:.2f}-{high:.2f})"
 
 
+def per_type_lines(table: list[dict]) -> list[str]:
+    """The report's section per lesion type: for every (method, fraction) row of ``table``
+    (:func:`_evaluate_cell`), each anomaly type's AUROC against the normal test sinuses and its
+    sensitivity at the Youden threshold (the rule bundles decide with), then all anomalous sinuses
+    together; the specificity at that threshold under the table. ``[]`` when no row has a type."""
+    if not any(row.get("by_type") for row in table):
+        return []
+    lines = ["", "## Per lesion type against the normal test sinuses", "",
+             "AUROC of each anomaly type's test sinuses against the normal ones (the other types left out) and the "
+             "share of them called anomalous at the threshold maximising Youden's J on the fold's validation set (the "
+             "rule an exported bundle decides with); mean over folds as above.", "",
+             "| pretraining | labels | lesion type | test sinuses | AUROC against normal (folds) | "
+             "sensitivity at the Youden threshold (folds) |", "|---|---|---|---|---|---|"]
+    for row in table:
+        counts = row.get("test_sinuses_by_type", {})
+        for kind, entry in row.get("by_type", {}).items():
+            lines.append(f"| {row['method']} | {row['fraction']} % | {kind} | {counts.get(kind, 'n/a')} | "
+                         f"{_fmt(entry.get('auroc'))} | {_fmt(entry.get('sensitivity_at_youden_threshold'))} |")
+        lines.append(f"| {row['method']} | {row['fraction']} % | all anomalous | {sum(counts.values())} | "
+                     f"{_fmt(row['auroc'])} | {_fmt(row.get('recall_at_youden_threshold'))} |")
+    lines += ["", "Normal test sinuses called normal at the Youden threshold (specificity, folds): "
+              + "; ".join(f"{row['method']} {row['fraction']} %: {_fmt(row.get('specificity_at_youden_threshold'))}"
+                          for row in table) + "."]
+    return lines
+
+
 def _comparison_lines(comparisons: list[dict], config: RunConfig) -> list[str]:
     lines = ["", "## Residual pretraining against every other method (paired patient bootstrap)", "",
              f"Difference residual - other of the fold ensembles' AUROC and AUPRC on the same test sinuses; each of "
@@ -408,6 +442,7 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
         lines.append(f"| {row['method']} | {row['fraction']} % | {_fmt(row['auroc'])} | {_fmt(row['auprc'])} | "
                      f"{_fmt(row['f1'])} | {_fmt(row['f1_at_0.5'])} | {pooled} | "
                      + " | ".join(_paper_cell(paper, row["method"], row["fraction"], i) for i in range(3)) + " |")
+    lines += per_type_lines(table)
     if comparisons:
         lines += _comparison_lines(comparisons, config)
     if ablation:

@@ -160,6 +160,11 @@ def test_evaluate_fold_keys_and_values():
     assert r["threshold"] == pytest.approx(best_f1_threshold(yv, pv))
     assert r["threshold_source"] == "validation_f1"
     assert r["f1_at_val_threshold"] == pytest.approx(binary_metrics(yt, pt, r["threshold"])["f1"])
+    # the bundle's rule, reported beside the paper's F1 rule under its own name
+    assert r["youden_threshold"] == pytest.approx(best_youden_threshold(yv, pv))
+    assert r["youden_threshold_source"] == "validation_youden"
+    at_youden = binary_metrics(yt, pt, r["youden_threshold"])
+    assert (r["recall_at_youden_threshold"], r["specificity_at_youden_threshold"]) == (at_youden["recall"], at_youden["specificity"])
     assert r["f1_at_0.5"] == pytest.approx(binary_metrics(yt, pt, 0.5)["f1"])
     assert r["auroc"] == pytest.approx(binary_metrics(yt, pt)["auroc"])
     assert r["val_f1_at_threshold"] >= binary_metrics(yv, pv, 0.5)["f1"]
@@ -173,6 +178,7 @@ def test_evaluate_fold_keys_and_values():
 def test_evaluate_fold_tiny_folds_do_not_crash():
     r = evaluate_fold(np.zeros(3, int), np.array([0.1, 0.2, 0.3]), np.array([1, 1]), np.array([0.4, 0.6]))
     assert r["threshold"] == 0.5 and r["threshold_source"] == "fallback_0.5"
+    assert r["youden_threshold"] == 0.5 and r["youden_threshold_source"] == "fallback_0.5"
     assert math.isnan(r["auroc"]) and r["single_class"] is True
     assert r["f1_at_0.5"] == pytest.approx(2 / 3)
     assert any(n.startswith("validation:") for n in r["notes"]) and any(n.startswith("test:") for n in r["notes"])
@@ -662,4 +668,5 @@ def test_evaluate_run_writes_paired_comparisons(tmp_path):
     assert ("At 100 % labels, residual pretraining does not lead (best other: simsiam, AUROC difference 0.000, "
             "95 % paired interval [0.000, 0.000]: the interval includes 0).") in text
     assert "| simsiam | 0.000 | [0.000, 0.000] | 0.00 | 0.000 | [0.000, 0.000] | 0.00 |" in text
+    assert "## Per lesion type against the normal test sinuses" in text and "| residual | 100 % | x | 60 |" in text
     assert result["comparisons"] and not list((tmp_path / "evaluation").glob("*partial*"))

@@ -5,7 +5,7 @@
 # pretraining on an unlabelled set of such heads (the paper's D_u), then classify heads made from the
 # held-out single-subject anatomy and print AUROC and the share of normal sinuses called normal, per
 # contrast, for each held-out set (one per seed) and over all of them, and for each fold's model
-# alone. With several training seeds, the same data are trained on once per seed: at this size the
+# alone; per lesion kind, its AUROC against the normal sinuses and how many were called anomalous. With several training seeds, the same data are trained on once per seed: at this size the
 # training seed alone moves the results, and their spread is what a single number hides. Every
 # step resumes when re-run.
 #
@@ -44,11 +44,11 @@ for train in ${training_seeds//,/ }; do
 done
 .venv/bin/python - "$out" "$seeds" "$training_seeds" <<'PY'
 import csv, json, sys
-from collections import defaultdict
 from pathlib import Path
 import numpy as np
 from SinusAnomalyLib.bundlefile import read_bundle_meta
 from SinusAnomalyTraining.evaluation import binary_metrics
+from SinusAnomalyTraining.lesion_types import by_type
 out, seeds, training_seeds = sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(",")
 
 
@@ -107,7 +107,8 @@ def per_fold(group, fold_thresholds):
 
 overall = {}
 for train in training_seeds:
-    fold_thresholds = read_bundle_meta(f"{out}/transfer_train{train}.sabundle")["fold_thresholds"]
+    meta = read_bundle_meta(f"{out}/transfer_train{train}.sabundle")
+    fold_thresholds = meta["fold_thresholds"]
     print(f"training seed {train}:")
     sets = {seed: sinuses_of(seed, train) for seed in seeds}
     for seed, sinuses in sets.items():
@@ -118,11 +119,11 @@ for train in training_seeds:
     if len(sets) > 1:
         print(f"all {len(sets)} held-out sets: {summary(everything)}")
     print(f"  each fold's model alone: {per_fold(everything, fold_thresholds)}")
-    found = defaultdict(list)
-    for s in everything:
-        if s[1] is not None:
-            found[s[1]].append(s[3] == "anomalous")
-    print("  anomalous ones called anomalous, by kind: " + ", ".join(f"{kind} {sum(v)}/{len(v)}" for kind, v in sorted(found.items())))
+    # classify's verdict rule: the probability (6 decimals in results.csv) against the bundle's threshold
+    kinds = by_type([s[1] or "normal" for s in everything], [int(s[1] is not None) for s in everything],
+                    [s[2] for s in everything], meta["threshold"])
+    print("  by kind against the normal sinuses: " + ", ".join(
+        f"{kind} AUROC {m['auroc']:.2f}, called anomalous {round(m['sensitivity'] * m['n'])}/{m['n']}" for kind, m in kinds.items()))
     metrics, normal_verdicts, anomalous_verdicts = scores(everything)
     overall[train] = (metrics["auroc"], share(normal_verdicts), share(anomalous_verdicts))
 if len(overall) > 1:

@@ -36,7 +36,7 @@ from SinusAnomalyLib.inference import classify, save_classification
 from SinusAnomalyLib.fileio import write_text_atomic
 from SinusAnomalyLib.synth import SynthParams, generate_cohort
 
-from .. import localisation, pipeline, plots, runtime, stages
+from .. import lesion_types, localisation, pipeline, plots, report as evaluation_report, runtime, stages
 from ..config import chosen_folds, load_config
 from ..evaluation import binary_metrics
 from ..export import export_run
@@ -75,12 +75,13 @@ def centre_errors(cohort: Path, dataset: Path) -> list[float]:
 def classify_other_anatomies(folder: Path, bundle: ModelBundle, device, n_heads: int, seed: int) -> dict:
     """Make ``n_heads`` heads from :data:`OTHER_ANATOMIES` (the demo's lesion kinds and contrast) in
     ``folder``/cohort and classify them with ``bundle``. Returns ``binary_metrics`` of the assessed
-    sinuses at the bundle's threshold (``auroc``; ``specificity``: normal sinuses called normal)
-    and ``heads_refused``: heads refused by the extraction or with no assessable side. With no
-    assessed sinus at all, only ``n`` (0) and ``heads_refused``."""
+    sinuses at the bundle's threshold (``auroc``; ``specificity``: normal sinuses called normal),
+    ``by_type`` (:func:`lesion_types.by_type` at that threshold) and ``heads_refused``: heads
+    refused by the extraction or with no assessable side. With no assessed sinus at all, only
+    ``n`` (0) and ``heads_refused``."""
     cohort = generate_cohort(folder / "cohort", n_cases=n_heads, seed=seed, params=SynthParams(anatomies=OTHER_ANATOMIES),
                              previews=0)
-    truth, probabilities, refused = [], [], 0
+    truth, kinds, probabilities, refused = [], [], [], 0
     for patient, case in json.loads((cohort / "truth.json").read_text()).items():
         try:
             result = classify(cohort / case["image"], bundle, device)
@@ -90,10 +91,12 @@ def classify_other_anatomies(folder: Path, bundle: ModelBundle, device, n_heads:
         for side, r in result.sides.items():
             if r.probability is not None:
                 truth.append(int(case[side]["anomaly"] is not None))
+                kinds.append(case[side]["anomaly"] or "normal")
                 probabilities.append(r.probability)
     if not truth:
         return {"n": 0, "heads_refused": refused}
-    return {**binary_metrics(truth, probabilities, bundle.threshold), "heads_refused": refused}
+    return {**binary_metrics(truth, probabilities, bundle.threshold), "heads_refused": refused,
+            "by_type": lesion_types.by_type(kinds, truth, probabilities, bundle.threshold)}
 
 
 def _number(value, spec: str) -> str:
@@ -172,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         "## Classification of the held-out test patients",
         "",
         "| pretraining" + table,
+        *evaluation_report.per_type_lines(evaluation["table"]),
         "",
         *[f"![{Path(p).stem}]({Path(p).name})" for p in evaluation["plots"]],
         "",
@@ -206,6 +210,11 @@ def run(args: argparse.Namespace) -> int:
             "The demo's cohort is built from one anatomy and one contrast; this shows how far its model carries "
             "to other anatomies in that contrast. `benchmarks/transfer_check.sh` trains on several anatomies and "
             "contrasts and holds one anatomy out.",
+            "",
+            "| lesion type | sinuses | AUROC against the normal ones | called anomalous |",
+            "|---|---|---|---|",
+            *[f"| {kind} | {m['n']} | {_number(m['auroc'], '.2f')} | {_number(100 * m['sensitivity'], '.0f')} % |"
+              for kind, m in transfer["by_type"].items()],
             "",
         ]
     write_text_atomic(out / "report.md", "\n".join(report))
