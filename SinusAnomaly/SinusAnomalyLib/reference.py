@@ -75,8 +75,9 @@ def load_reference(folder: str | None = None) -> ReferenceHead:
 
 # Heads with annotated maxillary sinus cavities the synthetic cohort can be built from: the
 # reference, and the real heads of Resources/Anatomies (Resources/Scripts/make_real_heads.py).
-# Both real heads end inside the sinuses: their cavities are the visible parts.
-ANATOMIES = ("reference", "colin27", "single_subject_t1")
+# Colin27 and the single-subject T1 end inside the sinuses (their cavities are the visible parts);
+# the ROBEX atlas shows both whole.
+ANATOMIES = ("reference", "colin27", "single_subject_t1", "robex_atlas")
 
 
 @functools.lru_cache(maxsize=4)
