@@ -16,7 +16,7 @@ from SinusAnomalyLib.reference import load_reference
 from SinusAnomalyLib.residuals import resize_crops
 from SinusAnomalyLib.splits import fraction_key
 
-from . import evaluation, lesion_types, stages
+from . import calibration, evaluation, lesion_types, stages
 from .config import RunConfig, load_config
 from .engine import load_checkpoint
 
@@ -32,9 +32,8 @@ def half_weights_change(run_dir: Path, config: RunConfig, folds: list[int], stat
     the weights as the bundle would store them. None when the run's dataset is no longer where
     ``RUN/dataset.json`` says.
     """
-    try:
-        dataset = load_dataset(json.loads((run_dir / "dataset.json").read_text())["path"])
-    except (OSError, KeyError, ValueError, SinusAnomalyError):
+    dataset = _run_dataset(run_dir)
+    if dataset is None:
         return None
     change = 0.0
     for fold, state in zip(folds, states):
@@ -48,6 +47,20 @@ def half_weights_change(run_dir: Path, config: RunConfig, folds: list[int], stat
                 probabilities.append(torch.cat([torch.softmax(model(batch), 1)[:, 1] for batch in crops.split(8)]))
         change = max(change, float((probabilities[0] - probabilities[1]).abs().max()))
     return change
+
+
+def _run_dataset(run_dir: Path):
+    """The run's prepared dataset, or None when it is no longer where ``RUN/dataset.json`` says."""
+    try:
+        return load_dataset(json.loads((run_dir / "dataset.json").read_text())["path"])
+    except (OSError, KeyError, ValueError, SinusAnomalyError):
+        return None
+
+
+def _cae_of(config: RunConfig, state: dict) -> torch.nn.Module:
+    cae = stages.network_spec(config).cae()
+    cae.load_state_dict(state)
+    return cae.eval()
 
 
 def _inside_unit(threshold: float) -> float:
@@ -89,7 +102,7 @@ THRESHOLD_RULES = {
 
 
 def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", fraction: float = 100,
-               residual_threshold: float = DEFAULT_RESIDUAL_THRESHOLD, name: str | None = None,
+               residual_threshold: float | None = None, name: str | None = None,
                threshold_rule: str = "youden") -> Path:
     """Bundle every finished fold of ``run_dir`` for ``method`` at ``fraction`` % labels.
 
@@ -99,7 +112,10 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     weigh a normal sinus called anomalous as much as an anomalous one missed, and the F1 optimum
     (the paper's F1 threshold) calls many normal sinuses anomalous when that gains a little
     recall. The heat map's CAE is the first bundled fold's (any fold's CAE has seen only normal
-    training sinuses).
+    training sinuses); its heat-map scale, label level and out-of-distribution range are fitted on
+    that fold's data by :func:`calibration.calibrate` when the run's dataset can be found. The
+    label level is ``residual_threshold`` when given, else the calibrated one (with lesion
+    masks), else :data:`DEFAULT_RESIDUAL_THRESHOLD`.
     """
     if threshold_rule not in THRESHOLD_RULES:
         raise InvalidValueError(f"unknown threshold rule '{threshold_rule}' (known: {', '.join(THRESHOLD_RULES)})")
@@ -126,6 +142,14 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         thresholds.append(_inside_unit(best_threshold(y, p)) if evaluation.both_classes(y) else 0.5)
     half_change = half_weights_change(run_dir, config, [fold for fold, _ in folds], classifier_states, shortcut)
     half_weights = half_change is not None and half_change <= HALF_WEIGHTS_MAX_CHANGE
+    dataset = _run_dataset(run_dir)
+    calibrated = {} if dataset is None else calibration.calibrate(
+        dataset, cae_fold, _cae_of(config, cae_state), config.crop_size, config.residuals.median_kernel)
+    chosen_level = calibrated.pop("residual_threshold", None)
+    if residual_threshold is not None and residual_threshold != chosen_level:
+        calibrated.pop("label_validation", None)  # it validated another level
+    if residual_threshold is None:
+        residual_threshold = DEFAULT_RESIDUAL_THRESHOLD if chosen_level is None else chosen_level
     metrics_path = run_dir / "evaluation" / f"{method}_frac{fraction_key(float(fraction) / 100.0)}" / "metrics.json"
     metrics = json.loads(metrics_path.read_text()).get("summary", {}) if metrics_path.is_file() else {}
     dataset_path = run_dir / "dataset.json"
@@ -161,5 +185,6 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
             "rule": f"float16 weights when they change no validation probability by more than {HALF_WEIGHTS_MAX_CHANGE}; "
                     "float32 otherwise, or when the run's dataset cannot be found to check",
         },
+        **calibrated,
     }
     return write_bundle(out, meta, cae_state, classifier_states, half_weights=half_weights)

@@ -16,6 +16,7 @@ import torch
 from . import __version__
 from .bundlefile import BundleFile, read_bundle_file, write_bundle_file
 from .errors import BundleError
+from .heatmap import normal_scale_of, ood_range_of
 from .models import NetworkSpec
 
 __all__ = ["BundleError", "ModelBundle", "build_untrained_bundle", "load_bundle", "write_bundle"]
@@ -96,6 +97,7 @@ def load_bundle(bundle: str | Path | BundleFile, expected_reference_sha256: str 
             raise BundleError(bundle.path, f"{name} does not fit the network described in its bundle.json: {exc}") from exc
         return model.eval()
 
+    normal_scale_of(meta, bundle.path), ood_range_of(meta, bundle.path)  # a malformed block fails here, not per scan
     cae = networks("cae", "cae.npz", bundle.cae)
     classifiers = [networks("classifier", f"classifier_fold{k}.npz", arrays) for k, arrays in enumerate(bundle.classifiers)]
     return ModelBundle(path=bundle.path, meta=meta, cae=cae, classifiers=classifiers, fingerprint=bundle.fingerprint)

@@ -6,18 +6,21 @@ sinus cavity inside the field of view and holding image content, see
 fold's classifier; the probability is their mean, ``spread`` their standard deviation, the
 verdict compares the mean with the bundle's validation-chosen threshold. A side that is not
 assessable gets no probability, no verdict ("not assessable"), no heat map and no label: never a
-verdict from an empty crop. The heat map is the bundle CAE's residual map (as in training),
-brought back to 1 mm and resampled into the INPUT image's grid; the anomaly label map marks
-heat-map voxels at or above the bundle's residual threshold inside that side's sinus (the
-reference cavity mapped through the registration, grown by a few millimetres), on sides whose
-verdict is anomalous: 1 left, 2 right. The anomalous volume is that label's volume in mL.
+verdict from an empty crop. The heat map is the bundle CAE's residual map on the bundle's normal
+scale (per crop for bundles without one; see :mod:`SinusAnomalyLib.heatmap`), brought back to
+1 mm and resampled into the INPUT image's grid; the anomaly label map marks heat-map voxels at or
+above the bundle's residual threshold inside that side's sinus (the reference cavity mapped
+through the registration, grown by a few millimetres), on sides whose verdict is anomalous:
+1 left, 2 right. The anomalous volume is that label's volume in mL only where the bundle's
+validation put it within ±50 % of the truth for most test lesions; otherwise it is ``null`` and
+the label is a coarse region. Each side's CAE reconstruction error is compared with the bundle's
+training range: outside it, a warning.
 
 A NaN or infinite probability or heat map (weights that do not work on this input) is an error,
 never a result. The result folder's format is :mod:`SinusAnomalyLib.resultformat`.
 """
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +34,14 @@ from .bundle import ModelBundle
 from .errors import BundleError, ImageError
 from .extraction import COVERAGE_WARNING, MIN_COVERAGE, SinusExtraction, crop_affine_ras, extract_sinuses
 from .fileio import atomic_folder, write_json_atomic
+from .heatmap import (VOLUME_AS_ML, VOLUME_TOLERANCE, cavity_in_crop, normal_scale_of, ood_measure, ood_range_of,
+                      raw_residuals, volume_shown_as)
 from .imageio import read_image, write_image
 from .reference import ReferenceHead, load_reference
-from .residuals import residual_maps, resize_crops
+from .residuals import resize_crops, scale_per_crop
 from .resultformat import (CROP_FILES, CROP_SIZE, HEATMAP_FILE, LABEL_NAMES, LABEL_VALUES, LABELMAP_FILE, RESULT_FILE,
                            RESULT_FILES, RESULT_FORMAT, RESULT_VERSION, SIDES, VERDICT_ANOMALOUS, VERDICT_NORMAL,
                            VERDICT_NOT_ASSESSABLE)
-
-CAVITY_MARGIN_MM = 4.0
 
 
 @dataclass
@@ -50,7 +53,9 @@ class SideResult:
     threshold: float
     spread: float | None
     fold_probabilities: list
-    anomalous_volume_ml: float | None
+    anomalous_volume_ml: float | None  # None unless assessable and the bundle's volume is validated (heatmap.py)
+    reconstruction_error: float | None  # the out-of-distribution measure (heatmap.ood_measure)
+    out_of_distribution: bool | None  # None: not assessable, or the bundle has no training range
     center_ras_mm: list
     crop_affine_ras: list
 
@@ -102,24 +107,6 @@ def _into_input(values: sitk.Image, image: sitk.Image, interpolator) -> tuple[tu
         return region, np.zeros([s.stop - s.start for s in region], np.float32)
     out = sitk.Resample(values, sub, sitk.Transform(), interpolator, 0.0, values.GetPixelID())
     return region, sitk.GetArrayFromImage(out).transpose(2, 1, 0)
-
-
-@functools.lru_cache(maxsize=4)
-def _grown_cavity(reference: ReferenceHead, side: str) -> sitk.Image:
-    """The side's reference cavity grown by the margin; the same for every scan, so made once."""
-    radius = [int(round(CAVITY_MARGIN_MM / s)) for s in reference.sinus_labels.GetSpacing()]
-    return sitk.BinaryDilate(reference.sinus_labels == LABEL_VALUES[side], radius)
-
-
-def _cavity_in_crop(reference: ReferenceHead, extraction: SinusExtraction, side: str) -> np.ndarray:
-    """Boolean (64, 64, 64) [i, j, k] mask of the side's reference cavity (grown) in crop space."""
-    grown = _grown_cavity(reference, side)
-    to_reference = sitk.AffineTransform(3)
-    inverse = np.linalg.inv(extraction.registration.matrix_lps)  # input -> reference
-    to_reference.SetMatrix(inverse[:3, :3].ravel().tolist())
-    to_reference.SetTranslation(inverse[:3, 3].tolist())
-    mask = sitk.Resample(grown, extraction.crops[side], to_reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.GetArrayFromImage(mask).transpose(2, 1, 0) > 0
 
 
 def _as_crop_image(array_ijk: np.ndarray, like: sitk.Image, pixel=sitk.sitkFloat32) -> sitk.Image:
@@ -175,10 +162,16 @@ def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: 
     batch = torch.from_numpy(resize_crops(np.stack([arrays[s] for s in assessed]), size))[:, None].to(device)
     batch = batch.contiguous(memory_format=torch.channels_last_3d)
     residual_cfg = bundle.meta["residuals"]
+    normal_scale, ood_range = normal_scale_of(bundle.meta, bundle.path), ood_range_of(bundle.meta, bundle.path)
     _channels_last(bundle)
     with torch.inference_mode():
         probabilities = torch.stack([torch.softmax(m(batch), dim=1)[:, 1] for m in bundle.classifiers]).cpu().numpy()  # (folds, sides)
-        residuals = residual_maps(bundle.cae, batch, tuple(residual_cfg["percentiles"]), int(residual_cfg["median_kernel"]))
+        raw = raw_residuals(bundle.cae, batch)
+        reconstruction_errors = ood_measure(raw)
+        if normal_scale is not None:
+            residuals = normal_scale.heat(raw, int(residual_cfg["median_kernel"]))
+        else:
+            residuals = scale_per_crop(raw, tuple(residual_cfg["percentiles"]), int(residual_cfg["median_kernel"]))
         residuals = F.interpolate(residuals, size=(CROP_SIZE,) * 3, mode="trilinear", align_corners=False)[:, 0].cpu().numpy()
     for i, side in enumerate(assessed):
         if not np.isfinite(probabilities[:, i]).all():
@@ -192,6 +185,8 @@ def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: 
     heat = np.zeros(image.GetSize(), np.float32)
     labels = np.zeros(image.GetSize(), np.uint8)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    volume_in_ml = volume_shown_as(bundle.meta) == VOLUME_AS_ML
+    warnings = coverage_warnings(extraction)
     sides = {}
     for side in SIDES:
         crop = extraction.crops[side]
@@ -200,7 +195,8 @@ def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: 
                       crop_affine_ras=crop_affine_ras(crop).round(6).tolist())
         if side not in assessed:
             sides[side] = SideResult(assessable=False, probability=None, verdict=VERDICT_NOT_ASSESSABLE, spread=None,
-                                     fold_probabilities=[], anomalous_volume_ml=None, **common)
+                                     fold_probabilities=[], anomalous_volume_ml=None, reconstruction_error=None,
+                                     out_of_distribution=None, **common)
             continue
         i = assessed.index(side)
         p = float(probabilities[:, i].mean())
@@ -209,25 +205,55 @@ def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: 
         heat[region] = np.maximum(heat[region], values)
         volume = 0.0
         if verdict == VERDICT_ANOMALOUS:
-            lesion = (residuals[i] >= residual_threshold) & _cavity_in_crop(reference, extraction, side)
+            cavity = cavity_in_crop(reference, side, extraction.registration.matrix_lps, crop)
+            lesion = (residuals[i] >= residual_threshold) & cavity
             region, mask = _into_input(_as_crop_image(lesion.astype(np.uint8), crop, sitk.sitkUInt8), image, sitk.sitkNearestNeighbor)
             target = labels[region]
             target[(mask > 0) & (target == 0)] = LABEL_VALUES[side]
             volume = float((labels == LABEL_VALUES[side]).sum() * voxel_ml)
+        error = float(reconstruction_errors[i])
+        outside = None if ood_range is None else ood_range.outside(error)
+        if outside:
+            warnings.append(f"{side} sinus unlike the bundle's training sinuses: its CAE reconstruction error {error:.4f} is "
+                            f"outside their range {ood_range.describe()}; read its verdict and heat map with care")
         sides[side] = SideResult(
             assessable=True, probability=round(p, 6), verdict=verdict,
             spread=round(float(probabilities[:, i].std()), 6),
             fold_probabilities=[round(float(v), 6) for v in probabilities[:, i]],
-            anomalous_volume_ml=round(volume, 3), **common,
+            anomalous_volume_ml=round(volume, 3) if volume_in_ml else None,
+            reconstruction_error=round(error, 6), out_of_distribution=outside, **common,
         )
     heatmap = sitk.GetImageFromArray(heat.transpose(2, 1, 0))
     heatmap.CopyInformation(image)
     labelmap = sitk.GetImageFromArray(labels.transpose(2, 1, 0))
     labelmap.CopyInformation(image)
-    warnings = coverage_warnings(extraction)
+    if normal_scale is None:
+        warnings.append("heat map scaled per crop (the bundle has no normal-sinus scale): a normal sinus's strongest "
+                        "residuals look as bright as a lesion's")
+    if ood_range is None:
+        warnings.append("the bundle has no training range: no check that the scan is like its training data")
     if bundle.meta.get("method") == "untrained":
         warnings.append(f"the bundle {bundle.path.name} holds RANDOM weights (tests and timing only): its verdicts mean nothing")
     return Classification(source, extraction, sides, heatmap, labelmap, time.perf_counter() - start, warnings)
+
+
+def label_map_summary(meta: dict) -> dict:
+    """What the heat map's scale and the label map are, and how far the label's volume was validated."""
+    validation = meta.get("label_validation") if isinstance(meta.get("label_validation"), dict) else {}
+    test = validation.get("test") or {}
+    volume = volume_shown_as(meta)
+    if volume == VOLUME_AS_ML:
+        note = (f"volume in mL: on the bundle's test sinuses within ±{VOLUME_TOLERANCE:.0%} of the true lesion volume for "
+                f"{test.get('within_tolerance', 0):.0%} of {test.get('n_lesions')} lesions")
+    elif test:
+        note = (f"coarse region, not a volume measurement: on the bundle's test sinuses its volume was within "
+                f"±{VOLUME_TOLERANCE:.0%} of the true lesion volume for only {test.get('within_tolerance', 0):.0%} of "
+                f"{test.get('n_lesions')} lesions")
+    else:
+        note = "coarse region, not a volume measurement: the bundle's label was never checked against lesion masks"
+    return {"heatmap_scale": "normal sinuses" if normal_scale_of(meta) is not None else "per crop",
+            "level": float(meta["residual_threshold"]), "volume": volume, "note": note,
+            "median_dice_test": test.get("median_dice"), "median_volume_error_test": test.get("median_volume_error")}
 
 
 def result_summary(result: Classification, bundle: ModelBundle) -> dict:
@@ -241,6 +267,7 @@ def result_summary(result: Classification, bundle: ModelBundle) -> dict:
                   "fraction": meta.get("fraction"), "created": meta.get("created"), "fingerprint": bundle.fingerprint},
         "sides": {side: result.sides[side].to_json(CROP_FILES[side]) for side in SIDES},
         "files": {"heatmap": HEATMAP_FILE, "labelmap": LABELMAP_FILE},
+        "label_map": label_map_summary(meta),
         "labels": {str(value): name for value, name in LABEL_NAMES.items()},
         "registration": result.extraction.registration.summary(),
         "warnings": list(result.warnings),

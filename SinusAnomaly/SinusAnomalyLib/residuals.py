@@ -45,12 +45,15 @@ def median_smooth(maps: torch.Tensor, kernel: int) -> torch.Tensor:
     return torch.from_numpy(out / MEDIAN_LEVELS)[:, None].to(maps.device)
 
 
+def scale_per_crop(residual: torch.Tensor, percentiles=(1.0, 99.0), median_kernel: int = 5) -> torch.Tensor:
+    """Raw ``(B, 1, S, S, S)`` residuals -> each rescaled to its own percentiles, clipped to [0, 1], median filtered."""
+    flat = residual.flatten(1)
+    lo = torch.quantile(flat, percentiles[0] / 100.0, dim=1).view(-1, 1, 1, 1, 1)
+    hi = torch.quantile(flat, percentiles[1] / 100.0, dim=1).view(-1, 1, 1, 1, 1)
+    return median_smooth(((residual - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0), median_kernel)
+
+
 def residual_maps(cae: ConvAutoencoder, images: torch.Tensor, percentiles=(1.0, 99.0), median_kernel: int = 5) -> torch.Tensor:
-    """``(B, 1, S, S, S)`` images -> residual maps ``(B, 1, S, S, S)`` in [0, 1]."""
+    """``(B, 1, S, S, S)`` images -> the paper's residual maps ``(B, 1, S, S, S)`` in [0, 1] (per-crop scale)."""
     with torch.no_grad():
-        residual = (images - cae(images)).abs()
-        flat = residual.flatten(1)
-        lo = torch.quantile(flat, percentiles[0] / 100.0, dim=1).view(-1, 1, 1, 1, 1)
-        hi = torch.quantile(flat, percentiles[1] / 100.0, dim=1).view(-1, 1, 1, 1, 1)
-        residual = ((residual - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
-    return median_smooth(residual, median_kernel)
+        return scale_per_crop((images - cae(images)).abs(), percentiles, median_kernel)

@@ -20,6 +20,7 @@ from SinusAnomalyLib.resultformat import (
     RESULT_FORMAT,
     RESULT_VERSION,
     SIDES,
+    VERDICT_ANOMALOUS,
     VERDICT_NOT_ASSESSABLE,
     VERDICTS,
 )
@@ -33,7 +34,8 @@ COLUMN_DESCRIPTIONS = {
     "Probability": "Probability of an anomaly: mean over the bundle's folds (empty when not assessable)",
     "Spread": "Standard deviation of the fold probabilities: a large spread means the folds disagree",
     "Coverage (%)": "Share of the sinus that the scan shows (empty for results of format version 1)",
-    "Volume (mL)": "Volume marked anomalous in the label map",
+    "Volume (mL)": "Volume marked anomalous in the label map, only where the bundle validated it against true lesion "
+                   "volumes; empty where the label map is a coarse region (see the log)",
 }
 FINGERPRINT_SHORT = 12  # hex digits shown of the bundle's fingerprint (SHA-256 of its bundle.json)
 
@@ -122,6 +124,14 @@ def model_line(result: dict) -> str:
     return f"{name} (fingerprint {fingerprint})" if fingerprint else f"{name} (no fingerprint: result format 1)"
 
 
+def _volume_text(entry: dict) -> str:
+    """The label's volume in mL where the result gives one; where it does not, an anomalous side's
+    label is a coarse region (results before the label was validated always gave a number)."""
+    if _is_number(entry.get("anomalous_volume_ml")):
+        return f", anomalous volume {float(entry['anomalous_volume_ml']):.2f} mL"
+    return ", anomalous region marked (coarse, not a volume)" if entry.get("verdict") == VERDICT_ANOMALOUS else ""
+
+
 def summary_lines(result: dict) -> list[str]:
     """What the module's log shows after a run: one line per side, the model, every warning."""
     lines = []
@@ -131,10 +141,13 @@ def summary_lines(result: dict) -> list[str]:
         shown = f", the scan shows {100.0 * coverage:.0f} % of the sinus" if _is_number(coverage) else ""
         if is_assessable(entry):
             lines.append(f"{SIDE_TITLES[side]}: {entry['verdict']}, probability {float(entry['probability']):.3f}"
-                         f" (spread {float(entry.get('spread') or 0.0):.3f}), anomalous volume "
-                         f"{float(entry.get('anomalous_volume_ml') or 0.0):.2f} mL{shown}")
+                         f" (spread {float(entry.get('spread') or 0.0):.3f}){_volume_text(entry)}{shown}"
+                         + ("; UNLIKE THE TRAINING DATA" if entry.get("out_of_distribution") else ""))
         else:
             lines.append(f"{SIDE_TITLES[side]}: not assessable{shown}; no probability")
+    label_map = result.get("label_map") or {}
+    if label_map.get("note"):
+        lines.append(f"Heat map: scaled on {label_map.get('heatmap_scale')}; label map: {label_map['note']}")
     lines.append(f"Model: {model_line(result)}")
     lines += [f"Warning: {warning}" for warning in warnings_of(result)]
     return lines

@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help=f"bundle file to write (*{BUNDLE_SUFFIX})")
     parser.add_argument("--method", choices=METHODS, default="residual", help="pretraining method of the classifiers (default residual)")
     parser.add_argument("--fraction", type=float, default=100, help="label fraction of the classifiers (default 100)")
-    parser.add_argument("--residual-threshold", type=float, default=DEFAULT_RESIDUAL_THRESHOLD,
-                        help="heat-map level marking anomalous voxels in the label map (default 0.5)")
+    parser.add_argument("--residual-threshold", type=float, default=None,
+                        help="heat-map level marking anomalous voxels in the label map (default: chosen on the validation "
+                             f"sinuses' lesion masks when the run's cohort has them, else {DEFAULT_RESIDUAL_THRESHOLD})")
     parser.add_argument("--threshold-rule", choices=sorted(THRESHOLD_RULES), default="youden",
                         help="what the verdict threshold maximises on the validation predictions: youden (sensitivity + "
                              "specificity, the default) or f1 (the paper's metric)")
