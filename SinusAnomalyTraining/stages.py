@@ -32,26 +32,18 @@ import torch.nn.functional as F
 
 from SinusAnomalyLib.dataset import UNLABELLED_MANIFEST_FILE, PreparedDataset
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError, StageInputError
-from SinusAnomalyLib.fileio import atomic_path, write_csv_atomic, write_json_atomic
+from SinusAnomalyLib.fileio import atomic_path, sha256_file, write_csv_atomic, write_json_atomic
 from SinusAnomalyLib.models import ConvAutoencoder, NetworkSpec, SinusClassifier, parameter_groups
 from SinusAnomalyLib.residuals import residual_maps, resize_crops
 
 from . import runtime
 from .data import CropLoader, SinusCrops
-from .config import METHODS, PRETEXT, PRETRAINING, PretrainSettings, RunConfig, percent_key
+from .config import METHODS, PRETEXT, PRETRAINING, RunConfig, percent_key
 from .engine import Checkpointer, LossStepFn, fit, load_checkpoint
-from .optim import LARS, WarmupCosine, scaled_lr
+from .optim import lars_with_warmup_cosine
 from .pretext import PRETEXT_METHODS, TwoViewPretext, build_pretext, load_medicalnet_encoder
 
 DONE = "done.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -115,16 +107,20 @@ class FoldContext:
 
     @property
     def dataset_fingerprint(self) -> str:
-        """Checksum of the manifest and splits: a stage made from other data is stale."""
+        """Checksum of the manifest, splits and crops: a stage made from other data is stale (crops of
+        another extraction too; datasets prepared before dataset.json recorded the crops' checksum: not those)."""
         root = self.dataset.root
-        return hashlib.sha256((sha256_file(root / "manifest.csv") + sha256_file(root / "splits.json")).encode()).hexdigest()
+        parts = sha256_file(root / "manifest.csv") + sha256_file(root / "splits.json") + self.dataset.info.get("crops", {}).get("sha256", "")
+        return hashlib.sha256(parts.encode()).hexdigest()
 
     @property
     def unlabelled_fingerprint(self) -> str | None:
-        """Checksum of the unlabelled set's manifest (None without one): stages made from another set are stale."""
+        """Checksum of the unlabelled set's manifest and crops (None without one): stages made from another set are stale."""
         if not len(self.dataset.unlabelled):
             return None
-        return sha256_file(self.dataset.root / UNLABELLED_MANIFEST_FILE)
+        manifest = sha256_file(self.dataset.root / UNLABELLED_MANIFEST_FILE)
+        crops = self.dataset.info["unlabelled"].get("crops", {}).get("sha256")
+        return manifest if crops is None else hashlib.sha256((manifest + crops).encode()).hexdigest()
 
     def logger(self, stage_dir: Path) -> runtime.RunLogger:
         return runtime.setup_run_logging(stage_dir)
@@ -212,6 +208,7 @@ class Training:
     after_step: Callable[[int, int], None] | None = None  # e.g. BYOL's target update
     done: dict = field(default_factory=dict)  # more entries for done.json
     recompute_batchnorm: bool = False  # engine.fit's: BatchNorm statistics averaged over the training set each epoch
+    amp: bool = True  # mixed precision when the configuration asks for it; False: always float32
 
 
 def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build: Callable[[], Training],
@@ -222,8 +219,8 @@ def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build
     records what the stage is made from (clearing another run's leftovers, or every leftover with
     ``ctx.restart``), builds the training with ``build`` (seeding first is the builder's job, so
     weights and data order depend on the seed only), fits, resuming from ``last.pt`` when an
-    interrupted run left one, runs ``finish`` (e.g. the predictions of the best checkpoint) and writes
-    ``done.json`` with the best checkpoint's checksum.
+    interrupted run left one, runs ``finish`` (e.g. the predictions of the best checkpoint; rank 0 only)
+    and writes ``done.json`` with the best checkpoint's checksum.
     """
     if not ctx.restart and _finished(stage_dir, made_from):
         return False
@@ -236,22 +233,14 @@ def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build
         log.info(training.description)
         fit(runtime.wrap_ddp(model, ctx.device), training.train_loader, training.val_loader, training.loss_step,
             training.epochs, training.optimizer, training.scheduler, ctx.device, Checkpointer(stage_dir),
-            resume=True, amp=ctx.config.amp, progress=ctx.progress, log=log, seed=ctx.config.seed,
+            resume=True, amp=ctx.config.amp and training.amp, progress=ctx.progress, log=log, seed=ctx.config.seed,
             extra=training.extra, after_step=training.after_step, recompute_batchnorm=training.recompute_batchnorm)
     runtime.barrier()
-    if finish is not None:
+    if finish is not None and runtime.is_main_process():  # e.g. the predictions: once, by rank 0
         finish()
     _mark_done(stage_dir, made_from, checkpoint_sha256=sha256_file(stage_dir / Checkpointer.BEST), **training.done)
+    runtime.barrier()
     return True
-
-
-def lars_with_warmup_cosine(model: torch.nn.Module, cfg: PretrainSettings, batch: int, train_loader) -> tuple[LARS, WarmupCosine, float]:
-    """The pretraining optimiser of every method: LARS at ``base_lr`` scaled to the global batch,
-    warm-up then cosine, stepped per batch. Returns ``(optimizer, scheduler, learning rate)``."""
-    lr = scaled_lr(cfg.base_lr, batch * runtime.world_size(), cfg.base_batch)
-    optimizer = LARS(parameter_groups(model, cfg.weight_decay), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = WarmupCosine.for_loader(optimizer, train_loader, cfg.epochs, cfg.warmup_epochs)
-    return optimizer, scheduler, lr
 
 
 # --------------------------------------------------------------------------- 1. CAE
@@ -275,9 +264,9 @@ def train_cae(ctx: FoldContext) -> Path:
         val = [i for i in ctx.indices("val") if labels[i] == 0]
         if not train:
             raise DatasetError(f"fold {ctx.fold} has no normal training sinus to train the CAE on")
-        size = ctx.config.crop_size
-        train_loader = CropLoader(SinusCrops.from_dataset(ctx.dataset, train, size), cfg.batch_size, True, ctx.config.seed, ctx.device)
-        val_loader = CropLoader(SinusCrops.from_dataset(ctx.dataset, val, size), cfg.batch_size, False, ctx.config.seed,
+        size, batch = ctx.config.crop_size, runtime.per_process_batch(cfg.batch_size)
+        train_loader = CropLoader(SinusCrops.from_dataset(ctx.dataset, train, size), batch, True, ctx.config.seed, ctx.device)
+        val_loader = CropLoader(SinusCrops.from_dataset(ctx.dataset, val, size), batch, False, ctx.config.seed,
                                 ctx.device) if val else None
         runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
         model = network_spec(ctx.config).cae().to(ctx.device)
@@ -286,9 +275,11 @@ def train_cae(ctx: FoldContext) -> Path:
             x = _image_batch(batch, device)
             return F.l1_loss(net(x), x)
 
-        return Training(f"CAE fold {ctx.fold}: {len(train)} normal training sinuses, {len(val)} normal validation sinuses",
+        return Training(f"CAE fold {ctx.fold}: {len(train)} normal training sinuses, {len(val)} normal validation sinuses, "
+                        f"{runtime.describe_batch(batch)}",
                         model, train_loader, val_loader, l1_step, cfg.epochs,
-                        torch.optim.Adam(model.parameters(), lr=cfg.lr),
+                        torch.optim.Adam(model.parameters(), lr=cfg.lr), amp=False,  # float32: its residuals are 0.01-0.05,
+                        # finer than bf16's steps of 0.004 near 1
                         extra={"model": "ConvAutoencoder", "config": cfg.as_dict()}, done={"n_train": len(train), "n_val": len(val)})
 
     run_training_stage(ctx, stage_dir, made_from, build)
@@ -307,11 +298,11 @@ def load_cae(ctx: FoldContext) -> tuple[ConvAutoencoder, str]:
 
 def compute_residuals(ctx: FoldContext) -> Path:
     """Residual targets of every crop of the dataset, labelled and unlabelled, with the fold's CAE;
-    cached with its identity (and the unlabelled set's: another set makes them stale)."""
+    cached with its identity and the crops' (and the unlabelled set's: another set makes them stale)."""
     stage_dir = ctx.residuals_dir
     cfg = ctx.config.residuals
     cae, cae_sha = load_cae(ctx)
-    made_from = {"cae_sha256": cae_sha, "residuals": cfg.as_dict(), "crop_size": ctx.config.crop_size}
+    made_from = {"cae_sha256": cae_sha, "residuals": cfg.as_dict(), "crop_size": ctx.config.crop_size, "dataset": ctx.dataset_fingerprint}
     if ctx.unlabelled_fingerprint is not None:  # only then, so residuals of a dataset without one stay valid
         made_from["unlabelled"] = ctx.unlabelled_fingerprint
     if not ctx.restart and _finished(stage_dir, made_from):
@@ -319,17 +310,26 @@ def compute_residuals(ctx: FoldContext) -> Path:
     sources = [ctx.dataset, ctx.dataset.unlabelled]  # each with .manifest and .crops (row i = manifest[i])
     sample_ids = [r.sample_id for source in sources for r in source.manifest]
     size = ctx.config.crop_size
-    out = np.zeros((len(sample_ids), size, size, size), dtype=np.float16)
-    batch = cfg.batch_size
+    main, ws, batch = runtime.is_main_process(), runtime.world_size(), cfg.batch_size
+    out = np.zeros((len(sample_ids), size, size, size), dtype=np.float16) if main else None
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    batches = [(source, start, offset) for source, offset in zip(sources, (0, len(ctx.dataset.manifest)))
-               for start in range(0, len(source.manifest), batch)]
-    for source, start, offset in tqdm(batches, desc=f"residuals fold {ctx.fold}", disable=not ctx.progress, unit="batch"):
-        crops = resize_crops(source.crops[start:start + batch], size)
-        images = torch.from_numpy(crops)[:, None].to(ctx.device)
-        out[offset + start:offset + start + len(crops)] = residual_maps(cae, images, cfg.percentiles, cfg.median_kernel)[:, 0].cpu().numpy()
-    if runtime.is_main_process():
+    batches = [(source, start) for source in sources for start in range(0, len(source.manifest), batch)]
+    bar = tqdm(total=len(batches), desc=f"residuals fold {ctx.fold}", disable=not (ctx.progress and main), unit="batch")
+    row = 0  # under DDP each process makes every ws-th batch; all_gather returns a round's batches in order
+    for first in range(0, len(batches), ws):
+        maps = torch.zeros((0, size, size, size))
+        if first + runtime.rank() < len(batches):
+            source, start = batches[first + runtime.rank()]
+            images = torch.from_numpy(resize_crops(source.crops[start:start + batch], size))[:, None].to(ctx.device)
+            maps = residual_maps(cae, images, cfg.percentiles, cfg.median_kernel)[:, 0].float().cpu()
+        maps = runtime.all_gather_tensor(maps)
+        if main:
+            out[row:row + len(maps)] = maps.numpy()
+        row += len(maps)
+        bar.update(min(ws, len(batches) - first))
+    bar.close()
+    if main:
         with atomic_path(stage_dir / "residuals.npy") as tmp:
             np.save(tmp, out)
         write_json_atomic(stage_dir / "residuals.json", {"sample_ids": sample_ids, **made_from})
@@ -406,19 +406,19 @@ def pretrain(ctx: FoldContext) -> Path:
         size = ctx.config.crop_size
         train_set, described = pretraining_crops(ctx, residuals)
         val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size, residuals)
-        batch = min(cfg.batch_size, len(train_set))
+        batch = runtime.per_process_batch(min(cfg.batch_size, len(train_set)))
         train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment, drop_last=True)
         val_loader = CropLoader(val_set, batch, False, ctx.config.seed, ctx.device) if len(val_set) else None
         runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
         model = network_spec(ctx.config).unet().to(ctx.device)
-        optimizer, scheduler, lr = lars_with_warmup_cosine(model, cfg, batch, train_loader)
+        optimizer, scheduler, lr = lars_with_warmup_cosine(model, cfg, batch * runtime.world_size(), train_loader)
 
         def bce_step(net, batch_, device):
             x = _image_batch(batch_, device)
             target = batch_["residual"].to(device, non_blocking=True)
             return F.binary_cross_entropy_with_logits(net(x), target)
 
-        return Training(f"pretraining fold {ctx.fold}: {described}, batch {batch}, LARS lr {lr:.4g}",
+        return Training(f"pretraining fold {ctx.fold}: {described}, {runtime.describe_batch(batch)}, LARS lr {lr:.4g}",
                         model, train_loader, val_loader, bce_step, cfg.epochs, optimizer, scheduler,
                         extra={"model": "ResidualUNet"})
 
@@ -450,7 +450,7 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
         size = ctx.config.crop_size
         train_set, described = pretraining_crops(ctx)
         val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size)
-        batch = min(cfg.batch_size, len(train_set))
+        batch = runtime.per_process_batch(min(cfg.batch_size, len(train_set)))
         # one policy (cfg.augment): two-view methods apply it to the raw batch themselves, twice; the
         # others reconstruct their own input, so their loader gives its geometry only (noise would touch the target)
         two_views = issubclass(PRETEXT_METHODS[method], TwoViewPretext)
@@ -460,12 +460,12 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
         runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
         views = {"augment": cfg.augment} if two_views else {}
         model = build_pretext(method, encoder_widths=ctx.config.encoder_widths, **options, **views).to(ctx.device)
-        optimizer, scheduler, lr = lars_with_warmup_cosine(model, cfg, batch, train_loader)
+        optimizer, scheduler, lr = lars_with_warmup_cosine(model, cfg, batch * runtime.world_size(), train_loader)
 
         def pretext_step(net, batch_, device):
             return net(_image_batch(batch_, device))  # each pretext model returns its own loss
 
-        return Training(f"{method} pretraining fold {ctx.fold}: {described}, batch {batch}, LARS lr {lr:.4g}",
+        return Training(f"{method} pretraining fold {ctx.fold}: {described}, {runtime.describe_batch(batch)}, LARS lr {lr:.4g}",
                         model, train_loader, val_loader, pretext_step, cfg.epochs, optimizer, scheduler,
                         extra={"model": type(model).__name__, "method": method}, after_step=model.after_optimizer_step)
 
@@ -501,7 +501,7 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
 
 
 def predict(model: SinusClassifier, crops: SinusCrops, device: torch.device, batch_size: int = 16) -> np.ndarray:
-    """P(anomalous) for every crop of ``crops``, in order (every process predicts all of them)."""
+    """P(anomalous) for every crop of ``crops``, in order."""
     model.eval()
     out = []
     with torch.no_grad():
@@ -523,7 +523,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
     stage_dir = ctx.fold_dir / "finetune" / name / f"frac{percent_key(fraction)}"
     cfg = ctx.config.finetune
     made_from = {"method": name, "fraction": fraction, "finetune": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths),
-                 "seed": ctx.config.seed, "dataset": ctx.dataset_fingerprint}
+                 "crop_size": ctx.config.crop_size, "seed": ctx.config.seed, "dataset": ctx.dataset_fingerprint}
     pretrained_path = None
     if method in PRETRAINING:
         pretrained_path = _require(pretraining_dir(ctx, method) / Checkpointer.BEST, f"pretrain --method {method}", ctx.fold_dir)
@@ -542,7 +542,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
         sets["train"] = train_set = SinusCrops.from_dataset(ctx.dataset, labelled, size)
         sets["val"] = val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size)
         sets["test"] = SinusCrops.from_dataset(ctx.dataset, ctx.indices("test"), size)
-        batch = min(cfg.batch_size, len(train_set))
+        batch = runtime.per_process_batch(min(cfg.batch_size, len(train_set)))
         train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment, drop_single=True)
         val_loader = CropLoader(val_set, batch, False, ctx.config.seed, ctx.device) if len(val_set) else None
         runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
@@ -561,7 +561,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
             return F.cross_entropy(net(x), batch_["label"].to(device), weight=weights)
 
         return Training(f"fine-tuning fold {ctx.fold}, {method} pretraining, {fraction} % labels: {len(train_set)} sinuses "
-                        f"({int(train_set.labels.sum())} anomalous)", model, train_loader, val_loader, ce_step,
+                        f"({int(train_set.labels.sum())} anomalous), {runtime.describe_batch(batch)}", model, train_loader, val_loader, ce_step,
                         cfg.epochs, torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr),
                         extra={"model": "SinusClassifier", "method": method}, done=transfer,
                         recompute_batchnorm=cfg.recompute_batchnorm)
@@ -576,8 +576,7 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
             for index, p in zip(subset.indices, predict(best, subset, ctx.device)):
                 r = ctx.dataset.manifest[index]
                 rows.append((r.sample_id, r.patient, r.side, split, r.label, r.anomaly_type, f"{float(p):.6f}"))
-        if runtime.is_main_process():
-            write_csv_atomic(stage_dir / "predictions.csv", PREDICTION_COLUMNS, rows)
+        write_csv_atomic(stage_dir / "predictions.csv", PREDICTION_COLUMNS, rows)  # run on rank 0 only
 
     run_training_stage(ctx, stage_dir, made_from, build, finish=predict_val_and_test)
     return stage_dir / "predictions.csv"

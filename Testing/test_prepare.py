@@ -328,3 +328,36 @@ def test_prepare_command_prints_summary(tmp_path, extractor, capsys):
     assert "12 of 12 prepared" in printed and "fold 2 val" in printed and "test" in printed
     splits = json.loads((tmp_path / "ds" / "splits.json").read_text())
     assert splits["fractions"] == [25, 50, 100] and len(splits["folds"]) == 3
+
+
+def test_a_change_to_the_extraction_code_extracts_every_scan_again(tmp_path, extractor, monkeypatch):
+    """The cache key follows what makes the crops (extraction's source and parameters, SimpleITK,
+    the reference head), not a hand-bumped version; the rest of the library does not count."""
+    import shutil
+
+    from SinusAnomalyLib import scancache
+
+    sources = tmp_path / "SinusAnomalyLib"
+    shutil.copytree(scancache.PACKAGE_DIR, sources, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(scancache, "PACKAGE_DIR", sources)
+    scancache.extraction_fingerprint.cache_clear()
+    try:
+        assert {"extraction.py", "registration.py", "reference.py", "imageio.py"} <= {p.name for p in scancache.extraction_sources()}
+        assert "synth.py" not in {p.name for p in scancache.extraction_sources()}
+        images, labels = make_cohort(tmp_path)
+        out = tmp_path / "dataset"
+        prepare_dataset(images, labels, out, n_folds=3, progress=False)
+        first = json.loads((out / "dataset.json").read_text())["extraction"]
+
+        def edit(name: str) -> list[str]:
+            (sources / name).write_text((sources / name).read_text() + "\nA_CHANGED_PARAMETER = 2\n")
+            scancache.extraction_fingerprint.cache_clear()
+            extractor.calls.clear()
+            prepare_dataset(images, labels, out, n_folds=3, progress=False)
+            return extractor.calls
+
+        assert edit("synth.py") == []  # not part of extraction: every scan reused
+        assert len(edit("registration.py")) == 12
+        assert json.loads((out / "dataset.json").read_text())["extraction"] != first
+    finally:
+        scancache.extraction_fingerprint.cache_clear()  # the next test computes it from the real sources

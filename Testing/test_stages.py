@@ -227,3 +227,38 @@ def test_pretrain_command_writes_each_method_where_finetune_finds_it(trained_fol
         assert main(["finetune", "--method", method, "--fraction", "50", *common]) == 0
         done = json.loads((run / "fold0" / "finetune" / method / "frac50" / "done.json").read_text())
         assert done["made_from"]["pretrained_sha256"] == stages.sha256_file(checkpoint)
+
+
+def test_fine_tuning_at_another_crop_size_starts_over_instead_of_counting_as_finished(tiny_dataset, tmp_path, monkeypatch):
+    """The classifier takes any crop size, so nothing else would notice weights trained at the old one."""
+    stages.finetune(tiny_fold_context(tiny_dataset, tmp_path / "run", finetune={"epochs": 1}), "none", 50)
+    stage = tmp_path / "run" / "fold0" / "finetune" / "none" / "frac50"
+    assert json.loads((stage / "done.json").read_text())["made_from"]["crop_size"] == 32
+    asked = []  # what the stage runner is asked to make at 64^3 (not trained here: 64^3 takes long)
+    monkeypatch.setattr(stages, "run_training_stage", lambda ctx, stage_dir, made_from, *a, **k: asked.append((stage_dir, made_from)))
+    stages.finetune(tiny_fold_context(tiny_dataset, tmp_path / "run", crop_size=64, finetune={"epochs": 1}), "none", 50)
+    (stage_dir, made_from), = asked
+    assert stage_dir == stage and made_from["crop_size"] == 64 and not stages._finished(stage, made_from)
+
+
+def test_a_dataset_whose_crops_changed_is_new_data_to_the_stages(tmp_path, monkeypatch):
+    """Re-prepared with another extraction, the manifest and splits can stay byte for byte the same
+    while every crop differs: the stages' dataset fingerprint includes the crops' checksum."""
+    import SinusAnomalyLib.dataset as dataset_module
+    from conftest import _FakeExtraction, make_tiny_dataset, synthetic_crop
+
+    root = tmp_path / "tiny"
+    out = make_tiny_dataset(root, monkeypatch, n_patients=12)
+    before = {name: (out / name).read_bytes() for name in ("manifest.csv", "splits.json", "crops.npy")}
+    fingerprint = tiny_fold_context(out, tmp_path / "run").dataset_fingerprint
+    rng = np.random.default_rng(99)
+    monkeypatch.setattr(dataset_module, "extract_sinuses",
+                        lambda path, *a, **k: _FakeExtraction({side: synthetic_crop(rng, False) for side in ("left", "right")}))
+    for image in (root / "images").iterdir():  # changed images: extracted again
+        image.write_bytes(b"another placeholder, another size")
+    dataset_module.prepare_dataset(root / "images", root / "labels.csv", out, n_folds=2, test_fraction=0.2,
+                                   fractions=(0.5, 1.0), seed=0, progress=False)
+    assert (out / "manifest.csv").read_bytes() == before["manifest.csv"] and (out / "splits.json").read_bytes() == before["splits.json"]
+    assert (out / "crops.npy").read_bytes() != before["crops.npy"]
+    assert json.loads((out / "dataset.json").read_text())["crops"]["sha256"] == stages.sha256_file(out / "crops.npy")
+    assert tiny_fold_context(out, tmp_path / "run").dataset_fingerprint != fingerprint

@@ -6,8 +6,8 @@ the files training reads::
 
     DATASET/
       scans/<patient>/extraction.json  extraction summary + "cache" block (source image, size,
-                                       mtime, library version, reference hash): if any of these
-                                       changed the scan is extracted again
+                                       mtime, the extraction's fingerprint: scancache.py): if any
+                                       of these changed the scan is extracted again
       scans/<patient>/crops.npz        float16 arrays "left" and "right" (64^3, right mirrored);
                                        both sides are cached even if the labels list one, so
                                        labelling the other side later needs no new extraction
@@ -40,7 +40,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,9 +53,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import __version__
 from .errors import DatasetError, OutputError, SinusAnomalyError
 from .extraction import MIN_COVERAGE, extract_sinuses
-from .fileio import atomic_path, check_output_folder, locked_output_folder, write_csv_atomic, write_json_atomic
+from .fileio import atomic_path, check_output_folder, locked_output_folder, sha256_file, write_csv_atomic, write_json_atomic
 from .labels import LabelledSinus, UnlabelledScan, read_labels, read_unlabelled
-from .reference import SIDES, load_reference
+from .reference import SIDES
+from .scancache import SCAN_CROPS, SCAN_SUMMARY, cache_block, cached_scan_is_complete, extraction_fingerprint
 from .splits import DEFAULT_FRACTIONS, Sample, Splits, sample_id, fraction_key, fraction_percent, load_splits, make_splits, save_splits
 
 logger = logging.getLogger(__name__)
@@ -69,11 +69,8 @@ UNLABELLED_COLUMNS = ("sample_id", "patient", "side", "image", "crop_file", "cro
 FAILURE_COLUMNS = ("patient", "image", "error")
 CROP_SHAPE = (64, 64, 64)
 CROP_DTYPE = np.float16
-CACHE_FORMAT = 1
 
 SCANS_DIR = "scans"
-SCAN_CROPS = "crops.npz"
-SCAN_SUMMARY = "extraction.json"
 CROPS_FILE = "crops.npy"
 MANIFEST_FILE = "manifest.csv"
 SPLITS_FILE = "splits.json"
@@ -81,45 +78,6 @@ FAILURES_FILE = "failures.csv"
 DATASET_FILE = "dataset.json"
 UNLABELLED_MANIFEST_FILE = "unlabelled_manifest.csv"
 UNLABELLED_CROPS_FILE = "unlabelled_crops.npy"
-
-
-def image_signature(image: Path) -> dict:
-    """Size and modification time of an image file (or of all files of a DICOM folder)."""
-    if image.is_dir():
-        files = [f for f in image.rglob("*") if f.is_file()]
-        stats = [f.stat() for f in files]
-        return {
-            "files": len(files),
-            "size": sum(s.st_size for s in stats),
-            "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
-        }
-    stat = image.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _cache_block(image: Path) -> dict:
-    """What a cached scan must match to be reused: same image, unchanged, same library and reference."""
-    return {
-        "format": CACHE_FORMAT,
-        "image": str(image),
-        "signature": image_signature(image),
-        "library_version": __version__,
-        "reference_sha256": load_reference().sha256,
-    }
-
-
-def cached_scan_is_complete(scan_dir: Path, image: Path) -> bool:
-    """True when ``scan_dir`` holds both crops and a summary made from ``image`` as it is now."""
-    crops_path, summary_path = scan_dir / SCAN_CROPS, scan_dir / SCAN_SUMMARY
-    if not crops_path.is_file() or not summary_path.is_file():
-        return False
-    try:
-        cached = json.loads(summary_path.read_text(encoding="utf-8")).get("cache")
-        with np.load(crops_path) as crops:
-            keys = set(crops.files)
-    except (OSError, ValueError, UnicodeDecodeError, zipfile.BadZipFile, AttributeError):
-        return False
-    return cached == _cache_block(image) and keys == set(SIDES)
 
 
 def extract_scan(image: Path, scan_dir: Path) -> dict:
@@ -131,7 +89,7 @@ def extract_scan(image: Path, scan_dir: Path) -> dict:
     """
     check_output_folder(scan_dir)  # OutputError naming it, before the registration
     (scan_dir / SCAN_CROPS).unlink(missing_ok=True)
-    cache = _cache_block(image)  # taken before reading, so a change during extraction is redone
+    cache = cache_block(image)  # taken before reading, so a change during extraction is redone
     result = extract_sinuses(image)
     crops = {}
     for side, array in result.arrays().items():
@@ -334,8 +292,8 @@ def _split_counts(rows: Sequence[ManifestRow], splits: Splits) -> dict:
     }
 
 
-def _write_crops(out_dir: Path, rows: Sequence[ManifestRow | UnlabelledRow], name: str = CROPS_FILE) -> None:
-    """Gather every row's crop from the per-scan caches into ``name`` (``crops.npy``; atomically)."""
+def _write_crops(out_dir: Path, rows: Sequence[ManifestRow | UnlabelledRow], name: str = CROPS_FILE) -> str:
+    """Gather every row's crop from the per-scan caches into ``name`` (``crops.npy``; atomically); its checksum."""
     with atomic_path(out_dir / name) as tmp:
         crops = np.lib.format.open_memmap(tmp, mode="w+", dtype=CROP_DTYPE, shape=(len(rows), *CROP_SHAPE))
         by_file: dict[str, list[ManifestRow]] = {}
@@ -347,6 +305,7 @@ def _write_crops(out_dir: Path, rows: Sequence[ManifestRow | UnlabelledRow], nam
                     crops[row.crop_index] = cached[row.crop_key]
         crops.flush()
         del crops
+        return sha256_file(tmp)
 
 
 def _one_line(exc: Exception) -> str:
@@ -482,7 +441,7 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
     write_csv_atomic(out_dir / FAILURES_FILE, FAILURE_COLUMNS, ([f.patient, f.image, f.error] for f in failures))
     splits = make_splits([r.sample for r in rows], n_folds, test_fraction, fractions, seed)
 
-    _write_crops(out_dir, rows)
+    crops_sha256 = _write_crops(out_dir, rows)
     write_manifest(out_dir / MANIFEST_FILE, rows)
     save_splits(splits, out_dir / SPLITS_FILE)
     unlabelled_counts = None
@@ -490,13 +449,14 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
         for name in (UNLABELLED_MANIFEST_FILE, UNLABELLED_CROPS_FILE):
             (out_dir / name).unlink(missing_ok=True)
     else:
-        _write_crops(out_dir, unlabelled_rows, UNLABELLED_CROPS_FILE)
+        unlabelled_crops_sha256 = _write_crops(out_dir, unlabelled_rows, UNLABELLED_CROPS_FILE)
         _write_rows(out_dir / UNLABELLED_MANIFEST_FILE, UNLABELLED_COLUMNS, unlabelled_rows)
         unlabelled_counts = {"source": str(Path(unlabelled).resolve()), "patients_listed": len(unlabelled_scans),
                              "extracted": u_extracted, "reused": u_reused, "failed": len(u_failures),
                              "patients": len({r.patient for r in unlabelled_rows}), "sinuses": len(unlabelled_rows),
                              "crops": {"file": UNLABELLED_CROPS_FILE, "manifest": UNLABELLED_MANIFEST_FILE,
-                                       "shape": [len(unlabelled_rows), *CROP_SHAPE], "dtype": np.dtype(CROP_DTYPE).name}}
+                                       "shape": [len(unlabelled_rows), *CROP_SHAPE], "dtype": np.dtype(CROP_DTYPE).name,
+                                       "sha256": unlabelled_crops_sha256}}
     report = PrepareReport(
         out_dir=out_dir,
         n_patients_listed=len(by_patient),
@@ -513,6 +473,7 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
     write_json_atomic(out_dir / DATASET_FILE, {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "library_version": __version__,
+        "extraction": extraction_fingerprint(),
         "parameters": {
             "images_dir": str(images_dir.resolve()),
             "labels_csv": str(labels_csv.resolve()),
@@ -531,7 +492,7 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
         },
         "anomaly_types": report.anomaly_types,
         "splits": report.split_counts,
-        "crops": {"file": CROPS_FILE, "shape": [len(rows), *CROP_SHAPE], "dtype": np.dtype(CROP_DTYPE).name},
+        "crops": {"file": CROPS_FILE, "shape": [len(rows), *CROP_SHAPE], "dtype": np.dtype(CROP_DTYPE).name, "sha256": crops_sha256},
         **({"unlabelled": unlabelled_counts} if unlabelled_counts is not None else {}),
     })
     return report
