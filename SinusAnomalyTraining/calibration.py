@@ -31,11 +31,19 @@ from SinusAnomalyLib.heatmap import (NORMAL_HIGH_PERCENTILE, VOLUME_AS_ML, VOLUM
 from SinusAnomalyLib.reference import load_reference
 from SinusAnomalyLib.residuals import resize_crops
 
-from . import localisation
+from . import localisation, stages
+from .config import RunConfig
 
 OOD_MARGIN = 1.25
 LEVELS = np.round(np.arange(0.05, 0.96, 0.025), 3)  # candidate label levels on the heat map's scale
 BATCH = 16
+
+
+def cae_from_state(config: RunConfig, state: dict) -> torch.nn.Module:
+    """The run's CAE with a checkpoint's weights, in eval mode."""
+    cae = stages.network_spec(config).cae()
+    cae.load_state_dict(state)
+    return cae.eval()
 
 
 def residuals_of(cae: torch.nn.Module, crops: np.ndarray, crop_size: int) -> np.ndarray:

@@ -116,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sinus-anomaly {args.command}: interrupted; finished outputs are kept, re-run to resume", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Destroy torchrun's process group if the command joined one: NCCL warns or hangs at exit otherwise."""
+    runtime = sys.modules.get("SinusAnomalyTraining.runtime")  # imported only by the commands that use torch
+    if runtime is not None:
+        runtime.cleanup()
 
 
 def run_and_exit(argv: list[str] | None = None) -> None:

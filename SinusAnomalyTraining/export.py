@@ -57,12 +57,6 @@ def _run_dataset(run_dir: Path):
         return None
 
 
-def _cae_of(config: RunConfig, state: dict) -> torch.nn.Module:
-    cae = stages.network_spec(config).cae()
-    cae.load_state_dict(state)
-    return cae.eval()
-
-
 def _inside_unit(threshold: float) -> float:
     """A threshold strictly inside (0, 1), as bundles require: 0 or 1 (every validation score at
     or below it saturated) become the nearest float inside, which decides every float32
@@ -144,7 +138,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     half_weights = half_change is not None and half_change <= HALF_WEIGHTS_MAX_CHANGE
     dataset = _run_dataset(run_dir)
     calibrated = {} if dataset is None else calibration.calibrate(
-        dataset, cae_fold, _cae_of(config, cae_state), config.crop_size, config.residuals.median_kernel)
+        dataset, cae_fold, calibration.cae_from_state(config, cae_state), config.crop_size, config.residuals.median_kernel)
     chosen_level = calibrated.pop("residual_threshold", None)
     if residual_threshold is not None and residual_threshold != chosen_level:
         calibrated.pop("label_validation", None)  # it validated another level

@@ -36,13 +36,17 @@ def setup(args: argparse.Namespace):
     """(config, dataset, device) for a training command; joins torchrun's process group if any."""
     if args.resume and getattr(args, "restart", False):
         raise ConfigError("--resume and --restart contradict each other: resuming is the default, --restart starts over")
-    runtime.init_distributed()
-    if args.resume and runtime.is_main_process():
-        print("note: --resume is not needed: re-running a command resumes it by default (--restart starts a stage over)")
     config = pipeline.load_run_config(args.run, args.config)
     if args.device:
         config = config.replace(device=args.device)
+    runtime.set_deterministic(config.deterministic)  # before CUDA starts: it sets CUBLAS_WORKSPACE_CONFIG
     device = runtime.select_device(config.device)
+    info = runtime.init_distributed(device)  # the backend follows the run's device
+    if args.resume and runtime.is_main_process():
+        print("note: --resume is not needed: re-running a command resumes it by default (--restart starts a stage over)")
+    if info.world_size > 1 and runtime.is_main_process():
+        print(f"{info.world_size} processes ({info.backend}): each configured batch_size is the global batch, "
+              "split evenly over the processes; learning rates are those of the global batch")
     dataset = load_dataset(args.dataset)
     pipeline.save_run_config(config, args.run, dataset)
     return config, dataset, device
