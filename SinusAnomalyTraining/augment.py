@@ -33,8 +33,9 @@ get the geometry only (noise would touch their target); SimCLR, BYOL and SimSiam
 their one view-making extra.
 
 Random numbers: the per-sample parameters are drawn in one call from torch's global CPU
-generator (:func:`draw_params`), so they are the same whatever the device; the noise comes from
-the device's default generator. :func:`SinusAnomalyTraining.engine.fit` reseeds both at every
+generator (:func:`draw_params`), so they are the same whatever the device, and reach a GPU
+through pinned memory without blocking (:func:`runtime.to_device`); the noise comes from the
+device's default generator. :func:`SinusAnomalyTraining.engine.fit` reseeds both at every
 epoch from ``(seed, epoch, rank)`` and checkpoints them, so augmentation is reproducible and a
 resumed run repeats the uninterrupted one.
 """
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import runtime
 from .config import AugmentSettings
 
 __all__ = ["DEFAULT_AUGMENT", "AugmentParams", "draw_params", "augment_batch", "random_intensity_scale"]
@@ -141,8 +143,8 @@ def augment_batch(x: torch.Tensor, settings: AugmentSettings, image_channels: in
     out = None  # the result, once something changed (x itself is never written)
     warped = params.affine.nonzero().flatten()
     if len(warped):
-        theta = _theta(params, warped, tuple(x.shape[2:])).to(device=x.device, dtype=torch.float32)
-        rows = warped.to(x.device)
+        theta = runtime.to_device(_theta(params, warped, tuple(x.shape[2:])).float(), x.device)
+        rows = runtime.to_device(warped, x.device)
         chosen = x if len(warped) == len(x) else x.index_select(0, rows)
         grid = F.affine_grid(theta, list(chosen.shape), align_corners=False)
         moved = F.grid_sample(chosen.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(x.dtype)
@@ -151,21 +153,21 @@ def augment_batch(x: torch.Tensor, settings: AugmentSettings, image_channels: in
         flipped = params.flip[:, axis].nonzero().flatten()
         if len(flipped):
             out = x.clone() if out is None else out
-            rows = flipped.to(x.device)
+            rows = runtime.to_device(flipped, x.device)
             out.index_copy_(0, rows, out.index_select(0, rows).flip(dim))
     changed = [] if params.gamma is None else (params.gamma != 1.0).nonzero().flatten()
     if len(changed):
         out = x.clone() if out is None else out
-        rows = changed.to(x.device)
+        rows = runtime.to_device(changed, x.device)
         image = out[:, :image_channels]
-        exponent = params.gamma[changed].to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1, 1)
+        exponent = runtime.to_device(params.gamma[changed].to(x.dtype), x.device).view(-1, 1, 1, 1, 1)
         image.index_copy_(0, rows, image.index_select(0, rows).clamp(0.0, 1.0) ** exponent)
     noised = params.noise.nonzero().flatten()
     if len(noised):
         out = x.clone() if out is None else out
-        rows = noised.to(x.device)
+        rows = runtime.to_device(noised, x.device)
         image = out[:, :image_channels]
-        std = params.noise_std[noised].to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1, 1)
+        std = runtime.to_device(params.noise_std[noised].to(x.dtype), x.device).view(-1, 1, 1, 1, 1)
         noise = torch.randn((len(noised), *image.shape[1:]), device=x.device, dtype=x.dtype)
         image.index_copy_(0, rows, image.index_select(0, rows) + std * noise)
     return x if out is None else out
@@ -179,4 +181,4 @@ def random_intensity_scale(x: torch.Tensor, prob: float, amount: float) -> torch
     """
     u = torch.rand(x.shape[0], 2, dtype=torch.float64)
     factor = torch.where(u[:, 0] < float(prob), 1.0 + (u[:, 1] * 2.0 - 1.0) * float(amount), torch.ones(x.shape[0], dtype=torch.float64))
-    return x * factor.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return x * runtime.to_device(factor.to(x.dtype), x.device).view(-1, *([1] * (x.dim() - 1)))

@@ -3,8 +3,8 @@
 :class:`SinusCrops` holds the selected crops of a prepared dataset, and their residual targets
 when given, as ONE float16 tensor ``(N, C, S, S, S)`` in memory (channel 0 the image, channel 1
 the residual), as they are on disk. :class:`CropLoader` serves it in batches: one gather per batch
-(``index_select``; into pinned memory and copied without blocking when the device is a GPU),
-widened to float32 on the device, then augmented there by
+(``index_select``; on a GPU into pinned memory, copied without blocking on a side stream one
+batch ahead), widened to float32 on the device, then augmented there by
 :func:`SinusAnomalyTraining.augment.augment_batch` (training loaders). No per-sample Python, no
 worker processes.
 
@@ -86,28 +86,36 @@ class SinusCrops:
     def has_residuals(self) -> bool:
         return self.volumes.shape[1] > 1
 
-    def gather(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """``volumes[rows]`` on ``device`` as float32 ``(len(rows), C, S, S, S)``.
+    def stage(self, rows: torch.Tensor, device: torch.device, stream: torch.cuda.Stream | None = None) -> dict:
+        """``{"volumes": volumes[rows] (float16), "label": labels[rows]}`` on ``device``, not yet widened.
 
-        On a GPU the rows are gathered into pinned memory and copied without blocking, so the copy
-        overlaps the model's work on the previous batch; the widening happens on the device.
+        On a GPU the rows are gathered into pinned memory and copied without blocking, on ``stream``
+        when given (:class:`CropLoader`'s side stream; the caller makes its stream wait for it).
         """
         rows = torch.as_tensor(rows, dtype=torch.long)
-        if device.type == "cuda":
-            staged = torch.empty((len(rows), *self.volumes.shape[1:]), dtype=self.volumes.dtype, pin_memory=True)
-            torch.index_select(self.volumes, 0, rows, out=staged)
-            return staged.to(device, non_blocking=True).float()
-        return self.volumes.index_select(0, rows).float()
+        labels = self._labels[rows]
+        if device.type != "cuda":
+            return {"volumes": self.volumes.index_select(0, rows), "label": labels}
+        pinned = torch.empty((len(rows), *self.volumes.shape[1:]), dtype=self.volumes.dtype, pin_memory=True)
+        torch.index_select(self.volumes, 0, rows, out=pinned)
+        with torch.cuda.stream(stream):  # None: the current stream
+            return {"volumes": pinned.to(device, non_blocking=True), "label": labels.pin_memory().to(device, non_blocking=True)}
+
+    @staticmethod
+    def finish(staged: dict, augment: AugmentSettings | None = None) -> dict:
+        """The batch (see the module docstring) of :meth:`stage`'s tensors: widened to float32 on their
+        device, augmented with ``augment`` if given."""
+        volumes = staged["volumes"].float()
+        if augment is not None:
+            volumes = augment_batch(volumes, augment)
+        out = {"image": volumes[:, :1], "label": staged["label"]}
+        if volumes.shape[1] > 1:
+            out["residual"] = volumes[:, 1:]
+        return out
 
     def batch(self, rows: torch.Tensor, device: torch.device, augment: AugmentSettings | None = None) -> dict:
         """The batch of ``rows`` on ``device`` (see the module docstring), augmented with ``augment`` if given."""
-        volumes = self.gather(rows, device)
-        if augment is not None:
-            volumes = augment_batch(volumes, augment)
-        out = {"image": volumes[:, :1], "label": self._labels[rows].to(device, non_blocking=True)}
-        if self.has_residuals:
-            out["residual"] = volumes[:, 1:]
-        return out
+        return self.finish(self.stage(rows, device), augment)
 
 
 class CropLoader:
@@ -152,7 +160,20 @@ class CropLoader:
         return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
 
     def __iter__(self) -> Iterator[dict]:
+        """The batches; each is staged (:meth:`SinusCrops.stage`) before the previous one is handed out,
+        so on a GPU its gather and copy (on a side stream) overlap the model's work on the previous one."""
         order = self.order()
-        for b in range(len(self)):
-            yield self.crops.batch(order[b * self.batch_size:(b + 1) * self.batch_size], self.device, self.augment)
+        rows = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
+        copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        ahead = self.crops.stage(rows[0], self.device, copy_stream) if rows else None
+        for b in range(len(rows)):
+            staged = ahead
+            if copy_stream is not None:  # PyTorch's rule for tensors made on one stream and used on another
+                compute = torch.cuda.current_stream(self.device)
+                compute.wait_stream(copy_stream)
+                for t in staged.values():
+                    t.record_stream(compute)
+            if b + 1 < len(rows):  # queued after the wait, so this batch's work does not wait for it
+                ahead = self.crops.stage(rows[b + 1], self.device, copy_stream)
+            yield self.crops.finish(staged, self.augment)
 

@@ -388,21 +388,27 @@ def recompute_batchnorm_statistics(model: nn.Module, loader, loss_step_fn: LossS
     Why: with a few optimisation steps per epoch, the running statistics (an exponential average
     over recent batches, computed with older weights) lag the weights, and eval-mode predictions
     swing from epoch to epoch; the checkpoint chosen by validation loss is then a matter of luck.
+    Under DDP each process averages its own share of the batches (every process has as many), and
+    the statistics are then averaged over the processes: the average over all batches, the same on
+    every rank, so rank 0's checkpoint holds them.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    net = runtime.unwrap_model(model)  # not through DDP, which copies rank 0's buffers over every rank's at each forward
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-    model.train()
+    net.train()
     with torch.no_grad():
         for batch in loader:
             with runtime.autocast_context(device, amp):
-                loss_step_fn(model, batch, device)
+                loss_step_fn(net, batch, device)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
+        m.running_mean.copy_(runtime.reduce_mean(m.running_mean))
+        m.running_var.copy_(runtime.reduce_mean(m.running_var))
 
 
 def validate(model: nn.Module, loader, loss_step_fn: LossStepFn, device: torch.device, amp: bool, epoch: int,

@@ -7,6 +7,7 @@
 * :func:`scaled_lr` — the linear learning-rate scaling rule (the paper: 0.2 at batch 256).
 * :class:`WarmupCosine` — linear warm-up then cosine decay, stepped once per optimisation step,
   clamped at its final value after ``total_steps``.
+* :func:`lars_with_warmup_cosine` — the two together, as every pretraining method uses them.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from SinusAnomalyLib.errors import InvalidValueError
+from SinusAnomalyLib.models import parameter_groups
 
-__all__ = ["LARS", "scaled_lr", "WarmupCosine"]
+__all__ = ["LARS", "scaled_lr", "WarmupCosine", "lars_with_warmup_cosine"]
 
 
 class LARS(torch.optim.Optimizer):
@@ -177,3 +179,14 @@ class WarmupCosine(LRScheduler):
     def get_lr(self) -> list[float]:
         step = max(self.last_epoch, 0)
         return [self.lr_at(step, float(base)) for base in self.base_lrs]
+
+
+def lars_with_warmup_cosine(model: torch.nn.Module, cfg, global_batch: int, train_loader) -> tuple[LARS, WarmupCosine, float]:
+    """The pretraining optimiser of every method: LARS at ``cfg.base_lr`` scaled to the global batch
+    (summed over the processes: the paper's 0.2 at 256 on any number of GPUs), warm-up then cosine,
+    stepped per batch; ``cfg`` a :class:`~SinusAnomalyTraining.config.PretrainSettings`.
+    Returns ``(optimizer, scheduler, learning rate)``."""
+    lr = scaled_lr(cfg.base_lr, global_batch, cfg.base_batch)
+    optimizer = LARS(parameter_groups(model, cfg.weight_decay), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = WarmupCosine.for_loader(optimizer, train_loader, cfg.epochs, cfg.warmup_epochs)
+    return optimizer, scheduler, lr

@@ -13,22 +13,22 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from SinusAnomalyLib.errors import DeviceError
+from SinusAnomalyLib.errors import DeviceError, InvalidValueError
 
 __all__ = [
     "DeviceError", "select_device",
     "seed_everything", "set_deterministic", "derive_seed", "make_generator", "worker_init_fn", "reseed_all",
     "DistInfo", "init_distributed", "is_distributed", "is_main_process", "rank", "world_size", "barrier",
-    "cleanup", "wrap_ddp", "unwrap_model", "distributed_sampler", "all_gather_tensor", "reduce_mean",
-    "amp_dtype", "autocast_context", "make_grad_scaler",
-    "RunLogger", "setup_run_logging", "distributed_session",
+    "cleanup", "wrap_ddp", "unwrap_model", "distributed_sampler", "per_process_batch", "describe_batch",
+    "all_gather_tensor",
+    "reduce_mean", "to_device", "bf16_native", "amp_dtype", "autocast_context", "make_grad_scaler",
+    "RunLogger", "setup_run_logging",
 ]
 
 
@@ -60,10 +60,21 @@ def select_device(name: str = "auto") -> torch.device:
         index = int(os.environ.get("LOCAL_RANK", "0"))
     count = torch.cuda.device_count()
     if not 0 <= index < count:
+        if not name.startswith("cuda:") and "LOCAL_RANK" in os.environ:
+            raise DeviceError(f"this process has LOCAL_RANK={index} but only {count} GPU(s) are visible: start at most "
+                              f"{count} process(es) per machine (torchrun --nproc_per_node {count}) or use --device cpu")
         raise DeviceError(f"GPU {index} requested but only {count} GPU(s) are visible")
     device = torch.device("cuda", index)
     torch.cuda.set_device(device)
     return device
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (a CPU tensor) on ``device``; to a GPU through pinned memory without blocking, because a
+    copy from pageable memory makes the CPU wait for every kernel queued before it."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 # ---------------------------------------------------------------------------------------- seeding
@@ -88,17 +99,30 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     set_deterministic(deterministic)
 
 
-def set_deterministic(deterministic: bool) -> None:
-    """cuDNN's kernel choice: reproducible (``True``) or fastest (``False``).
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs for deterministic results (PyTorch's "Reproducibility" notes)
 
-    ``True``: deterministic kernels, no auto-tuning, so a run repeats bit for bit on the same GPU
-    (the configurations' ``"deterministic": true``, default for CPU runs and tests). ``False``:
-    ``cudnn.benchmark`` times the candidate kernels for each new input shape and keeps the fastest;
-    3-D convolutions run faster, results differ in the last bits between runs (the ``paper``
-    configurations on a GPU). CPU kernels are deterministic either way.
+
+def set_deterministic(deterministic: bool) -> None:
+    """The kernel choice: deterministic where PyTorch has such a kernel (``True``) or fastest (``False``).
+
+    ``True`` (the configurations' ``"deterministic": true``, CPU runs and tests): cuDNN's
+    deterministic kernels without auto-tuning, ``torch.use_deterministic_algorithms(True,
+    warn_only=True)`` and ``CUBLAS_WORKSPACE_CONFIG`` (read when cuBLAS starts, so set it before the
+    first CUDA work: the training commands call this before choosing the device). ``warn_only``:
+    ops without a deterministic CUDA kernel (per PyTorch's documentation: the backward passes of
+    trilinear upsampling and of adaptive average pooling, which our networks use) warn instead of
+    stopping the run, so a GPU run is NOT guaranteed to repeat bit for bit. ``False``:
+    ``cudnn.benchmark`` times the candidate kernels and keeps the fastest (the ``paper``
+    configurations on a GPU). CPU runs repeat either way.
     """
+    if deterministic and os.environ.get("CUBLAS_WORKSPACE_CONFIG") is None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            logging.getLogger(__name__).warning("deterministic mode set after CUDA started: CUBLAS_WORKSPACE_CONFIG "
+                                                "may not take effect; set it in the environment")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = bool(deterministic)
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
 
 
 def make_generator(seed: int, *parts: int) -> torch.Generator:
@@ -142,12 +166,14 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(timeout_s: float | None = None) -> DistInfo:
+def init_distributed(device: torch.device | str, timeout_s: float | None = None) -> DistInfo:
     """Join the process group described by torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``.
 
-    Backend: NCCL when CUDA is available, gloo otherwise. Without those variables (or with
-    ``WORLD_SIZE=1``) nothing is initialised and a single-process :class:`DistInfo` is returned.
-    Needs ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them).
+    Backend from the run's ``device`` (from :func:`select_device`), not from the machine: NCCL for
+    a CUDA device, gloo for the CPU (``--device cpu`` on a GPU machine too). Without those
+    variables (or with ``WORLD_SIZE=1``) nothing is initialised and a single-process
+    :class:`DistInfo` is returned. Needs ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them).
+    Leave the group with :func:`cleanup` (the CLI does, in a ``finally``).
     """
     env = os.environ
     ws = int(env.get("WORLD_SIZE", "1"))
@@ -157,17 +183,17 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     local = int(env.get("LOCAL_RANK", rk))
     if not dist.is_available():
         raise DeviceError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed support")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
     if not dist.is_initialized():
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
         if missing:
             raise DeviceError(f"distributed run (WORLD_SIZE={ws}) without {', '.join(missing)}; launch with torchrun")
-        if backend == "nccl":
-            torch.cuda.set_device(local)
         kwargs = {}
         if timeout_s is not None:
             import datetime
             kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
+        if backend == "nccl":  # binds this process's GPU (set by select_device) to the group
+            kwargs["device_id"] = torch.device(device)
         dist.init_process_group(backend=backend, init_method="env://", rank=rk, world_size=ws, **kwargs)
     return DistInfo(rank=rk, world_size=ws, local_rank=local, backend=dist.get_backend())
 
@@ -231,6 +257,24 @@ def distributed_sampler(dataset, shuffle: bool, seed: int = 0, drop_last: bool =
                               seed=int(seed), drop_last=drop_last)
 
 
+def per_process_batch(global_batch: int) -> int:
+    """Each process's batch when the processes together train on ``global_batch`` (rounded down to a
+    multiple of the world size): a configuration's ``batch_size`` is the global batch, so the paper's
+    batch and learning rate hold under any number of processes. Under DDP every process needs two
+    samples or more (BatchNorm cannot train on one whose deepest feature map is one voxel)."""
+    ws = world_size()
+    if ws > 1 and global_batch // ws < 2:
+        raise InvalidValueError(f"a batch of {global_batch} split over {ws} processes leaves fewer than 2 samples per "
+                                "process; use fewer processes (torchrun --nproc_per_node) or more data")
+    return max(1, global_batch // ws)
+
+
+def describe_batch(per_process: int) -> str:
+    """``"batch 256"``, or under DDP ``"batch 256 (4 processes x 64)"``: what a stage's first log line says."""
+    ws = world_size()
+    return f"batch {per_process * ws}" + (f" ({ws} processes x {per_process})" if ws > 1 else "")
+
+
 def _collective_device(t: torch.Tensor) -> torch.device:
     if is_distributed() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -280,11 +324,26 @@ def reduce_mean(value):
 
 # -------------------------------------------------------------------------------- mixed precision
 
+def bf16_native(device: torch.device) -> bool:
+    """True when the GPU ``device`` computes in bfloat16 natively (compute capability 8.0 or newer).
+
+    ``torch.cuda.is_bf16_supported()`` alone also counts emulation, which makes a V100 or T4
+    (capability 7.x) run bfloat16 3-D convolutions slowly or not at all.
+    """
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch from before the argument existed: it did not count emulation
+        return torch.cuda.is_bf16_supported()
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``device``: bfloat16 where the GPU supports it, else float16; None on CPU."""
+    """The autocast dtype for ``device``: bfloat16 where the GPU has it natively (:func:`bf16_native`),
+    else float16 (with loss scaling, :func:`make_grad_scaler`); None on the CPU."""
     if torch.device(device).type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if bf16_native(device) else torch.float16
 
 
 def autocast_context(device: torch.device, enabled: bool):
@@ -380,12 +439,3 @@ def setup_run_logging(run_dir: str | Path | None, level: int = logging.INFO, con
     """Create the :class:`RunLogger` of a run (``run_dir/train.log`` plus console, main process only)."""
     return RunLogger(run_dir, level=level, console=console)
 
-
-@contextlib.contextmanager
-def distributed_session() -> Iterator[DistInfo]:
-    """``with distributed_session() as info:`` — :func:`init_distributed` then :func:`cleanup`."""
-    info = init_distributed()
-    try:
-        yield info
-    finally:
-        cleanup()

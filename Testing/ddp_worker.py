@@ -64,10 +64,10 @@ def loss_step(model, batch, device):
 
 def main() -> int:
     run_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    info = runtime.init_distributed(timeout_s=60)
+    device = runtime.select_device("cpu")
+    info = runtime.init_distributed(device, timeout_s=60)
     try:
         assert info.world_size == 2 and runtime.world_size() == 2, info
-        device = runtime.select_device("cpu")
         runtime.seed_everything(7)
         torch.manual_seed(100 + info.rank)  # different init per rank: DDP must broadcast rank 0's weights
         model = runtime.wrap_ddp(Net(), device)

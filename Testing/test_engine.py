@@ -394,7 +394,7 @@ def test_select_device(monkeypatch):
 
 
 def test_single_process_helpers_and_logging(tmp_path):
-    assert runtime.world_size() == 1 and runtime.is_main_process() and runtime.init_distributed().world_size == 1
+    assert runtime.world_size() == 1 and runtime.is_main_process() and runtime.init_distributed("cpu").world_size == 1
     assert runtime.distributed_sampler(list(range(4)), shuffle=True) is None
     t = torch.arange(4.0)
     assert torch.equal(runtime.all_gather_tensor(t), t) and runtime.reduce_mean(2.5) == 2.5
