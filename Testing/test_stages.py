@@ -138,7 +138,9 @@ def test_stage_command_without_its_input_fails_clearly(tiny_dataset, tmp_path, c
 
 
 def test_pretraining_and_finetuning_under_torchrun_with_two_cpu_processes(trained_fold, tmp_path):
-    """DistributedDataParallel on CPU (gloo), as on several GPUs: both ranks run, rank 0 writes."""
+    """DistributedDataParallel on CPU (gloo), as on several GPUs: both ranks run, rank 0 writes; the residuals
+    are shared out over the ranks (the same maps as one process makes); the batch is the configured global one."""
+    import re
     import shutil
     import socket
     import subprocess
@@ -147,20 +149,23 @@ def test_pretraining_and_finetuning_under_torchrun_with_two_cpu_processes(traine
     ctx, _ = trained_fold
     run = tmp_path / "ddp"
     shutil.copytree(ctx.fold_dir / "cae", run / "fold0" / "cae")
-    shutil.copytree(ctx.fold_dir / "residuals", run / "fold0" / "residuals")
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY_CONFIG))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     common = ["--config", str(config), "--dataset", str(ctx.dataset.root), "--run-dir", str(run), "--no-progress"]
-    for stage in (["pretrain"], ["finetune", "--method", "residual", "--fraction", "100"]):
+    for stage in (["residuals"], ["pretrain"], ["finetune", "--method", "residual", "--fraction", "100"]):
         proc = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
              "--master_port", str(port), "-m", "SinusAnomalyTraining", *stage, *common],
             capture_output=True, text=True, timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.array_equal(np.load(run / "fold0" / "residuals" / "residuals.npy"), np.load(ctx.fold_dir / "residuals" / "residuals.npy"))
+    said = re.search(r"batch (\d+) \(2 processes x (\d+)\), LARS lr ([0-9.e-]+)", (run / "fold0" / "pretrain" / "train.log").read_text())
+    assert said and int(said[1]) == 2 * int(said[2]) == TINY_CONFIG["pretrain"]["batch_size"]
+    assert float(said[3]) == pytest.approx(0.2 * int(said[1]) / 256, rel=1e-3)  # the rate of the global batch
     assert (run / "fold0" / "pretrain" / "best.pt").is_file()
     history = json.loads((run / "fold0" / "pretrain" / "history.json").read_text())
     assert len(history) == TINY_CONFIG["pretrain"]["epochs"]
@@ -188,6 +193,8 @@ def test_grid_with_baselines_and_cae_ablation(tiny_dataset, tmp_path):
     report = (tmp_path / "run" / "evaluation" / "report.md").read_text()
     assert "| simsiam | 50 % |" in report and "| spark | 100 % |" in report
     assert "| simsiam | 100 % |" in report and "0.92 (0.91-0.93)" in report  # beside it, the paper's SimSiam at 100 %
+    # what a bundle from fold 0's CAE would get: a normal-sinus scale, no label check (the tiny cohort has no masks)
+    assert "### Fold 0's CAE" in report and "not checked against lesion masks" in report
     assert [r["cae_fraction"] for r in result["ablation"]] == [50.0, 100.0]
     assert (tmp_path / "run" / "evaluation" / "metrics_vs_fraction.png").is_file()
 
