@@ -228,10 +228,9 @@ class SinusAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.inputVolume = firstVolumeNode
+        candidate, current = results.input_volume_candidate(slicer.mrmlScene), self._parameterNode.inputVolume
+        if candidate and (not current or results.is_result_node(current)):  # a result of ours is no input
+            self._parameterNode.inputVolume = candidate
         if not self._parameterNode.modelPath:
             bundles = list_bundles()
             if bundles:
@@ -249,6 +248,7 @@ class SinusAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.ui.inputSelector.sortFilterProxyModel().hiddenNodeIDs = results.result_volume_ids(slicer.mrmlScene)
         self._selectModelInCombo()
         table = self._parameterNode.resultTable if self._parameterNode else None
         self.ui.resultsTableView.setMRMLTableNode(table)
@@ -643,9 +643,9 @@ class SinusAnomalyLogic(ScriptedLoadableModuleLogic):
         backgroundProcess = task.process
         backgroundProcess.poll()
         try:
-            if backgroundProcess.cancelled:
+            if (outcome := process.finished_outcome(backgroundProcess, task.resultDir)) == "cancelled":
                 task.status = "cancelled"
-            elif backgroundProcess.returncode != 0:
+            elif outcome == "failed":
                 task.status = "failed"
                 tail = "\n".join(backgroundProcess.lines[-15:])
                 task.errorMessage = f"the classify process ended with exit code {backgroundProcess.returncode}\n{tail}"

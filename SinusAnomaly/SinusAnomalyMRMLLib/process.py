@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from SinusAnomalyLib.errors import PythonSlicerNotFoundError
+from SinusAnomalyLib.resultformat import RESULT_FILE
 
 CANCEL_GRACE_SECONDS = 3.0  # after Cancel, the process may exit cleanly this long before it is killed
 
@@ -234,3 +235,16 @@ class ClassificationProcess:
             os.killpg(self._proc.pid, signal.SIGKILL)  # also children that outlived the launcher
         except ProcessLookupError:
             pass
+
+
+def finished_outcome(background: ClassificationProcess, result_dir: str | Path) -> str:
+    """What to do with a finished classify process: ``"load"`` its result folder, or report it
+    ``"cancelled"`` or ``"failed"``.
+
+    ``classify`` moves its result folder into place whole, ``result.json`` included, only once
+    everything is written. So a Cancel that arrived after that (the process was finishing or had
+    finished, whatever its exit code then) keeps the result; a Cancel before it cancels.
+    """
+    if background.cancelled:
+        return "load" if (Path(result_dir) / RESULT_FILE).is_file() else "cancelled"
+    return "load" if background.returncode == 0 else "failed"

@@ -8,7 +8,9 @@ without the application), which is how ``Testing/test_slicer_mrml.py`` tests it:
 * turning a ``classify`` result folder (format version 1 or 2) into MRML nodes
   (:func:`load_results`): the residual heat map as a coloured scalar volume, the anomaly label
   map with its colour table (:func:`create_anomaly_color_table`), the results table and both crop
-  boxes as ROIs, placed next to the input volume in the subject hierarchy.
+  boxes as ROIs, placed next to the input volume in the subject hierarchy;
+* telling those results from inputs (:func:`is_result_node`, :func:`result_volume_ids`,
+  :func:`input_volume_candidate`): a heat map is no head MRI to classify.
 
 It imports ``slicer`` and ``vtk`` (so it is not part of ``SinusAnomalyLib``), never ``qt`` or ``ctk``.
 """
@@ -44,7 +46,7 @@ ATTRIBUTE_WARNINGS = "SinusAnomaly.warnings"
 ROLES = ("heatmap", "labelmap", "table", "roi_left", "roi_right")
 
 __all__ = ["ResultError", "crop_box", "read_result", "result_rows", "load_results", "write_volume_to_file",
-           "create_anomaly_color_table"]
+           "create_anomaly_color_table", "is_result_node", "result_volume_ids", "input_volume_candidate"]
 
 
 # --------------------------------------------------------------------------- volumes
@@ -102,6 +104,31 @@ def ijk_to_ras(volume_node) -> np.ndarray:
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
     return matrix_to_numpy(matrix)
+
+
+# --------------------------------------------------------------------------- the module's own outputs
+
+def is_result_node(node) -> bool:
+    """Whether ``node`` is a result :func:`load_results` made (it carries :data:`ATTRIBUTE_ROLE`,
+    which a saved scene keeps)."""
+    return node is not None and node.GetAttribute(ATTRIBUTE_ROLE) in ROLES
+
+
+def _nodes_of_class(scene, class_name: str) -> list:
+    return [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
+
+
+def result_volume_ids(scene) -> list[str]:
+    """IDs of the heat maps and label maps :func:`load_results` made in ``scene``: a result is no
+    head MRI, so the module's input selector hides them (``sortFilterProxyModel().hiddenNodeIDs``)."""
+    return [node.GetID() for node in _nodes_of_class(scene, "vtkMRMLVolumeNode") if is_result_node(node)]
+
+
+def input_volume_candidate(scene):
+    """The first scalar volume of ``scene`` that may be a head MRI to classify (no label map, no
+    result of this module), or None."""
+    return next((node for node in _nodes_of_class(scene, "vtkMRMLScalarVolumeNode")
+                 if not node.IsA("vtkMRMLLabelMapVolumeNode") and not is_result_node(node)), None)
 
 
 # --------------------------------------------------------------------------- colours
