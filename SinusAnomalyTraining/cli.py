@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 from SinusAnomalyLib import __version__, dependencies
 from SinusAnomalyLib.errors import SinusAnomalyError
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("SinusAnomalyLib", "SinusAnomalyTraining"):
             logging.getLogger(name).setLevel(logging.DEBUG)
     try:
-        return int(args._run(args) or 0)
+        with terminate_as_interrupt():
+            return int(args._run(args) or 0)
     except SinusAnomalyError as exc:
         print(f"sinus-anomaly {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -125,6 +129,25 @@ def _leave_process_group() -> None:
     runtime = sys.modules.get("SinusAnomalyTraining.runtime")  # imported only by the commands that use torch
     if runtime is not None:
         runtime.cleanup()
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (a plain ``kill``, a cluster scheduler, the Slicer module's Cancel) stops every command
+    as Ctrl-C does: temporary files and folders are removed, finished outputs and checkpoints stay,
+    exit code 130. The previous handler is restored after (tests call :func:`main` in-process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_and_exit(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from SinusAnomalyLib.dataset import PreparedDataset, load_dataset
+from SinusAnomalyLib.errors import ConfigError
 from SinusAnomalyLib.fileio import write_json_atomic
 
 from . import report, runtime, stages
@@ -24,11 +25,41 @@ def fold_context(config: RunConfig, dataset: PreparedDataset, run_dir: Path, fol
                               cae_fraction=cae_fraction)
 
 
+# Settings a command line may change for one command without changing the run: where it runs, and the file it came from.
+PER_COMMAND_SETTINGS = ("device", "source")
+
+
 def save_run_config(config: RunConfig, run_dir: Path, dataset: PreparedDataset) -> None:
-    """``RUN/config.json`` and ``RUN/dataset.json`` (where the data came from, its summary)."""
+    """A new run's ``RUN/config.json`` and ``RUN/dataset.json`` (where the data came from, its summary).
+
+    An existing run's are never rewritten: they describe what its stages were made with. A
+    configuration that differs from the saved one is refused (:class:`ConfigError` naming the
+    settings), so no stage is trained with settings its run folder does not record.
+    """
+    saved = Path(run_dir) / "config.json"
+    if saved.is_file():
+        differences = config_differences(load_config(saved), config)
+        if differences:
+            raise ConfigError(f"{saved}: the run was made with other settings than the --config given ({'; '.join(differences)}); "
+                              "leave out --config to continue the run with its own, edit its config.json to change them "
+                              "(stages whose settings changed start over), or choose a new --run-dir")
+        return
     if runtime.is_main_process():
         write_json_atomic(Path(run_dir) / "config.json", config.as_dict())
         write_json_atomic(Path(run_dir) / "dataset.json", {"path": str(Path(dataset.root).resolve()), "summary": dataset.info})
+
+
+def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
+    """``"key: saved -> given"`` for every setting (dotted, leaf by leaf) in which ``given`` differs, but
+    :data:`PER_COMMAND_SETTINGS`."""
+    def leaves(value, prefix: str = "") -> dict:
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in leaves(item, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: value}
+
+    old, new = leaves(saved.as_dict()), leaves(given.as_dict())
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+            if key.split(".")[0] not in PER_COMMAND_SETTINGS and old.get(key) != new.get(key)]
 
 
 def run_pipeline(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, device: torch.device, progress: bool = True) -> dict:

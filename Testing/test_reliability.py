@@ -544,7 +544,7 @@ def test_failed_first_stage_leaves_no_run_folder(tiny_dataset, tmp_path):
     (existing / "notes.txt").write_text("mine")
     proc = cli("pretrain", "--dataset", tiny_dataset, "--run-dir", existing, "--config", "demo", "--device", "cpu")
     assert_clean_error(proc, "residuals")
-    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in existing.iterdir()) == [LOCK_FILE, "notes.txt"]  # the run folder's lock stays, unheld
 
 
 def test_readme_promises_name_tests_that_exist():

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
 from SinusAnomalyLib.dataset import load_dataset
 from SinusAnomalyLib.errors import ConfigError
+from SinusAnomalyLib.fileio import locked_output_folder
 
 from .. import pipeline, runtime
 
@@ -32,8 +34,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, fold: bool = True) -> Non
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def setup(args: argparse.Namespace):
-    """(config, dataset, device) for a training command; joins torchrun's process group if any."""
+def setup(args: argparse.Namespace, writes_run: bool = True):
+    """(config, dataset, device) for a training command; joins torchrun's process group if any.
+
+    ``writes_run``: record a new run's configuration (:func:`pipeline.save_run_config`, which refuses
+    a ``--config`` other than an existing run's own); False for a command that only reads the run
+    (``evaluate``: its ``--config`` is used, never written).
+    """
     if args.resume and getattr(args, "restart", False):
         raise ConfigError("--resume and --restart contradict each other: resuming is the default, --restart starts over")
     config = pipeline.load_run_config(args.run, args.config)
@@ -48,7 +55,8 @@ def setup(args: argparse.Namespace):
         print(f"{info.world_size} processes ({info.backend}): each configured batch_size is the global batch, "
               "split evenly over the processes; learning rates are those of the global batch")
     dataset = load_dataset(args.dataset)
-    pipeline.save_run_config(config, args.run, dataset)
+    if writes_run:
+        pipeline.save_run_config(config, args.run, dataset)
     return config, dataset, device
 
 
@@ -91,7 +99,23 @@ def new_run_guard(run_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def locked_run_folder(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock (``RUN/.sinus-anomaly.lock``) while a command writes into it: a
+    second command writing the same run is refused at once (exit 2) instead of mixing checkpoints.
+
+    Under torchrun only the first process (``RANK`` 0) takes it: the processes of one run write it
+    together (rank 0 writes the files). Read from the environment: it is taken before the process
+    group is joined.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    with locked_output_folder(run_dir, "run folder"):
+        yield
+
+
+@contextlib.contextmanager
 def stage_context(args: argparse.Namespace) -> Iterator:
-    """:func:`fold_context` for one stage command, under :func:`new_run_guard`."""
-    with new_run_guard(args.run):
+    """:func:`fold_context` for one stage command, in its locked run folder, under :func:`new_run_guard`."""
+    with locked_run_folder(args.run), new_run_guard(args.run):
         yield fold_context(args)

@@ -24,10 +24,7 @@ study export's p1/flair.nii.gz and p2/flair.nii.gz) are told apart by their pare
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
-import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -165,28 +162,10 @@ def run(args: argparse.Namespace) -> int:
         raise DatasetError(f"{args.image}: lists no scans")
     if single:
         first_image = read_image(args.image)  # a bad image is reported before torch loads
-        with _terminate_as_interrupt(), locked_result_folder(args.out, RESULT_FILES):
+        with locked_result_folder(args.out, RESULT_FILES):
             return _classify(args, reference, model, [args.image], single, first_image)
-    with _terminate_as_interrupt(), locked_output_folder(args.out, "batch output folder"):
+    with locked_output_folder(args.out, "batch output folder"):
         return _classify(args, reference, model, scans, single, None)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (a plain ``kill``, the Slicer module's Cancel) stops classify as Ctrl-C does:
-    temporary folders are removed, earlier results stay, exit code 130."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _classify(args: argparse.Namespace, reference: ReferenceHead, model: Path, scans: list[Path], single: bool, first_image) -> int:

@@ -40,6 +40,7 @@ from .. import lesion_types, localisation, pipeline, plots, report as evaluation
 from ..config import chosen_folds, load_config
 from ..evaluation import binary_metrics
 from ..export import export_run
+from ._training import locked_run_folder
 
 # Real heads shipped with the module that the demo's cohort (built from the reference) is not made from
 OTHER_ANATOMIES = ("colin27", "single_subject_t1")
@@ -119,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     dataset_dir = out / "dataset"
     prepare_dataset(cohort / "images", cohort / "labels.csv", dataset_dir, n_folds=2, seed=args.seed,
                     unlabelled=cohort / "unlabelled.csv" if args.unlabelled else None)
-    evaluation = pipeline.run_pipeline(config, dataset_dir, out / "run", device)
+    with locked_run_folder(out / "run"):
+        evaluation = pipeline.run_pipeline(config, dataset_dir, out / "run", device)
 
     dataset = load_dataset(dataset_dir)
     masks = localisation.lesion_masks_in_crops(cohort, dataset, config.crop_size)

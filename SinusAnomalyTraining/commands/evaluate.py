@@ -10,7 +10,7 @@ RUN/evaluation/{report.md,results.csv,comparisons.csv,<method>_frac<p>/metrics.{
 from __future__ import annotations
 
 from .. import report
-from ._training import add_run_arguments, setup
+from ._training import add_run_arguments, locked_run_folder, setup
 
 
 def add_arguments(parser) -> None:
@@ -18,7 +18,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    config, dataset, _ = setup(args)
-    report.evaluate_run(config, dataset, args.run)
+    with locked_run_folder(args.run):  # it writes RUN/evaluation
+        config, dataset, _ = setup(args, writes_run=False)
+        report.evaluate_run(config, dataset, args.run)
     print((args.run / "evaluation" / "report.md").read_text())
     return 0

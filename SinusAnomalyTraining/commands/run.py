@@ -8,7 +8,7 @@ overriding any of the paper's settings. Several GPUs: torchrun --nproc_per_node 
 from __future__ import annotations
 
 from .. import pipeline, runtime
-from ._training import add_run_arguments, new_run_guard, setup
+from ._training import add_run_arguments, locked_run_folder, new_run_guard, setup
 
 
 def add_arguments(parser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    with new_run_guard(args.run):
+    with locked_run_folder(args.run), new_run_guard(args.run):
         config, _, device = setup(args)
         pipeline.run_pipeline(config, args.dataset, args.run, device, progress=not args.no_progress)
     if runtime.is_main_process():
