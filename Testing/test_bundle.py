@@ -404,6 +404,11 @@ def test_demo_scores_its_bundle_on_heads_of_the_anatomies_it_never_saw(bundle_pa
     assert 0 < scores["n"] <= assessed  # a side partly out of view may not be assessable
     assert scores["threshold"] == pytest.approx(bundle.threshold)
     assert scores["tn"] + scores["fp"] == scores["n_negative"] and scores["tp"] + scores["fn"] == scores["n_positive"]
+    # per lesion kind: the anomalous sinuses split by their kind, each kind's hits at the same threshold
+    kinds = scores["by_type"]
+    assert set(kinds) <= {case[side]["anomaly"] for case in truth.values() for side in ("left", "right")} - {None}
+    assert sum(m["n"] for m in kinds.values()) == scores["n_positive"]
+    assert sum(round(m["sensitivity"] * m["n"]) for m in kinds.values()) == scores["tp"]
     again = classify_other_anatomies(tmp_path, bundle, "cpu", n_heads=3, seed=5)
     assert again["tn"] == scores["tn"] and again["tp"] == scores["tp"]
 
