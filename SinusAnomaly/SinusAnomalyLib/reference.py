@@ -22,11 +22,13 @@ RESOURCES_ENV = "SINUS_ANOMALY_RESOURCES"
 
 
 def resources_dir() -> Path:
-    """The module's ``Resources`` folder (overridable with $SINUS_ANOMALY_RESOURCES)."""
+    """The module's ``Resources`` folder (overridable with $SINUS_ANOMALY_RESOURCES): inside the
+    package when installed from a wheel (pyproject.toml), else beside it (the Slicer module, a checkout)."""
     override = os.environ.get(RESOURCES_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "Resources"
+    package = Path(__file__).resolve().parent
+    return package / "Resources" if (package / "Resources").is_dir() else package.parent / "Resources"
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: one loaded reference per process
