@@ -141,6 +141,8 @@ def calibrate(dataset: PreparedDataset, fold: int, cae: torch.nn.Module, crop_si
         return residuals_of(cae, dataset.crops[[r.crop_index for r in selected]], crop_size)
 
     val_normal = [r for r in rows["val"] if r.label == 0]
+    if not val_normal or not rows["train"]:
+        return {}  # nothing to calibrate on: the bundle behaves as one exported before calibration
     scale = normal_scale(residuals(val_normal))
     ranged = ood_range(residuals(rows["train"]))
     test_measures = ood_measure(torch.from_numpy(residuals(rows["test"])))

@@ -23,7 +23,7 @@ import numpy as np
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic, write_text_atomic
 
-from . import bootstrap, evaluation, lesion_types, plots, stages
+from . import bootstrap, evaluation, heatmap_report, lesion_types, plots, stages
 from .config import PRETRAINING, RunConfig, ablation_fractions, chosen_folds, percent_key
 
 def _jsonable(obj):
@@ -227,7 +227,8 @@ def evaluate_run(config: RunConfig, dataset: PreparedDataset, run_dir: str | Pat
     if comparisons:
         _write_comparisons(out_dir, comparisons)
     pretraining = pretraining_data_sentence(config, dataset)
-    _write_report(out_dir, table, ablation, figures, config, pretraining, comparisons)
+    heat_lines = heatmap_report.evaluation_lines(config, dataset, run_dir, folds)
+    _write_report(out_dir, table, ablation, figures, config, pretraining, comparisons, heat_lines)
     return {"table": table, "ablation": ablation, "plots": [str(p) for p in figures], "pretraining_data": pretraining,
             "comparisons": comparisons}
 
@@ -412,7 +413,7 @@ def _comparison_lines(comparisons: list[dict], config: RunConfig) -> list[str]:
 
 
 def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figures: list[Path], config: RunConfig,
-                  pretraining: str = "", comparisons: list[dict] | None = None) -> None:
+                  pretraining: str = "", comparisons: list[dict] | None = None, heat_lines: list[str] = ()) -> None:
     paper = json.loads(PAPER_RESULTS.read_text())
     lines = [
         "# SinusAnomaly evaluation",
@@ -454,6 +455,7 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
             ref = [f"{m:.2f} ({lo:.2f}-{hi:.2f})" for m, lo, hi in entry] if entry else ["", "", ""]
             lines.append(f"| {row['cae_fraction']:g} % | {_fmt(row['auroc'])} | {_fmt(row['auprc'])} | {_fmt(row['f1'])} | "
                          + " | ".join(ref) + " |")
+    lines += heat_lines
     lines += ["", "Per-fold numbers: `<method>_frac<p>/metrics.csv`; all rows: `results.csv`"
               + ("; paired comparisons: `comparisons.csv`." if comparisons else "."), ""]
     for figure in figures:

@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 from SinusAnomalyLib.heatmap import VOLUME_AS_REGION, VOLUME_TOLERANCE, ood_measure
 from SinusAnomalyLib.residuals import scale_per_crop
 from SinusAnomalyTraining import calibration
+from SinusAnomalyTraining.heatmap_report import heatmap_lines
 from test_reliability import bundle, extraction, head, rewrite_bundle  # noqa: F401  (fixtures)
 
 SIZE = 32  # the model's input size in these tests; crops are 64^3 as everywhere
@@ -99,6 +100,21 @@ def test_validation_summary_shows_volume_in_ml_only_when_most_lesions_are_within
     # a level no lesion reaches: every volume off by -100 %
     bad = calibration.validate_labels(1.01, heats, cavities, truths, ["fully_occupied", "polyp", "polyp"])
     assert bad["within_tolerance"] == 0.0 and bad["median_volume_error"] == -1.0
+
+
+def test_report_says_whether_the_volume_is_millilitres_or_a_coarse_region(fitted):
+    cae, scale, level, ranged = fitted
+    crops = [drawn_crop(np.random.default_rng(5), kind) for kind in ("full", "polyp", None)]
+    heats = list(calibration.heat_in_crop(scale, calibration.residuals_of(cae, np.stack([c for c, _, _ in crops]), SIZE), 3))
+    cavities, truths = [grown(c) for _, c, _ in crops], [m for _, _, m in crops]
+    meta = {"residual_threshold": level, "heatmap": scale.as_meta("8 drawn normal crops"),
+            "ood": {**ranged.as_meta("14 drawn crops"), "test_fired": 1, "test_sinuses": 3}}
+    for shown, words in (("mL", "Volume shown as: millilitres"), ("coarse region", "a coarse region, not millilitres")):
+        meta["label_validation"] = {"level_chosen_on": "drawn crops", "volume_shown_as": shown, "volume_rule": "the rule",
+                                    "test": calibration.validate_labels(level, heats[:2], cavities[:2], truths[:2], ["a", "b"]),
+                                    "heat_levels_test": calibration.heat_levels(level, heats[2:], cavities[2:], heats[:2], truths[:2])}
+        text = "\n".join(heatmap_lines(meta, {"other heads": (2, 5)}))
+        assert words in text and "| all | 2 |" in text and "fired on 1 of 3 held-out" in text and "2 of 5 assessed" in text
 
 
 def test_ood_fires_outside_the_training_range_and_not_on_a_training_like_crop(fitted):

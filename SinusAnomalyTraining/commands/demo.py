@@ -40,6 +40,7 @@ from .. import lesion_types, localisation, pipeline, plots, report as evaluation
 from ..config import chosen_folds, load_config
 from ..evaluation import binary_metrics
 from ..export import export_run
+from ..heatmap_report import heatmap_lines, ood_count
 from ._training import locked_run_folder
 
 # Real heads shipped with the module that the demo's cohort (built from the reference) is not made from
@@ -82,13 +83,14 @@ def classify_other_anatomies(folder: Path, bundle: ModelBundle, device, n_heads:
     ``n`` (0) and ``heads_refused``."""
     cohort = generate_cohort(folder / "cohort", n_cases=n_heads, seed=seed, params=SynthParams(anatomies=OTHER_ANATOMIES),
                              previews=0)
-    truth, kinds, probabilities, refused = [], [], [], 0
+    truth, kinds, probabilities, refused, results = [], [], [], 0, []
     for patient, case in json.loads((cohort / "truth.json").read_text()).items():
         try:
             result = classify(cohort / case["image"], bundle, device)
         except (ImageError, RegistrationError):  # not located, or neither side in view enough
             refused += 1
             continue
+        results.append(result)
         for side, r in result.sides.items():
             if r.probability is not None:
                 truth.append(int(case[side]["anomaly"] is not None))
@@ -96,7 +98,7 @@ def classify_other_anatomies(folder: Path, bundle: ModelBundle, device, n_heads:
                 probabilities.append(r.probability)
     if not truth:
         return {"n": 0, "heads_refused": refused}
-    return {**binary_metrics(truth, probabilities, bundle.threshold), "heads_refused": refused,
+    return {**binary_metrics(truth, probabilities, bundle.threshold), "heads_refused": refused, "ood": ood_count(results),
             "by_type": lesion_types.by_type(kinds, truth, probabilities, bundle.threshold)}
 
 
@@ -195,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
           f"{r.verdict} | {_number(r.anomalous_volume_ml, '.1f')} |" for side, r in classified.sides.items()],
         "",
     ]
+    report += ["## Heat map, label map and out-of-distribution check", "",
+               *heatmap_lines(bundle.meta, {f"the {args.transfer_heads} heads from {', '.join(OTHER_ANATOMIES)}": transfer["ood"]}
+                              if transfer and transfer["n"] else None)]
     if transfer is not None and transfer["n"] == 0:
         report += ["## The bundle on anatomies it never saw", "",
                    f"None of the {args.transfer_heads} heads made from {', '.join(OTHER_ANATOMIES)} had a sinus the "
