@@ -8,6 +8,8 @@ these tests to seconds; what a trained CAE gives is measured by the demo (README
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +160,23 @@ def test_bundles_with_and_without_the_calibration_blocks(bundle, extraction, tmp
     with pytest.raises(Exception, match="'ood' needs"):
         load_bundle(bad)
     assert json.loads(json.dumps(result_summary(result, new), allow_nan=False))["sides"]["left"]["reconstruction_error"] > 0
+
+
+def test_slicer_text_shows_a_coarse_region_not_millilitres_and_flags_a_side_unlike_the_training_data():
+    module_dir = str(Path(__file__).resolve().parents[1] / "SinusAnomaly")  # where Slicer finds the module's libraries
+    if module_dir not in sys.path:
+        sys.path.insert(0, module_dir)
+    from SinusAnomalyMRMLLib import resultinfo
+
+    side = {"probability": 0.9, "spread": 0.01, "coverage": 1.0, "anomalous_volume_ml": None}
+    result = {"sides": {"left": {**side, "verdict": "anomalous", "out_of_distribution": True},
+                        "right": {**side, "verdict": "normal", "probability": 0.1, "out_of_distribution": False}},
+              "label_map": {"note": "coarse region, not a volume measurement: ...", "heatmap_scale": "normal sinuses"},
+              "model": {"name": "m"}, "warnings": []}
+    left, right, label_line, _ = resultinfo.summary_lines(result)
+    assert "anomalous region marked (coarse, not a volume)" in left and "mL" not in left and "UNLIKE THE TRAINING DATA" in left
+    assert "region" not in right and "UNLIKE" not in right
+    assert label_line.startswith("Heat map: scaled on normal sinuses; label map: coarse region")
+    assert [row[5] for row in resultinfo.result_rows(result)] == ["", ""]  # no number in the Volume (mL) column
+    result["sides"]["left"]["anomalous_volume_ml"] = 3.25  # a bundle whose volume was validated
+    assert "anomalous volume 3.25 mL" in resultinfo.summary_lines(result)[0]
