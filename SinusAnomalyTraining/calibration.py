@@ -150,7 +150,7 @@ def calibrate(dataset: PreparedDataset, fold: int, cae: torch.nn.Module, crop_si
     meta = {"heatmap": scale.as_meta(f"{len(val_normal)} normal validation sinuses of fold {fold}"),
             "ood": {**ranged.as_meta(f"{len(rows['train'])} training sinuses of fold {fold}"),
                     "test_fired": fired, "test_sinuses": len(test_measures)}}
-    cohort = Path(dataset.info.get("labels_csv", "")).parent
+    cohort = Path(dataset.info.get("parameters", {}).get("labels_csv", "")).parent
     if not (cohort / "truth.json").is_file():
         return meta  # no lesion masks: the label level stays, its volume is a coarse region
     masks = localisation.lesion_masks_in_crops(cohort, dataset, CROP_SIZE)
