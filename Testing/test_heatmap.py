@@ -16,6 +16,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+from SinusAnomalyLib.bundlefile import describe_bundle
 from SinusAnomalyLib.heatmap import VOLUME_AS_REGION, VOLUME_TOLERANCE, ood_measure
 from SinusAnomalyLib.residuals import scale_per_crop
 from SinusAnomalyTraining import calibration
@@ -117,6 +118,7 @@ def test_report_says_whether_the_volume_is_millilitres_or_a_coarse_region(fitted
                                     "heat_levels_test": calibration.heat_levels(level, heats[2:], cavities[2:], heats[:2], truths[:2])}
         text = "\n".join(heatmap_lines(meta, {"other heads": (2, 5)}))
         assert words in text and "| all | 2 |" in text and "fired on 1 of 3 held-out" in text and "2 of 5 assessed" in text
+        assert f"(shown as {'mL' if shown == 'mL' else 'a coarse region'})" in describe_bundle(meta)  # Slicer's tooltip, export's output
 
 
 def test_ood_fires_outside_the_training_range_and_not_on_a_training_like_crop(fitted):

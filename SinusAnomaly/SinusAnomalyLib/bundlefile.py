@@ -413,6 +413,11 @@ def describe_bundle(meta: dict) -> str:
         shown = [f"{counts[k]} {k}" for k in ("patients", "sinuses", "normal", "anomalous") if isinstance(counts.get(k), int)]
         if shown:
             lines.append("data set: " + ", ".join(shown))
+    test = ((meta.get("label_validation") or {}).get("test")) or {}
+    if _is_number(test.get("median_dice")) and _is_number(test.get("within_tolerance")):
+        shown = "mL" if meta["label_validation"].get("volume_shown_as") == "mL" else "a coarse region"
+        lines.append(f"label map: median Dice {test['median_dice']:.2f}, volume within ±50 % for {test['within_tolerance']:.0%} "
+                     f"of {test.get('n_lesions')} test lesions (shown as {shown})")
     if meta.get("intended_use"):
         lines.append(f"intended use: {meta['intended_use']}")
     versions = meta.get("versions") or {}
