@@ -1,7 +1,8 @@
 """Worker for the 2-process gloo checks of the multi-GPU paths in test_gpu_paths.py (issue 27, item 8).
 
-Usage: ``python -m torch.distributed.run --nproc_per_node 2 ddp_checks_worker.py OUT_DIR``. Each rank
-writes OUT_DIR/rank{R}.json with what it saw:
+Usage: ``python -m torch.distributed.run --nproc_per_node 2 ddp_checks_worker.py OUT_DIR [cpu|cuda]``
+(default cpu: gloo; cuda: NCCL, one GPU per process, as ``benchmarks/gpu_check.sh`` runs it with 2
+GPUs). Each rank writes OUT_DIR/rank{R}.json with what it saw:
 
 * ``batchnorm``: running statistics after :func:`engine.recompute_batchnorm_statistics` on the
   DDP-wrapped model, and the reference (one process through every rank's batches);
@@ -40,7 +41,7 @@ def batchnorm_check(device) -> dict:
     engine.recompute_batchnorm_statistics(model, loader, image_step, device, amp=False)
     bn = runtime.unwrap_model(model).features[1]
 
-    reference = Net()
+    reference = Net().to(device)
     reference.load_state_dict(runtime.unwrap_model(model).state_dict())
     norm = reference.features[1]
     norm.reset_running_stats()
@@ -68,7 +69,7 @@ def tiny_check(device) -> dict:
 
 def main() -> int:
     out_dir = Path(sys.argv[1])
-    device = runtime.select_device("cpu")
+    device = runtime.select_device(sys.argv[2] if len(sys.argv) > 2 else "cpu")
     info = runtime.init_distributed(device, timeout_s=60)
     try:
         result = {"rank": info.rank, "backend": info.backend, "batchnorm": batchnorm_check(device),

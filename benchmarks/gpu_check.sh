@@ -5,15 +5,20 @@
 #
 # 1. Throughput at the paper's size on GPU 0: the input pipeline (CropLoader: gather by index from
 #    the float16 crop-and-residual tensor, pinned copy, widening and augmentation on the GPU;
-#    batch 256 of 64^3) and the residual pretraining step (ResNet18 U-Net, widths 64-512, bf16
-#    autocast, cudnn.benchmark, batch 64): samples/s and peak GPU memory; the step also with
+#    batch 256 of 64^3) and the residual pretraining step (ResNet18 U-Net, widths 64-512, autocast
+#    (bf16 where native, else fp16), cudnn.benchmark, batch 64): samples/s and peak GPU memory; the step also with
 #    channels_last_3d and under torch.compile, the two options that stay off until this shows
 #    them faster (--no-compile skips the compilation, a minute or more).
 # 2. A small synthetic cohort (16 heads), prepared (2 folds).
-# 3. One short epoch of every stage of fold 0 at the paper's size with bf16 autocast: train-cae,
-#    residuals, pretrain (residual, ae, simclr, spark), finetune (each of them and none; 100 %
-#    labels), evaluate; seconds per command and each stage's epoch line.
-# 4. With 2 or more GPUs: residual pretraining again as a 2-process DDP run under torchrun.
+# 3. One short epoch of every stage of fold 0 at the paper's size with autocast (the CAE in float32):
+#    train-cae, residuals, pretrain (residual, ae, simclr, spark), finetune (each of them and none;
+#    100 % labels), evaluate; seconds per command and each stage's epoch line.
+# 4. With 2 or more GPUs: the residuals and residual pretraining again as 2-process DDP runs under
+#    torchrun (residuals compared with step 3's; the log's global batch and learning rate).
+# 5. Issue 27's checks of the CUDA, mixed-precision and multi-GPU paths, one or more per item
+#    (benchmarks/gpu_paths_check.py; Testing/ddp_checks_worker.py under torchrun, gloo and, with 2
+#    GPUs, NCCL; torchrun with one process more than there are GPUs). Ends with a table of what
+#    was verified, on what; exit 1 when a check failed.
 #
 # --cpu: a smoke run of the same steps on the CPU at toy size (8 heads, no torch.compile): it
 # checks the script, it measures nothing. Without --cpu and without CUDA the script stops at once (exit 2).
@@ -140,7 +145,7 @@ def measure(name, **options):
     return rate
 
 
-plain = measure("pretraining, paper size, bf16 autocast" if not cpu else "pretraining, toy size")
+plain = measure(f"pretraining, paper size, {runtime.amp_dtype(device)} autocast" if not cpu else "pretraining, toy size")
 last = measure("channels_last_3d", channels_last=True)
 print(f"ratio channels_last_3d / plain: {last / plain:.2f}")
 if os.environ["GPU_CHECK_COMPILE"] == "1":
@@ -188,13 +193,93 @@ sa evaluate --run-dir "$work/run" --dataset "$work/dataset" > "$work/evaluate.lo
 echo "evaluate: done ($((SECONDS - start)) s so far)"
 
 # ------------------------------------------------------------------ 4. two processes
+table="$work/verified.tsv"
+: > "$table"
+verified() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$table"; echo "item $1: $2: $3"; }
+on="GPU"; if [[ "$cpu" == 1 ]]; then on="CPU"; fi
+port=29532
+torchrun() { port=$((port + 1)); "$python" -m torch.distributed.run --master_addr 127.0.0.1 --master_port "$port" "$@"; }
 if [[ "$cpu" == 1 || "$gpus" -ge 2 ]]; then
+  cp "$work/run/fold0/residuals/residuals.npy" "$work/residuals_one_process.npy"
   t=$SECONDS
-  "$python" -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29533 \
-    -m SinusAnomalyTraining pretrain --method residual --restart "${run[@]}" > "$work/ddp.log" 2>&1 \
+  torchrun --nproc_per_node 2 -m SinusAnomalyTraining residuals --restart "${run[@]}" > "$work/ddp_residuals.log" 2>&1 \
+    || { tail -40 "$work/ddp_residuals.log"; echo "gpu_check: the 2-process residuals run failed" >&2; exit 1; }
+  echo "DDP, 2 processes, residuals: $((SECONDS - t)) s"
+  difference=$("$python" -c "import numpy as np; a, b = (np.load(p).astype(np.float32) for p in ('$work/residuals_one_process.npy', '$work/run/fold0/residuals/residuals.npy')); print(f'{abs(a - b).max():.2g}' if a.shape == b.shape else 'shapes differ')")
+  # the same maps up to the GPU's non-deterministic kernels (float16 steps are 5e-4 near 1)
+  if [[ "$difference" == "0" || ( "$cpu" == 0 && "$difference" != "shapes differ" && $("$python" -c "print(int($difference <= 2e-3))") == 1 ) ]]; then
+    verified 8 "residuals shared out over 2 processes vs one process: max difference $difference" "verified on $on"
+  else
+    verified 8 "residuals shared out over 2 processes vs one process: max difference $difference" "FAILED"
+  fi
+  t=$SECONDS
+  torchrun --nproc_per_node 2 -m SinusAnomalyTraining pretrain --method residual --restart "${run[@]}" > "$work/ddp.log" 2>&1 \
     || { tail -40 "$work/ddp.log"; echo "gpu_check: the 2-process DDP run failed" >&2; exit 1; }
   echo "DDP, 2 processes, pretrain --method residual: $((SECONDS - t)) s; $(grep -h "epoch 1/1:" "$work/ddp.log" | tail -1 | sed 's/^ *//')"
+  said=$(grep -ho "batch [0-9]* (2 processes x [0-9]*), LARS lr [0-9.e-]*" "$work/ddp.log" | head -1)
+  if "$python" -c "import re, sys; g, p, lr = map(float, re.findall(r'\d[0-9.e-]*', sys.argv[1].replace('2 processes', ''))); sys.exit(not (g == 2 * p and abs(lr - 0.2 * g / 256) <= 1e-3 * lr))" "$said" 2>/dev/null; then
+    verified 4 "2-process pretraining log: '$said' (global batch, LARS 0.2 x global/256)" "verified on $on"
+  else
+    verified 4 "2-process pretraining log: '${said:-no batch line}'" "FAILED"
+  fi
+  if grep -q "has NOT been destroyed" "$work/ddp.log" "$work/ddp_residuals.log"; then
+    verified 3 "no process-group teardown warning in the 2-process runs" "FAILED"
+  else
+    verified 3 "no process-group teardown warning in the 2-process runs" "verified on $on"
+  fi
 else
   echo "DDP: skipped (one GPU)"
+  verified 4 "global batch and learning rate under 2 processes" "skipped: needs 2 GPUs (CPU: gpu_check.sh --cpu, test_stages.py)"
+  verified 8 "residuals shared out over 2 processes" "skipped: needs 2 GPUs (CPU: gpu_check.sh --cpu, test_stages.py)"
 fi
+
+# ------------------------------------------------------------------ 5. issue 27's checks, item by item
+ddp_checks() {  # $1: cpu or cuda; $2: what it runs on, for the table
+  local out="$work/ddp_checks_$1"
+  torchrun --nproc_per_node 2 Testing/ddp_checks_worker.py "$out" "$1" > "$out.log" 2>&1 \
+    || { tail -40 "$out.log"; verified 8 "ddp_checks_worker.py $1" "FAILED (see $out.log)"; return; }
+  "$python" - "$out" "$2" "$1" >> "$table" <<'PYTHON'
+import json, sys
+import numpy as np
+out, on, device = sys.argv[1:]
+r = [json.load(open(f"{out}/rank{k}.json")) for k in (0, 1)]
+backend = "gloo" if device == "cpu" else "nccl"
+bn = [x["batchnorm"] for x in r]
+same = bn[0]["mean"] == bn[1]["mean"] and bn[0]["var"] == bn[1]["var"]
+close = all(np.allclose(b["mean"], b["reference_mean"], atol=1e-5) and np.allclose(b["var"], b["reference_var"], atol=1e-5) for b in bn)
+rows = [
+    (2, f"--device {device} with {backend}: backends {[x['backend'] for x in r]}", all(x["backend"] == backend for x in r)),
+    (3, f"process group destroyed on both ranks ({backend})", all(x["group_destroyed"] for x in r)),
+    (8, f"BatchNorm statistics recomputed over both ranks ({backend}): equal on the ranks, equal to one process's", same and close),
+    (8, f"tiny set ({backend}): 5 crops -> batches {[x['tiny']['sizes'] for x in r]}, 3 crops refused", all(x["tiny"]["sizes"] == [2] and x["tiny"]["error_for_3"] for x in r)),
+]
+for item, check, ok in rows:
+    print(f"{item}\t{check}\t{'verified on ' + on if ok else 'FAILED'}")
+PYTHON
+  tail -4 "$table" | sed 's/^/item /; s/\t/: /g'
+}
+if [[ "$cpu" == 1 ]]; then
+  "$python" benchmarks/gpu_paths_check.py --cpu --table "$table" --work "$work" --config "$work/gpu-check.json" --dataset "$work/dataset" || true
+  ddp_checks cpu CPU
+  verified 2 "LOCAL_RANK beyond the GPU count refused clearly" "skipped: needs a GPU (mocked: test_gpu_paths.py)"
+else
+  "$python" benchmarks/gpu_paths_check.py --table "$table" --work "$work" --config "$work/gpu-check.json" --dataset "$work/dataset" || true
+  ddp_checks cpu "GPU machine (CPU processes)"
+  if [[ "$gpus" -ge 2 ]]; then ddp_checks cuda GPU; else
+    verified 2 "NCCL for --device cuda, 2 processes" "skipped: needs 2 GPUs"
+  fi
+  # one process more than there are GPUs: a clear error, not a raw CUDA one
+  timeout 300 "$python" -m torch.distributed.run --master_addr 127.0.0.1 --master_port $((port + 1)) --nproc_per_node $((gpus + 1)) -m SinusAnomalyTraining train-cae --device cuda --restart \
+    --config "$work/gpu-check.json" --dataset "$work/dataset" --run-dir "$work/run_local_rank" --no-progress > "$work/local_rank.log" 2>&1 && code=0 || code=$?
+  if [[ "$code" != 0 ]] && grep -q "LOCAL_RANK=$gpus but only $gpus GPU(s)" "$work/local_rank.log"; then
+    verified 2 "torchrun with $((gpus + 1)) processes on $gpus GPU(s): exit $code, 'LOCAL_RANK=$gpus but only $gpus GPU(s) ...'" "verified on GPU"
+  else
+    verified 2 "torchrun with $((gpus + 1)) processes on $gpus GPU(s): exit $code without the LOCAL_RANK message" "FAILED (see $work/local_rank.log)"
+  fi
+fi
+
+echo
+echo "What was verified (issue 27), $(date -u +%Y-%m-%dT%H:%MZ), $("$python" -c 'import torch; print("torch", torch.__version__)'), $gpus GPU(s):"
+sort -s -n -k1,1 "$table" | awk -F'\t' '{printf "  %-3s %-100s %s\n", $1, $2, $3}'
 echo "gpu_check: done in $((SECONDS - start)) s; logs in $work"
+if grep -q $'\tFAILED' "$table"; then echo "gpu_check: a check FAILED (table above)" >&2; exit 1; fi
