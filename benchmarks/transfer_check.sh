@@ -123,7 +123,8 @@ for train in training_seeds:
     kinds = by_type([s[1] or "normal" for s in everything], [int(s[1] is not None) for s in everything],
                     [s[2] for s in everything], meta["threshold"])
     print("  by kind against the normal sinuses: " + ", ".join(
-        f"{kind} AUROC {m['auroc']:.2f}, called anomalous {round(m['sensitivity'] * m['n'])}/{m['n']}" for kind, m in kinds.items()))
+        f"{kind} AUROC {'-' if np.isnan(m['auroc']) else format(m['auroc'], '.2f')}, called anomalous "
+        f"{round(m['sensitivity'] * m['n'])}/{m['n']}" for kind, m in kinds.items()))
     metrics, normal_verdicts, anomalous_verdicts = scores(everything)
     overall[train] = (metrics["auroc"], share(normal_verdicts), share(anomalous_verdicts))
 if len(overall) > 1:
