@@ -200,6 +200,59 @@ def test_the_loader_stages_the_next_batch_before_handing_out_the_current_one(mon
     assert len(staged) == len(loader) == 4 and not torch.equal(order, torch.arange(10))  # shuffled
 
 
+def test_on_a_gpu_the_loader_copies_on_a_side_stream_that_the_compute_stream_waits_for(monkeypatch):
+    """torch.cuda's streams mocked: copies are pinned, non-blocking, on the side stream; before a batch is
+    handed out the compute stream waits for the side stream and its tensors are recorded on the compute
+    stream, and only then is the next batch's copy queued (else this batch would wait for it too)."""
+    import contextlib
+
+    events = []
+
+    class FakeStream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(f"{self.name} waits for {other.name}")
+
+    side, compute = FakeStream("side"), FakeStream("compute")
+    current = [compute]
+
+    @contextlib.contextmanager
+    def stream(chosen):
+        previous, current[0] = current[0], chosen or current[0]
+        yield
+        current[0] = previous
+
+    original_to, original_empty = torch.Tensor.to, torch.empty
+
+    def to(self, *args, **kwargs):
+        if args and isinstance(args[0], torch.device) and args[0].type == "cuda":
+            events.append(f"copy on {current[0].name}{' non-blocking' if kwargs.get('non_blocking') else ''}"
+                          f"{' pinned' if getattr(self, 'pinned', False) else ''}")
+            return self.clone()
+        return original_to(self, *args, **kwargs)
+
+    def pinned(t):
+        t.pinned = True
+        return t
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: side)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[0])
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **k: pinned(original_empty(*a, **k)) if pin_memory else original_empty(*a, **k))
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned(self.clone()))
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: events.append(f"recorded on {s.name}"))
+    data = SinusCrops(torch.rand(6, 1, 4, 4, 4).half(), np.arange(6) % 2)
+    for batch in CropLoader(data, 2, False, 0, CUDA0):
+        events.append(f"batch of {len(batch['image'])} handed out")
+    copy = ["copy on side non-blocking pinned"] * 2  # the crops and the labels
+    handed = ["compute waits for side", "recorded on compute", "recorded on compute"]
+    assert events == (copy + handed + copy + ["batch of 2 handed out"] + handed + copy + ["batch of 2 handed out"]
+                      + handed + ["batch of 2 handed out"])
+
+
 def test_augmentation_moves_its_parameters_to_the_device_only_through_pinned_copies(monkeypatch):
     """Every host-to-device copy of augment_batch goes through runtime.to_device (pinned, non-blocking on a GPU)."""
     through, direct = [], []
