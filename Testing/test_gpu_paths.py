@@ -165,7 +165,8 @@ def test_deterministic_mode_sets_deterministic_algorithms_and_the_cublas_workspa
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
 
 
-def test_training_commands_choose_the_kernels_before_cuda_starts(monkeypatch, tmp_path, kernel_choice):
+@pytest.mark.parametrize("command", [["pretrain", "--dataset", "DIR", "--run-dir", "DIR/r"], ["demo", "--out", "DIR/demo"]])
+def test_training_commands_choose_the_kernels_before_cuda_starts(monkeypatch, tmp_path, kernel_choice, command):
     """The cuBLAS workspace is read when CUDA starts: set_deterministic must come before select_device."""
     from SinusAnomalyTraining.cli import main
 
@@ -176,7 +177,7 @@ def test_training_commands_choose_the_kernels_before_cuda_starts(monkeypatch, tm
         raise DeviceError("stop here")
 
     monkeypatch.setattr(runtime, "select_device", select_device)
-    assert main(["pretrain", "--config", "demo", "--dataset", str(tmp_path), "--run-dir", str(tmp_path / "r")]) == 2
+    assert main([part.replace("DIR", str(tmp_path)) for part in command] + ["--config", "demo"]) == 2
     assert seen == {"cublas": ":4096:8", "algorithms": True}
 
 

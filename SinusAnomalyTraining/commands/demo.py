@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config).replace(seed=args.seed, folds="all")
     if args.device:
         config = config.replace(device=args.device)
+    runtime.set_deterministic(config.deterministic)  # before CUDA starts: it sets CUBLAS_WORKSPACE_CONFIG
     device = runtime.select_device(config.device)
 
     cohort = generate_cohort(out / "cohort", n_cases=args.cases, seed=args.seed, n_unlabelled=args.unlabelled)
