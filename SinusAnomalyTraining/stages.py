@@ -335,6 +335,7 @@ def compute_residuals(ctx: FoldContext) -> Path:
         write_json_atomic(stage_dir / "residuals.json", {"sample_ids": sample_ids, **made_from})
     runtime.barrier()
     _mark_done(stage_dir, made_from, residuals_sha256=sha256_file(stage_dir / "residuals.npy"))
+    runtime.barrier()  # pretraining reads done.json next, on every rank
     return stage_dir / "residuals.npy"
 
 
