@@ -26,8 +26,7 @@ __all__ = [
     "seed_everything", "set_deterministic", "derive_seed", "make_generator", "worker_init_fn", "reseed_all",
     "DistInfo", "init_distributed", "is_distributed", "is_main_process", "rank", "world_size", "barrier",
     "cleanup", "wrap_ddp", "unwrap_model", "distributed_sampler", "per_process_batch", "describe_batch",
-    "all_gather_tensor",
-    "reduce_mean", "to_device", "bf16_native", "amp_dtype", "autocast_context", "make_grad_scaler",
+    "all_gather_tensor", "reduce_mean", "to_device", "bf16_native", "amp_dtype", "autocast_context", "make_grad_scaler",
     "RunLogger", "setup_run_logging",
 ]
 
