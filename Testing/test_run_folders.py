@@ -88,7 +88,7 @@ def test_sigterm_stops_prepare_as_ctrl_c_does(tmp_path):
     slow_fake = ("import time\nimport numpy as np\nimport SinusAnomalyLib.dataset as d\nfrom conftest import _FakeExtraction\n"
                  "def fake(path, *a, **k):\n    time.sleep(0.3)\n"
                  "    return _FakeExtraction({s: np.full((64, 64, 64), 0.5, np.float32) for s in ('left', 'right')})\n"
-                 "d.extract_sinuses = fake\nsys.path.insert(0, 'Testing')\n")
+                 "d.extract_sinuses = fake\n")
     dataset = tmp_path / "dataset"
     proc = terminated_when(["prepare", "--images", str(images), "--labels", str(tmp_path / "labels.csv"), "--out", str(dataset),
                             "--folds", "2", "--no-progress"], lambda: len(list(dataset.glob("scans/*/crops.npz"))) >= 2,

@@ -21,7 +21,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, fold: bool = True) -> Non
     parser.add_argument("--run-dir", dest="run", required=True, type=Path, help="run folder (created; holds every stage's output)")
     parser.add_argument("--config", help="'paper' (default for a new run), 'demo', 'grid-cpu', 'grid-cpu5', 'grid-paper', "
                                          "or a JSON file; "
-                                         "default for an existing run: its saved config.json")
+                                         "default for an existing run: its saved config.json (never rewritten: "
+                                         "a training command refuses other settings, evaluate uses them without saving)")
     if fold:
         parser.add_argument("--fold", type=int, default=0, help="cross-validation fold (default 0)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the configuration's (auto: CUDA when present)")
