@@ -129,6 +129,10 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     shortcut = stages.classifier_shortcut(method)  # the bundle records it: MedicalNet's classifier differs
     classifier_states, thresholds = [], []
     for fold, finetune in folds:
+        trained_at = json.loads((finetune / stages.DONE).read_text()).get("made_from", {}).get("crop_size")
+        if trained_at is not None and trained_at != config.crop_size:  # the bundle would stamp the wrong size on it
+            raise stages.StageInputError(f"{finetune} was fine-tuned at crop size {trained_at}, {run_dir / 'config.json'} says "
+                                         f"{config.crop_size}: re-run its fine-tuning (sinus-anomaly run) before exporting")
         classifier_states.append(_finite_weights(finetune / "best.pt"))
         rows = [r for r in stages.read_predictions(finetune / "predictions.csv") if r["split"] == "val"]
         y = np.array([r["label"] for r in rows])

@@ -314,6 +314,18 @@ def test_export_refuses_a_run_with_nan_weights(bundle_path, tmp_path, capsys):
     assert not (tmp_path / "nan.sabundle").exists()
 
 
+def test_export_refuses_classifiers_fine_tuned_at_another_crop_size(bundle_path, tmp_path, capsys):
+    """After a crop-size change the bundle would claim a size its classifiers never saw: refused, naming them."""
+    run = tmp_path / "run"
+    shutil.copytree(bundle_path.parent / "run", run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "crop_size": 64}))
+    assert main(["export", str(run), "--out", str(tmp_path / "stale.sabundle")]) == 2
+    err = capsys.readouterr().err
+    assert "fine-tuned at crop size 32" in err and "says 64" in err and str(run / "fold0" / "finetune" / "residual" / "frac100") in err
+    assert not (tmp_path / "stale.sabundle").exists()
+
+
 def _manifest_edit(change):
     """A ``_rewrite`` change applying ``change(meta)`` to bundle.json and re-digesting it (an edit
     made consistent, as an older export would have written it)."""
