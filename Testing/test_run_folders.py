@@ -130,3 +130,36 @@ def test_commands_given_a_config_never_rewrite_an_existing_run(tiny_dataset, tmp
     assert f"{run / 'config.json'}: the run was made with other settings" in proc.stderr
     assert "finetune.epochs: 2 -> 3" in proc.stderr and "evaluate.bootstrap: 50 -> 60" in proc.stderr
     assert unchanged()
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_signal_as_the_temporary_file_or_folder_is_made_leaves_nothing_behind(kind, tmp_path, monkeypatch):
+    """SIGTERM landing just after the temporary is created (before the code that removes it knows its
+    name), with another thread running, as torch's are: the write is stopped and nothing stays."""
+    import os
+    import tempfile
+    import threading
+
+    from SinusAnomalyLib import fileio
+    from SinusAnomalyTraining.cli import terminate_as_interrupt
+
+    name = {"file": "mkstemp", "folder": "mkdtemp"}[kind]
+    make = getattr(tempfile, name)
+
+    def made_then_signalled(*args, **kwargs):
+        made = make(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return made
+
+    monkeypatch.setattr(tempfile, name, made_then_signalled)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)  # a thread that does not block the signal
+    other.start()
+    target = tmp_path / "out"
+    try:
+        with terminate_as_interrupt(), pytest.raises(KeyboardInterrupt):
+            with fileio.atomic_path(target / "result.json") if kind == "file" else fileio.atomic_folder(target, ["result.json"]):
+                pytest.fail("the signal should have stopped the write before its body")
+    finally:
+        stop.set()
+    assert [p.name for p in tmp_path.rglob("*") if p != target] == []

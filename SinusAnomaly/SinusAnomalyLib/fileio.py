@@ -50,13 +50,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     _make_folder(path.parent)
     suffix = "".join(path.suffixes)
+    tmp = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=".partial" + suffix, dir=path.parent)
-    except OSError as exc:
-        raise OutputError(path, f"cannot be written: {_problem(exc)}") from exc
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+        with _signals_deferred():  # Ctrl-C or SIGTERM waits until tmp is known, so the finally below removes it
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=".partial" + suffix, dir=path.parent)
+            os.close(fd)
+            tmp = Path(tmp_name)
         yield tmp
         # mkstemp creates 0600 files; give the result the permissions a plain open() would
         umask = os.umask(0)
@@ -66,7 +65,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(path, f"cannot be written: {_problem(exc)}") from exc
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 
@@ -175,16 +174,27 @@ def locked_result_folder(folder: str | Path, replaceable: Iterable[str], what: s
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold back SIGINT/SIGTERM for a few system calls (main thread on POSIX; else a no-op)."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold back SIGINT and SIGTERM for a few system calls, then act on one that came meanwhile as
+    it would have been acted on (main thread, where Python runs signal handlers; else a no-op).
+
+    The handlers are swapped for ones that only note the signal: blocking it with pthread_sigmask
+    would not hold it back, as the kernel hands it to another thread (torch's, a prefetch thread)
+    and Python still runs the handler in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    noted: list[int] = []
+    # a handler set outside Python (getsignal gives None, e.g. by an embedding application) is left alone
+    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not None}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if noted:
+            signal.raise_signal(noted[0])
 
 
 def check_replaceable(folder: str | Path, replaceable: Iterable[str]) -> None:
@@ -222,12 +232,10 @@ def atomic_folder(folder: str | Path, replaceable: Iterable[str]) -> Iterator[Pa
     """
     folder = Path(folder)
     check_replaceable(folder, replaceable)
+    tmp = old = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    except OSError as exc:
-        raise OutputError(folder, f"cannot be written: {_problem(exc)}") from exc
-    old = None
-    try:
+        with _signals_deferred():  # Ctrl-C or SIGTERM waits until tmp is known, so the finally below removes it
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
@@ -243,6 +251,7 @@ def atomic_folder(folder: str | Path, replaceable: Iterable[str]) -> Iterator[Pa
             old = None
         raise OutputError(folder, f"cannot be written: {_problem(exc)}") from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
