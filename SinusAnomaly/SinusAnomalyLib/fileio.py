@@ -177,9 +177,9 @@ def _signals_deferred() -> Iterator[None]:
     """Hold back SIGINT and SIGTERM for a few system calls, then act on one that came meanwhile as
     it would have been acted on (main thread, where Python runs signal handlers; else a no-op).
 
-    The handlers are swapped for ones that only note the signal: blocking it with pthread_sigmask
-    would not hold it back, as the kernel hands it to another thread (torch's, a prefetch thread)
-    and Python still runs the handler in the main thread.
+    The handlers are swapped for ones that only note the signal: blocking it in the main thread
+    with pthread_sigmask need not hold it back, as the kernel may hand it to another thread (torch's,
+    a prefetch thread) and Python runs the handler in the main thread all the same.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
