@@ -421,6 +421,8 @@ def test_demo_scores_its_bundle_on_heads_of_the_anatomies_it_never_saw(bundle_pa
     assert set(kinds) <= {case[side]["anomaly"] for case in truth.values() for side in ("left", "right")} - {None}
     assert sum(m["n"] for m in kinds.values()) == scores["n_positive"]
     assert sum(round(m["sensitivity"] * m["n"]) for m in kinds.values()) == scores["tp"]
+    fired, checked = scores["ood"]  # the out-of-distribution check ran on every assessed sinus
+    assert checked == scores["n"] and 0 <= fired <= checked
     again = classify_other_anatomies(tmp_path, bundle, "cpu", n_heads=3, seed=5)
     assert again["tn"] == scores["tn"] and again["tp"] == scores["tp"]
 
