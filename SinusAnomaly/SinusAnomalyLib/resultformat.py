@@ -8,15 +8,20 @@ constants only: importing this needs neither torch nor SimpleITK.
     {"format": "sinus-anomaly-result", "version": 2, "input": "...",
      "model": {"path", "name", "method", "fraction", "created", "fingerprint"},
      "sides": {"left": {...}, "right": {...}},
-     "files": {"heatmap": "heatmap.nii.gz", "labelmap": "labelmap.nii.gz"},
+     "files": {"heatmap": "heatmap.nii.gz", "labelmap": "labelmap.nii.gz"}, "label_map": {...},
      "labels": {"1": "...", "2": "..."}, "registration": {...}, "warnings": [...], "seconds": s}
 
 Per side: ``coverage`` (0-1, the share of the side's sinus cavity that the scan shows, see
 ``SinusAnomalyLib.extraction``), ``assessable`` (coverage at or above the documented minimum),
 ``probability``/``spread``/``anomalous_volume_ml`` (``null`` when not assessable), ``verdict``
 (one of :data:`VERDICTS`), ``threshold``, ``fold_probabilities``, ``center_ras_mm``,
-``crop_affine_ras``, ``crop_file`` (:data:`CROP_FILES`). Version 1 (no coverage, no fingerprint,
-no warnings) is still read.
+``crop_affine_ras``, ``crop_file`` (:data:`CROP_FILES`), ``reconstruction_error`` and
+``out_of_distribution`` (``null`` when not assessable or the bundle has no training range; see
+``SinusAnomalyLib.heatmap``). ``anomalous_volume_ml`` is ``null`` also where the bundle did not
+validate the label's volume: ``label_map`` (heat-map scale, label level, ``volume`` "mL" or
+"coarse region", a ``note`` saying why, the bundle's test Dice and volume error) says which.
+Version 1 (no coverage, no fingerprint, no warnings) is still read; results written before
+``label_map`` lack it and always gave a volume.
 
 The folder holds exactly :data:`RESULT_FILES`; it is written whole into a temporary folder and
 renamed into place, so a reader never sees a mix of two results.

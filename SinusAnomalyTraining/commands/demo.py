@@ -13,7 +13,9 @@
 5. the bundle applied to heads made from the real anatomies the cohort is not made from (Colin27
    and the single-subject T1; DIR/transfer/): how far a model of one anatomy carries to others;
 6. DIR/report.md with the results table, ROC/PR curves, residual examples, the residual maps'
-   voxel-wise AUROC against the true lesion masks and the sinus centres' error against the truth.
+   voxel-wise AUROC against the true lesion masks and the sinus centres' error against the truth,
+   and the bundle's heat-map scale, label Dice and volume error per lesion kind, and how often its
+   out-of-distribution check fired (test sinuses, heads of the other anatomies).
 
 Re-running resumes finished work. About 5-10 minutes on 2 CPU cores. The numbers describe
 synthetic data and a scaled-down configuration: they show the workflow, not clinical performance.
