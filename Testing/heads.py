@@ -1,10 +1,14 @@
 """Real heads the project did not make, and scans that must be refused (tests and benchmarks).
 
 Real heads: the reduced copies in ``SinusAnomaly/Resources/Anatomies`` (made and annotated by
-``Resources/Scripts/make_real_heads.py``; notices beside them). Both end inside the maxillary
-sinuses, so truth is the centre of the *visible* part of each air cavity, and a fit is scored like
-for like: against the visible part of the reference cavity mapped through it
-(:func:`visible_centre_error`).
+``Resources/Scripts/make_real_heads.py``; notices beside them). Colin27 and the single-subject T1
+end inside the maxillary sinuses, so truth is the centre of the *visible* part of each air cavity,
+and a fit is scored like for like: against the visible part of the reference cavity mapped
+through it (:func:`visible_centre_error`). The ROBEX atlas shows both cavities whole: the crop
+centre is scored against the whole cavity's (:func:`full_centre_error`). The reference sinus is
+built from these same heads, so each is measured against a reference sinus built without it
+(:func:`reference_without`, leave one out); :func:`floor_cut` makes copies whose field of view
+ends inside the sinuses, with the true share of each cavity still in view.
 
 Negatives (:func:`negative_scans`): what has no maxillary sinus in view or is no head at all, each
 built from a real head or drawn: a skull-stripped brain, a defaced scan, a scan that ends above
@@ -12,16 +16,19 @@ the sinuses, uniform noise, a head-sized phantom and a torso-like body part.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 
-from SinusAnomalyLib.extraction import SinusExtraction, cavity_shown
+from SinusAnomalyLib.extraction import SinusExtraction, shown_in_scan
 from SinusAnomalyLib.geometry import lps_to_ras, ras_to_lps
 from SinusAnomalyLib.imageio import read_image
-from SinusAnomalyLib.reference import SIDES, ReferenceHead, cavity_points_lps, resources_dir
+from SinusAnomalyLib.reference import (ANATOMIES, SIDES, ReferenceHead, cavity_points_lps, load_anatomy, load_reference,
+                                       load_template_cores, resources_dir)
+from SinusAnomalyLib.sinusatlas import build_atlas, map_cavity, with_atlas
 from SinusAnomalyLib.synth import pose_variant
 
 REAL_HEADS_DIR = resources_dir() / "Anatomies"
@@ -33,30 +40,67 @@ class RealHead:
     name: str
     image: sitk.Image
     visible_centres_ras: dict  # side -> (3,) RAS mm: centre of the visible air cavity
+    whole_cavity: bool = False  # whether the field of view shows the whole cavity (the visible centre is the full one's)
+    anatomy: str = ""  # the shipped anatomy it is (or was posed from); "" for others
 
 
 def real_heads() -> list[RealHead]:
     """The shipped real heads as they come."""
     meta = json.loads((REAL_HEADS_DIR / "real_heads.json").read_text())
     return [RealHead(name, read_image(REAL_HEADS_DIR / head["file"]),
-                     {side: np.asarray(head[side]["visible_center_ras_mm"], float) for side in SIDES})
+                     {side: np.asarray(head[side]["visible_center_ras_mm"], float) for side in SIDES},
+                     bool(head.get("cavity_wholly_in_view", False)), name)
             for name, head in meta["heads"].items()]
+
+
+@functools.lru_cache(maxsize=None)
+def _mapped_cavity(name: str):
+    return map_cavity(load_anatomy(name), load_template_cores(), name)
+
+
+def reference_without(name: str) -> ReferenceHead:
+    """The reference whose sinus is built from every shipped real head but ``name`` (leave one out):
+    what a head the reference sinus was not made from is measured against."""
+    others = [n for n in ANATOMIES if n not in ("reference", name)]
+    return with_atlas(load_reference(), build_atlas([_mapped_cavity(n) for n in others], load_template_cores()))
+
+
+def floor_cut(head: RealHead, share_above: float) -> tuple[RealHead, dict]:
+    """``head`` (a shipped anatomy with its whole cavity in view) with its field of view ending at the
+    axial level that leaves about ``share_above`` of both cavities above it; also the true share of
+    each side's cavity still in view."""
+    labels = load_anatomy(head.anatomy).sinus_labels
+    array = sitk.GetArrayFromImage(labels)  # [k, j, i]; the shipped heads are axis-aligned RAS grids
+    z_of_slice = np.asarray([labels.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(array.shape[0])])
+    cavity_z = z_of_slice[np.nonzero(array)[0]]
+    cut_z = float(np.quantile(cavity_z, 1.0 - share_above))
+    truth = {side: float((z_of_slice[np.nonzero(array == value)[0]] >= cut_z).mean())
+             for side, value in (("left", 1), ("right", 2))}
+    first = int(np.searchsorted([head.image.TransformIndexToPhysicalPoint((0, 0, k))[2]
+                                 for k in range(head.image.GetSize()[2])], cut_z))
+    cut = head.image[:, :, first:]
+    return RealHead(f"{head.name} cut {100 * share_above:.0f} %", cut, head.visible_centres_ras, False, head.anatomy), truth
 
 
 def posed(head: RealHead, seed: int, contrast: str) -> RealHead:
     """``head`` posed, regridded and remapped to ``contrast`` (:func:`SinusAnomalyLib.synth.pose_variant`)."""
     image, forward = pose_variant(head.image, np.random.default_rng([seed, len(head.name)]), contrast)
     centres = {side: lps_to_ras(forward[:3, :3] @ ras_to_lps(c) + forward[:3, 3]) for side, c in head.visible_centres_ras.items()}
-    return RealHead(f"{head.name} pose {seed} {contrast}", image, centres)
+    return RealHead(f"{head.name} pose {seed} {contrast}", image, centres, head.whole_cavity, head.anatomy)
+
+
+def full_centre_error(head: RealHead, extraction: SinusExtraction, side: str) -> float:
+    """mm between the crop centre and the whole cavity's centre (``head.whole_cavity`` heads only)."""
+    return float(np.linalg.norm(extraction.centers_ras[side] - head.visible_centres_ras[side]))
 
 
 def visible_centre_error(head: RealHead, extraction: SinusExtraction, reference: ReferenceHead, side: str) -> float:
     """mm between the visible cavity's centre and that of the shown part of the mapped reference cavity."""
     points = cavity_points_lps(reference, side)
-    shown = cavity_shown(head.image, extraction.registration, points)
+    shown = shown_in_scan(head.image, extraction.registration.fill, extraction.map_cavity_lps(points, side))
     if not shown.any():
         return float("inf")
-    predicted = lps_to_ras(extraction.registration.map_points_lps(points[shown]).mean(0))
+    predicted = lps_to_ras(extraction.map_cavity_lps(points, side)[shown].mean(0))
     return float(np.linalg.norm(predicted - head.visible_centres_ras[side]))
 
 

@@ -1,7 +1,9 @@
 """Locating both maxillary sinuses and cutting comparable 64 mm crops (the paper's Figure 1a).
 
-The head is registered to the reference (:mod:`.registration`); the reference's sinus centres are
-mapped into the input's world space, and a 64 x 64 x 64 grid of 1 mm voxels is laid around each
+The head is registered to the reference (:mod:`.registration`); each side's reference sinus (built
+from real heads' cavities, :mod:`.sinusatlas`) is then moved onto the scan's own air cavity where
+there is enough air (:mod:`.sinusrefine`); its centre is mapped into the input's world space, and
+a 64 x 64 x 64 grid of 1 mm voxels is laid around each
 centre with its axes along the reference's axes as seen in the input (the rotation part of the
 registration). Crops of a head in any pose, spacing or orientation therefore show the same
 anatomy in the same array orientation, at true 1 mm. Array axes follow the reference's RAS axes
@@ -11,6 +13,7 @@ voxel where it was sampled in the input.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from .geometry import lps_to_ras
 from .imageio import read_image, write_image
 from .reference import SIDES, ReferenceHead, cavity_points_lps, load_reference
 from .registration import RegistrationResult, check_plausible, register_to_reference
+from .sinusrefine import SideRefinement, refine_side
 
 CROP_SIZE = 64
 CROP_SPACING_MM = 1.0
@@ -47,6 +51,18 @@ class SinusExtraction:
     registration: RegistrationResult
     reference_sha256: str
     coverage: dict  # side -> float in [0, 1], see :func:`cavity_shown`
+    refinements: dict  # side -> SideRefinement: the reference sinus moved onto the scan's air (zero shift: not moved)
+
+    def side_matrix_lps(self, side: str) -> np.ndarray:
+        """4x4 reference -> input mapping (LPS) of the side's sinus: the registration after the side's shift."""
+        matrix = self.registration.matrix_lps.copy()
+        matrix[:3, 3] += matrix[:3, :3] @ self.refinements[side].shift_lps
+        return matrix
+
+    def map_cavity_lps(self, points_lps: np.ndarray, side: str) -> np.ndarray:
+        """Reference points of the side's sinus (N x 3, LPS) in the input's physical space."""
+        matrix = self.side_matrix_lps(side)
+        return points_lps @ matrix[:3, :3].T + matrix[:3, 3]
 
     def assessable(self, side: str) -> bool:
         """Whether enough of the side's sinus is in view for a verdict."""
@@ -67,6 +83,7 @@ class SinusExtraction:
                 "affine_ras": crop_affine_ras(self.crops[side]).round(6).tolist(),
                 "coverage": round(float(self.coverage[side]), 4),
                 "assessable": self.assessable(side),
+                "placement": self.refinements[side].summary(),
             }
         out["crop"] = {
             "size_voxels": [CROP_SIZE] * 3,
@@ -168,11 +185,15 @@ def cavity_shown(image: sitk.Image, registration: RegistrationResult, points_lps
     padding, a defacing mask) that the registration found (``registration.fill``). The mean is
     the side's coverage.
     """
-    mapped = registration.map_points_lps(points_lps)
-    shown = _inside(image, _continuous_index(image, mapped))
-    fill = registration.fill
+    return shown_in_scan(image, registration.fill, registration.map_points_lps(points_lps))
+
+
+def shown_in_scan(image: sitk.Image, fill: sitk.Image | None, points_lps: np.ndarray) -> np.ndarray:
+    """Which input points ``points_lps`` (N x 3) ``image`` shows: inside its field of view and
+    outside its blank ``fill`` (:func:`SinusAnomalyLib.registration.fill_mask`; None: no fill)."""
+    shown = _inside(image, _continuous_index(image, points_lps))
     if fill is not None and shown.any():
-        index = np.round(_continuous_index(fill, mapped[shown])).astype(int)
+        index = np.round(_continuous_index(fill, points_lps[shown])).astype(int)
         clipped = np.clip(index, 0, np.asarray(fill.GetSize()) - 1)
         in_fill = sitk.GetArrayViewFromImage(fill)[clipped[:, 2], clipped[:, 1], clipped[:, 0]] > 0
         shown[np.flatnonzero(shown)] = ~(_inside(fill, index) & in_fill)
@@ -202,9 +223,12 @@ def _sample_crop(image: sitk.Image, grid: sitk.Image, background: float) -> sitk
 
 
 def extract_sinuses(
-    image: sitk.Image | str | Path, reference: ReferenceHead | None = None, source: str | None = None, refine_midface: bool = True
+    image: sitk.Image | str | Path, reference: ReferenceHead | None = None, source: str | None = None, refine_midface: bool = True,
+    refine_sides: bool = True,
 ) -> SinusExtraction:
-    """Register ``image`` (a path or a ``sitk.Image``) and cut both sinus crops.
+    """Register ``image`` (a path or a ``sitk.Image``), place each side's sinus on the scan's air
+    (:mod:`.sinusrefine`; ``refine_sides=False`` keeps the registration's placement, for comparisons)
+    and cut both sinus crops.
 
     Raises :class:`ImageError` for unusable input or when neither sinus is in view (coverage below
     :data:`MIN_COVERAGE` on both sides), :class:`RegistrationError` when the registration fails or
@@ -231,18 +255,23 @@ def extract_sinuses(
                                  f"{100 * MIN_COVERAGE:.0f} % needed){reason}")
     if implausible:
         raise implausible
+    shown = functools.partial(shown_in_scan, image, reg.fill)
+    refinements = {side: refine_side(image, reg.matrix_lps, cavity_points_lps(reference, side), shown) if refine_sides
+                   else SideRefinement(np.zeros(3), 0.0, "registration (side refinement off)") for side in SIDES}
+    coverage = {side: float(shown(reg.map_points_lps(cavity_points_lps(reference, side) + refinements[side].shift_lps)).mean())
+                for side in SIDES}
     rotation = reg.rotation_lps
     background = background_value(image)
     crops, centers = {}, {}
     for side in SIDES:
-        center_lps = reg.map_point_lps(reference.center_lps(side))
+        center_lps = reg.map_point_lps(reference.center_lps(side) + refinements[side].shift_lps)
         crop = normalize_percentiles(_sample_crop(image, crop_grid(center_lps, rotation), background))
         if side == "right":
             crop = mirror_axis0(crop)
         crops[side] = crop
         centers[side] = lps_to_ras(center_lps)
     return SinusExtraction(source=source, crops=crops, centers_ras=centers, registration=reg,
-                           reference_sha256=reference.sha256, coverage=coverage)
+                           reference_sha256=reference.sha256, coverage=coverage, refinements=refinements)
 
 
 def save_extraction(result: SinusExtraction, out_dir: str | Path) -> Path:

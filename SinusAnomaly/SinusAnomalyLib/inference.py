@@ -205,7 +205,7 @@ def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: 
         heat[region] = np.maximum(heat[region], values)
         volume = 0.0
         if verdict == VERDICT_ANOMALOUS:
-            cavity = cavity_in_crop(reference, side, extraction.registration.matrix_lps, crop)
+            cavity = cavity_in_crop(reference, side, extraction.side_matrix_lps(side), crop)
             lesion = (residuals[i] >= residual_threshold) & cavity
             region, mask = _into_input(_as_crop_image(lesion.astype(np.uint8), crop, sitk.sitkUInt8), image, sitk.sitkNearestNeighbor)
             target = labels[region]

@@ -1,9 +1,16 @@
-"""The reference head: a reduced copy of pydeface's average T1 head with both sinus centres.
+"""The reference head: a reduced copy of pydeface's average T1 head, and the reference sinus.
 
-Files in ``SinusAnomaly/Resources/Reference`` (made by ``Resources/Scripts/make_reference_head.py``):
-``reference_head.nii.gz`` (uint8, axis-aligned, 1.5 mm), ``reference_sinus_labels.nii.gz``
-(1 = left, 2 = right maxillary sinus air cavity) and ``reference.json`` (centres in world RAS mm,
-cavity extents, the midface region used by the local registration refinement).
+Files in ``SinusAnomaly/Resources/Reference``:
+
+* ``reference_head.nii.gz`` (uint8, axis-aligned, 1.5 mm; ``Resources/Scripts/make_reference_head.py``);
+* ``reference_sinus_atlas.nii.gz``: the reference sinus (1 = left, 2 = right), built from real
+  heads' cavities mapped through the registration (:mod:`.sinusatlas`,
+  ``Resources/Scripts/make_reference_sinus.py``): what crops are centred on, coverage is measured
+  against, and the synthetic cohort paints the reference anatomy's sinuses from;
+* ``reference_sinus_labels.nii.gz``: the average's own dark sinus cores, too small and too high
+  (5.4 mL), kept as the prior the reference sinus is built with (:func:`load_template_cores`);
+* ``reference.json``: centres, extents and volumes of both (``left``/``right``: the reference
+  sinus; ``template_core``: the average's cores), and the midface region of the registration.
 """
 from __future__ import annotations
 
@@ -63,11 +70,32 @@ def load_reference(folder: str | None = None) -> ReferenceHead:
     head_path = root / "reference_head.nii.gz"
     meta = json.loads((root / "reference.json").read_text())
     image = sitk.Cast(sitk.ReadImage(str(head_path)), sitk.sitkFloat32)
-    labels = sitk.ReadImage(str(root / "reference_sinus_labels.nii.gz"), sitk.sitkUInt8)
+    atlas_path = root / "reference_sinus_atlas.nii.gz"
+    labels = sitk.ReadImage(str(atlas_path), sitk.sitkUInt8)
     return ReferenceHead(
         image=image,
         sinus_labels=labels,
         centers_ras={s: np.asarray(meta[s]["center_ras_mm"], float) for s in SIDES},
+        midface_center_ras=np.asarray(meta["midface_region"]["center_ras_mm"], float),
+        midface_half_size_mm=np.asarray(meta["midface_region"]["half_size_mm"], float),
+        # the head and the sinus crops are centred on: a bundle made with either changed would see other crops
+        sha256=hashlib.sha256(head_path.read_bytes() + atlas_path.read_bytes()).hexdigest(),
+        meta=meta,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def load_template_cores() -> ReferenceHead:
+    """The reference head with the average's own dark sinus cores as its sinus (``template_core``):
+    the prior and the grid the reference sinus is built on (:mod:`.sinusatlas`)."""
+    root = resources_dir() / "Reference"
+    meta = json.loads((root / "reference.json").read_text())
+    head_path = root / "reference_head.nii.gz"
+    core = meta["template_core"]
+    return ReferenceHead(
+        image=sitk.Cast(sitk.ReadImage(str(head_path)), sitk.sitkFloat32),
+        sinus_labels=sitk.ReadImage(str(root / "reference_sinus_labels.nii.gz"), sitk.sitkUInt8),
+        centers_ras={s: np.asarray(core[s]["center_ras_mm"], float) for s in SIDES},
         midface_center_ras=np.asarray(meta["midface_region"]["center_ras_mm"], float),
         midface_half_size_mm=np.asarray(meta["midface_region"]["half_size_mm"], float),
         sha256=hashlib.sha256(head_path.read_bytes()).hexdigest(),
@@ -91,6 +119,7 @@ def load_anatomy(name: str) -> ReferenceHead:
         raise ValueError(f"unknown anatomy '{name}' (known: {', '.join(ANATOMIES)})")
     root = resources_dir() / "Anatomies"
     meta = json.loads((root / "real_heads.json").read_text())["heads"][name]
+    reference_meta = json.loads((resources_dir() / "Reference" / "reference.json").read_text())
     head_path = root / meta["file"]
     centres = {side: np.asarray(meta[side]["visible_center_ras_mm"], float) for side in SIDES}
     return ReferenceHead(
@@ -98,7 +127,7 @@ def load_anatomy(name: str) -> ReferenceHead:
         sinus_labels=sitk.ReadImage(str(root / meta["labels_file"]), sitk.sitkUInt8),
         centers_ras=centres,
         midface_center_ras=np.mean([centres[side] for side in SIDES], axis=0),
-        midface_half_size_mm=load_reference().midface_half_size_mm,
+        midface_half_size_mm=np.asarray(reference_meta["midface_region"]["half_size_mm"], float),
         sha256=hashlib.sha256(head_path.read_bytes()).hexdigest(),
         meta=meta,
     )

@@ -233,12 +233,13 @@ MIDFACE_START_ITERATIONS = 30
 RIGID_START_ITERATIONS = 30  # per start on the coarsest level; the best start is then refined
 RIGID_START_SAMPLING = 0.15
 # When the fit from the best rigid start fails the checks, the next-best starts are carried through
-# the whole pipeline in turn, and the first fit that passes is kept. On T2-like heads against the
-# T1 reference the coarse metric at times ranks starts 20-35 mm off first (even a start 4 mm from
-# the truth drifts away), though the finer stages find the head from a start ranked lower: the 2 of
-# 41 Colin27 T2-like heads refused in the transfer check (quality 0.10) registered from the 3rd and
-# 4th starts (centres within 6 mm, quality 0.44 and 0.31). Costs nothing for a head that passes; a
-# scan that is no head pays this many more fits (about 10 s) before it is refused.
+# the whole pipeline, and of the fits that pass, the one with the sharpest midface match (highest
+# quality) is kept, not the first. On T2-like heads against the T1 reference the coarse metric at
+# times ranks starts 20-35 mm off first (even a start 4 mm from the truth drifts away), though the
+# finer stages find the head from a start ranked lower: the 2 of 41 Colin27 T2-like heads refused
+# in the transfer check (quality 0.10) registered from the 3rd and 4th starts (centres within 6 mm,
+# quality 0.44 and 0.31). Costs nothing for a head that passes at once; one that needs a fallback,
+# or a scan that is no head, pays all these fits (about 10 s).
 RIGID_FALLBACK_STARTS = 4
 
 
@@ -349,7 +350,10 @@ def _fixed_side(reference: ReferenceHead) -> tuple:
     midface_lps = np.diag([-1.0, -1.0, 1.0]) @ reference.midface_center_ras
     midface = _box_mask(fixed, midface_lps, reference.midface_half_size_mm)
     # whole-head stages: the head above the sinus floor, what head MRIs show (many end there)
-    floor_ras = min(reference.centers_ras[s][2] - reference.meta[s]["extent_ras_mm"][2] / 2 for s in ("left", "right"))
+    # the template's own dark sinus cores, not the reference sinus (SinusAnomalyLib.sinusatlas): the
+    # fit must not change when the reference sinus is rebuilt from other heads
+    core = reference.meta["template_core"]
+    floor_ras = min(core[s]["center_ras_mm"][2] - core[s]["extent_ras_mm"][2] / 2 for s in ("left", "right"))
     bottom = floor_ras - HEAD_BELOW_SINUS_FLOOR_MM
     center = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
     extent = np.asarray(fixed.GetSize()) * np.asarray(fixed.GetSpacing())
@@ -445,6 +449,7 @@ def register_to_reference(
     except RuntimeError as exc:
         raise RegistrationError(source, _explain_itk_failure(str(exc))) from exc
     if refine_midface and plausibility_problem(result, reference):
+        passing = []
         for rank, rigid_start in enumerate(rigid_starts[1:1 + RIGID_FALLBACK_STARTS], start=2):
             try:
                 candidate = fit_from(rigid_start)
@@ -452,12 +457,18 @@ def register_to_reference(
                 continue
             if not plausibility_problem(candidate, reference):
                 candidate.stages.append({"stage": "fallback", "rigid_start_rank": rank})
-                result = candidate
-                break
+                passing.append(candidate)
+        if passing:  # the sharpest midface match of those that pass, not the first
+            result = choose_best_fit(passing)
     if check:
         check_plausible(result, reference, source)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def choose_best_fit(fits: list[RegistrationResult]) -> RegistrationResult:
+    """The fit with the highest midface specificity (``quality``); the earlier one on a tie."""
+    return max(fits, key=lambda fit: fit.quality)
 
 
 def _explain_itk_failure(message: str) -> str:
