@@ -548,9 +548,11 @@ def test_failed_first_stage_leaves_no_run_folder(tiny_dataset, tmp_path):
 
 
 def test_readme_promises_name_tests_that_exist():
-    """The README's promises table points at real tests (T: this file, the other letters as its legend says)."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    table = readme.split("## What SinusAnomaly promises", 1)[1].split("\n## ", 1)[0]
+    """The promises table (docs/promises.md, linked from the README) points at real tests (T: this
+    file, the other letters as its legend says)."""
+    assert "](docs/promises.md)" in (REPO / "README.md").read_text(encoding="utf-8")
+    promises = (REPO / "docs" / "promises.md").read_text(encoding="utf-8")
+    table = promises.split("## What SinusAnomaly promises", 1)[1].split("\n## ", 1)[0]
     files = {"T": "test_reliability.py", "B": "test_bundle.py", "R": "test_run_folders.py", "W": "test_packaging.py",
              "P": "test_prepare.py", "S": "test_stages.py", "C": "test_configs.py", "A": "test_augment.py", "M": "test_slicer_mrml.py"}
     sources = {letter: (REPO / "Testing" / name).read_text(encoding="utf-8") for letter, name in files.items()}
