@@ -26,7 +26,7 @@ Per sample, independently, with the ranges of :class:`~SinusAnomalyTraining.conf
 4. with probability ``prob`` Gaussian noise of a standard deviation uniform in ``[0, noise_std]``,
    on the image channel(s) only (the authors also noised the target).
 
-Which methods get which (``README``, *Comparing pretraining methods*): residual pretraining and
+Which methods get which (``docs/training.md``, *Comparing pretraining methods*): residual pretraining and
 fine-tuning get all of it from their loader; AE, DAE and SparK, whose target is their own input,
 get the geometry only (noise would touch their target); SimCLR, BYOL and SimSiam call
 :func:`augment_batch` twice per batch for their two views, then :func:`random_intensity_scale`,

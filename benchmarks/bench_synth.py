@@ -28,7 +28,7 @@ from SinusAnomalyLib.synth import ANOMALY_TYPES, SynthParams, make_case
 
 GOAL_S = 2.0
 
-# The README's full variety: synth --anatomies reference,colin27,single_subject_t1 --contrasts t1,t2,flair
+# The full variety of docs/synthetic-cohort.md: synth --anatomies reference,colin27,single_subject_t1 --contrasts t1,t2,flair
 # --sinus-scale 0.7,1.3 --floor-first-thickening --anomaly-types <all five> --sinus-shape-mm 3
 # --wall-thickness 0,2.5 --septum-rate 0.3
 SETTINGS = {

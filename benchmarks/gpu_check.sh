@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A GPU check of training, about 5 minutes on one CUDA machine (README, "Benchmarks"):
+# A GPU check of training, about 5 minutes on one CUDA machine (docs/benchmarks.md):
 #
 #   bash benchmarks/gpu_check.sh [--work DIR] [--no-compile] [--cpu]
 #

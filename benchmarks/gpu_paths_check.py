@@ -126,7 +126,7 @@ def check_deterministic(table, device, cuda_started_before: bool) -> None:
     same, ops = train_twice(device)
     said = f"two 3-step trainings bitwise equal: {'yes' if same else 'no'}; ops warned: {', '.join(ops) or 'none'}"
     if device.type == "cuda":
-        row(table, 6, said, "verified on GPU" if same else "measured on GPU: not repeatable bit for bit (README's caveat)")
+        row(table, 6, said, "verified on GPU" if same else "measured on GPU: not repeatable bit for bit (docs/training.md's caveat)")
     else:
         row(table, 6, said, "verified on CPU" if same else "FAILED")
 

@@ -25,7 +25,7 @@ sa=".venv/bin/sinus-anomaly"
 variety=(--contrasts t1,t2,flair --sinus-scale 0.7,1.3 --sinus-shape-mm 3 --wall-thickness 0,2.5
   --septum-rate 0.2 --floor-first-thickening
   --anomaly-types mucosal_thickening,polyp,retention_cyst,fully_occupied,air_fluid_level --previews 0)
-training_variety=()  # options for the training heads only (none now; see README)
+training_variety=()  # options for the training heads only (none now; see docs/synthetic-cohort.md)
 $sa synth --out "$out/train_cohort" --cases "$labelled" --unlabelled "$unlabelled" --seed 11 --anatomies reference,colin27 \
   "${variety[@]}" "${training_variety[@]}"
 $sa prepare --images "$out/train_cohort/images" --labels "$out/train_cohort/labels.csv" --out "$out/dataset" \

@@ -39,7 +39,7 @@ MAX_LOCAL_SHIFT_MM = 40.0  # the midface refinement corrects a face shape (and a
 # Quality gate: midface specificity (see midface_specificity). Measured on real heads the
 # project did not make (Colin27, a single-subject T1, pydeface's average; each as it comes and
 # posed, regridded and remapped to T2- and FLAIR-like contrast): 0.45-0.80; on noise, a phantom
-# and a torso-like volume: -0.12-0.12. The threshold sits between them (README: the gate).
+# and a torso-like volume: -0.12-0.12. The threshold sits between them (docs/extraction.md: the quality gate).
 MIN_QUALITY = 0.3
 SPECIFICITY_SHIFT_MM = 8.0
 HEAD_BELOW_SINUS_FLOOR_MM = 10.0  # how much of the head below the sinus floor the whole-head fit uses

@@ -717,7 +717,7 @@ UNLABELLED_STREAM = 1  # an unlabelled head's seed is [seed, index, 1]: a random
 
 def generate_cohort(out_dir: str | Path, n_cases: int, seed: int, params: SynthParams = SynthParams(), progress: bool = True,
                     previews: int = 4, n_unlabelled: int = 0) -> Path:
-    """Write a cohort of ``n_cases`` heads (see README: images/, masks/, labels.csv, truth.json, previews/).
+    """Write a cohort of ``n_cases`` heads (see docs/synthetic-cohort.md: images/, masks/, labels.csv, truth.json, previews/).
 
     With ``n_unlabelled``, also that many heads of the same kind (same lesion mix) whose labels are
     withheld: ``synth-u0000``, ... in images/ and masks/, listed in ``unlabelled.csv``
