@@ -101,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:  # ours only: third-party debug output (matplotlib, pydot) would drown it
         for name in ("SinusAnomalyLib", "SinusAnomalyTraining"):
             logging.getLogger(name).setLevel(logging.DEBUG)
+    finished = False
     try:
         with terminate_as_interrupt():
-            return int(args._run(args) or 0)
+            code = int(args._run(args) or 0)
+        finished = True
+        return code
     except SinusAnomalyError as exc:
         print(f"sinus-anomaly {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -121,14 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sinus-anomaly {args.command}: interrupted; finished outputs are kept, re-run to resume", file=sys.stderr)
         return 130
     finally:
-        _leave_process_group()
+        _leave_process_group(synchronise=finished)
 
 
-def _leave_process_group() -> None:
-    """Destroy torchrun's process group if the command joined one: NCCL warns or hangs at exit otherwise."""
+def _leave_process_group(synchronise: bool) -> None:
+    """Destroy torchrun's process group if the command joined one: NCCL warns or hangs at exit otherwise
+    (after a command that finished, once every rank has: :func:`runtime.cleanup`)."""
     runtime = sys.modules.get("SinusAnomalyTraining.runtime")  # imported only by the commands that use torch
     if runtime is not None:
-        runtime.cleanup()
+        runtime.cleanup(synchronise=synchronise)
 
 
 @contextlib.contextmanager

@@ -71,11 +71,13 @@ def main() -> int:
     out_dir = Path(sys.argv[1])
     device = runtime.select_device(sys.argv[2] if len(sys.argv) > 2 else "cpu")
     info = runtime.init_distributed(device, timeout_s=60)
+    finished = False
     try:
         result = {"rank": info.rank, "backend": info.backend, "batchnorm": batchnorm_check(device),
                   "tiny": tiny_check(device)}
+        finished = True
     finally:
-        runtime.cleanup()
+        runtime.cleanup(synchronise=finished)
     result["group_destroyed"] = not torch.distributed.is_initialized()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank{info.rank}.json").write_text(json.dumps(result))

@@ -66,6 +66,7 @@ def main() -> int:
     run_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     device = runtime.select_device("cpu")
     info = runtime.init_distributed(device, timeout_s=60)
+    finished = False
     try:
         assert info.world_size == 2 and runtime.world_size() == 2, info
         runtime.seed_everything(7)
@@ -89,8 +90,9 @@ def main() -> int:
             "sampler": type(sampler).__name__, "gathered": gathered[:, 0].tolist(), "mean": mean,
             "steps_per_epoch": len(loader),
         }))
+        finished = True
     finally:
-        runtime.cleanup()
+        runtime.cleanup(synchronise=finished)
     return 0
 
 
