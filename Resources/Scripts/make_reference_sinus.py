@@ -20,13 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "SinusAnomaly"))
 
-from SinusAnomalyLib.reference import ANATOMIES, SIDES, load_anatomy, load_template_cores, resources_dir  # noqa: E402
+from SinusAnomalyLib.reference import (ANATOMIES, SIDES, label_points_lps, load_anatomy, load_template_cores,  # noqa: E402
+                                       resources_dir)
 from SinusAnomalyLib.sinusatlas import MIN_PROBABILITY, PRIOR_WEIGHT, build_atlas, map_cavity  # noqa: E402
 
 
@@ -43,12 +43,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(atlas.labels, str(args.out / "reference_sinus_atlas.nii.gz"), useCompression=True)
     meta = json.loads((root / "reference.json").read_text())
-    labels = sitk.GetArrayFromImage(atlas.labels).transpose(2, 1, 0)
-    spacing = np.asarray(atlas.labels.GetSpacing())
-    origin_ras = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(atlas.labels.GetOrigin())
-    axes_ras = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(atlas.labels.GetDirection()).reshape(3, 3)
     for value, side in ((1, "left"), (2, "right")):
-        ras = (np.argwhere(labels == value) * spacing) @ axes_ras.T + origin_ras
+        ras = label_points_lps(atlas.labels, value) * [-1.0, -1.0, 1.0]
         meta[side] = {"center_ras_mm": [round(float(v), 2) for v in atlas.centers_ras[side]],
                       "extent_ras_mm": [round(float(v), 1) for v in ras.max(0) - ras.min(0)],
                       "volume_ml": round(atlas.volume_ml(side), 2)}

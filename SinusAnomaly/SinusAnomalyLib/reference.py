@@ -54,53 +54,52 @@ class ReferenceHead:
         return np.diag([-1.0, -1.0, 1.0]) @ self.centers_ras[side]
 
 
+def label_points_lps(labels: sitk.Image, value: int) -> np.ndarray:
+    """Physical points (N x 3, LPS mm) of the voxels of ``labels`` holding ``value``."""
+    index = np.argwhere(sitk.GetArrayViewFromImage(labels).transpose(2, 1, 0) == value).astype(float)
+    direction = np.asarray(labels.GetDirection()).reshape(3, 3)
+    return (index * np.asarray(labels.GetSpacing())) @ direction.T + np.asarray(labels.GetOrigin())
+
+
 @functools.lru_cache(maxsize=4)
 def cavity_points_lps(reference: ReferenceHead, side: str) -> np.ndarray:
     """Physical points (N x 3, LPS mm) of the side's sinus cavity voxels in the reference."""
-    labels = sitk.GetArrayViewFromImage(reference.sinus_labels).transpose(2, 1, 0)
-    index = np.argwhere(labels == SIDES.index(side) + 1).astype(float)
-    direction = np.asarray(reference.sinus_labels.GetDirection()).reshape(3, 3)
-    return (index * np.asarray(reference.sinus_labels.GetSpacing())) @ direction.T + np.asarray(reference.sinus_labels.GetOrigin())
+    return label_points_lps(reference.sinus_labels, SIDES.index(side) + 1)
+
+
+def _reference_head(root: Path, labels_file: str, sinus, fingerprinted: tuple) -> ReferenceHead:
+    """The reference head of ``root`` with the sinus labels ``labels_file`` and the centres of
+    ``sinus(meta)`` (the part of ``reference.json`` holding ``left``/``right``); ``sha256`` over the
+    files named in ``fingerprinted``."""
+    meta = json.loads((root / "reference.json").read_text())
+    return ReferenceHead(
+        image=sitk.Cast(sitk.ReadImage(str(root / "reference_head.nii.gz")), sitk.sitkFloat32),
+        sinus_labels=sitk.ReadImage(str(root / labels_file), sitk.sitkUInt8),
+        centers_ras={s: np.asarray(sinus(meta)[s]["center_ras_mm"], float) for s in SIDES},
+        midface_center_ras=np.asarray(meta["midface_region"]["center_ras_mm"], float),
+        midface_half_size_mm=np.asarray(meta["midface_region"]["half_size_mm"], float),
+        sha256=hashlib.sha256(b"".join((root / name).read_bytes() for name in fingerprinted)).hexdigest(),
+        meta=meta,
+    )
 
 
 @functools.lru_cache(maxsize=2)
 def load_reference(folder: str | None = None) -> ReferenceHead:
-    """Load (once per process) the reference head shipped with the module."""
-    root = Path(folder) if folder else resources_dir() / "Reference"
-    head_path = root / "reference_head.nii.gz"
-    meta = json.loads((root / "reference.json").read_text())
-    image = sitk.Cast(sitk.ReadImage(str(head_path)), sitk.sitkFloat32)
-    atlas_path = root / "reference_sinus_atlas.nii.gz"
-    labels = sitk.ReadImage(str(atlas_path), sitk.sitkUInt8)
-    return ReferenceHead(
-        image=image,
-        sinus_labels=labels,
-        centers_ras={s: np.asarray(meta[s]["center_ras_mm"], float) for s in SIDES},
-        midface_center_ras=np.asarray(meta["midface_region"]["center_ras_mm"], float),
-        midface_half_size_mm=np.asarray(meta["midface_region"]["half_size_mm"], float),
-        # the head and the sinus crops are centred on: a bundle made with either changed would see other crops
-        sha256=hashlib.sha256(head_path.read_bytes() + atlas_path.read_bytes()).hexdigest(),
-        meta=meta,
-    )
+    """Load (once per process) the reference head shipped with the module, with the reference sinus.
+
+    Its ``sha256`` covers the head and the sinus crops are centred on: a bundle made with either
+    changed would see other crops.
+    """
+    return _reference_head(Path(folder) if folder else resources_dir() / "Reference", "reference_sinus_atlas.nii.gz",
+                           lambda meta: meta, ("reference_head.nii.gz", "reference_sinus_atlas.nii.gz"))
 
 
 @functools.lru_cache(maxsize=1)
 def load_template_cores() -> ReferenceHead:
     """The reference head with the average's own dark sinus cores as its sinus (``template_core``):
     the prior and the grid the reference sinus is built on (:mod:`.sinusatlas`)."""
-    root = resources_dir() / "Reference"
-    meta = json.loads((root / "reference.json").read_text())
-    head_path = root / "reference_head.nii.gz"
-    core = meta["template_core"]
-    return ReferenceHead(
-        image=sitk.Cast(sitk.ReadImage(str(head_path)), sitk.sitkFloat32),
-        sinus_labels=sitk.ReadImage(str(root / "reference_sinus_labels.nii.gz"), sitk.sitkUInt8),
-        centers_ras={s: np.asarray(core[s]["center_ras_mm"], float) for s in SIDES},
-        midface_center_ras=np.asarray(meta["midface_region"]["center_ras_mm"], float),
-        midface_half_size_mm=np.asarray(meta["midface_region"]["half_size_mm"], float),
-        sha256=hashlib.sha256(head_path.read_bytes()).hexdigest(),
-        meta=meta,
-    )
+    return _reference_head(resources_dir() / "Reference", "reference_sinus_labels.nii.gz",
+                           lambda meta: meta["template_core"], ("reference_head.nii.gz",))
 
 
 # Heads with annotated maxillary sinus cavities the synthetic cohort can be built from: the

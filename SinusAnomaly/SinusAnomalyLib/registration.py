@@ -458,17 +458,12 @@ def register_to_reference(
             if not plausibility_problem(candidate, reference):
                 candidate.stages.append({"stage": "fallback", "rigid_start_rank": rank})
                 passing.append(candidate)
-        if passing:  # the sharpest midface match of those that pass, not the first
-            result = choose_best_fit(passing)
+        if passing:  # the sharpest midface match of those that pass, not the first (the earlier on a tie)
+            result = max(passing, key=lambda fit: fit.quality)
     if check:
         check_plausible(result, reference, source)
     result.seconds = time.perf_counter() - start
     return result
-
-
-def choose_best_fit(fits: list[RegistrationResult]) -> RegistrationResult:
-    """The fit with the highest midface specificity (``quality``); the earlier one on a tie."""
-    return max(fits, key=lambda fit: fit.quality)
 
 
 def _explain_itk_failure(message: str) -> str:

@@ -31,7 +31,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from .geometry import lps_to_ras, matrix_to_affine
-from .reference import SIDES, ReferenceHead
+from .reference import SIDES, ReferenceHead, label_points_lps
 from .registration import register_to_reference
 
 LABEL_VALUES = {"left": 1, "right": 2}
@@ -62,14 +62,6 @@ class SinusAtlas:
         return float((labels == LABEL_VALUES[side]).sum() * np.prod(self.labels.GetSpacing()) / 1000.0)
 
 
-def _grid_points_lps(image: sitk.Image) -> np.ndarray:
-    """Physical points (N x 3, LPS) of every voxel of ``image``, in [x, y, z] C order."""
-    size = image.GetSize()
-    index = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing="ij"), -1).reshape(-1, 3).astype(float)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    return (index * np.asarray(image.GetSpacing())) @ direction.T + np.asarray(image.GetOrigin())
-
-
 def _resampled(image: sitk.Image, grid: sitk.Image, matrix_lps: np.ndarray, default: float) -> np.ndarray:
     """``image`` sampled (nearest) at the reference grid points mapped by ``matrix_lps``; array [x, y, z]."""
     out = sitk.Resample(image, grid, matrix_to_affine(matrix_lps), sitk.sitkNearestNeighbor, default, image.GetPixelID())
@@ -97,8 +89,7 @@ def build_atlas(mapped: list[MappedCavity], template: ReferenceHead) -> SinusAtl
     prior = sitk.GetArrayFromImage(grid).transpose(2, 1, 0)
     in_view = np.sum([m.in_view for m in mapped], axis=0, dtype=np.float32) if mapped else 0.0
     label_array = np.zeros(prior.shape, np.uint8)
-    probability, centres = {}, {}
-    points = _grid_points_lps(grid)
+    probability = {}
     for side in SIDES:
         votes = np.sum([m.cavity[side] & m.in_view for m in mapped], axis=0, dtype=np.float32) if mapped else 0.0
         p = (votes + PRIOR_WEIGHT * (prior == LABEL_VALUES[side])) / (in_view + PRIOR_WEIGHT)
@@ -109,9 +100,9 @@ def build_atlas(mapped: list[MappedCavity], template: ReferenceHead) -> SinusAtl
         sizes = ndi.sum_labels(np.ones_like(parts), parts, index=np.arange(1, count + 1))
         chosen = parts == 1 + int(np.argmax(sizes))
         label_array[chosen & (label_array == 0)] = LABEL_VALUES[side]
-        centres[side] = lps_to_ras(points[chosen.ravel()].mean(0))
     labels = sitk.GetImageFromArray(label_array.transpose(2, 1, 0).copy())
     labels.CopyInformation(grid)
+    centres = {side: lps_to_ras(label_points_lps(labels, LABEL_VALUES[side]).mean(0)) for side in SIDES}
     return SinusAtlas(probability, labels, centres, tuple(m.name for m in mapped))
 
 
