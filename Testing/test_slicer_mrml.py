@@ -765,14 +765,21 @@ print("left : p(anomalous) 0.930")
 '''
 
 
-def test_module_logic_runs_classify_in_the_background(module, result_dir, tmp_path, monkeypatch):
-    folder, heat, labels, result = result_dir
+def use_fake_classify(module, folder, tmp_path, monkeypatch) -> Path:
+    """The module's Logic runs :data:`FAKE_CLASSIFY` in the background, which copies ``folder`` as
+    its result; returns the fake script's path."""
     fake = tmp_path / "fake" / "SinusAnomalyTraining" / "slicer_script.py"
     fake.parent.mkdir(parents=True)
     fake.write_text(FAKE_CLASSIFY)
     monkeypatch.setattr(module.SinusAnomalyLogic, "trainingScript", staticmethod(lambda: fake))
     monkeypatch.setattr(module.SinusAnomalyLogic, "pythonExecutable", staticmethod(lambda: sys.executable))
     monkeypatch.setenv("FAKE_RESULT_DIR", str(folder))
+    return fake
+
+
+def test_module_logic_runs_classify_in_the_background(module, result_dir, tmp_path, monkeypatch):
+    folder, heat, labels, result = result_dir
+    fake = use_fake_classify(module, folder, tmp_path, monkeypatch)
     for name in ("model.sabundle", "slow.sabundle", "bad.sabundle"):
         (tmp_path / name).write_bytes(b"bundle")
 

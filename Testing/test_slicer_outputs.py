@@ -4,13 +4,12 @@ whose helpers and fixtures (a result folder, the module imported with stand-ins)
 from __future__ import annotations
 
 import os
-import sys
 import time
 import types
 
 import pytest
 
-from test_slicer_mrml import FAKE_CLASSIFY, fake_ui, input_volume, module, result_dir, sam, slicer  # noqa: F401
+from test_slicer_mrml import fake_ui, input_volume, module, result_dir, sam, slicer, use_fake_classify  # noqa: F401
 from SinusAnomalyMRMLLib import process as proc
 
 
@@ -76,12 +75,7 @@ def test_finished_outcome_keeps_a_whole_result_whatever_the_cancel(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "waitid"), reason="waits for the process with os.waitid")
 def test_a_cancel_just_after_the_process_finished_keeps_the_result(module, result_dir, tmp_path, monkeypatch):  # noqa: F811
     folder, *_ = result_dir
-    script = tmp_path / "fake" / "SinusAnomalyTraining" / "slicer_script.py"
-    script.parent.mkdir(parents=True)
-    script.write_text(FAKE_CLASSIFY)
-    monkeypatch.setattr(module.SinusAnomalyLogic, "trainingScript", staticmethod(lambda: script))
-    monkeypatch.setattr(module.SinusAnomalyLogic, "pythonExecutable", staticmethod(lambda: sys.executable))
-    monkeypatch.setenv("FAKE_RESULT_DIR", str(folder))
+    use_fake_classify(module, folder, tmp_path, monkeypatch)
     (tmp_path / "model.sabundle").write_bytes(b"bundle")
     logic = module.SinusAnomalyLogic()
     done = []
