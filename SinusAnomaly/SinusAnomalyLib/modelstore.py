@@ -1,4 +1,5 @@
-"""Where model bundles live: the per-user models folder, and resolving a bundle by name or path.
+"""Where model bundles live: the shipped default bundle, the per-user models folder, and resolving
+a bundle by name or path.
 
 Light on purpose (no torch): the Slicer GUI lists bundles before torch is installed.
 """
@@ -11,6 +12,14 @@ from .errors import BundleError
 
 BUNDLE_SUFFIX = ".sabundle"
 MODELS_ENV = "SINUS_ANOMALY_MODELS"
+# The model the extension ships (trained on synthetic heads by `sinus-anomaly train-default`,
+# docs/default-model.md); it sits in the module's Resources so Slicer's installer carries it.
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "Resources" / "Models" / f"synthetic-default{BUNDLE_SUFFIX}"
+
+
+def default_bundle() -> Path | None:
+    """The shipped default bundle, or None where this installation lacks it."""
+    return DEFAULT_BUNDLE if DEFAULT_BUNDLE.is_file() else None
 
 
 def models_folder() -> Path:
