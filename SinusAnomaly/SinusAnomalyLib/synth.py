@@ -6,8 +6,9 @@ Real clinical data are private, so this is the project's default data. Each head
    real adult sinus is larger than the blurred average template's) made into dark air, as on FLAIR.
 2. Lesions drawn into the cavities in reference space, bright tissue in dark air like the
    paper's Figure 1b: mucosal thickening (a shell of random, uneven thickness along the wall),
-   polyps (rounded masses grown from the wall), retention cysts (smooth bright domes on the
-   floor) and fully occupied sinuses (the whole cavity filled, heterogeneous); opt-in, air-fluid
+   polyps (rounded masses grown from the wall), retention cysts (smooth domes on a wall, often
+   the floor) and fully occupied sinuses (the whole cavity filled, heterogeneous); sizes from the
+   literature, small ones included (:data:`LESION_SIZES_MM`, docs/synthetic-cohort.md); opt-in, air-fluid
    levels (fluid in the dependent part below a level horizontal in the scanner), and per sinus a
    bony wall of random thickness and a septum (see :class:`SynthParams`).
 3. Shape and pose: a smooth random displacement field over the head plus a local one around the
@@ -46,6 +47,16 @@ ANATOMY_SPACING_MM = 1.0
 AIR_LEVEL = 4.0  # reference units (uint8 scale of the template)
 OUT_OF_VIEW = -1.0  # resampled value of points outside the anatomy's grid (intensities are >= 0)
 LESION_BOX_HALF_MM = 32  # lesions are drawn in a box of this half-size around each sinus
+# Size ranges (mm) of the focal lesions and of thickening, each drawn log-uniformly so small ones are
+# as common as in imaging series (sources in docs/synthetic-cohort.md): retention cysts' diameter
+# (CBCT series: mean 6.3 +- 2.9 mm; CT series of sinus patients: mean 15.6 mm), polyps' diameter,
+# and the mucosa's thickness (a normal lining is under 1 mm; thickening is graded from 2 mm up).
+LESION_SIZES_MM = {"retention_cyst": (4.0, 25.0), "polyp": (4.0, 16.0), "mucosal_thickening": (2.0, 6.0)}
+CYST_ON_FLOOR = 0.4  # share of retention cysts on the floor (series report 29-50 %); the others on any wall
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
 @dataclass
@@ -82,6 +93,7 @@ class SyntheticCase:
     centers_ras: dict  # side -> np.ndarray (3,), world RAS mm of the image
     anomalies: dict  # side -> anomaly type or None
     pose: dict = field(default_factory=dict)
+    lesion_sizes: dict = field(default_factory=dict)  # side -> {"volume_ml", "size_mm"} of its lesion (anatomy space)
 
 
 # --------------------------------------------------------------------------- anatomy
@@ -120,8 +132,10 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
 
 
 def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str, floor_first: bool = False,
-                 gravity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(lesion mask, lesion intensity map) inside the boolean ``cavity`` box (1 mm voxels, [x, y, z]).
+                 gravity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(lesion mask, lesion intensity map, size in mm) inside the boolean ``cavity`` box (1 mm
+    voxels, [x, y, z]). The size is the drawn diameter of a cyst or of the largest polyp, the mean
+    thickness of thickening, None for the types without one.
 
     ``floor_first``: mucosal thickening covers the walls only up to a random height (the floor
     always), thicker at the floor, as it often is. ``gravity``: unit vector (3,) along the box's
@@ -131,8 +145,10 @@ def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str, floor_
     depth = ndi.distance_transform_edt(cavity)  # mm from the wall, inside the cavity
     coords = np.indices(cavity.shape).astype(np.float32)
     texture = 1.0 + 0.08 * _smooth_noise(rng, cavity.shape, 2.0)
+    size = None
     if kind == "mucosal_thickening":
-        thickness = rng.uniform(2.0, 5.0) * (1.0 + 0.45 * _smooth_noise(rng, cavity.shape, 6.0))
+        size = _log_uniform(rng, *LESION_SIZES_MM[kind])
+        thickness = size * (1.0 + 0.45 * _smooth_noise(rng, cavity.shape, 6.0))
         if floor_first:
             z = np.argwhere(cavity)[:, 2]
             bottom, top = float(z.min()), float(z.max())
@@ -147,20 +163,25 @@ def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str, floor_
         lesion = np.zeros_like(cavity)
         wall = np.argwhere(cavity & (depth <= 1.5))
         grad = np.stack(np.gradient(ndi.gaussian_filter(depth, 1.0)))
+        size = 0.0
         for _ in range(int(rng.integers(1, 4))):
             anchor = wall[rng.integers(len(wall))]
             inward = grad[(slice(None), *anchor)]
             inward = inward / (np.linalg.norm(inward) + 1e-6)
-            radius = rng.uniform(4.0, 8.0)
+            diameter = _log_uniform(rng, *LESION_SIZES_MM[kind])
+            size = max(size, diameter)
+            radius = diameter / 2.0
             centre = anchor + inward * radius * 0.7
             radii = radius * rng.uniform(0.8, 1.2, 3)
             lesion |= cavity & ((((coords - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) <= 1.0)
         level = rng.uniform(140, 200)
-    elif kind == "retention_cyst":
-        floor = np.argwhere(cavity & (depth <= 1.5))
-        low = floor[floor[:, 2] <= np.percentile(floor[:, 2], 15)]
-        anchor = low[rng.integers(len(low))]
-        radius = rng.uniform(5.0, 12.0)
+    elif kind == "retention_cyst":  # a dome: a sphere centred on the wall, cut by it
+        wall = np.argwhere(cavity & (depth <= 1.5))
+        if rng.random() < CYST_ON_FLOOR:
+            wall = wall[wall[:, 2] <= np.percentile(wall[:, 2], 15)]
+        anchor = wall[rng.integers(len(wall))]
+        size = _log_uniform(rng, *LESION_SIZES_MM[kind])
+        radius = size / 2.0
         lesion = cavity & (((coords - anchor[:, None, None, None].astype(np.float32)) ** 2).sum(0) <= radius**2)
         level = rng.uniform(190, 240)
         texture = np.ones_like(texture)  # a cyst is homogeneous fluid
@@ -178,7 +199,7 @@ def _draw_lesion(rng: np.random.Generator, cavity: np.ndarray, kind: str, floor_
         texture = np.ones_like(texture)  # fluid is homogeneous
     else:
         raise SinusAnomalyError(f"unknown anomaly type '{kind}' (known: {', '.join(ANOMALY_TYPES)})")
-    return lesion, level * texture
+    return lesion, level * texture, size
 
 
 # Other MRI contrasts made from a T1 head by remapping its intensities (scaled so the bright tissue
@@ -338,10 +359,12 @@ def _draw_bone(rng: np.random.Generator, cavity: np.ndarray, params: SynthParams
 
 
 def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomalies: dict, contrast: str = "reference",
-                      params: SynthParams = SynthParams(), gravity_lps: np.ndarray | None = None) -> tuple[sitk.Image, sitk.Image | None]:
+                      params: SynthParams = SynthParams(), gravity_lps: np.ndarray | None = None,
+                      sizes: dict | None = None) -> tuple[sitk.Image, sitk.Image | None]:
     """The 1 mm anatomy in ``contrast`` with each sinus's bone (wall, septum; see :func:`_draw_bone`)
     and lesions drawn in, and its lesion label image (None when no sinus has a lesion).
-    ``gravity_lps``: unit vector, down in the anatomy's LPS space (for air-fluid levels)."""
+    ``gravity_lps``: unit vector, down in the anatomy's LPS space (for air-fluid levels).
+    ``sizes``: filled with side -> {"volume_ml", "size_mm"} of each drawn lesion."""
     head, cavity, _ = _anatomy(reference)
     bony = tuple(params.wall_thickness_mm) != (0.0, 0.0) or params.septum_rate > 0
     if contrast == "reference" and not bony and not any(anomalies.get(side) for side in SIDES):
@@ -370,7 +393,10 @@ def _lesioned_anatomy(reference: ReferenceHead, rng: np.random.Generator, anomal
             sinus &= ~bone
         if not kind:
             continue
-        lesion, intensity = _draw_lesion(rng, sinus, kind, params.floor_first_thickening, gravity)
+        lesion, intensity, size_mm = _draw_lesion(rng, sinus, kind, params.floor_first_thickening, gravity)
+        if sizes is not None:
+            sizes[side] = {"volume_ml": round(float(lesion.sum()) * ANATOMY_SPACING_MM**3 / 1000.0, 4),
+                           "size_mm": None if size_mm is None else round(size_mm, 2)}
         if contrast != "reference":  # the drawn level is the template's; rescale to this contrast's
             low, high = (FLUID_LEVELS if kind in FLUID_KINDS else LESION_LEVELS)[contrast]
             intensity = intensity / float(np.median(intensity)) * rng.uniform(low, high) * TEMPLATE_BRIGHT
@@ -543,7 +569,8 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
     if pose_first is not None:
         gravity_lps = pose_first[2] * (pose_first[0].T @ SCANNER_GRAVITY_LPS)
         gravity_lps /= np.linalg.norm(gravity_lps)
-    anatomy, lesions = _lesioned_anatomy(reference, rng, anomalies, contrast, params, gravity_lps)
+    sizes: dict = {}
+    anatomy, lesions = _lesioned_anatomy(reference, rng, anomalies, contrast, params, gravity_lps, sizes)
     _, _, head_mask = _anatomy(reference)
 
     # pull transform: image point -> reference point = deformation(scale(rigid^-1(point)))
@@ -595,7 +622,7 @@ def make_case(patient: str, rng: np.random.Generator, params: SynthParams = Synt
         "anatomy": anatomy_name,
         "contrast": contrast,
     }
-    return SyntheticCase(patient, out, lesion_labels, centers, dict(anomalies), pose)
+    return SyntheticCase(patient, out, lesion_labels, centers, dict(anomalies), pose, sizes)
 
 
 # --------------------------------------------------------------------------- variants of real heads
@@ -785,7 +812,8 @@ def _write_heads(out_dir: Path, truth_path: Path, prefix: str, n: int, seed_of, 
         truth[patient] = {
             "image": f"images/{image_name}",
             "lesion_mask": f"masks/{mask_name}",
-            **{side: {"center_ras_mm": [round(float(v), 3) for v in case.centers_ras[side]], "anomaly": case.anomalies[side]}
+            **{side: {"center_ras_mm": [round(float(v), 3) for v in case.centers_ras[side]], "anomaly": case.anomalies[side],
+                      **({"lesion": case.lesion_sizes[side]} if side in case.lesion_sizes else {})}
                for side in SIDES},
             "pose": case.pose,
         }
