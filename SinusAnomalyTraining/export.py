@@ -97,7 +97,7 @@ THRESHOLD_RULES = {
 
 def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", fraction: float = 100,
                residual_threshold: float | None = None, name: str | None = None,
-               threshold_rule: str = "youden") -> Path:
+               threshold_rule: str = "youden", provenance: dict | None = None) -> Path:
     """Bundle every finished fold of ``run_dir`` for ``method`` at ``fraction`` % labels.
 
     The decision threshold is the median over folds of the threshold that maximises
@@ -109,7 +109,8 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     training sinuses); its heat-map scale, label level and out-of-distribution range are fitted on
     that fold's data by :func:`calibration.calibrate` when the run's dataset can be found. The
     label level is ``residual_threshold`` when given, else the calibrated one (with lesion
-    masks), else :data:`DEFAULT_RESIDUAL_THRESHOLD`.
+    masks), else :data:`DEFAULT_RESIDUAL_THRESHOLD`. ``provenance`` (how the bundle was made: the
+    data, the command, the commit) is recorded as it is, with ``intended_use`` taken from it when given.
     """
     if threshold_rule not in THRESHOLD_RULES:
         raise InvalidValueError(f"unknown threshold rule '{threshold_rule}' (known: {', '.join(THRESHOLD_RULES)})")
@@ -185,4 +186,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         },
         **calibrated,
     }
+    if provenance:
+        meta["intended_use"] = provenance.get("intended_use", meta["intended_use"])
+        meta["provenance"] = {k: v for k, v in provenance.items() if k != "intended_use"}
     return write_bundle(out, meta, cae_state, classifier_states, half_weights=half_weights)
