@@ -28,6 +28,7 @@ COMMANDS = {
     "export": "Export a finished run as a model bundle (.sabundle).",
     "classify": "Classify both maxillary sinuses of head MRIs with a model bundle.",
     "demo": "Run the pipeline on a small synthetic cohort (the README's main command).",
+    "train-default": "Build the default model the extension ships, from synthetic heads of every real anatomy.",
     "setup": "Install the Python packages SinusAnomaly needs (torch, MONAI, ...), e.g. into 3D Slicer's Python.",
 }
 # Commands that run without torch and MONAI; every other one checks their versions first.

@@ -37,6 +37,7 @@ from .fileio import atomic_folder, write_json_atomic
 from .heatmap import (VOLUME_AS_ML, VOLUME_TOLERANCE, cavity_in_crop, normal_scale_of, ood_measure, ood_range_of,
                       raw_residuals, volume_shown_as)
 from .imageio import read_image, write_image
+from .modelstore import is_default_bundle
 from .reference import ReferenceHead, load_reference
 from .residuals import resize_crops, scale_per_crop
 from .resultformat import (CROP_FILES, CROP_SIZE, HEATMAP_FILE, LABEL_NAMES, LABEL_VALUES, LABELMAP_FILE, RESULT_FILE,
@@ -264,7 +265,8 @@ def result_summary(result: Classification, bundle: ModelBundle) -> dict:
         "version": RESULT_VERSION,
         "input": result.source,
         "model": {"path": str(bundle.path), "name": meta.get("name", bundle.path.stem), "method": meta.get("method"),
-                  "fraction": meta.get("fraction"), "created": meta.get("created"), "fingerprint": bundle.fingerprint},
+                  "fraction": meta.get("fraction"), "created": meta.get("created"), "fingerprint": bundle.fingerprint,
+                  "default": is_default_bundle(bundle.path), "intended_use": meta.get("intended_use")},
         "sides": {side: result.sides[side].to_json(CROP_FILES[side]) for side in SIDES},
         "files": {"heatmap": HEATMAP_FILE, "labelmap": LABELMAP_FILE},
         "label_map": label_map_summary(meta),

@@ -22,6 +22,11 @@ def default_bundle() -> Path | None:
     return DEFAULT_BUNDLE if DEFAULT_BUNDLE.is_file() else None
 
 
+def is_default_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is the shipped default bundle (the same file)."""
+    return DEFAULT_BUNDLE.is_file() and Path(path).resolve() == DEFAULT_BUNDLE.resolve()
+
+
 def models_folder() -> Path:
     """The per-user models folder: ``$SINUS_ANOMALY_MODELS`` or ``~/.sinus-anomaly/models``."""
     override = os.environ.get(MODELS_ENV)

@@ -19,7 +19,9 @@ study export's p1/flair.nii.gz and p2/flair.nii.gz) are told apart by their pare
 (p1_flair, p2_flair), then by a number, so no scan's result replaces another's.
 
 --model takes a bundle path or the name of a bundle in the models folder
-($SINUS_ANOMALY_MODELS or ~/.sinus-anomaly/models).
+($SINUS_ANOMALY_MODELS or ~/.sinus-anomaly/models). Without --model the default bundle the
+extension ships is used (trained on synthetic heads only, not a medical device; see
+docs/default-model.md), and the log and result.json say so.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError
 from SinusAnomalyLib.extraction import extract_sinuses
 from SinusAnomalyLib.fileio import locked_output_folder, locked_result_folder, write_csv_atomic
 from SinusAnomalyLib.imageio import IMAGE_SUFFIXES, is_image_path, read_image
-from SinusAnomalyLib.modelstore import resolve_bundle
+from SinusAnomalyLib.errors import BundleError
+from SinusAnomalyLib.modelstore import DEFAULT_BUNDLE, default_bundle, resolve_bundle
 from SinusAnomalyLib.reference import ReferenceHead, load_reference
 from SinusAnomalyLib.resultformat import RESULT_FILES, SIDES
 
@@ -53,7 +56,8 @@ BATCH_COLUMNS = (["image", "status", "error", "output"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, help="head MRI file, DICOM series folder, folder of images, or CSV with an 'image' column")
-    parser.add_argument("--model", required=True, help="bundle file or name in the models folder")
+    parser.add_argument("--model", default=None, help="bundle file or name in the models folder (default: the shipped default "
+                                                    "bundle, trained on synthetic heads)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
 
@@ -152,9 +156,18 @@ def _side_text(side: str, r) -> str:
             + (", UNLIKE THE TRAINING DATA" if r.out_of_distribution else ""))
 
 
+def _default_model():
+    model = default_bundle()
+    if model is None:
+        raise BundleError(DEFAULT_BUNDLE, "no --model given and this installation has no default bundle; "
+                                          "pass --model BUNDLE (a .sabundle file or a name in the models folder)")
+    log.warning("no --model: using the default bundle %s (trained on synthetic heads only; not a medical device)", model)
+    return model
+
+
 def run(args: argparse.Namespace) -> int:
     reference = load_reference()
-    model = resolve_bundle(args.model)  # a wrong name fails now, not after torch has loaded
+    model = resolve_bundle(args.model) if args.model else _default_model()  # a wrong name fails now, not after torch has loaded
     read_bundle_manifest(model, reference.sha256)  # bundle.json's digest and content: milliseconds
     scans = batch_inputs(args.image)
     single = scans is None

@@ -1,0 +1,144 @@
+"""The shipped default model: its synthetic training heads and its recipe (issue 24).
+
+The recipe, in order (``sinus-anomaly train-default``; docs/default-model.md):
+
+1. **Pools**: per real anatomy of ``Resources/Anatomies`` a synthetic cohort of its own seed
+   (:data:`POOL_VARIETY`: T1/T2/FLAIR-like contrasts, sinus size and shape, bony walls, septa,
+   every lesion kind at the literature's sizes), labelled heads plus an unlabelled set.
+2. **One images folder**: the pools' heads linked into ``images/`` as ``<anatomy>-<patient>``,
+   with one labels table and one unlabelled list, so one ``prepare`` extracts them all once.
+3. **prepare** (patient-level folds, a small in-distribution test set), **run** with
+   ``configs/default.json``, **export** of the chosen method at 100 % labels with its provenance.
+
+The leave-one-anatomy-out check (``benchmarks/loao.py``) builds the same pools and trains the same
+recipe on all anatomies but one, so what it measures is what ships.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from SinusAnomalyLib.errors import DatasetError
+from SinusAnomalyLib.fileio import write_csv_atomic
+from SinusAnomalyLib.reference import ANATOMIES, SIDES
+from SinusAnomalyLib.synth import ANOMALY_TYPES, SynthParams, generate_cohort
+
+CONFIG = Path(__file__).resolve().parent / "configs" / "default.json"
+METHOD = "residual"  # the exported classifiers' pretraining (chosen on the leave-one-anatomy-out check)
+POOL_VARIETY = dict(contrasts=("t1", "t2", "flair"), sinus_scale_range=(0.7, 1.3), sinus_shape_mm=3.0,
+                    wall_thickness_mm=(0.0, 2.5), septum_rate=0.2, floor_first_thickening=True,
+                    anomaly_types=ANOMALY_TYPES)
+POOL_SEED = 101  # anatomy k of ANATOMIES: seed POOL_SEED + k (heads of different anatomies never share draws)
+INTENDED_USE = ("research and trying the workflow; trained on synthetic heads only; NOT a medical device, "
+                "not for diagnosis or any clinical decision")
+
+
+@dataclass(frozen=True)
+class PoolSizes:
+    labelled: int = 48  # heads per anatomy with labels
+    unlabelled: int = 16  # heads per anatomy for pretraining
+
+
+def pool_params(anatomy: str) -> SynthParams:
+    return SynthParams(anatomies=(anatomy,), **POOL_VARIETY)
+
+
+def make_pools(work: Path, sizes: PoolSizes = PoolSizes(), anatomies=ANATOMIES, progress: bool = True) -> dict[str, Path]:
+    """One synthetic cohort per anatomy under ``work/pools/<anatomy>`` (resumable); anatomy -> folder."""
+    pools = {}
+    for anatomy in anatomies:
+        seed = POOL_SEED + ANATOMIES.index(anatomy)
+        pools[anatomy] = generate_cohort(work / "pools" / anatomy, sizes.labelled, seed, pool_params(anatomy), progress=progress,
+                                         previews=0, n_unlabelled=sizes.unlabelled)
+    return pools
+
+
+def patient_name(anatomy: str, patient: str) -> str:
+    return f"{anatomy}-{patient}"
+
+
+def _link(target: Path, link: Path) -> None:
+    """A relative symbolic link, or a copy where links are not allowed (some Windows setups)."""
+    if link.is_symlink() or link.exists():
+        return
+    try:
+        link.symlink_to(os.path.relpath(target, link.parent))
+    except OSError:
+        import shutil  # noqa: PLC0415
+        shutil.copyfile(target, link)
+
+
+def combine_pools(pools: dict[str, Path], out: Path, anatomies=None) -> dict[str, Path]:
+    """Link the heads of ``anatomies`` (default: every pool) into ``out/images`` and write
+    ``out/labels.csv``, ``out/unlabelled.csv`` and ``out/sinuses.csv`` (one row per labelled
+    sinus: patient, side, anatomy, contrast, anomaly type, lesion size, for per-group metrics).
+    Returns the paths by name ("images", "labels", "unlabelled", "sinuses")."""
+    anatomies = list(pools) if anatomies is None else list(anatomies)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    labels, unlabelled, sinuses = [], [], []
+    for anatomy in anatomies:
+        pool = pools[anatomy]
+        truth = json.loads((pool / "truth.json").read_text())
+        for patient, entry in truth.items():
+            name = patient_name(anatomy, patient)
+            image = images / f"{name}{Path(entry['image']).name[len(patient):]}"
+            _link(pool / entry["image"], image)
+            for side in SIDES:
+                kind = entry[side]["anomaly"]
+                labels.append([name, side, int(kind is not None), kind or "normal", image.name])
+                lesion = entry[side].get("lesion") or {}
+                sinuses.append([name, side, anatomy, entry["pose"]["contrast"], kind or "normal",
+                                lesion.get("size_mm", ""), lesion.get("volume_ml", "")])
+        listed = pool / "unlabelled.csv"
+        if listed.is_file():
+            with open(listed, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    name = patient_name(anatomy, row["patient"])
+                    image = images / f"{name}{row['image'][len(row['patient']):]}"
+                    _link(pool / "images" / row["image"], image)
+                    unlabelled.append([name, image.name])
+    if not labels:
+        raise DatasetError(f"no labelled heads in the pools of {', '.join(anatomies)}")
+    paths = {"images": images, "labels": out / "labels.csv", "unlabelled": out / "unlabelled.csv", "sinuses": out / "sinuses.csv"}
+    write_csv_atomic(paths["labels"], ["patient", "side", "label", "anomaly_type", "image"], labels)
+    write_csv_atomic(paths["unlabelled"], ["patient", "image"], unlabelled)
+    write_csv_atomic(paths["sinuses"], ["patient", "side", "anatomy", "contrast", "anomaly_type", "lesion_size_mm", "lesion_ml"],
+                     sinuses)
+    return paths
+
+
+def link_cached_scans(source_dataset: Path, dataset: Path, patients) -> int:
+    """Hard-link (or copy) the scan caches of ``patients`` from a prepared dataset into another, so
+    ``prepare`` there finds them extracted (the cache checks the image, so a stale one is redone)."""
+    import shutil  # noqa: PLC0415
+
+    linked = 0
+    for patient in patients:
+        src, dst = source_dataset / "scans" / patient, dataset / "scans" / patient
+        if not src.is_dir() or dst.exists():
+            continue
+        dst.mkdir(parents=True)
+        for item in src.iterdir():
+            try:
+                os.link(item, dst / item.name)
+            except OSError:
+                shutil.copyfile(item, dst / item.name)
+        linked += 1
+    return linked
+
+
+def source_commit(repo: Path = Path(__file__).resolve().parents[1]) -> str:
+    """The git commit the code runs at, with "+changes" when the work tree differs; "unknown" outside git."""
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")

@@ -1,0 +1,204 @@
+"""Leave-one-anatomy-out check of the default model's recipe (issues 24 and 30).
+
+For each real anatomy A and each training seed: the recipe (``SinusAnomalyTraining.defaultmodel``,
+``configs/default.json``) trained on the synthetic pools of every other anatomy, exported as a
+bundle per method, and that bundle applied to every labelled head of A's pool (never seen in
+training). Per held-out anatomy, method and seed: AUROC, and specificity and sensitivity at the
+bundle's own threshold; per lesion type AUROC against the normal sinuses and sensitivity; per
+contrast. Then mean and spread over seeds, and over anatomies.
+
+The held-out sinuses are classified from the crops that ``prepare`` extracted (the same
+extraction ``classify`` runs, cached once for every split); a scan refused by extraction is left
+out, as ``classify`` would refuse it. Every step resumes when re-run.
+
+    python benchmarks/loao.py --work DIR [--seeds 0,1,2] [--heads 48] [--unlabelled 16] [--anatomies ...] [--methods none,residual]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from SinusAnomalyLib.bundle import load_bundle
+from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
+from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic
+from SinusAnomalyLib.reference import ANATOMIES
+from SinusAnomalyLib.residuals import resize_crops
+from SinusAnomalyTraining import pipeline, runtime
+from SinusAnomalyTraining.config import load_config
+from SinusAnomalyTraining.defaultmodel import CONFIG, PoolSizes, combine_pools, link_cached_scans, make_pools, source_commit
+from SinusAnomalyTraining.evaluation import binary_metrics
+from SinusAnomalyTraining.export import export_run
+from SinusAnomalyTraining.lesion_types import by_type
+
+PREDICTION_COLUMNS = ["anatomy", "method", "seed", "patient", "side", "contrast", "anomaly_type", "lesion_size_mm", "label",
+                      "probability", "threshold"]
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def subset_tables(tables: dict[str, Path], out: Path, anatomies: set[str]) -> tuple[Path, Path]:
+    """Labels and unlabelled lists of the combined tables with only ``anatomies``' heads (same images folder)."""
+    out.mkdir(parents=True, exist_ok=True)
+    anatomy_of = {r["patient"]: r["anatomy"] for r in read_rows(tables["sinuses"])}
+    labels = [r for r in read_rows(tables["labels"]) if anatomy_of[r["patient"]] in anatomies]
+    unlabelled = [r for r in read_rows(tables["unlabelled"]) if r["patient"].split("-synth-")[0] in anatomies]
+    write_csv_atomic(out / "labels.csv", list(labels[0]), [list(r.values()) for r in labels])
+    write_csv_atomic(out / "unlabelled.csv", ["patient", "image"], [[r["patient"], r["image"]] for r in unlabelled])
+    return out / "labels.csv", out / "unlabelled.csv"
+
+
+def bundle_probabilities(bundle_path: Path, crops: np.ndarray, batch: int = 32) -> np.ndarray:
+    """(n,) the bundle's probability of "anomalous" for (n, 64, 64, 64) crops: the fold models' mean, as classify computes it."""
+    bundle = load_bundle(bundle_path)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(crops), batch):
+            x = torch.from_numpy(resize_crops(np.asarray(crops[start:start + batch], np.float32), bundle.model_crop_size))[:, None]
+            out.append(torch.stack([torch.softmax(m(x), dim=1)[:, 1] for m in bundle.classifiers]).mean(0).numpy())
+    return np.concatenate(out)
+
+
+def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomies: list[str], seed: int, methods: list[str],
+                       device) -> Path:
+    """Train the recipe without ``held_out``, classify its heads; the predictions CSV."""
+    split = work / f"without-{held_out}"
+    predictions = split / f"predictions_seed{seed}.csv"
+    if predictions.is_file():
+        return predictions
+    labels, unlabelled = subset_tables(tables, split, set(anatomies) - {held_out})
+    dataset_dir = split / "dataset"
+    if not (dataset_dir / "dataset.json").is_file():
+        link_cached_scans(master.root, dataset_dir, {r["patient"] for r in read_rows(labels)} | {r["patient"] for r in read_rows(unlabelled)})
+        prepare_dataset(tables["images"], labels, dataset_dir, n_folds=2, test_fraction=0.15, fractions=[100], seed=0,
+                        progress=False, unlabelled=unlabelled)
+    config = load_config(CONFIG).replace(seed=seed, methods=tuple(methods))
+    run_dir = split / f"run_seed{seed}"
+    pipeline.run_pipeline(config, dataset_dir, run_dir, device, progress=False)
+    info = {r["patient"] + r["side"]: r for r in read_rows(tables["sinuses"])}
+    rows = [r for r in master.manifest if info[r.patient + r.side]["anatomy"] == held_out]
+    crops = master.crops[[r.crop_index for r in rows]]
+    lines = []
+    for method in methods:
+        bundle = export_run(run_dir, split / f"seed{seed}-{method}.sabundle", method, 100)
+        threshold = load_bundle(bundle).threshold
+        for row, p in zip(rows, bundle_probabilities(bundle, crops)):
+            sinus = info[row.patient + row.side]
+            lines.append([held_out, method, seed, row.patient, row.side, sinus["contrast"], sinus["anomaly_type"],
+                          sinus["lesion_size_mm"], row.label, round(float(p), 6), round(threshold, 6)])
+    write_csv_atomic(predictions, PREDICTION_COLUMNS, lines)
+    return predictions
+
+
+def scores(rows: list[dict]) -> dict:
+    """AUROC, specificity and sensitivity at the bundle's threshold, per type and per contrast, of one set of predictions."""
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["probability"]) for r in rows])
+    threshold = float(rows[0]["threshold"])
+    m = binary_metrics(y, p, threshold)
+    out = {"auroc": m["auroc"], "specificity": m["specificity"], "sensitivity": m["recall"], "n": len(rows), "n_anomalous": int(y.sum())}
+    for kind, t in by_type([r["anomaly_type"] for r in rows], y, p, threshold).items():
+        out[f"type:{kind}:auroc"], out[f"type:{kind}:sensitivity"] = t["auroc"], t["sensitivity"]
+    for contrast in sorted({r["contrast"] for r in rows}):
+        group = [r for r in rows if r["contrast"] == contrast]
+        yc, pc = y[[r in group for r in rows]], p[[r in group for r in rows]]
+        normal = pc[yc == 0]
+        out[f"contrast:{contrast}:specificity"] = float(np.mean(normal < threshold)) if len(normal) else float("nan")
+        out[f"contrast:{contrast}:sensitivity"] = float(np.mean(pc[yc == 1] >= threshold)) if yc.any() else float("nan")
+        out[f"contrast:{contrast}:auroc"] = binary_metrics(yc, pc, threshold)["auroc"] if 0 < yc.sum() < len(yc) else float("nan")
+    return out
+
+
+def summarise(prediction_files: list[Path]) -> dict:
+    """{method: {anatomy: {metric: [per seed]}}} and over anatomies ("all": per (anatomy, seed) values)."""
+    rows = [r for f in prediction_files for r in read_rows(f)]
+    table: dict = {}
+    for method in sorted({r["method"] for r in rows}):
+        for anatomy in sorted({r["anatomy"] for r in rows}):
+            for seed in sorted({r["seed"] for r in rows}):
+                group = [r for r in rows if r["method"] == method and r["anatomy"] == anatomy and r["seed"] == seed]
+                if not group:
+                    continue
+                for key, value in scores(group).items():
+                    table.setdefault(method, {}).setdefault(anatomy, {}).setdefault(key, []).append(value)
+                    table[method].setdefault("all", {}).setdefault(key, []).append(value)
+    return table
+
+
+def mean_sd(values) -> str:
+    v = np.array(values, float)
+    v = v[np.isfinite(v)]
+    return "-" if not len(v) else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+
+def markdown(table: dict, seeds: list[int]) -> str:
+    lines = []
+    for method, by_anatomy in table.items():
+        keys = ["auroc", "specificity", "sensitivity"]
+        types = sorted({k.split(":")[1] for k in by_anatomy["all"] if k.startswith("type:")})
+        contrasts = sorted({k.split(":")[1] for k in by_anatomy["all"] if k.startswith("contrast:")})
+        lines += [f"### {method}", "", f"Mean ± SD over training seeds {','.join(map(str, seeds))} (row 'all': over every held-out anatomy and seed).", "",
+                  "| held out | sinuses (anomalous) | AUROC | specificity | sensitivity | " + " | ".join(f"AUROC {t}" for t in types) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(types)]
+        for anatomy, m in by_anatomy.items():
+            lines.append(f"| {anatomy} | {int(np.mean(m['n']))} ({int(np.mean(m['n_anomalous']))}) | "
+                         + " | ".join(mean_sd(m[k]) for k in keys) + " | "
+                         + " | ".join(mean_sd(m.get(f"type:{t}:auroc", [])) for t in types) + " |")
+        lines += ["", "Sensitivity per type at the bundle's threshold, and per contrast (all held-out anatomies):", "",
+                  "| " + " | ".join(types) + " |", "|" + "---|" * len(types),
+                  "| " + " | ".join(mean_sd(by_anatomy["all"].get(f"type:{t}:sensitivity", [])) for t in types) + " |", "",
+                  "| contrast | AUROC | specificity | sensitivity |", "|---|---|---|---|"]
+        for c in contrasts:
+            lines.append(f"| {c} | " + " | ".join(mean_sd(by_anatomy["all"][f"contrast:{c}:{k}"]) for k in keys) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--heads", type=int, default=PoolSizes.labelled)
+    parser.add_argument("--unlabelled", type=int, default=PoolSizes.unlabelled)
+    parser.add_argument("--anatomies", default=",".join(ANATOMIES))
+    parser.add_argument("--methods", default="none,residual")
+    parser.add_argument("--held-out", default=None, help="only these held-out anatomies (default: each in turn)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    anatomies, seeds, methods = args.anatomies.split(","), [int(s) for s in args.seeds.split(",")], args.methods.split(",")
+    runtime.set_deterministic(True)
+    device = runtime.select_device("auto")
+    pools = make_pools(args.work, PoolSizes(args.heads, args.unlabelled), anatomies)
+    tables = combine_pools(pools, args.work / "all")
+    master_dir = args.work / "all" / "dataset"
+    if not (master_dir / "dataset.json").is_file():
+        prepare_dataset(tables["images"], tables["labels"], master_dir, n_folds=2, test_fraction=0.0, fractions=[100],
+                        progress=True, unlabelled=tables["unlabelled"])
+    master = load_dataset(master_dir)
+    files = []
+    for held_out in (args.held_out.split(",") if args.held_out else anatomies):
+        for seed in seeds:
+            t0 = time.perf_counter()
+            files.append(train_and_classify(args.work, tables, master, held_out, anatomies, seed, methods, device))
+            print(f"held out {held_out}, seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    table = summarise(files)
+    write_json_atomic(args.work / "loao.json", {"commit": source_commit(), "seeds": seeds, "methods": methods,
+                                                "heads_per_anatomy": args.heads, "unlabelled_per_anatomy": args.unlabelled,
+                                                "table": table, "minutes": round((time.perf_counter() - started) / 60, 1)})
+    text = markdown(table, seeds)
+    (args.work / "loao.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
