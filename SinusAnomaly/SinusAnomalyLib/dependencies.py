@@ -217,6 +217,15 @@ def slicer_version_problem(major: int, minor: int, python: tuple[int, int] | Non
     return None
 
 
+def slicer_app_version_problem(app) -> str | None:
+    """:func:`slicer_version_problem` of a running Slicer application (``slicer.app``); None where
+    there is none or it has no version (plain Python with the ``slicer-core`` wheel)."""
+    major, minor = getattr(app, "majorVersion", None), getattr(app, "minorVersion", None)
+    if major is None or minor is None:
+        return None
+    return slicer_version_problem(int(major), int(minor))
+
+
 def pip_in_subprocess(pip_requirements: list[str], constraints_file: Path, log=print) -> None:
     """Install with ``python -m pip`` of the running interpreter (outside Slicer)."""
     command = [sys.executable, "-m", "pip", "install", *pip_requirements, "-c", str(constraints_file)]

@@ -32,6 +32,16 @@ def find_training_script(module_dir: str | Path) -> Path | None:
     return None
 
 
+def training_script(module_dir: str | Path) -> Path:
+    """:func:`find_training_script`, or a RuntimeError saying where it looked."""
+    script = find_training_script(module_dir)
+    if script is None:
+        module_dir = Path(module_dir).resolve()
+        raise RuntimeError(f"SinusAnomalyTraining/slicer_script.py was found neither in {module_dir} nor in "
+                           f"{module_dir.parent}; the extension is incompletely installed")
+    return script
+
+
 def find_python_slicer(executable: str | Path, search_path: str | None = None) -> str:
     """``PythonSlicer`` (Slicer's Python launcher): on ``search_path`` (default PATH; Slicer puts its
     ``bin`` there) or in the folder of ``executable`` (the running interpreter or application).

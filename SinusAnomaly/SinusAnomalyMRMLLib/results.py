@@ -10,7 +10,9 @@ without the application), which is how ``Testing/test_slicer_mrml.py`` tests it:
   map with its colour table (:func:`create_anomaly_color_table`), the results table and both crop
   boxes as ROIs, placed next to the input volume in the subject hierarchy;
 * telling those results from inputs (:func:`is_result_node`, :func:`result_volume_ids`,
-  :func:`input_volume_candidate`): a heat map is no head MRI to classify.
+  :func:`input_volume_candidate`): a heat map is no head MRI to classify; an earlier run's
+  results for an input (:func:`outputs_for_input`);
+* showing them in the slice views (:func:`show_results`, only where the application has views).
 
 It imports ``slicer`` and ``vtk`` (so it is not part of ``SinusAnomalyLib``), never ``qt`` or ``ctk``.
 """
@@ -46,7 +48,8 @@ ATTRIBUTE_WARNINGS = "SinusAnomaly.warnings"
 ROLES = ("heatmap", "labelmap", "table", "roi_left", "roi_right")
 
 __all__ = ["ResultError", "crop_box", "read_result", "result_rows", "load_results", "write_volume_to_file",
-           "create_anomaly_color_table", "is_result_node", "result_volume_ids", "input_volume_candidate"]
+           "create_anomaly_color_table", "is_result_node", "result_volume_ids", "input_volume_candidate",
+           "outputs_for_input", "show_results"]
 
 
 # --------------------------------------------------------------------------- volumes
@@ -112,6 +115,15 @@ def is_result_node(node) -> bool:
     """Whether ``node`` is a result :func:`load_results` made (it carries :data:`ATTRIBUTE_ROLE`,
     which a saved scene keeps)."""
     return node is not None and node.GetAttribute(ATTRIBUTE_ROLE) in ROLES
+
+
+def outputs_for_input(nodes: dict, input_volume_node) -> dict:
+    """Those of ``nodes`` (:func:`load_results` key -> node or None) that are results for
+    ``input_volume_node``: an earlier run's, to refill instead of duplicating them."""
+    if input_volume_node is None:
+        return {}
+    return {key: node for key, node in nodes.items()
+            if node is not None and node.GetAttribute(ATTRIBUTE_INPUT) == input_volume_node.GetID()}
 
 
 def _nodes_of_class(scene, class_name: str) -> list:
@@ -367,3 +379,18 @@ def load_results(result_dir: str | Path, scene, input_volume_node=None, outputs:
     created["color_table"] = color_table
     created["result"] = result
     return created
+
+
+def show_results(input_volume_node, outputs: dict, foreground_opacity: float = HEATMAP_OPACITY) -> None:
+    """Input as background, heat map as coloured foreground, anomalies as label layer; ROIs shown.
+    Does nothing without slice views (batch mode, ``slicer-core``)."""
+    app = getattr(slicer, "app", None)
+    if app is None or not hasattr(app, "layoutManager") or app.layoutManager() is None:
+        return
+    slicer.util.setSliceViewerLayers(
+        background=input_volume_node, foreground=outputs.get("heatmap"), label=outputs.get("labelmap"),
+        foregroundOpacity=foreground_opacity, labelOpacity=0.8)
+    for key in ("roi_left", "roi_right"):
+        roi = outputs.get(key)
+        if roi is not None and roi.GetDisplayNode() is not None:
+            roi.GetDisplayNode().SetVisibility(True)
