@@ -22,7 +22,7 @@ from SinusAnomalyLib.errors import ConfigError, DatasetError
 from SinusAnomalyLib.splits import fraction_key
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-BUILTIN = ("paper", "demo", "grid-cpu", "grid-cpu5", "grid-paper")
+BUILTIN = ("paper", "demo", "grid-cpu", "grid-cpu5", "grid-paper", "grid-residual", "grid-residual-cohort")
 PRETEXT = ("ae", "dae", "simclr", "byol", "simsiam", "spark")  # the baselines of the paper's Table 2
 METHODS = ("none", "residual", *PRETEXT, "medicalnet")
 RETIRED = ("num_workers",)  # settings of earlier versions, dropped when read so their saved config.json files still load
@@ -162,11 +162,19 @@ class CAESettings(_Settings):
                    latent_dim=_number(data["latent_dim"], "cae.latent_dim", path, True, 1))
 
 
+# How a raw residual |x - CAE(x)| becomes a target in [0, 1]: "per_crop" (the paper's) maps each crop's own
+# residuals.percentiles to 0 and 1; "cohort" maps those percentiles of the raw residuals of the fold's CAE
+# training normals, pooled over their voxels, to 0 and 1 for every crop (computed once per fold, recorded in
+# residuals.json), so a normal crop's target stays small and an anomalous crop's keeps its magnitude
+RESIDUAL_SCALINGS = ("per_crop", "cohort")
+
+
 @dataclass(frozen=True)
 class ResidualSettings(_Settings):
     median_kernel: int  # odd, voxels
     percentiles: tuple[float, float]  # of the residual, mapped to 0 and 1
     batch_size: int
+    scaling: str = "per_crop"  # one of RESIDUAL_SCALINGS
 
     @classmethod
     def parse(cls, data: dict, path: Path) -> ResidualSettings:
@@ -176,7 +184,15 @@ class ResidualSettings(_Settings):
         percentiles = _numbers(data["percentiles"], "residuals.percentiles", path, low=0, keep=True)
         if len(percentiles) != 2:
             raise ConfigError(f"{path}: residuals.percentiles needs a low and a high percentile")
-        return cls(kernel, percentiles, _number(data["batch_size"], "residuals.batch_size", path, True, 1))
+        if not percentiles[0] < percentiles[1] <= 100:
+            raise ConfigError(f"{path}: 'residuals.percentiles' must be [low, high] with 0 <= low < high <= 100, "
+                              f"got {list(percentiles)}")
+        scaling = data["scaling"]
+        if scaling not in RESIDUAL_SCALINGS:
+            raise ConfigError(f"{path}: 'residuals.scaling' must be one of {', '.join(RESIDUAL_SCALINGS)} (per_crop: each "
+                              "crop by its own percentiles, the paper's; cohort: by the percentiles of the fold's CAE "
+                              f"training normals), got {scaling!r}")
+        return cls(kernel, percentiles, _number(data["batch_size"], "residuals.batch_size", path, True, 1), scaling)
 
 
 @dataclass(frozen=True)

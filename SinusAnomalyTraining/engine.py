@@ -45,12 +45,19 @@ from SinusAnomalyLib.fileio import atomic_path, write_json_atomic, write_text_at
 from . import runtime
 
 __all__ = ["CheckpointError", "TrainingError", "Checkpointer", "load_checkpoint", "capture_rng_state",
-           "restore_rng_state", "fit", "resume_training", "train_epoch", "validate", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+           "restore_rng_state", "fit", "resume_training", "train_epoch", "validate", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
+           "FLOOR", "LossStepFn"]
 
 CHECKPOINT_FORMAT = "sinus-anomaly-checkpoint"
 CHECKPOINT_VERSION = 1
 
-LossStepFn = Callable[[nn.Module, Any, torch.device], torch.Tensor]
+LossStepFn = Callable[[nn.Module, Any, torch.device], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+"""``loss_step(model, batch, device)``: the batch's scalar loss, or ``(loss, metrics)`` with named scalar
+metrics of the same batch (e.g. :data:`FLOOR`), averaged over the epoch as the loss is."""
+
+FLOOR = "floor"
+"""A step metric that is a lower bound of the loss (the soft targets' entropy under binary
+cross-entropy): the history records ``<split>_floor`` and ``<split>_excess`` = ``<split>_loss`` - floor."""
 
 
 # ------------------------------------------------------------------------------------ RNG states
@@ -303,10 +310,30 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
-def _check_loss(loss, where: str) -> torch.Tensor:
+def _check_loss(result, where: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A loss step's result as ``(scalar loss, {name: scalar metric})`` (a bare loss: no metrics)."""
+    loss, metrics = result if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict) else (result, {})
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise TypeError(f"loss_step_fn must return a scalar loss tensor ({where}); got {type(loss).__name__}")
-    return loss.reshape(())
+        raise TypeError(f"loss_step_fn must return a scalar loss tensor or (loss, metrics) ({where}); got {type(loss).__name__}")
+    checked = {}
+    for name, value in metrics.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise TypeError(f"loss_step_fn's metrics must be named scalar tensors ({where}); got {name!r}: {type(value).__name__}")
+        checked[name] = value.detach().reshape(()).to(torch.float64)
+    return loss.reshape(()), checked
+
+
+def _epoch_means(totals: dict[str, torch.Tensor], n_steps: int) -> dict[str, float]:
+    """Each metric's mean over the epoch's steps and all ranks, as the loss (names in one order on every rank)."""
+    return {name: float(runtime.reduce_mean((totals[name] / max(n_steps, 1)).float()).item()) for name in sorted(totals)}
+
+
+def metric_columns(split: str, loss: float | None, metrics: dict[str, float]) -> dict[str, float]:
+    """History columns ``<split>_<metric>``, and with a :data:`FLOOR` ``<split>_excess`` = loss - floor."""
+    columns = {f"{split}_{name}": value for name, value in metrics.items()}
+    if FLOOR in metrics and loss is not None:
+        columns[f"{split}_excess"] = loss - metrics[FLOOR]
+    return columns
 
 
 @dataclass
@@ -349,21 +376,25 @@ def resume_training(checkpointer: Checkpointer | None, resume: bool, model: nn.M
 
 def train_epoch(model: nn.Module, loader, loss_step_fn: LossStepFn, optimizer: torch.optim.Optimizer, scheduler,
                 scaler: torch.amp.GradScaler, device: torch.device, amp: bool, epoch: int, epochs: int, show: bool,
-                after_step: Callable[[int, int], None] | None = None) -> float:
+                after_step: Callable[[int, int], None] | None = None, metrics: dict | None = None) -> float:
     """One pass over ``loader`` with an optimisation step per batch; the mean loss over all ranks.
 
     The scheduler steps once per batch; ``after_step(global step, total steps)`` follows each step.
+    ``metrics``, when given, receives the epoch mean (all ranks) of each metric the loss step returns.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     model.train()
     total = torch.zeros((), dtype=torch.float64, device=device)
+    totals: dict[str, torch.Tensor] = {}
     n_steps = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs} train", leave=False, disable=not show, dynamic_ncols=True)
     for batch in bar:
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast_context(device, amp):
-            loss = _check_loss(loss_step_fn(model, batch, device), "training")
+            loss, step_metrics = _check_loss(loss_step_fn(model, batch, device), "training")
+        for name, value in step_metrics.items():
+            totals[name] = totals.get(name, 0.0) + value
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -376,7 +407,10 @@ def train_epoch(model: nn.Module, loader, loss_step_fn: LossStepFn, optimizer: t
         if show and (n_steps % 10 == 1 or n_steps == len(loader)):
             bar.set_postfix(loss=f"{total.item() / n_steps:.4g}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
     bar.close()
-    return float(runtime.reduce_mean((total / max(n_steps, 1)).float()).item())
+    mean = float(runtime.reduce_mean((total / max(n_steps, 1)).float()).item())
+    if metrics is not None:
+        metrics.update(_epoch_means(totals, n_steps))
+    return mean
 
 
 def recompute_batchnorm_statistics(model: nn.Module, loader, loss_step_fn: LossStepFn, device: torch.device, amp: bool) -> None:
@@ -404,7 +438,7 @@ def recompute_batchnorm_statistics(model: nn.Module, loader, loss_step_fn: LossS
     with torch.no_grad():
         for batch in loader:
             with runtime.autocast_context(device, amp):
-                loss_step_fn(net, batch, device)
+                loss_step_fn(net, batch, device)  # for the forward pass only
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
         m.running_mean.copy_(runtime.reduce_mean(m.running_mean))
@@ -412,24 +446,32 @@ def recompute_batchnorm_statistics(model: nn.Module, loader, loss_step_fn: LossS
 
 
 def validate(model: nn.Module, loader, loss_step_fn: LossStepFn, device: torch.device, amp: bool, epoch: int,
-             epochs: int, show: bool) -> float | None:
-    """Mean loss over ``loader`` in eval mode without gradients (all ranks); ``None`` without batches."""
+             epochs: int, show: bool, metrics: dict | None = None) -> float | None:
+    """Mean loss over ``loader`` in eval mode without gradients (all ranks); ``None`` without batches.
+    ``metrics``, when given, receives the mean of each metric the loss step returns (as :func:`train_epoch`)."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     if loader is None:
         return None
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
+    totals: dict[str, torch.Tensor] = {}
     n_steps = 0
     with torch.no_grad():
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs} val", leave=False, disable=not show, dynamic_ncols=True)
         for batch in bar:
             with runtime.autocast_context(device, amp):
-                loss = _check_loss(loss_step_fn(model, batch, device), "validation")
+                loss, step_metrics = _check_loss(loss_step_fn(model, batch, device), "validation")
+            for name, value in step_metrics.items():
+                totals[name] = totals.get(name, 0.0) + value
             total += loss.detach().to(torch.float64)
             n_steps += 1
         bar.close()
-    return float(runtime.reduce_mean((total / n_steps).float()).item()) if n_steps else None
+    if not n_steps:
+        return None
+    if metrics is not None:
+        metrics.update(_epoch_means(totals, n_steps))
+    return float(runtime.reduce_mean((total / n_steps).float()).item())
 
 
 def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, epochs: int,
@@ -449,9 +491,12 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
             the device, augmented on it) or DataLoaders; anything with ``len`` that yields batches
             (``val_loader`` may be ``None``). With DDP give them a ``DistributedSampler``
             (:func:`runtime.distributed_sampler`, as ``.sampler``); a ``.generator`` is reseeded too.
-        loss_step_fn: ``loss_step_fn(model, batch, device) -> scalar loss tensor``; moves the batch
-            to ``device`` if it is not there. Used for training and, under ``model.eval()`` and
-            ``torch.no_grad()``, for validation.
+        loss_step_fn: ``loss_step_fn(model, batch, device) -> scalar loss tensor`` or ``(loss,
+            {name: scalar tensor})``; moves the batch to ``device`` if it is not there. Used for
+            training and, under ``model.eval()`` and ``torch.no_grad()``, for validation. Each named
+            metric's epoch mean (over steps and ranks, as the loss's) becomes ``train_<name>`` /
+            ``val_<name>`` in the history; a :data:`FLOOR` (a lower bound of the loss, e.g. the soft
+            targets' entropy under BCE) also gives ``train_excess`` / ``val_excess`` = loss - floor.
         epochs: total number of epochs of the run (also when resuming).
         scheduler: stepped once per optimisation step (e.g. :class:`optim.WarmupCosine`), or None.
         checkpointer: writes ``last.pt`` every epoch, ``best.pt`` on improvement and the history
@@ -469,7 +514,8 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
 
     Returns:
         A list with one dict per epoch: ``epoch`` (1-based), ``train_loss``, ``val_loss`` (or None)
-        and ``lr`` (learning rate of the first group at the end of the epoch).
+        and ``lr`` (learning rate of the first group at the end of the epoch), then the loss step's
+        metrics if it returns any (see ``loss_step_fn``).
     """
     if mode not in ("min", "max"):
         raise InvalidValueError(f"mode must be 'min' or 'max' (got {mode!r})")
@@ -496,13 +542,15 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
     for epoch in range(state.start_epoch, epochs):
         t0 = time.perf_counter()
         _begin_epoch([train_loader, val_loader], seed, epoch, rank)
+        train_metrics, val_metrics = {}, {}
         train_loss = train_epoch(model, train_loader, loss_step_fn, optimizer, scheduler, scaler, device, amp, epoch,
-                                 epochs, show, after_step)
+                                 epochs, show, after_step, metrics=train_metrics)
         if recompute_batchnorm:
             recompute_batchnorm_statistics(model, train_loader, loss_step_fn, device, amp)
-        val_loss = validate(model, val_loader, loss_step_fn, device, amp, epoch, epochs, show)
+        val_loss = validate(model, val_loader, loss_step_fn, device, amp, epoch, epochs, show, metrics=val_metrics)
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                                 "lr": float(optimizer.param_groups[0]["lr"])}
+                                 "lr": float(optimizer.param_groups[0]["lr"]),
+                                 **metric_columns("train", train_loss, train_metrics), **metric_columns("val", val_loss, val_metrics)}
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
             raise TrainingError(f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} in "
                                 f"epoch {epoch + 1}; lower the learning rate or check the data "
@@ -518,7 +566,9 @@ def fit(model: nn.Module, train_loader, val_loader, loss_step_fn: LossStepFn, ep
                               history=history, monitor=monitor, mode=mode)
             checkpointer.write_history(history)
         val_txt = "n/a" if val_loss is None else f"{val_loss:.5g}"
-        info(f"epoch {epoch + 1}/{epochs}: train_loss {train_loss:.5g}  val_loss {val_txt}  "
+        excess = "".join(f"  {split}_excess {entry[f'{split}_excess']:.5g} (floor {entry[f'{split}_floor']:.5g})"
+                         for split in ("train", "val") if f"{split}_excess" in entry)
+        info(f"epoch {epoch + 1}/{epochs}: train_loss {train_loss:.5g}  val_loss {val_txt}{excess}  "
              f"lr {entry['lr']:.4g}  {time.perf_counter() - t0:.1f}s" + ("  (best)" if improved else ""))
 
     runtime.barrier()

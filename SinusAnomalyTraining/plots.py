@@ -156,3 +156,54 @@ def save_residual_examples(dataset, residuals: dict, masks: dict, crop_size: int
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_pretraining_losses(entries: list[dict], path: Path) -> Path:
+    """Each pretraining method's loss per epoch (left) and, where the loss has a floor, the excess over it (right).
+
+    ``entries``: :func:`SinusAnomalyTraining.report.pretraining_losses` (one per method and fold, ``rows`` of
+    ``epoch``, ``train_loss``, ``val_loss``, ``train_floor``, ``train_excess``, ... with ``None`` where missing).
+    One row of panels per method, one colour per fold; training solid, validation dashed, the floor (the soft
+    targets' mean binary entropy, residual pretraining only) dotted. Histories without a floor (other losses,
+    or written before it was recorded) get a note instead of the excess panel.
+    """
+    plt = _pyplot()
+    methods = list(dict.fromkeys(e["method"] for e in entries))
+    fig, axes = plt.subplots(max(len(methods), 1), 2, figsize=(11, 3.2 * max(len(methods), 1)), squeeze=False)
+    colours = plt.get_cmap("tab10")
+
+    def series(rows, key):
+        return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=float)
+
+    for i, method in enumerate(methods):
+        ax_loss, ax_excess = axes[i]
+        chosen = [e for e in entries if e["method"] == method]
+        floored = any(e["has_floor"] for e in chosen)
+        for e in chosen:
+            rows, colour = e["rows"], colours(int(e["fold"]) % 10)
+            x = [r["epoch"] for r in rows]
+            ax_loss.plot(x, series(rows, "train_loss"), color=colour, lw=1.4, label=f"fold {e['fold']} train")
+            ax_loss.plot(x, series(rows, "val_loss"), color=colour, lw=1.4, ls="--", label=f"fold {e['fold']} val")
+            if e["has_floor"]:
+                ax_loss.plot(x, series(rows, "train_floor"), color=colour, lw=1, ls=":")
+                ax_loss.plot(x, series(rows, "val_floor"), color=colour, lw=1, ls="-.")
+                ax_excess.plot(x, series(rows, "train_excess"), color=colour, lw=1.4, label=f"fold {e['fold']} train")
+                ax_excess.plot(x, series(rows, "val_excess"), color=colour, lw=1.4, ls="--", label=f"fold {e['fold']} val")
+        ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{method}: loss" + (" (floor: dotted train, dash-dot val)" if floored else ""))
+        ax_loss.grid(alpha=0.3)
+        ax_loss.legend(fontsize=6, ncol=2)
+        if floored:
+            ax_excess.axhline(0.0, color="grey", lw=1)
+            ax_excess.set(xlabel="epoch", ylabel="loss - floor", title=f"{method}: excess over the targets' entropy")
+            ax_excess.grid(alpha=0.3)
+            ax_excess.legend(fontsize=6, ncol=2)
+        else:
+            note = ("no floor recorded (a history written before it was)" if method.startswith("residual")
+                    else "no floor: not a soft-target cross-entropy")
+            ax_excess.text(0.5, 0.5, note, ha="center", va="center", fontsize=9, transform=ax_excess.transAxes)
+            ax_excess.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return Path(path)

@@ -3,7 +3,9 @@
 :func:`evaluate_run` reads every fine-tuned classifier's ``predictions.csv``, computes the metrics
 (:mod:`.evaluation`), draws the figures (:mod:`.plots`) and writes ``RUN/evaluation``:
 ``<method>_frac<p>/metrics.{json,csv}``, ``results.csv`` (one row per method and label fraction,
-unclipped intervals), ``comparisons.csv`` (when the run has residual pretraining and another
+unclipped intervals), ``pretraining_loss.csv`` and ``pretraining_loss.png`` (every pretraining's
+loss per epoch; for residual pretraining's soft-target BCE also the targets' entropy floor and the
+excess over it, :func:`pretraining_losses`), ``comparisons.csv`` (when the run has residual pretraining and another
 method: per label fraction, the paired patient-bootstrap difference residual - other of the fold
 ensembles' AUROC and AUPRC), ``report.md`` (the tables in the form of the paper's Tables 2 and 3
 beside the paper's own numbers, and the paired comparisons) and the PNG figures.
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic, write_text_atomic
@@ -223,14 +226,102 @@ def evaluate_run(config: RunConfig, dataset: PreparedDataset, run_dir: str | Pat
             row["cae_fraction"] = cae_fraction
             ablation.append(row)
     _write_table(out_dir, table + [r for r in ablation if r["method"] != "residual"])  # no duplicate row
+    losses = pretraining_losses(config, dataset, run_dir, folds)
+    if losses:
+        _write_pretraining_losses(out_dir, losses)
+        figures.append(plots.plot_pretraining_losses(losses, out_dir / "pretraining_loss.png"))
     comparisons = compare_to_residual(table, config)
     if comparisons:
         _write_comparisons(out_dir, comparisons)
     pretraining = pretraining_data_sentence(config, dataset)
     heat_lines = heatmap_report.evaluation_lines(config, dataset, run_dir, folds)
-    _write_report(out_dir, table, ablation, figures, config, pretraining, comparisons, heat_lines)
+    _write_report(out_dir, table, ablation, figures, config, pretraining, comparisons, heat_lines, pretraining_loss_lines(losses))
     return {"table": table, "ablation": ablation, "plots": [str(p) for p in figures], "pretraining_data": pretraining,
-            "comparisons": comparisons}
+            "comparisons": comparisons, "pretraining_losses": losses}
+
+
+#: Columns of ``pretraining_loss.csv``: one row per epoch of every pretraining history of the run. Floor and
+#: excess only where the loss has a floor (soft-target BCE: residual pretraining) and the history recorded it
+#: (histories written before the floor was recorded have none; they load all the same, with empty cells).
+PRETRAINING_LOSS_COLUMNS = ("method", "fold", "epoch", "train_loss", "train_floor", "train_excess", "val_loss", "val_floor",
+                            "val_excess", "lr")
+
+
+def _history_value(row: dict, key: str) -> float | None:
+    value = row.get(key)
+    if value is None or value == "":
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def pretraining_losses(config: RunConfig, dataset, run_dir: str | Path, folds: list[int]) -> list[dict]:
+    """Every pretraining history of the run: one entry per (pretraining method, fold) whose ``history.json``
+    exists (the CAE ablation's residual pretrainings too, as ``residual_cae<p>``), in the configuration's order.
+
+    Each entry: ``method``, ``fold``, ``rows`` (per epoch, :data:`PRETRAINING_LOSS_COLUMNS`; ``None`` where a
+    value is missing) and ``has_floor`` (the history records the loss's floor: residual pretraining's
+    targets' mean binary entropy over the same voxels, and the excess loss - floor).
+    """
+    run_dir = Path(run_dir)
+    wanted = [(m, 100.0) for m in config.methods if m in PRETRAINING] + [("residual", float(f)) for f in ablation_fractions(config)]
+    entries = []
+    for method, cae_fraction in wanted:
+        for fold in folds:
+            ctx = stages.FoldContext(dataset, config, run_dir, fold, torch.device("cpu"), progress=False, cae_fraction=cae_fraction)
+            path = stages.pretraining_dir(ctx, method) / "history.json"
+            if not path.is_file():
+                continue
+            history = json.loads(path.read_text(encoding="utf-8"))
+            name = ctx.residual_method if method == "residual" else method
+            rows = [{"method": name, "fold": fold, "epoch": int(row.get("epoch", i + 1)),
+                     **{key: _history_value(row, key) for key in PRETRAINING_LOSS_COLUMNS[3:]}}
+                    for i, row in enumerate(history)]
+            has_floor = bool(rows) and all(r["train_floor"] is not None for r in rows)
+            entries.append({"method": name, "fold": fold, "rows": rows, "has_floor": has_floor})
+    return entries
+
+
+def _write_pretraining_losses(out_dir: Path, entries: list[dict]) -> None:
+    write_csv_atomic(out_dir / "pretraining_loss.csv", PRETRAINING_LOSS_COLUMNS,
+                     [[_csv_cell(row[c]) for c in PRETRAINING_LOSS_COLUMNS] for entry in entries for row in entry["rows"]])
+
+
+def pretraining_loss_lines(entries: list[dict]) -> list[str]:
+    """The report's section on the pretraining losses: per method and fold, the last epoch's training and
+    validation loss, and where the loss has a floor (soft-target BCE) the floor and the excess over it, at
+    the first and the last epoch. ``[]`` without histories."""
+    if not entries:
+        return []
+    lines = ["", "## Pretraining loss", "",
+             "Last epoch of each pretraining. Binary cross-entropy against soft targets (residual pretraining: the "
+             "CAE's residual maps scaled to [0, 1]) cannot go below the targets' own mean binary entropy (the floor, "
+             "over the same voxels and with the same reduction as the loss; a prediction equal to the target reaches "
+             "it), so what the network learnt is the excess = loss - floor: epoch 1's excess and the last epoch's. "
+             "The other methods' losses (L1, MSE, contrastive, cosine) have no such floor. Every epoch: "
+             "`pretraining_loss.csv`.", "",
+             "| pretraining | fold | epochs | train loss | train floor | train excess (epoch 1 → last) | "
+             "val loss | val floor | val excess (epoch 1 → last) |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def excess(first: dict, last: dict, split: str) -> str:
+        return f"{_number(first[f'{split}_excess'])} → {_number(last[f'{split}_excess'])}"
+
+    for entry in entries:
+        rows = entry["rows"]
+        if not rows:
+            continue
+        first, last = rows[0], rows[-1]
+        if entry["has_floor"]:
+            train = [_number(last["train_floor"]), excess(first, last, "train")]
+            val = ([_number(last["val_floor"]), excess(first, last, "val")] if last["val_floor"] is not None
+                   else ["n/a", "n/a"])
+        elif entry["method"].startswith("residual"):
+            train = val = ["not recorded", "not recorded"]  # a history written before the floor was recorded
+        else:
+            train = val = ["no floor", "—"]
+        lines.append(f"| {entry['method']} | {entry['fold']} | {len(rows)} | {_number(last['train_loss'])} | {' | '.join(train)} | "
+                     f"{_number(last['val_loss'])} | {' | '.join(val)} |")
+    return lines
 
 
 #: The method the paired comparisons put against every other one, and their metrics.
@@ -413,7 +504,8 @@ def _comparison_lines(comparisons: list[dict], config: RunConfig) -> list[str]:
 
 
 def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figures: list[Path], config: RunConfig,
-                  pretraining: str = "", comparisons: list[dict] | None = None, heat_lines: list[str] = ()) -> None:
+                  pretraining: str = "", comparisons: list[dict] | None = None, heat_lines: list[str] = (),
+                  loss_lines: list[str] = ()) -> None:
     paper = json.loads(PAPER_RESULTS.read_text())
     lines = [
         "# SinusAnomaly evaluation",
@@ -455,9 +547,11 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
             ref = [f"{m:.2f} ({lo:.2f}-{hi:.2f})" for m, lo, hi in entry] if entry else ["", "", ""]
             lines.append(f"| {row['cae_fraction']:g} % | {_fmt(row['auroc'])} | {_fmt(row['auprc'])} | {_fmt(row['f1'])} | "
                          + " | ".join(ref) + " |")
+    lines += loss_lines
     lines += heat_lines
     lines += ["", "Per-fold numbers: `<method>_frac<p>/metrics.csv`; all rows: `results.csv`"
-              + ("; paired comparisons: `comparisons.csv`." if comparisons else "."), ""]
+              + ("; paired comparisons: `comparisons.csv`" if comparisons else "")
+              + ("; pretraining losses per epoch: `pretraining_loss.csv`." if loss_lines else "."), ""]
     for figure in figures:
         lines += [f"![{figure.stem}]({figure.name})", ""]
     write_text_atomic(out_dir / "report.md", "\n".join(lines))

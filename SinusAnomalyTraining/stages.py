@@ -5,6 +5,7 @@ Run directory layout (``RUN``)::
     RUN/config.json                         the resolved configuration of the run
     RUN/fold<k>/cae/                        last.pt, best.pt, history.*, train.log, done.json
     RUN/fold<k>/residuals/                  residuals.npy (N + M, S, S, S) float16 (labelled, then unlabelled crops), residuals.json
+                                            (sample ids, what they were made from, the scale: per crop or the cohort's low/high)
     RUN/fold<k>/pretrain/                   last.pt, best.pt, history.*, train.log, done.json
     RUN/fold<k>/pretrain_<method>/          the same, for a baseline's pretraining (ae, dae, simclr, byol, simsiam, spark)
     RUN/fold<k>/finetune/<method>/frac<p>/  best.pt, ..., predictions.csv, done.json
@@ -34,14 +35,15 @@ from SinusAnomalyLib.dataset import UNLABELLED_MANIFEST_FILE, PreparedDataset
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError, StageInputError
 from SinusAnomalyLib.fileio import atomic_path, sha256_file, write_csv_atomic, write_json_atomic
 from SinusAnomalyLib.models import ConvAutoencoder, NetworkSpec, SinusClassifier, parameter_groups
-from SinusAnomalyLib.residuals import residual_maps, resize_crops
+from SinusAnomalyLib.residuals import cohort_scale, residual_maps, resize_crops
 
 from . import runtime
 from .data import CropLoader, SinusCrops
 from .config import METHODS, PRETEXT, PRETRAINING, RunConfig, percent_key
-from .engine import Checkpointer, LossStepFn, fit, load_checkpoint
+from .engine import FLOOR, Checkpointer, LossStepFn, fit, load_checkpoint
 from .optim import lars_with_warmup_cosine
 from .pretext import PRETEXT_METHODS, TwoViewPretext, build_pretext, load_medicalnet_encoder
+from .pretext.losses import target_entropy
 
 DONE = "done.json"
 
@@ -245,6 +247,18 @@ def run_training_stage(ctx: FoldContext, stage_dir: Path, made_from: dict, build
 
 # --------------------------------------------------------------------------- 1. CAE
 
+def cae_training_rows(ctx: FoldContext) -> list[int]:
+    """Manifest rows of the normal training sinuses the fold's CAE learns from (``ctx.cae_fraction`` % of
+    them: fixed nested subsets, one seeded order, a prefix per fraction); their residuals also give the
+    cohort scale (:func:`cohort_scale_of`)."""
+    labels = ctx.dataset.labels()
+    train = [int(i) for i in ctx.indices("train") if labels[i] == 0]
+    if float(ctx.cae_fraction) < 100:
+        order = np.random.default_rng([ctx.config.seed, ctx.fold, 7]).permutation(len(train))
+        train = sorted(np.asarray(train)[order[: max(1, round(len(train) * float(ctx.cae_fraction) / 100.0))]].tolist())
+    return train
+
+
 def train_cae(ctx: FoldContext) -> Path:
     """Train the fold's CAE on the normal sinuses of its training patients (L1, Adam, no augmentation).
 
@@ -256,11 +270,8 @@ def train_cae(ctx: FoldContext) -> Path:
                  "seed": ctx.config.seed, "cae_fraction": ctx.cae_fraction}
 
     def build() -> Training:
+        train = cae_training_rows(ctx)
         labels = ctx.dataset.labels()
-        train = [i for i in ctx.indices("train") if labels[i] == 0]
-        if float(ctx.cae_fraction) < 100:  # fixed nested subsets: one seeded order, a prefix per fraction
-            order = np.random.default_rng([ctx.config.seed, ctx.fold, 7]).permutation(len(train))
-            train = sorted(np.asarray(train)[order[: max(1, round(len(train) * float(ctx.cae_fraction) / 100.0))]].tolist())
         val = [i for i in ctx.indices("val") if labels[i] == 0]
         if not train:
             raise DatasetError(f"fold {ctx.fold} has no normal training sinus to train the CAE on")
@@ -307,6 +318,8 @@ def compute_residuals(ctx: FoldContext) -> Path:
         made_from["unlabelled"] = ctx.unlabelled_fingerprint
     if not ctx.restart and _finished(stage_dir, made_from):
         return stage_dir / "residuals.npy"
+    scale = cohort_scale_of(ctx, cae) if cfg.scaling == "cohort" else {"scaling": "per_crop", "percentiles": list(cfg.percentiles)}
+    fixed = (scale["low"], scale["high"]) if cfg.scaling == "cohort" else None
     sources = [ctx.dataset, ctx.dataset.unlabelled]  # each with .manifest and .crops (row i = manifest[i])
     sample_ids = [r.sample_id for source in sources for r in source.manifest]
     size = ctx.config.crop_size
@@ -322,7 +335,7 @@ def compute_residuals(ctx: FoldContext) -> Path:
         if first + runtime.rank() < len(batches):
             source, start = batches[first + runtime.rank()]
             images = torch.from_numpy(resize_crops(source.crops[start:start + batch], size))[:, None].to(ctx.device)
-            maps = residual_maps(cae, images, cfg.percentiles, cfg.median_kernel)[:, 0].float().cpu()
+            maps = residual_maps(cae, images, cfg.percentiles, cfg.median_kernel, fixed)[:, 0].float().cpu()
         maps = runtime.all_gather_tensor(maps)
         if main:
             out[row:row + len(maps)] = maps.numpy()
@@ -332,11 +345,34 @@ def compute_residuals(ctx: FoldContext) -> Path:
     if main:
         with atomic_path(stage_dir / "residuals.npy") as tmp:
             np.save(tmp, out)
-        write_json_atomic(stage_dir / "residuals.json", {"sample_ids": sample_ids, **made_from})
+        write_json_atomic(stage_dir / "residuals.json", {"sample_ids": sample_ids, **made_from, "scale": scale})
     runtime.barrier()
-    _mark_done(stage_dir, made_from, residuals_sha256=sha256_file(stage_dir / "residuals.npy"))
+    _mark_done(stage_dir, made_from, residuals_sha256=sha256_file(stage_dir / "residuals.npy"), scale=scale)
     runtime.barrier()  # pretraining reads done.json next, on every rank
     return stage_dir / "residuals.npy"
+
+
+def cohort_scale_of(ctx: FoldContext, cae: ConvAutoencoder) -> dict:
+    """The cohort scale of the fold's residual targets (``residuals.scaling`` "cohort"): the configured
+    percentiles of the raw residuals |x - CAE(x)| of the normal training sinuses the CAE learnt from
+    (:func:`cae_training_rows`), pooled over all their voxels; what ``residuals.json`` records.
+
+    Every process computes it from the same crops; the mean over the processes makes it identical on all.
+    """
+    cfg, size = ctx.config.residuals, ctx.config.crop_size
+    rows = np.asarray(cae_training_rows(ctx), dtype=np.int64)
+    if not len(rows):
+        raise DatasetError(f"fold {ctx.fold} has no normal training sinus to take the cohort scale of the residuals from")
+    raw = []
+    for start in range(0, len(rows), cfg.batch_size):
+        images = torch.from_numpy(resize_crops(ctx.dataset.crops[rows[start:start + cfg.batch_size]], size))[:, None].to(ctx.device)
+        with torch.no_grad():
+            raw.append((images - cae(images)).abs()[:, 0].float().cpu().numpy())
+    low, high = cohort_scale(np.concatenate(raw), cfg.percentiles)
+    low, high = (float(v) for v in runtime.reduce_mean(torch.tensor([low, high], dtype=torch.float64)))
+    return {"scaling": "cohort", "percentiles": list(cfg.percentiles), "low": low, "high": high,
+            "from": f"raw residuals of the {len(rows)} normal training sinuses fold {ctx.fold}'s CAE learnt from, "
+                    "pooled over their voxels", "n_crops": len(rows)}
 
 
 def load_residuals(ctx: FoldContext) -> dict:
@@ -395,6 +431,9 @@ def pretrain(ctx: FoldContext) -> Path:
     linearly with the (global) batch, warm-up then cosine to zero; geometric augmentations move
     image and target together, noise touches the image only. Labels are not used: it learns from
     the unlabelled set (:func:`pretraining_crops`) and validates on the fold's validation sinuses.
+    BCE against soft targets cannot go below the targets' own mean binary entropy: each step also
+    gives that floor over the same (augmented) target voxels, so the history has
+    ``train_floor``/``val_floor`` and ``train_excess``/``val_excess`` = loss - floor (:data:`engine.FLOOR`).
     """
     stage_dir = ctx.pretrain_dir
     cfg = ctx.config.pretrain
@@ -417,7 +456,8 @@ def pretrain(ctx: FoldContext) -> Path:
         def bce_step(net, batch_, device):
             x = _image_batch(batch_, device)
             target = batch_["residual"].to(device, non_blocking=True)
-            return F.binary_cross_entropy_with_logits(net(x), target)
+            # the soft targets' own entropy bounds the loss from below: the history records it and the excess over it
+            return F.binary_cross_entropy_with_logits(net(x), target), {FLOOR: target_entropy(target)}
 
         return Training(f"pretraining fold {ctx.fold}: {described}, {runtime.describe_batch(batch)}, LARS lr {lr:.4g}",
                         model, train_loader, val_loader, bce_step, cfg.epochs, optimizer, scheduler,

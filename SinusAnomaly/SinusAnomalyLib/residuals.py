@@ -1,7 +1,11 @@
 """Crop resizing and CAE residual maps, shared by training and inference.
 
 The paper's self-supervised target: |x - CAE(x)|, each map rescaled by its 1st/99th percentiles
-to [0, 1] (clipped) and median filtered, which removes speckle and keeps lesion edges.
+to [0, 1] (clipped) and median filtered, which removes speckle and keeps lesion edges
+(:func:`scale_per_crop`). Beyond the paper, :func:`scale_by` maps every crop with ONE scale, e.g.
+the percentiles of the pooled raw residuals of a cohort of normal crops (:func:`cohort_scale`): a
+normal crop's map then stays small instead of spanning [0, 1], and an anomalous crop's keeps its
+magnitude.
 """
 from __future__ import annotations
 
@@ -53,7 +57,30 @@ def scale_per_crop(residual: torch.Tensor, percentiles=(1.0, 99.0), median_kerne
     return median_smooth(((residual - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0), median_kernel)
 
 
-def residual_maps(cae: ConvAutoencoder, images: torch.Tensor, percentiles=(1.0, 99.0), median_kernel: int = 5) -> torch.Tensor:
-    """``(B, 1, S, S, S)`` images -> the paper's residual maps ``(B, 1, S, S, S)`` in [0, 1] (per-crop scale)."""
+def scale_by(residual: torch.Tensor, low: float, high: float, median_kernel: int = 5) -> torch.Tensor:
+    """Raw ``(B, 1, S, S, S)`` residuals -> ``(r - low) / (high - low)`` with the same ``low`` and ``high``
+    for every crop, clipped to [0, 1], median filtered (the cohort-scaled target)."""
+    scale = max(float(high) - float(low), 1e-6)
+    return median_smooth(((residual - float(low)) / scale).clamp(0.0, 1.0), median_kernel)
+
+
+def cohort_scale(residuals, percentiles=(1.0, 99.0)) -> tuple[float, float]:
+    """``(low, high)``: the ``percentiles`` of the voxels of raw residuals ``(N, ...)`` pooled over all
+    ``N`` crops (NumPy's linear interpolation, in float64), for :func:`scale_by`."""
+    pooled = np.asarray(residuals.detach().cpu().numpy() if isinstance(residuals, torch.Tensor) else residuals,
+                        dtype=np.float32).ravel()
+    if pooled.size == 0:
+        raise ValueError("a cohort scale needs at least one residual map")
+    low, high = np.percentile(pooled, [float(percentiles[0]), float(percentiles[1])])
+    return float(low), float(high)
+
+
+def residual_maps(cae: ConvAutoencoder, images: torch.Tensor, percentiles=(1.0, 99.0), median_kernel: int = 5,
+                  scale: tuple[float, float] | None = None) -> torch.Tensor:
+    """``(B, 1, S, S, S)`` images -> residual maps ``(B, 1, S, S, S)`` in [0, 1]: the paper's (each crop
+    by its own ``percentiles``), or with ``scale = (low, high)`` one scale for every crop (:func:`scale_by`)."""
     with torch.no_grad():
-        return scale_per_crop((images - cae(images)).abs(), percentiles, median_kernel)
+        raw = (images - cae(images)).abs()
+    if scale is None:
+        return scale_per_crop(raw, percentiles, median_kernel)
+    return scale_by(raw, scale[0], scale[1], median_kernel)

@@ -1,4 +1,11 @@
-"""Losses of the baseline pretext tasks (SimCLR, BYOL, SimSiam, SparK) and BYOL's momentum schedule."""
+"""Losses of the baseline pretext tasks (SimCLR, BYOL, SimSiam, SparK), BYOL's momentum schedule, and the
+entropy floor of residual pretraining's soft-target binary cross-entropy (:func:`target_entropy`).
+
+Which pretraining losses have a floor: only residual pretraining's BCE against soft targets in [0, 1]
+(cross-entropy H(t, p) = H(t) + KL(t || p) >= H(t)). AE and DAE (L1) and SparK (MSE) reach 0 at a
+perfect reconstruction; SimCLR's NT-Xent, BYOL's and SimSiam's losses are not cross-entropies against
+soft targets: none of them gets a floor.
+"""
 from __future__ import annotations
 
 import math
@@ -8,6 +15,20 @@ import torch.nn.functional as F
 from monai.networks.utils import pixelunshuffle
 
 from SinusAnomalyLib.errors import PretextError
+
+
+def target_entropy(target: torch.Tensor) -> torch.Tensor:
+    """The floor of ``binary_cross_entropy[_with_logits](prediction, target)`` (mean reduction) over soft
+    targets in [0, 1]: the targets' mean binary entropy ``-(t ln t + (1 - t) ln(1 - t))`` over the same
+    voxels, with the same reduction (the mean over every element), in float32 whatever the autocast.
+
+    Computed as ``binary_cross_entropy(t, t)``: a prediction equal to the target gives exactly this
+    value, any other prediction more (Gibbs' inequality); ``0 ln 0`` counts as 0, so hard targets
+    give 0, and a constant 0.5 target gives ln 2. No gradient flows through it.
+    """
+    t = target.detach().float().clamp(0.0, 1.0)  # in [0, 1] already (residual maps; trilinear warps keep them there)
+    with torch.autocast(t.device.type, enabled=False):
+        return F.binary_cross_entropy(t, t)
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
