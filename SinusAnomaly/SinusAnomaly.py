@@ -47,7 +47,7 @@ if SLICER_VERSION_PROBLEM:
 
 try:
     from SinusAnomalyLib import dependencies
-    from SinusAnomalyLib.modelstore import list_bundles, models_folder
+    from SinusAnomalyLib.modelstore import bundle_choices, models_folder
     from SinusAnomalyMRMLLib import bundleselector, classification, installer, process, resultinfo, results, selftest
     from SinusAnomalyMRMLLib.classification import ClassificationTask  # noqa: F401  (for scripts)
 except Exception:  # noqa: BLE001  (on an unsupported Slicer the module only shows SLICER_VERSION_PROBLEM)
@@ -80,10 +80,12 @@ autoencoder's residuals give a heat map and an anomaly label map (1 left, 2 righ
 Method: Bhattacharya et al., <i>Self-supervised learning for classifying paranasal anomalies in the
 maxillary sinus</i>.
 <br><br>
-<b>No clinically validated weights ship with this module.</b> Choose a model bundle (*.sabundle)
-that you trained and exported with the <tt>sinus-anomaly</tt> command-line tools; bundles in the
-models folder ($SINUS_ANOMALY_MODELS or ~/.sinus-anomaly/models) are listed automatically.
-Not for clinical use.
+<b>Not a clinical device; not for clinical use. No clinically validated weights ship with it.</b>
+The model selector lists first the default bundle shipped with the module, "Default (synthetic
+heads, not a clinical device)": trained on synthetic heads only, never on patient scans, and
+selected by default. Beside it are the model bundles (*.sabundle) in the models folder
+($SINUS_ANOMALY_MODELS or ~/.sinus-anomaly/models), such as those you trained and exported with
+the <tt>sinus-anomaly</tt> command-line tools; Browse chooses one elsewhere.
 """)
         self.parent.acknowledgementText = _("""
 Implements the method of D. Bhattacharya, F. Behrendt, B. T. Becker, L. Maack, D. Beyersdorff,
@@ -213,10 +215,8 @@ class SinusAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         candidate, current = results.input_volume_candidate(slicer.mrmlScene), self._parameterNode.inputVolume
         if candidate and (not current or results.is_result_node(current)):  # a result of ours is no input
             self._parameterNode.inputVolume = candidate
-        if not self._parameterNode.modelPath:
-            bundles = list_bundles()
-            if bundles:
-                self._parameterNode.modelPath = str(bundles[0])
+        if not self._parameterNode.modelPath and (choices := bundle_choices()):
+            self._parameterNode.modelPath = str(choices[0][1])  # the shipped default where there is one
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -239,8 +239,7 @@ class SinusAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ model bundles
 
     def refreshModelList(self) -> None:
-        choices = [(path.name, path) for path in list_bundles()]
-        bundleselector.fill(self.ui.modelComboBox, choices, _("(no bundles in the models folder)"))
+        bundleselector.fill(self.ui.modelComboBox, bundle_choices(), _("(no bundles in the models folder)"))
         self._selectModelInCombo()
 
     def _selectModelInCombo(self) -> None:
@@ -459,7 +458,7 @@ class SinusAnomalyLogic(ScriptedLoadableModuleLogic):
         if inputVolumeNode.GetImageData() is None:
             return _("The input volume has no image data")
         if not modelPath:
-            return _("Choose a model bundle (*.sabundle); none ships with SinusAnomaly, see the module help")
+            return _("Choose a model bundle (*.sabundle), see the module help")
         if not Path(modelPath).is_file():
             return _("Model bundle not found: {path}").format(path=modelPath)
         return None

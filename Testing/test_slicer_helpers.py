@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from test_slicer_mrml import MODULE_DIR, input_volume, random_bundle, result_dir, sam, slicer  # noqa: F401
+from test_slicer_mrml import MODULE_DIR, input_volume, module, random_bundle, result_dir, sam, slicer  # noqa: F401
 from SinusAnomalyLib import dependencies
 from SinusAnomalyMRMLLib import bundleselector, classification, selftest
 
@@ -114,3 +114,41 @@ def test_a_run_that_did_not_finish_loads_nothing_and_its_files_go(tmp_path, retu
     assert task.tempDir.is_dir()
     classification.remove_files(task)
     assert not task.tempDir.exists()
+
+
+def test_widget_lists_the_shipped_default_first_and_selects_it(module, tmp_path, monkeypatch):  # noqa: F811
+    from SinusAnomalyLib import modelstore
+
+    default = tmp_path / "Resources" / "Models" / "synthetic-default.sabundle"
+    mine = tmp_path / "models" / "mine.sabundle"
+    for path in (default, mine):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"bundle")
+    monkeypatch.setattr(modelstore, "DEFAULT_BUNDLE", default)
+    monkeypatch.setenv(modelstore.MODELS_ENV, str(tmp_path / "models"))
+    widget = module.SinusAnomalyWidget()
+    widget.ui = types.SimpleNamespace(modelComboBox=_StandInCombo(), resultsTableView=types.SimpleNamespace(
+        setMRMLTableNode=lambda node: None), inputSelector=types.SimpleNamespace(
+        sortFilterProxyModel=lambda: types.SimpleNamespace(hiddenNodeIDs=())))
+    widget._updateButtons = lambda: None
+    widget.logic = module.SinusAnomalyLogic()
+    parameters = types.SimpleNamespace(inputVolume=None, modelPath="", resultTable=None,
+                                       connectGui=lambda ui: "gui tag", disconnectGui=lambda tag: None)
+    monkeypatch.setattr(widget.logic, "getParameterNode", lambda: parameters)
+    for name in ("addObserver", "removeObserver"):  # a stand-in node sends no events
+        monkeypatch.setattr(widget, name, lambda *args: None, raising=False)
+    widget.initializeParameterNode()
+    widget.refreshModelList()
+    assert parameters.modelPath == str(default)
+    assert [item[:2] for item in widget.ui.modelComboBox.items] == [
+        ["Default (synthetic heads, not a clinical device)", str(default)], ["mine.sabundle", str(mine)]]
+    assert widget.ui.modelComboBox.currentIndex == 0
+    widget.onModelComboChanged(1)  # the user's choice reaches the parameter node and stays
+    assert parameters.modelPath == str(mine)
+    widget.initializeParameterNode()
+    assert parameters.modelPath == str(mine)
+
+    default.unlink()
+    mine.unlink()
+    widget.refreshModelList()
+    assert widget.ui.modelComboBox.items[0][:2] == ["(no bundles in the models folder)", ""]

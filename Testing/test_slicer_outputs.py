@@ -49,7 +49,7 @@ def test_widget_hides_results_from_the_input_selector_and_never_picks_one(module
     monkeypatch.setattr(widget.logic, "getParameterNode", lambda: parameters)
     for name in ("addObserver", "removeObserver"):  # a stand-in node sends no events
         monkeypatch.setattr(widget, name, lambda *args: None, raising=False)
-    monkeypatch.setattr(module, "list_bundles", lambda: [])
+    monkeypatch.setattr(module, "bundle_choices", lambda: [])
     widget.initializeParameterNode()
     assert parameters.inputVolume is head  # not the heat map, the first scalar volume of the scene
     assert list(proxy.hiddenNodeIDs) == [out["heatmap"].GetID(), out["labelmap"].GetID()]

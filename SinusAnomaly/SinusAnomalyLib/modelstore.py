@@ -1,5 +1,5 @@
-"""Where model bundles live: the shipped default bundle, the per-user models folder, and resolving
-a bundle by name or path.
+"""Where model bundles live: the shipped default bundle, the per-user models folder, the bundles
+to choose from (the Slicer module's selector), and resolving a bundle by name or path.
 
 Light on purpose (no torch): the Slicer GUI lists bundles before torch is installed.
 """
@@ -15,6 +15,7 @@ MODELS_ENV = "SINUS_ANOMALY_MODELS"
 # The model the extension ships (trained on synthetic heads by `sinus-anomaly train-default`,
 # docs/default-model.md); it sits in the module's Resources so Slicer's installer carries it.
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "Resources" / "Models" / f"synthetic-default{BUNDLE_SUFFIX}"
+DEFAULT_BUNDLE_LABEL = "Default (synthetic heads, not a clinical device)"  # how choices name it
 
 
 def default_bundle() -> Path | None:
@@ -40,6 +41,16 @@ def list_bundles(folder: str | Path | None = None) -> list[Path]:
         return []
     return sorted((p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(BUNDLE_SUFFIX)),
                   key=lambda p: p.name.lower())
+
+
+def bundle_choices(folder: str | Path | None = None) -> list[tuple[str, Path]]:
+    """The bundles to choose from, as (label, path): the shipped default first (labelled
+    :data:`DEFAULT_BUNDLE_LABEL`) where this installation has it, then the bundles in ``folder``
+    (default: the models folder) under their file names, sorted by name. Empty when there are none."""
+    default = default_bundle()
+    choices = [(DEFAULT_BUNDLE_LABEL, default)] if default is not None else []
+    return choices + [(path.name, path) for path in list_bundles(folder)
+                      if default is None or path.resolve() != default.resolve()]
 
 
 def resolve_bundle(name_or_path: str | Path) -> Path:
