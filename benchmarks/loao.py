@@ -79,7 +79,7 @@ def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomie
     dataset_dir = split / "dataset"
     if not (dataset_dir / "dataset.json").is_file():
         link_cached_scans(master.root, dataset_dir, {r["patient"] for r in read_rows(labels)} | {r["patient"] for r in read_rows(unlabelled)})
-        prepare_dataset(tables["images"], labels, dataset_dir, n_folds=2, test_fraction=0.15, fractions=[100], seed=0,
+        prepare_dataset(tables["images"], labels, dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
                         progress=False, unlabelled=unlabelled)
     config = load_config(CONFIG).replace(seed=seed, methods=tuple(methods))
     run_dir = split / f"run_seed{seed}"
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     tables = combine_pools(pools, args.work / "all")
     master_dir = args.work / "all" / "dataset"
     if not (master_dir / "dataset.json").is_file():
-        prepare_dataset(tables["images"], tables["labels"], master_dir, n_folds=2, test_fraction=0.0, fractions=[100],
+        prepare_dataset(tables["images"], tables["labels"], master_dir, n_folds=2, test_fraction=0.0, fractions=[1.0],
                         progress=True, unlabelled=tables["unlabelled"])
     master = load_dataset(master_dir)
     files = []

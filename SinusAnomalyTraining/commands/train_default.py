@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     pools = make_pools(args.out, PoolSizes(args.heads, args.unlabelled))
     tables = combine_pools(pools, args.out / "cohort")
     dataset_dir = args.out / "dataset"
-    prepare_dataset(tables["images"], tables["labels"], dataset_dir, n_folds=2, test_fraction=0.15, fractions=[100], seed=0,
+    prepare_dataset(tables["images"], tables["labels"], dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
                     unlabelled=tables["unlabelled"])
     with locked_run_folder(args.out / "run"):
         pipeline.run_pipeline(config, dataset_dir, args.out / "run", device)
