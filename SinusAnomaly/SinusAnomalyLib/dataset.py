@@ -13,11 +13,12 @@ the files training reads::
                                        labelling the other side later needs no new extraction
       crops.npy                        float16 (N, 64, 64, 64), one crop per manifest row, in
                                        manifest order; open with np.load(mmap_mode="r")
-      manifest.csv                     one row per extracted, labelled sinus (MANIFEST_COLUMNS)
+      manifest.csv                     one row per extracted, labelled sinus (manifest.py: MANIFEST_COLUMNS)
       splits.json                      patient-level test set, folds, label fractions (splits.py)
       failures.csv                     scans (or single sinuses not in view) left out in the last run, and why
       unlabelled_manifest.csv          with an unlabelled set (``unlabelled=``): one row per sinus of its
-                                       scans (UNLABELLED_COLUMNS: no label, no split; pretraining only)
+                                       scans (manifest.py: UNLABELLED_COLUMNS: no label, no split;
+                                       pretraining only)
       unlabelled_crops.npy             float16 (M, 64, 64, 64), one crop per unlabelled_manifest row
       dataset.json                     parameters, counts per split/label/type; written last, so
                                        its presence marks a complete, consistent dataset
@@ -44,7 +45,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import ClassVar, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -55,28 +56,23 @@ from .errors import DatasetError, OutputError, SinusAnomalyError
 from .extraction import MIN_COVERAGE, extract_sinuses
 from .fileio import atomic_path, check_output_folder, locked_output_folder, sha256_file, write_csv_atomic, write_json_atomic
 from .labels import LabelledSinus, UnlabelledScan, read_labels, read_unlabelled
+from .manifest import (MANIFEST_FILE, UNLABELLED_MANIFEST_FILE, ManifestRow, UnlabelledRow, load_manifest,
+                       read_unlabelled_manifest, write_manifest, write_unlabelled_manifest)
 from .reference import SIDES
 from .scancache import SCAN_CROPS, SCAN_SUMMARY, cache_block, cached_scan_is_complete, extraction_fingerprint
-from .splits import DEFAULT_FRACTIONS, Sample, Splits, sample_id, fraction_key, fraction_percent, load_splits, make_splits, save_splits
+from .splits import DEFAULT_FRACTIONS, Splits, sample_id, fraction_key, fraction_percent, load_splits, make_splits, save_splits
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = (
-    "sample_id", "patient", "side", "label", "anomaly_type", "image",
-    "crop_file", "crop_key", "crop_index", "registration_quality",
-)
-UNLABELLED_COLUMNS = ("sample_id", "patient", "side", "image", "crop_file", "crop_key", "crop_index", "registration_quality")
 FAILURE_COLUMNS = ("patient", "image", "error")
 CROP_SHAPE = (64, 64, 64)
 CROP_DTYPE = np.float16
 
 SCANS_DIR = "scans"
 CROPS_FILE = "crops.npy"
-MANIFEST_FILE = "manifest.csv"
 SPLITS_FILE = "splits.json"
 FAILURES_FILE = "failures.csv"
 DATASET_FILE = "dataset.json"
-UNLABELLED_MANIFEST_FILE = "unlabelled_manifest.csv"
 UNLABELLED_CROPS_FILE = "unlabelled_crops.npy"
 
 
@@ -113,86 +109,7 @@ def _registration_quality(summary: dict) -> float | None:
     return None if quality is None else float(quality)
 
 
-# --------------------------------------------------------------------------- manifest
-
-@dataclass(frozen=True)
-class ManifestRow:
-    """One extracted, labelled sinus; ``crop_index`` is its row in ``crops.npy``."""
-
-    sample_id: str
-    patient: str
-    side: str
-    label: int
-    anomaly_type: str
-    image: str
-    crop_file: str  # scans/<patient>/crops.npz, relative to the dataset folder
-    crop_key: str  # array name inside crop_file
-    crop_index: int
-    registration_quality: float | None
-
-    @property
-    def sample(self) -> Sample:
-        return Sample(self.patient, self.side, self.label, self.anomaly_type)
-
-
-def write_manifest(path: Path, rows: Sequence[ManifestRow]) -> None:
-    """Write ``manifest.csv`` atomically (an unknown registration quality is an empty cell)."""
-    _write_rows(path, MANIFEST_COLUMNS, rows)
-
-
-def _write_rows(path: Path, columns: Sequence[str], rows: Sequence) -> None:
-    """Write the ``columns`` attributes of ``rows`` as a CSV, atomically (``None`` as an empty cell)."""
-    write_csv_atomic(path, columns, ([getattr(r, c) if getattr(r, c) is not None else "" for c in columns] for r in rows))
-
-
-def _read_rows(path: Path, columns: Sequence[str], what: str) -> list[dict]:
-    """The rows of the CSV at ``path`` as dictionaries; DatasetError naming ``what`` when a column is missing."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError(f"{path}: {what} lacks column(s) {', '.join(missing)}")
-        return list(reader)
-
-
-def _optional_float(text: str) -> float | None:
-    """A manifest's registration quality: empty when unknown."""
-    return float(text) if text else None
-
-
-def load_manifest(path: str | Path) -> list[ManifestRow]:
-    """Read ``manifest.csv``; raise :class:`DatasetError` for a missing or malformed file."""
-    path = Path(path)
-    try:
-        return [
-            ManifestRow(
-                sample_id=r["sample_id"], patient=r["patient"], side=r["side"], label=int(r["label"]),
-                anomaly_type=r["anomaly_type"], image=r["image"], crop_file=r["crop_file"],
-                crop_key=r["crop_key"], crop_index=int(r["crop_index"]),
-                registration_quality=_optional_float(r["registration_quality"]),
-            )
-            for r in _read_rows(path, MANIFEST_COLUMNS, "manifest")
-        ]
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: manifest does not exist (run 'sinus-anomaly prepare')") from None
-    except (OSError, ValueError, csv.Error) as exc:
-        raise DatasetError(f"{path}: manifest cannot be read: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class UnlabelledRow:
-    """One extracted sinus of the unlabelled set; ``crop_index`` is its row in ``unlabelled_crops.npy``."""
-
-    sample_id: str
-    patient: str
-    side: str
-    image: str
-    crop_file: str
-    crop_key: str
-    crop_index: int
-    registration_quality: float | None
-    label: ClassVar[int] = -1  # unknown: code serving crops with their labels serves these with -1
-
+# --------------------------------------------------------------------------- the unlabelled set
 
 @dataclass
 class UnlabelledCrops:
@@ -216,9 +133,7 @@ def load_unlabelled(root: Path) -> UnlabelledCrops:
     """The unlabelled set of the dataset at ``root``; DatasetError for missing or inconsistent files."""
     path = root / UNLABELLED_MANIFEST_FILE
     try:
-        rows = [UnlabelledRow(r["sample_id"], r["patient"], r["side"], r["image"], r["crop_file"], r["crop_key"],
-                              int(r["crop_index"]), _optional_float(r["registration_quality"]))
-                for r in _read_rows(path, UNLABELLED_COLUMNS, "unlabelled manifest")]
+        rows = read_unlabelled_manifest(path)
         crops = np.load(root / UNLABELLED_CROPS_FILE, mmap_mode="r")
     except FileNotFoundError as exc:
         raise DatasetError(f"{exc.filename}: missing, though {root / DATASET_FILE} lists an unlabelled set "
@@ -450,7 +365,7 @@ def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[La
             (out_dir / name).unlink(missing_ok=True)
     else:
         unlabelled_crops_sha256 = _write_crops(out_dir, unlabelled_rows, UNLABELLED_CROPS_FILE)
-        _write_rows(out_dir / UNLABELLED_MANIFEST_FILE, UNLABELLED_COLUMNS, unlabelled_rows)
+        write_unlabelled_manifest(out_dir / UNLABELLED_MANIFEST_FILE, unlabelled_rows)
         unlabelled_counts = {"source": str(Path(unlabelled).resolve()), "patients_listed": len(unlabelled_scans),
                              "extracted": u_extracted, "reused": u_reused, "failed": len(u_failures),
                              "patients": len({r.patient for r in unlabelled_rows}), "sinuses": len(unlabelled_rows),
