@@ -20,6 +20,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, fold: bool = True) -> Non
     # not "--run": torchrun would take it for an abbreviation of its own --run-path
     parser.add_argument("--run-dir", dest="run", required=True, type=Path, help="run folder (created; holds every stage's output)")
     parser.add_argument("--config", help="'paper' (default for a new run), 'demo', 'grid-cpu', 'grid-cpu5', 'grid-paper', "
+                                         "'grid-residual', 'grid-residual-cohort', "
                                          "or a JSON file; "
                                          "default for an existing run: its saved config.json (never rewritten: "
                                          "a training command refuses other settings, evaluate uses them without saving)")

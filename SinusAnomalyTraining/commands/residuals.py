@@ -1,6 +1,8 @@
 """Compute the residual targets |x - CAE(x)| of every crop, labelled and unlabelled, with the fold's CAE.
 
-Each map is rescaled by its 1st/99th percentiles to [0, 1] and median filtered; the cache
+Each map is rescaled by its 1st/99th percentiles to [0, 1] (the paper's; with "residuals": {"scaling":
+"cohort"}, every map by those percentiles of the raw residuals of the CAE's training normals, recorded
+in residuals.json) and median filtered; the cache
 RUN/fold<k>/residuals/ records the CAE checkpoint's checksum and the sample id of every map, so
 pretraining refuses residuals of another CAE and pairs images and residuals by identity.
 """
