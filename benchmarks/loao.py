@@ -191,9 +191,11 @@ def main(argv=None) -> int:
             files.append(train_and_classify(args.work, tables, master, held_out, anatomies, seed, methods, device))
             print(f"held out {held_out}, seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     table = summarise(files)
+    finite = {method: {anatomy: {k: [v if np.isfinite(v) else None for v in values] for k, values in m.items()}
+                       for anatomy, m in by_anatomy.items()} for method, by_anatomy in table.items()}  # JSON has no NaN
     write_json_atomic(args.work / "loao.json", {"commit": source_commit(), "seeds": seeds, "methods": methods,
                                                 "heads_per_anatomy": args.heads, "unlabelled_per_anatomy": args.unlabelled,
-                                                "table": table, "minutes": round((time.perf_counter() - started) / 60, 1)})
+                                                "table": finite, "minutes": round((time.perf_counter() - started) / 60, 1)})
     text = markdown(table, seeds)
     (args.work / "loao.md").write_text(text)
     print(text)
