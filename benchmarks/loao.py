@@ -12,6 +12,7 @@ extraction ``classify`` runs, cached once for every split); a scan refused by ex
 out, as ``classify`` would refuse it. Every step resumes when re-run.
 
     python benchmarks/loao.py --work DIR [--seeds 0,1,2] [--heads 48] [--unlabelled 16] [--anatomies ...] [--methods none,residual]
+                              [--held-out A,B] [--prepare-only]
 """
 from __future__ import annotations
 
@@ -172,6 +173,8 @@ def main(argv=None) -> int:
     parser.add_argument("--anatomies", default=",".join(ANATOMIES))
     parser.add_argument("--methods", default="none,residual")
     parser.add_argument("--held-out", default=None, help="only these held-out anatomies (default: each in turn)")
+    parser.add_argument("--prepare-only", action="store_true", help="make the pools and extract every head, then stop "
+                                                                   "(so that several processes can then train the splits)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     anatomies, seeds, methods = args.anatomies.split(","), [int(s) for s in args.seeds.split(",")], args.methods.split(",")
@@ -183,6 +186,8 @@ def main(argv=None) -> int:
     if not (master_dir / "dataset.json").is_file():
         prepare_dataset(tables["images"], tables["labels"], master_dir, n_folds=2, test_fraction=0.0, fractions=[1.0],
                         progress=True, unlabelled=tables["unlabelled"])
+    if args.prepare_only:
+        return 0
     master = load_dataset(master_dir)
     files = []
     for held_out in (args.held_out.split(",") if args.held_out else anatomies):
