@@ -60,6 +60,7 @@ from . import __version__
 from .errors import BundleError
 from .fileio import atomic_path, json_text
 from .modelstore import resolve_bundle
+from .numberformat import is_finite_number
 
 BUNDLE_FORMAT = "sinus-anomaly-bundle"
 BUNDLE_VERSION = 3  # 1: one CAE per fold (development versions before 0.2); 2: bundle.json not digested
@@ -128,10 +129,6 @@ def _to_npz(arrays: Arrays, half_weights: bool) -> bytes:
 
 # --------------------------------------------------------------------------- bundle.json schema
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -159,15 +156,15 @@ def _get(meta: dict, key: str):
 _SCHEMA = {
     "name": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
     "method": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "fraction": (lambda v: _is_number(v) and 0 <= v <= 100, "a number from 0 to 100 (% of labels)"),
+    "fraction": (lambda v: is_finite_number(v) and 0 <= v <= 100, "a number from 0 to 100 (% of labels)"),
     "created": (lambda v: isinstance(v, str), "a string (date of export)"),
-    "threshold": (lambda v: _is_number(v) and 0 < v < 1, "a number strictly between 0 and 1"),
-    "residual_threshold": (lambda v: _is_number(v) and 0 < v < 1, "a number strictly between 0 and 1"),
+    "threshold": (lambda v: is_finite_number(v) and 0 < v < 1, "a number strictly between 0 and 1"),
+    "residual_threshold": (lambda v: is_finite_number(v) and 0 < v < 1, "a number strictly between 0 and 1"),
     "crop.size_voxels": (lambda v: v == CROP_SIZE_VOXELS and _is_int(v), f"{CROP_SIZE_VOXELS} (the crops' size)"),
-    "crop.spacing_mm": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "crop.spacing_mm": (lambda v: is_finite_number(v) and v > 0, "a positive number"),
     "crop.model_crop_size": (lambda v: _is_int(v) and 8 <= v <= 256, "a whole number from 8 to 256"),
     "residuals.median_kernel": (lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd whole number >= 1"),
-    "residuals.percentiles": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v)
+    "residuals.percentiles": (lambda v: isinstance(v, list) and len(v) == 2 and all(is_finite_number(x) for x in v)
                               and 0 <= v[0] < v[1] <= 100, "two percentiles [low, high] with 0 <= low < high <= 100"),
     "models.cae.channels": (_positive_ints, "a list of positive whole numbers"),
     "models.cae.latent_dim": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
@@ -178,7 +175,7 @@ _SCHEMA = {
     "members": (lambda v: isinstance(v, dict) and all(_is_sha256(h) for h in v.values()),
                 "a table of member names and SHA-256 checksums"),
     "folds": (lambda v: isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v), "a list of fold numbers"),
-    "fold_thresholds": (lambda v: isinstance(v, list) and all(_is_number(x) and 0 < x < 1 for x in v),
+    "fold_thresholds": (lambda v: isinstance(v, list) and all(is_finite_number(x) and 0 < x < 1 for x in v),
                         "a list of numbers strictly between 0 and 1"),
     "weights_storage": (lambda v: isinstance(v, dict) and isinstance(v.get("half_weights"), bool),
                         "a table with a true/false 'half_weights'"),
@@ -403,9 +400,9 @@ def describe_bundle(meta: dict) -> str:
     lines = [f"{meta.get('name', '?')}: {meta.get('method', '?')} pretraining, {fraction} % labels, "
              f"{meta.get('n_folds', '?')} fold(s), {crop.get('model_crop_size', '?')}^3 network input"]
     metrics = meta.get("metrics") or {}
-    scores = [f"{name.upper()} {m['mean']:.2f}" + (f" ({m['low']:.2f}-{m['high']:.2f})" if _is_number(m.get("low"))
-                                                     and _is_number(m.get("high")) else "")
-              for name, m in metrics.items() if name in ("auroc", "auprc") and isinstance(m, dict) and _is_number(m.get("mean"))]
+    scores = [f"{name.upper()} {m['mean']:.2f}" + (f" ({m['low']:.2f}-{m['high']:.2f})" if is_finite_number(m.get("low"))
+                                                     and is_finite_number(m.get("high")) else "")
+              for name, m in metrics.items() if name in ("auroc", "auprc") and isinstance(m, dict) and is_finite_number(m.get("mean"))]
     if scores:
         lines.append("test " + ", ".join(scores) + " (on its own data: no guarantee for yours)")
     counts = (meta.get("training_data") or {}).get("counts") or {}
@@ -414,7 +411,7 @@ def describe_bundle(meta: dict) -> str:
         if shown:
             lines.append("data set: " + ", ".join(shown))
     test = ((meta.get("label_validation") or {}).get("test")) or {}
-    if _is_number(test.get("median_dice")) and _is_number(test.get("within_tolerance")):
+    if is_finite_number(test.get("median_dice")) and is_finite_number(test.get("within_tolerance")):
         shown = "mL" if meta["label_validation"].get("volume_shown_as") == "mL" else "a coarse region"
         lines.append(f"label map: median Dice {test['median_dice']:.2f}, volume within ±50 % for {test['within_tolerance']:.0%} "
                      f"of {test.get('n_lesions')} test lesions (shown as {shown})")

@@ -22,7 +22,6 @@ region, and no out-of-distribution check (each said in the result's warnings).
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +29,7 @@ import SimpleITK as sitk
 import torch
 
 from .errors import BundleError
+from .numberformat import is_finite_number
 from .reference import ReferenceHead
 from .residuals import median_smooth
 from .resultformat import LABEL_VALUES
@@ -40,10 +40,6 @@ CAVITY_MARGIN_MM = 4.0
 VOLUME_TOLERANCE = 0.5  # a volume is shown in mL only when within ±50 % of the truth for most test lesions
 VOLUME_AS_ML = "mL"
 VOLUME_AS_REGION = "coarse region"
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,7 @@ def normal_scale_of(meta: dict, path=None) -> NormalScale | None:
     block = meta.get("heatmap")
     if block is None:
         return None
-    if not (isinstance(block, dict) and _number(block.get("residual_median")) and _number(block.get("residual_high"))
+    if not (isinstance(block, dict) and all(is_finite_number(block.get(k)) for k in ("residual_median", "residual_high"))
             and block["residual_high"] > block["residual_median"] >= 0):
         raise BundleError(path, "bundle.json: 'heatmap' needs numbers residual_median >= 0 and residual_high above it")
     return NormalScale(float(block["residual_median"]), float(block["residual_high"]))
@@ -99,7 +95,7 @@ def ood_range_of(meta: dict, path=None) -> OodRange | None:
     block = meta.get("ood")
     if block is None:
         return None
-    if not (isinstance(block, dict) and all(_number(block.get(k)) for k in ("low", "high", "margin"))
+    if not (isinstance(block, dict) and all(is_finite_number(block.get(k)) for k in ("low", "high", "margin"))
             and 0 <= block["low"] <= block["high"] and block["margin"] >= 1):
         raise BundleError(path, "bundle.json: 'ood' needs numbers 0 <= low <= high and margin >= 1")
     return OodRange(float(block["low"]), float(block["high"]), float(block["margin"]))

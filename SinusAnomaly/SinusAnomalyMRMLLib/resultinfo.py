@@ -7,13 +7,13 @@ the bundle's short fingerprint and the crop boxes; describes bundles for the sel
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from SinusAnomalyLib.bundlefile import describe_bundle, read_bundle_manifest
 from SinusAnomalyLib.errors import BundleError, ResultError
+from SinusAnomalyLib.numberformat import format_number, is_finite_number
 from SinusAnomalyLib.resultformat import (
     CROP_SIZE,
     RESULT_FILE,
@@ -62,9 +62,9 @@ def read_result(result_dir: str | Path) -> dict:
         entry = sides[side]
         if entry.get("verdict") not in VERDICTS:
             raise ResultError(f"{path}: side '{side}' has verdict {entry.get('verdict')!r}, not one of {', '.join(VERDICTS)}")
-        if is_assessable(entry) and not _is_number(entry.get("probability")):
+        if is_assessable(entry) and not is_finite_number(entry.get("probability")):
             raise ResultError(f"{path}: side '{side}' has no probability")
-        if version >= 2 and not _is_number(entry.get("coverage")):
+        if version >= 2 and not is_finite_number(entry.get("coverage")):
             raise ResultError(f"{path}: side '{side}' has no coverage (required from version 2)")
     warnings = result.get("warnings", [])
     if not isinstance(warnings, list):
@@ -72,17 +72,9 @@ def read_result(result_dir: str | Path) -> dict:
     return result
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def is_assessable(entry: dict) -> bool:
     """Version 2 says so; a version 1 side always had a probability."""
     return entry.get("verdict") != VERDICT_NOT_ASSESSABLE and entry.get("assessable", True) is not False
-
-
-def _number(value, digits: int) -> str:
-    return f"{float(value):.{digits}f}" if _is_number(value) else ""
 
 
 def result_rows(result: dict) -> list[tuple[str, ...]]:
@@ -98,10 +90,10 @@ def result_rows(result: dict) -> list[tuple[str, ...]]:
         rows.append((
             SIDE_TITLES[side],
             str(entry["verdict"]),
-            _number(entry.get("probability"), 3) if assessable else "",
-            _number(entry.get("spread"), 3) if assessable else "",
-            _number(100.0 * coverage, 0) if _is_number(coverage) else "",
-            _number(entry.get("anomalous_volume_ml"), 2) if assessable else "",
+            format_number(entry.get("probability"), 3, missing="") if assessable else "",
+            format_number(entry.get("spread"), 3, missing="") if assessable else "",
+            format_number(100.0 * coverage, 0, missing="") if is_finite_number(coverage) else "",
+            format_number(entry.get("anomalous_volume_ml"), 2, missing="") if assessable else "",
         ))
     return rows
 
@@ -127,7 +119,7 @@ def model_line(result: dict) -> str:
 def _volume_text(entry: dict) -> str:
     """The label's volume in mL where the result gives one; where it does not, an anomalous side's
     label is a coarse region (results before the label was validated always gave a number)."""
-    if _is_number(entry.get("anomalous_volume_ml")):
+    if is_finite_number(entry.get("anomalous_volume_ml")):
         return f", anomalous volume {float(entry['anomalous_volume_ml']):.2f} mL"
     return ", anomalous region marked (coarse, not a volume)" if entry.get("verdict") == VERDICT_ANOMALOUS else ""
 
@@ -138,7 +130,7 @@ def summary_lines(result: dict) -> list[str]:
     for side in SIDES:
         entry = result["sides"][side]
         coverage = entry.get("coverage")
-        shown = f", the scan shows {100.0 * coverage:.0f} % of the sinus" if _is_number(coverage) else ""
+        shown = f", the scan shows {100.0 * coverage:.0f} % of the sinus" if is_finite_number(coverage) else ""
         if is_assessable(entry):
             lines.append(f"{SIDE_TITLES[side]}: {entry['verdict']}, probability {float(entry['probability']):.3f}"
                          f" (spread {float(entry.get('spread') or 0.0):.3f}){_volume_text(entry)}{shown}"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from SinusAnomalyLib.bundle import ModelBundle, load_bundle
 from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
 from SinusAnomalyLib.errors import ImageError, InvalidValueError, RegistrationError
 from SinusAnomalyLib.inference import classify, save_classification
+from SinusAnomalyLib.numberformat import format_number
 from SinusAnomalyLib.fileio import write_text_atomic
 from SinusAnomalyLib.synth import SynthParams, generate_cohort
 
@@ -102,12 +102,6 @@ def classify_other_anatomies(folder: Path, bundle: ModelBundle, device, n_heads:
         return {"n": 0, "heads_refused": refused}
     return {**binary_metrics(truth, probabilities, bundle.threshold), "heads_refused": refused, "ood": ood_count(results),
             "by_type": lesion_types.by_type(kinds, truth, probabilities, bundle.threshold)}
-
-
-def _number(value, spec: str) -> str:
-    """A table cell: the number, or a dash for a side that was not assessable or a metric that is
-    undefined (NaN: e.g. the share of normals called normal when there were none)."""
-    return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
         "",
         "| side | truth | probability | spread | verdict | anomalous volume (mL) |",
         "|---|---|---|---|---|---|",
-        *[f"| {side} | {truth[side]['anomaly'] or 'normal'} | {_number(r.probability, '.2f')} | {_number(r.spread, '.2f')} | "
-          f"{r.verdict} | {_number(r.anomalous_volume_ml, '.1f')} |" for side, r in classified.sides.items()],
+        *[f"| {side} | {truth[side]['anomaly'] or 'normal'} | {format_number(r.probability, 2)} | {format_number(r.spread, 2)} | "
+          f"{r.verdict} | {format_number(r.anomalous_volume_ml, 1)} |" for side, r in classified.sides.items()],
         "",
     ]
     report += ["## Heat map, label map and out-of-distribution check", "",
@@ -212,10 +206,10 @@ def run(args: argparse.Namespace) -> int:
             "## The bundle on anatomies it never saw",
             "",
             f"{args.transfer_heads} heads made like the cohort's but from other real heads ({', '.join(OTHER_ANATOMIES)}; "
-            f"`{out / 'transfer'}`), classified with the bundle: AUROC {_number(transfer['auroc'], '.2f')} over "
+            f"`{out / 'transfer'}`), classified with the bundle: AUROC {format_number(transfer['auroc'], 2)} over "
             f"{transfer['n']} assessed sinuses ({transfer['n_positive']} anomalous), "
-            f"{_number(100 * transfer['specificity'], '.0f')} % of normal sinuses called normal, "
-            f"{_number(100 * transfer['recall'], '.0f')} % of anomalous ones called anomalous"
+            f"{format_number(100 * transfer['specificity'], 0)} % of normal sinuses called normal, "
+            f"{format_number(100 * transfer['recall'], 0)} % of anomalous ones called anomalous"
             + (f"; {transfer['heads_refused']} heads had no assessable sinus" if transfer["heads_refused"] else "") + ". "
             "The demo's cohort is built from one anatomy and one contrast; this shows how far its model carries "
             "to other anatomies in that contrast. `benchmarks/transfer_check.sh` trains on several anatomies and "
@@ -223,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             "",
             "| lesion type | sinuses | AUROC against the normal ones | called anomalous |",
             "|---|---|---|---|",
-            *[f"| {kind} | {m['n']} | {_number(m['auroc'], '.2f')} | {_number(100 * m['sensitivity'], '.0f')} % |"
+            *[f"| {kind} | {m['n']} | {format_number(m['auroc'], 2)} | {format_number(100 * m['sensitivity'], 0)} % |"
               for kind, m in transfer["by_type"].items()],
             "",
         ]
