@@ -23,7 +23,7 @@ from SinusAnomalyLib.errors import DeviceError, InvalidValueError
 
 __all__ = [
     "DeviceError", "select_device",
-    "seed_everything", "set_deterministic", "derive_seed", "make_generator", "worker_init_fn", "reseed_all",
+    "seed_everything", "set_deterministic", "derive_seed", "make_generator", "reseed_all",
     "DistInfo", "init_distributed", "is_distributed", "is_main_process", "rank", "world_size", "barrier",
     "cleanup", "wrap_ddp", "unwrap_model", "distributed_sampler", "per_process_batch", "describe_batch",
     "all_gather_tensor", "reduce_mean", "to_device", "bf16_native", "amp_dtype", "autocast_context", "make_grad_scaler",
@@ -125,26 +125,13 @@ def set_deterministic(deterministic: bool) -> None:
 
 
 def make_generator(seed: int, *parts: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from ``(seed, *parts)``, for a DataLoader's ``generator=``.
-
-    The loader draws its shuffling order and its workers' base seed from it, so the data order is
-    a function of the seed. :func:`SinusAnomalyTraining.engine.fit` reseeds it every epoch.
+    """A CPU ``torch.Generator`` seeded from ``(seed, *parts)``, for a loader's shuffling order
+    (:class:`SinusAnomalyTraining.data.CropLoader`, or a DataLoader's ``generator=``), so the data
+    order is a function of the seed. :func:`SinusAnomalyTraining.engine.fit` reseeds it every epoch.
     """
     g = torch.Generator()
     g.manual_seed(derive_seed(seed, *parts))
     return g
-
-
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed ``random`` and NumPy in a worker from its torch seed.
-
-    PyTorch gives each worker the torch seed ``base_seed + worker_id`` with ``base_seed`` drawn from
-    the loader's generator; deriving the other generators from it makes augmentations that use
-    ``random`` or ``np.random`` reproducible too, and distinct across workers.
-    """
-    s = torch.initial_seed()
-    random.seed(s)
-    np.random.seed(derive_seed(s, worker_id))
 
 
 # ------------------------------------------------------------------------------------ distributed

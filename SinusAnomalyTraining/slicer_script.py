@@ -8,8 +8,7 @@ It puts the folder holding ``SinusAnomalyTraining`` and the module folder (``Sin
 code: ``Slicer --python-script`` keeps running after a script unless it calls ``sys.exit``, so an
 exception the CLI does not handle is printed with its traceback and exits with 1.
 
-The work runs only under ``if __name__ == "__main__"``: data-loader workers started with ``spawn``
-(Windows, macOS) import this file again and must not start the command a second time.
+The work runs only under ``if __name__ == "__main__"``: importing this file starts no command.
 """
 import sys
 import traceback

@@ -70,24 +70,18 @@ class Interrupt(Exception):
     pass
 
 
-def make_run(init_seed: int, num_workers: int = 0, epochs: int = 4):
+def make_run(init_seed: int, epochs: int = 4):
     torch.manual_seed(init_seed)
     model = TinyNet()
-    ds = AugmentedVolumes()
-    loader_kwargs = {}
-    if num_workers:
-        loader_kwargs = dict(worker_init_fn=runtime.worker_init_fn,
-                             generator=runtime.make_generator(123))
-    train = DataLoader(ds, batch_size=6, shuffle=True, num_workers=num_workers, **loader_kwargs)
+    train = DataLoader(AugmentedVolumes(), batch_size=6, shuffle=True)
     val = DataLoader(AugmentedVolumes(12), batch_size=6, shuffle=False)
     opt = LARS(parameter_groups(model, weight_decay=1e-4), lr=scaled_lr(0.2, 6, base_batch=2), eta=0.02)
     sched = WarmupCosine.for_loader(opt, train, epochs=epochs, warmup_epochs=1)
     return model, train, val, opt, sched
 
 
-def run_fit(run_dir, init_seed=0, seed=11, resume=False, interrupt_at_step=None, num_workers=0, epochs=4,
-            progress=False, log=None):
-    model, train, val, opt, sched = make_run(init_seed, num_workers, epochs)
+def run_fit(run_dir, init_seed=0, seed=11, resume=False, interrupt_at_step=None, epochs=4, progress=False, log=None):
+    model, train, val, opt, sched = make_run(init_seed, epochs)
     calls = {"n": 0}
 
     def step(model, batch, device):
@@ -242,23 +236,21 @@ def test_warmup_cosine_from_loader_length_and_validation():
 
 # ------------------------------------------------------------------------------------ resume
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, num_workers):
-    epochs = 4 if num_workers == 0 else 3
-    full_model, full_opt, _, full_hist, loader = run_fit(tmp_path / "full", num_workers=num_workers, epochs=epochs)
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    epochs = 4
+    full_model, full_opt, _, full_hist, loader = run_fit(tmp_path / "full", epochs=epochs)
     steps = len(loader)
     assert steps == 4
 
     # Interrupted in the middle of epoch 3 (after epoch 2's checkpoint); nothing of epoch 3 is kept.
     with pytest.raises(Interrupt):
-        run_fit(tmp_path / "cut", num_workers=num_workers, epochs=epochs, interrupt_at_step=2 * steps + 2)
+        run_fit(tmp_path / "cut", epochs=epochs, interrupt_at_step=2 * steps + 2)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
     # "New process": fresh objects, different initial weights and scrambled global RNGs.
     torch.manual_seed(999)
     np.random.seed(999)
     random.seed(999)
-    res_model, res_opt, _, res_hist, _ = run_fit(tmp_path / "cut", init_seed=5, resume=True,
-                                                 num_workers=num_workers, epochs=epochs)
+    res_model, res_opt, _, res_hist, _ = run_fit(tmp_path / "cut", init_seed=5, resume=True, epochs=epochs)
 
     assert_same_state(full_model.state_dict(), res_model.state_dict())
     assert res_hist == full_hist and len(res_hist) == epochs
@@ -267,7 +259,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, num_workers)
     assert json.loads((tmp_path / "cut" / "history.json").read_text()) == full_hist
 
     # The randomness is real: another seed gives other weights.
-    other_model, *_ = run_fit(tmp_path / "other", seed=12, num_workers=num_workers, epochs=epochs)
+    other_model, *_ = run_fit(tmp_path / "other", seed=12, epochs=epochs)
     assert not torch.equal(other_model.fc.weight, full_model.fc.weight)
 
 
