@@ -41,7 +41,8 @@ from SinusAnomalyLib.extraction import extract_sinuses
 from SinusAnomalyLib.fileio import locked_output_folder, locked_result_folder, write_csv_atomic
 from SinusAnomalyLib.imageio import IMAGE_SUFFIXES, is_image_path, read_image
 from SinusAnomalyLib.errors import BundleError
-from SinusAnomalyLib.modelstore import DEFAULT_BUNDLE, default_bundle, resolve_bundle
+from SinusAnomalyLib import modelstore
+from SinusAnomalyLib.modelstore import resolve_bundle
 from SinusAnomalyLib.reference import ReferenceHead, load_reference
 from SinusAnomalyLib.resultformat import RESULT_FILES, SIDES
 
@@ -157,9 +158,9 @@ def _side_text(side: str, r) -> str:
 
 
 def _default_model():
-    model = default_bundle()
+    model = modelstore.default_bundle()
     if model is None:
-        raise BundleError(DEFAULT_BUNDLE, "no --model given and this installation has no default bundle; "
+        raise BundleError(modelstore.DEFAULT_BUNDLE, "no --model given and this installation has no default bundle; "
                                           "pass --model BUNDLE (a .sabundle file or a name in the models folder)")
     log.warning("no --model: using the default bundle %s (trained on synthetic heads only; not a medical device)", model)
     return model

@@ -1,0 +1,113 @@
+"""The default model: the shipped bundle, classify without --model, and the recipe's pooling of anatomies."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from SinusAnomalyLib import modelstore
+from SinusAnomalyLib.bundle import load_bundle
+from SinusAnomalyLib.inference import classify
+from SinusAnomalyLib.modelstore import DEFAULT_BUNDLE, default_bundle, is_default_bundle
+from SinusAnomalyTraining.cli import main
+from SinusAnomalyTraining.defaultmodel import combine_pools, link_cached_scans, patient_name
+from test_bundle import bundle_path, head  # noqa: F401  (fixtures: a tiny trained bundle, a synthetic head)
+
+MAX_SHIPPED_MB = 25
+
+
+def test_the_default_bundle_ships_small_and_says_what_it_is():
+    assert default_bundle() == DEFAULT_BUNDLE, f"the extension ships {DEFAULT_BUNDLE}"
+    assert DEFAULT_BUNDLE.stat().st_size <= MAX_SHIPPED_MB * 1e6
+    bundle = load_bundle(DEFAULT_BUNDLE)  # loads without unpickling (bundlefile's checks)
+    meta = bundle.meta
+    assert "not a medical device" in meta["intended_use"].lower()
+    assert "synthetic" in meta["provenance"]["trained_on"]
+    assert meta["provenance"]["command"].startswith("sinus-anomaly train-default")
+    assert meta["provenance"]["commit"] not in ("", "unknown")
+    assert len(bundle.classifiers) >= 2 and 0.0 < bundle.threshold < 1.0
+
+
+def test_the_default_bundle_classifies_a_head(head):  # noqa: F811
+    case, path = head
+    result = classify(path, load_bundle(DEFAULT_BUNDLE))
+    for side in ("left", "right"):
+        r = result.sides[side]
+        assert r.assessable and 0.0 <= r.probability <= 1.0
+        assert (r.verdict == "anomalous") == (r.probability >= r.threshold)
+
+
+def test_classify_without_model_uses_the_default_bundle_and_says_so(bundle_path, head, tmp_path, monkeypatch, caplog):  # noqa: F811
+    shipped = tmp_path / "Models" / DEFAULT_BUNDLE.name
+    shipped.parent.mkdir()
+    shipped.write_bytes(bundle_path.read_bytes())
+    monkeypatch.setattr(modelstore, "DEFAULT_BUNDLE", shipped)
+    _, path = head
+    with caplog.at_level(logging.WARNING):
+        assert main(["classify", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert any("default bundle" in m and str(shipped) in m for m in caplog.messages)
+    model = json.loads((tmp_path / "out" / "result.json").read_text())["model"]
+    assert model["default"] is True and model["path"] == str(shipped)
+    # a bundle named on the command line is not the default, even a copy of it
+    assert main(["classify", str(path), "--model", str(bundle_path), "--out", str(tmp_path / "named")]) == 0
+    assert json.loads((tmp_path / "named" / "result.json").read_text())["model"]["default"] is False
+    assert is_default_bundle(shipped) and not is_default_bundle(bundle_path)
+
+
+def test_classify_without_model_and_without_default_fails_clearly(head, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setattr(modelstore, "DEFAULT_BUNDLE", tmp_path / "absent.sabundle")
+    _, path = head
+    assert main(["classify", str(path), "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "no default bundle" in err and "--model" in err and str(tmp_path / "absent.sabundle") in err
+    assert not (tmp_path / "out").exists()
+
+
+def _fake_pool(root, kinds):
+    """A pool folder as synth writes it (truth.json, images, unlabelled.csv) with placeholder images."""
+    (root / "images").mkdir(parents=True)
+    truth = {}
+    for i, (left, right) in enumerate(kinds):
+        patient = f"synth-{i:04d}"
+        (root / "images" / f"{patient}.nii.gz").write_bytes(b"image")
+        truth[patient] = {"image": f"images/{patient}.nii.gz", "pose": {"contrast": "t2"},
+                          "left": {"anomaly": left, **({"lesion": {"volume_ml": 0.2, "size_mm": 6.0}} if left else {})},
+                          "right": {"anomaly": right}}
+    (root / "truth.json").write_text(json.dumps(truth))
+    (root / "images" / "synth-u0000.mha").write_bytes(b"image")
+    (root / "unlabelled.csv").write_text("patient,image\nsynth-u0000,synth-u0000.mha\n")
+    return root
+
+
+def test_pools_of_anatomies_combine_without_name_clashes(tmp_path):
+    pools = {"reference": _fake_pool(tmp_path / "a", [("polyp", None)]),
+             "colin27": _fake_pool(tmp_path / "b", [(None, None), ("retention_cyst", "fully_occupied")])}
+    paths = combine_pools(pools, tmp_path / "out")
+    labels = list(csv.DictReader(open(paths["labels"])))
+    assert len(labels) == 6 and len({(r["patient"], r["side"]) for r in labels}) == 6
+    assert {r["patient"] for r in labels} == {patient_name("reference", "synth-0000"), patient_name("colin27", "synth-0000"),
+                                              patient_name("colin27", "synth-0001")}
+    for r in labels:
+        assert (paths["images"] / r["image"]).read_bytes() == b"image"
+        assert (r["label"] == "1") == (r["anomaly_type"] != "normal")
+    sinuses = {(r["patient"], r["side"]): r for r in csv.DictReader(open(paths["sinuses"]))}
+    polyp = sinuses[(patient_name("reference", "synth-0000"), "left")]
+    assert (polyp["anatomy"], polyp["contrast"], polyp["anomaly_type"], polyp["lesion_size_mm"]) == ("reference", "t2", "polyp", "6.0")
+    unlabelled = list(csv.DictReader(open(paths["unlabelled"])))
+    assert [r["image"] for r in unlabelled] == ["reference-synth-u0000.mha", "colin27-synth-u0000.mha"]
+    # one anatomy only
+    only = combine_pools(pools, tmp_path / "only", ["colin27"])
+    assert {r["patient"].split("-synth-")[0] for r in csv.DictReader(open(only["labels"]))} == {"colin27"}
+
+
+def test_cached_scans_are_shared_not_copied(tmp_path):
+    source = tmp_path / "src" / "scans" / "p1"
+    source.mkdir(parents=True)
+    (source / "crops.npz").write_bytes(np.arange(4).tobytes())
+    assert link_cached_scans(tmp_path / "src", tmp_path / "dst", ["p1", "absent"]) == 1
+    linked = tmp_path / "dst" / "scans" / "p1" / "crops.npz"
+    assert linked.read_bytes() == (source / "crops.npz").read_bytes()
+    assert link_cached_scans(tmp_path / "src", tmp_path / "dst", ["p1"]) == 0  # already there: left as it is
