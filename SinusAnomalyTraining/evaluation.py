@@ -20,7 +20,9 @@ Conventions used throughout this module
 The paper (Bhattacharya et al.) reports, per method and training fraction, the mean and 95 %
 confidence interval over the five cross-validation folds of AUROC, AUPRC and F1 on the test folds,
 with the F1 threshold chosen on the validation set. :func:`evaluate_fold` +
-:func:`summarize_folds` give those numbers; the Student-t interval is given only from
+:func:`summarize_folds` give those numbers, and the same at Youden's threshold, the rule an
+exported bundle decides with by default: each metric's name says which threshold it was taken at
+(:data:`RULE_SUFFIXES`). The Student-t interval is given only from
 :data:`MIN_FOLDS_FOR_T` folds on (with two, t has one degree of freedom and the interval is
 meaningless). It describes the spread of the folds' scores, not the uncertainty from the test
 patients: here every fold tests the same held-out patients.
@@ -40,6 +42,7 @@ from SinusAnomalyLib.errors import InvalidValueError
 
 __all__ = [
     "THRESHOLD_METRICS",
+    "RULE_SUFFIXES",
     "check_pair",
     "as_scores",
     "binary_metrics",
@@ -57,6 +60,10 @@ __all__ = [
 MIN_FOLDS_FOR_T = 3
 #: Metrics of :func:`binary_metrics` that depend on the decision threshold.
 THRESHOLD_METRICS = ("f1", "precision", "recall", "specificity", "accuracy")
+#: How :func:`evaluate_fold` names the test metrics at each threshold: ``<metric><suffix>``. "f1" is
+#: the threshold maximising F1 on validation (the paper's; ``threshold``), "youden" the one
+#: maximising Youden's J there (``youden_threshold``; what bundles decide with by default), "0.5" 0.5.
+RULE_SUFFIXES = {"f1": "_at_val_threshold", "youden": "_at_youden_threshold", "0.5": "_at_0.5"}
 _NAN = float("nan")
 
 
@@ -288,13 +295,10 @@ def evaluate_fold(y_val, p_val, y_test, p_test) -> dict:
         "threshold": float(threshold),
         "threshold_source": source,
     }
-    for key in THRESHOLD_METRICS:
-        out[f"{key}_at_val_threshold"] = at_val[key]
+    out.update({f"{key}{RULE_SUFFIXES['f1']}": at_val[key] for key in THRESHOLD_METRICS})
     out.update(youden_threshold=float(youden), youden_threshold_source=youden_source)
-    for key in THRESHOLD_METRICS:
-        out[f"{key}_at_youden_threshold"] = at_youden[key]
-    for key in THRESHOLD_METRICS:
-        out[f"{key}_at_0.5"] = at_half[key]
+    out.update({f"{key}{RULE_SUFFIXES['youden']}": at_youden[key] for key in THRESHOLD_METRICS})
+    out.update({f"{key}{RULE_SUFFIXES['0.5']}": at_half[key] for key in THRESHOLD_METRICS})
     out.update(
         val_auroc=val["auroc"],
         val_auprc=val["auprc"],

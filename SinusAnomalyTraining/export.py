@@ -93,6 +93,31 @@ THRESHOLD_RULES = {
     "youden": (evaluation.best_youden_threshold, "Youden's J (sensitivity + specificity - 1)"),
     "f1": (evaluation.best_f1_threshold, "F1 (the paper's; it never counts normal sinuses called normal)"),
 }
+BUNDLE_THRESHOLD_METRICS = ("f1", "recall", "specificity")  # recorded at the bundle's rule only
+METRIC_FIELDS = ("mean", "low", "high", "n")
+
+
+def bundle_metrics(summary: dict, threshold_rule: str) -> dict:
+    """The evaluation summary's metrics a bundle records (per-fold means, ``METRIC_FIELDS``).
+
+    Threshold-free ones (AUROC, AUPRC, AUROC per lesion type) as they are; those that depend on a
+    threshold only at the rule the bundle decides with, named after it
+    (``<metric>_at_<rule>_threshold``, e.g. ``specificity_at_youden_threshold``; per lesion type
+    ``sensitivity_at_youden_threshold[<type>]``), each fold's at its own threshold by that rule
+    (the bundle's threshold is their median). Numbers at any other threshold (the other rule's,
+    0.5) are left out: they describe verdicts the bundle does not give.
+    """
+    suffix = evaluation.RULE_SUFFIXES[threshold_rule]
+    names = {"auroc": "auroc", "auprc": "auprc"}
+    names |= {f"{m}{suffix}": f"{m}_at_{threshold_rule}_threshold" for m in BUNDLE_THRESHOLD_METRICS}
+    out = {}
+    for key, value in summary.items():
+        by_type = lesion_types.parse_type_key(key)
+        if by_type is not None and (by_type[0] == "auroc" or by_type[0].endswith(suffix)):
+            names[key] = key
+        if key in names:
+            out[names[key]] = {k: v for k, v in value.items() if k in METRIC_FIELDS and v is not None}
+    return out
 
 
 def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", fraction: float = 100,
@@ -170,12 +195,10 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         "models": {"cae": {"channels": list(config.cae.channels), "latent_dim": config.cae.latent_dim},
                    "encoder_widths": list(config.encoder_widths), "shortcut_type": shortcut},
         "reference_sha256": load_reference().sha256,
-        # per-fold means; their t interval only from 3 folds on (an absent one is left out). The F1 at the
-        # paper's F1 threshold, and sensitivity and specificity at the Youden threshold; per lesion type too
-        "metrics": {k: {kk: vv for kk, vv in v.items() if kk in ("mean", "low", "high", "n") and vv is not None}
-                    for k, v in metrics.items()
-                    if k in ("auroc", "auprc", "f1_at_val_threshold", "f1_at_0.5", "recall_at_youden_threshold",
-                             "specificity_at_youden_threshold") or lesion_types.parse_type_key(k)},
+        # per-fold means; their t interval only from 3 folds on (an absent one is left out)
+        "metrics": bundle_metrics(metrics, threshold_rule),
+        "metrics_threshold": f"test metrics named _at_{threshold_rule}_threshold are each fold's at its own "
+                             f"threshold maximising {rule_name} on its validation predictions; 'threshold' is their median",
         "training_data": {k: training_data.get(k) for k in ("counts", "splits", "anomaly_types", "created") if k in training_data},
         "intended_use": "research; bundles trained on synthetic data are for trying the workflow only",
         "weights_storage": {

@@ -66,6 +66,9 @@ def test_bundle_holds_every_fold_and_its_metadata(bundle_path):
     # per lesion type (the tiny cohort's anomalies are all polyps), at the rule the bundle decides with
     assert meta["metrics"]["auroc[polyp]"]["n"] == meta["metrics"]["sensitivity_at_youden_threshold[polyp]"]["n"] == 2
     assert 0.0 <= meta["metrics"]["specificity_at_youden_threshold"]["mean"] <= 1.0
+    # threshold-dependent numbers only at the rule the bundle decides with, named after it
+    assert not [k for k in meta["metrics"] if "_at_" in k and "_at_youden_threshold" not in k], sorted(meta["metrics"])
+    assert "Youden" in meta["metrics_threshold"] and "median" in meta["metrics_threshold"]
     assert meta["training_data"]["counts"]["patients"] == 20
     # heat-map scale and OOD range fitted on the run's sinuses; the tiny cohort has no lesion masks to choose a label level on
     assert 0 <= meta["heatmap"]["residual_median"] < meta["heatmap"]["residual_high"]
@@ -78,6 +81,7 @@ def test_export_chooses_the_verdict_threshold_by_the_rule_asked_for(bundle_path,
     run = bundle_path.parent / "run"
     f1 = load_bundle(export_run(run, tmp_path / "f1.sabundle", "residual", 100, threshold_rule="f1")).meta
     assert "F1" in f1["threshold_rule"]
+    assert not [k for k in f1["metrics"] if "_at_" in k and "_at_f1_threshold" not in k], sorted(f1["metrics"])
     rows = [r for r in stages.read_predictions(run / "fold0" / "finetune" / "residual" / "frac100" / "predictions.csv")
             if r["split"] == "val"]
     y, p = np.array([r["label"] for r in rows]), np.array([r["p_anomalous"] for r in rows])
