@@ -26,7 +26,7 @@ from SinusAnomalyTraining.cli import main
 from SinusAnomalyTraining.commands import demo as demo_command
 from SinusAnomalyTraining.commands.demo import OTHER_ANATOMIES, classify_other_anatomies
 from SinusAnomalyTraining.config import config_from_dict
-from SinusAnomalyTraining.export import export_run
+from SinusAnomalyTraining.export import bundle_metrics, export_run
 from conftest import TINY_CONFIG
 
 
@@ -90,6 +90,21 @@ def test_export_chooses_the_verdict_threshold_by_the_rule_asked_for(bundle_path,
         float(np.clip(best_youden_threshold(y, p), 1e-300, 1 - 1e-16)))
     with pytest.raises(SinusAnomalyError, match="unknown threshold rule"):
         export_run(run, tmp_path / "x.sabundle", "residual", 100, threshold_rule="accuracy")
+
+
+def test_a_bundle_records_threshold_metrics_only_at_its_own_rule_named_after_it():
+    m = lambda mean: {"mean": mean, "low": None, "high": None, "n": 2}  # noqa: E731
+    summary = {"auroc": m(0.9), "auprc": m(0.8), "f1_at_val_threshold": m(0.7), "f1_at_0.5": m(0.6),
+               "specificity_at_val_threshold": m(0.5), "f1_at_youden_threshold": m(0.65),
+               "recall_at_youden_threshold": m(0.75), "specificity_at_youden_threshold": m(0.85),
+               "auroc[polyp]": m(0.95), "sensitivity_at_youden_threshold[polyp]": m(0.55), "threshold": m(0.3)}
+    youden = bundle_metrics(summary, "youden")
+    assert set(youden) == {"auroc", "auprc", "f1_at_youden_threshold", "recall_at_youden_threshold",
+                           "specificity_at_youden_threshold", "auroc[polyp]", "sensitivity_at_youden_threshold[polyp]"}
+    assert youden["f1_at_youden_threshold"] == {"mean": 0.65, "n": 2}  # not the F1 rule's 0.7
+    f1 = bundle_metrics(summary, "f1")  # the F1 rule's numbers, under its name; nothing at Youden's
+    assert set(f1) == {"auroc", "auprc", "f1_at_f1_threshold", "specificity_at_f1_threshold", "auroc[polyp]"}
+    assert f1["f1_at_f1_threshold"]["mean"] == 0.7
 
 
 def test_classify_writes_results_on_the_input_grid(bundle_path, head, tmp_path, capsys):

@@ -175,23 +175,6 @@ def test_evaluate_fold_keys_and_values():
     assert r["notes"] == []
 
 
-def test_a_bundle_records_threshold_metrics_only_at_its_own_rule_named_after_it():
-    from SinusAnomalyTraining.export import bundle_metrics
-
-    m = lambda mean: {"mean": mean, "low": None, "high": None, "n": 2}  # noqa: E731
-    summary = {"auroc": m(0.9), "auprc": m(0.8), "f1_at_val_threshold": m(0.7), "f1_at_0.5": m(0.6),
-               "specificity_at_val_threshold": m(0.5), "f1_at_youden_threshold": m(0.65),
-               "recall_at_youden_threshold": m(0.75), "specificity_at_youden_threshold": m(0.85),
-               "auroc[polyp]": m(0.95), "sensitivity_at_youden_threshold[polyp]": m(0.55), "threshold": m(0.3)}
-    youden = bundle_metrics(summary, "youden")
-    assert set(youden) == {"auroc", "auprc", "f1_at_youden_threshold", "recall_at_youden_threshold",
-                           "specificity_at_youden_threshold", "auroc[polyp]", "sensitivity_at_youden_threshold[polyp]"}
-    assert youden["f1_at_youden_threshold"] == {"mean": 0.65, "n": 2}  # not the F1 rule's 0.7
-    f1 = bundle_metrics(summary, "f1")  # the F1 rule's numbers, under its name; nothing at Youden's
-    assert set(f1) == {"auroc", "auprc", "f1_at_f1_threshold", "specificity_at_f1_threshold", "auroc[polyp]"}
-    assert f1["f1_at_f1_threshold"]["mean"] == 0.7
-
-
 def test_evaluate_fold_tiny_folds_do_not_crash():
     r = evaluate_fold(np.zeros(3, int), np.array([0.1, 0.2, 0.3]), np.array([1, 1]), np.array([0.4, 0.6]))
     assert r["threshold"] == 0.5 and r["threshold_source"] == "fallback_0.5"
