@@ -61,7 +61,8 @@ def test_extension_build_lists_every_python_file():
 
     cmake = (REPO / "SinusAnomaly" / "CMakeLists.txt").read_text()
     listed = set(re.findall(r"^\s*([\w/]+\.py)\s*$", cmake, flags=re.M))
-    lib = {f"SinusAnomalyLib/{p.name}" for p in (REPO / "SinusAnomaly" / "SinusAnomalyLib").glob("*.py")}
+    lib = {f"SinusAnomalyLib/{p.relative_to(REPO / 'SinusAnomaly' / 'SinusAnomalyLib').as_posix()}"
+           for p in (REPO / "SinusAnomaly" / "SinusAnomalyLib").rglob("*.py")}
     training = {str(p.relative_to(REPO / "SinusAnomalyTraining")) for p in (REPO / "SinusAnomalyTraining").rglob("*.py")}
     assert lib <= listed, sorted(lib - listed)
     assert training <= listed, sorted(training - listed)

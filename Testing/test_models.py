@@ -57,7 +57,7 @@ def test_core_imports_no_gui_toolkit():
     from pathlib import Path
 
     lib = Path(__file__).resolve().parents[1] / "SinusAnomaly" / "SinusAnomalyLib"
-    modules = sorted(p.stem for p in lib.glob("*.py") if p.stem != "__init__")
+    modules = sorted(".".join(p.relative_to(lib).with_suffix("").parts) for p in lib.rglob("*.py") if p.stem != "__init__")
     code = ("import sys\n" + "".join(f"import SinusAnomalyLib.{m}\n" for m in modules)
             + "print(sorted({'slicer', 'qt', 'ctk', 'vtk'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -31,6 +31,8 @@ def test_a_wheel_installed_without_editable_mode_carries_its_resources_and_extra
     for name in ("Reference/reference_head.nii.gz", "Reference/reference_sinus_labels.nii.gz", "Reference/reference.json",
                  "Anatomies/real_heads.json", "Anatomies/colin27.nii.gz"):
         assert f"SinusAnomalyLib/Resources/{name}" in names, name
+    synth = {f"SinusAnomalyLib/synth/{p.name}" for p in (REPO / "SinusAnomaly" / "SinusAnomalyLib" / "synth").glob("*.py")}
+    assert len(synth) > 1 and synth <= names, sorted(synth - names)  # a subpackage: listed in pyproject.toml's packages
     site = tmp_path / "site"
     run(sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", site, wheel)
 
@@ -39,8 +41,8 @@ def test_a_wheel_installed_without_editable_mode_carries_its_resources_and_extra
     scan = outside / "head.nii.gz"
     shutil.copyfile(REPO / "SinusAnomaly" / "Resources" / "Reference" / "reference_head.nii.gz", scan)
     env = {k: v for k, v in os.environ.items() if k != "SINUS_ANOMALY_RESOURCES"} | {"PYTHONPATH": str(site)}
-    where = run(sys.executable, "-c", "import SinusAnomalyLib.reference as r, SinusAnomalyTraining.cli as c\n"
-                "print(r.__file__); print(c.__file__); print(r.resources_dir())", cwd=outside, env=env).stdout.split()
+    where = run(sys.executable, "-c", "import SinusAnomalyLib.reference as r, SinusAnomalyTraining.cli as c, SinusAnomalyLib.synth as s\n"
+                "print(r.__file__); print(c.__file__); print(s.__file__); print(r.resources_dir())", cwd=outside, env=env).stdout.split()
     assert all(Path(path).resolve().is_relative_to(site.resolve()) for path in where), where
     run(sys.executable, "-m", "SinusAnomalyTraining", "extract", scan, "--out", outside / "crops", cwd=outside, env=env)
     summary = json.loads((outside / "crops" / "extraction.json").read_text())

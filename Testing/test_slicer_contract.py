@@ -65,7 +65,7 @@ def test_only_the_module_file_is_at_the_top_of_the_module_folder():
 
 def test_mrml_helpers_stay_out_of_the_pure_library():
     """SinusAnomalyLib never imports slicer, qt, ctk or vtk; the module's MRML helpers are a sibling package."""
-    for path in (MODULE_DIR / "SinusAnomalyLib").glob("*.py"):
+    for path in (MODULE_DIR / "SinusAnomalyLib").rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}

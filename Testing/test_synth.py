@@ -14,6 +14,10 @@ from SinusAnomalyLib.imageio import read_image
 from SinusAnomalyLib.reference import ANATOMIES, SIDES, load_anatomy, load_reference
 from SinusAnomalyLib import synth
 from SinusAnomalyLib.synth import ANOMALY_TYPES, LESION_LABELS, SynthParams, generate_cohort, make_case
+from SinusAnomalyLib.synth.anatomy import _anatomy, _face_weight, _tissue_layers, _white_matter
+from SinusAnomalyLib.synth.contrast import _render
+from SinusAnomalyLib.synth.lesions import _draw_lesion, _lesioned_anatomy
+from SinusAnomalyLib.synth.pose import _displacement
 from SinusAnomalyTraining.cli import main
 
 
@@ -68,20 +72,20 @@ def test_each_lesion_type_is_bright_tissue_inside_the_sinus(kind):
 
 def test_lesion_sizes_span_the_literature_ranges():
     """Focal lesions and thickening are drawn across their whole size range, small ones as often as large."""
-    head, cavity, _ = synth._anatomy(load_reference())
+    head, cavity, _ = _anatomy(load_reference())
     centre = np.round(head.TransformPhysicalPointToContinuousIndex(load_reference().center_lps("left").tolist())).astype(int)
     box = tuple(slice(c - synth.LESION_BOX_HALF_MM, c + synth.LESION_BOX_HALF_MM) for c in centre)
     sinus = cavity[box] == LESION_LABELS["left"]
     rng = np.random.default_rng(0)
     for kind, (low, high) in synth.LESION_SIZES_MM.items():
-        drawn = [synth._draw_lesion(rng, sinus, kind) for _ in range(24)]
+        drawn = [_draw_lesion(rng, sinus, kind) for _ in range(24)]
         sizes = np.array([size for _, _, size in drawn])
         assert low <= sizes.min() and sizes.max() <= high, kind
         middle = np.sqrt(low * high)  # log-uniform: half of the draws below the geometric middle
         assert 0.2 < np.mean(sizes < middle) < 0.8, (kind, sizes)
         assert all(mask.any() and mask[~sinus].sum() == 0 for mask, _, _ in drawn), kind
     # a small cyst is small: a dome of 4-6 mm holds well under 0.1 mL
-    small = [(mask.sum(), size) for mask, _, size in (synth._draw_lesion(rng, sinus, "retention_cyst") for _ in range(40)) if size < 6]
+    small = [(mask.sum(), size) for mask, _, size in (_draw_lesion(rng, sinus, "retention_cyst") for _ in range(40)) if size < 6]
     assert small and all(voxels / 1000.0 < 0.1 for voxels, _ in small)
 
 
@@ -193,22 +197,22 @@ FIXED_POSE = dict(max_rotation_deg=0, max_translation_mm=0, anisotropic=False, s
 def test_contrasts_order_the_tissues_as_intended(seed):
     """Template-unit tissue levels (CSF 0.25, grey 0.45, white matter 0.6 of the bright tissue) rendered."""
     tissue = np.array([0.25, 0.45, 0.6]) * synth.TEMPLATE_BRIGHT
-    csf, grey, white = synth._render(tissue, np.random.default_rng(seed), "t1")
+    csf, grey, white = _render(tissue, np.random.default_rng(seed), "t1")
     assert csf < grey < white
-    csf, grey, white = synth._render(tissue, np.random.default_rng(seed), "t2")
+    csf, grey, white = _render(tissue, np.random.default_rng(seed), "t2")
     assert csf > grey > white
-    csf, grey, white = synth._render(tissue, np.random.default_rng(seed), "flair")
+    csf, grey, white = _render(tissue, np.random.default_rng(seed), "flair")
     assert csf < white < grey
-    assert np.array_equal(synth._render(tissue, np.random.default_rng(seed), "reference"), tissue)
+    assert np.array_equal(_render(tissue, np.random.default_rng(seed), "reference"), tissue)
 
 
 def test_t2_rendering_draws_no_bright_rim_round_a_normal_cavity():
     """T2 turns the darker T1 range bright; the partial-volume voxels where the cavity's air meets
     tissue must fade from dark to the tissue's T2 level, not light up like mucosal thickening."""
     reference = load_reference()
-    _, cavity, _ = synth._anatomy(reference)
-    level, fraction = synth._tissue_layers(reference)
-    t2 = synth._render(level, np.random.default_rng(0), "t2", synth._white_matter(reference), fraction)
+    _, cavity, _ = _anatomy(reference)
+    level, fraction = _tissue_layers(reference)
+    t2 = _render(level, np.random.default_rng(0), "t2", _white_matter(reference), fraction)
     distance = ndi.distance_transform_edt(cavity.transpose(2, 1, 0) == 0)  # mm from the cavity, [z, y, x]
     rim = t2[(distance > 0) & (distance <= 2)]
     beyond = t2[(distance > 3) & (distance <= 6)]
@@ -222,16 +226,16 @@ def test_the_face_round_a_sinus_is_darker_than_its_lesions_and_the_brain_keeps_i
     darker than the dimmest mucosal lesion of that contrast; far from the face, T2 keeps CSF's
     range (T1 0.2-0.3) brighter than white matter, as the brain's map makes it."""
     reference = load_reference()
-    _, cavity, _ = synth._anatomy(reference)
-    level, fraction = synth._tissue_layers(reference)
-    face = synth._face_weight(reference)
-    rendered = synth._render(level, np.random.default_rng(0), contrast, synth._white_matter(reference), fraction, face)
+    _, cavity, _ = _anatomy(reference)
+    level, fraction = _tissue_layers(reference)
+    face = _face_weight(reference)
+    rendered = _render(level, np.random.default_rng(0), contrast, _white_matter(reference), fraction, face)
     distance = ndi.distance_transform_edt(cavity.transpose(2, 1, 0) == 0)  # mm from the cavity, [z, y, x]
     round_cavity = rendered[(distance > 3) & (distance <= 10)]
     assert np.median(round_cavity) < 0.8 * synth.LESION_LEVELS[contrast][0] * synth.TEMPLATE_BRIGHT
     assert face[distance <= synth.FACE_MM[0]].min() == 1.0 and face[distance >= synth.FACE_MM[1]].max() == 0.0
     if contrast == "t2":
-        scaled = level * synth.WHITE_MATTER_LEVEL / synth._white_matter(reference)
+        scaled = level * synth.WHITE_MATTER_LEVEL / _white_matter(reference)
         brain = (distance > synth.FACE_MM[1]) & (fraction == 1.0)
         csf_range = rendered[brain & (scaled > 0.2) & (scaled < 0.3)]
         white_range = rendered[brain & (np.abs(scaled - synth.WHITE_MATTER_LEVEL) < 0.03)]
@@ -274,13 +278,13 @@ def test_sinus_scale_changes_each_sinus_size():
 
 def test_floor_first_thickening_sits_low_in_the_cavity():
     reference = load_reference()
-    _, cavity, _ = synth._anatomy(reference)
+    _, cavity, _ = _anatomy(reference)
     box = np.argwhere(cavity == LESION_LABELS["left"])
     lo, hi = box.min(0), box.max(0) + 1
     left = cavity[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == LESION_LABELS["left"]
     lowest = []
     for seed in range(4):
-        lesion, _, _ = synth._draw_lesion(np.random.default_rng(seed), left, "mucosal_thickening", floor_first=True)
+        lesion, _, _ = _draw_lesion(np.random.default_rng(seed), left, "mucosal_thickening", floor_first=True)
         assert lesion.any() and not (lesion & ~left).any()
         lowest.append(np.argwhere(lesion)[:, 2].mean() < np.argwhere(left)[:, 2].mean())
         assert lesion[:, :, :3].sum() > 0  # the floor is always covered
@@ -345,8 +349,8 @@ DOWN_LPS = np.array([0.0, 1.0, 0.0])  # posterior: down for a supine head
 def _lesioned(kind, contrast, params=BONY, seed=3):
     """1 mm anatomy arrays [x, y, z] of the reference with ``kind`` drawn in the left sinus: (image, left lesion, left cavity)."""
     reference = load_reference()
-    _, cavity, _ = synth._anatomy(reference)
-    image, labels = synth._lesioned_anatomy(reference, np.random.default_rng(seed), {"left": kind, "right": None},
+    _, cavity, _ = _anatomy(reference)
+    image, labels = _lesioned_anatomy(reference, np.random.default_rng(seed), {"left": kind, "right": None},
                                             contrast, params, DOWN_LPS)
     image = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     labels = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
@@ -385,8 +389,8 @@ def test_bony_wall_and_septum_are_dark_and_left_out_of_the_lesion():
 
 def test_fluid_is_dark_on_t1_and_bright_on_t2_relative_to_white_matter():
     reference = load_reference()
-    template = sitk.GetArrayViewFromImage(synth._anatomy(reference)[0]).transpose(2, 1, 0)
-    white_matter = np.abs(template - synth._white_matter(reference)) < 3.0
+    template = sitk.GetArrayViewFromImage(_anatomy(reference)[0]).transpose(2, 1, 0)
+    white_matter = np.abs(template - _white_matter(reference)) < 3.0
     for contrast, darker in (("t1", True), ("t2", False)):
         for seed in range(3):
             image, lesion, _ = _lesioned("air_fluid_level", contrast, SynthParams(), seed)
@@ -425,7 +429,7 @@ def test_two_anatomies_have_differently_shaped_cavities():
     grid = np.indices((48, 48, 48)).reshape(3, -1).T - 23.5
 
     def normalised(name, value):
-        _, cavity, _ = synth._anatomy(load_anatomy(name))
+        _, cavity, _ = _anatomy(load_anatomy(name))
         points = np.argwhere(cavity == value)
         source = np.round(grid * (len(points) / 8000.0) ** (1 / 3) + points.mean(0)).astype(int)
         inside = np.all((source >= 0) & (source < cavity.shape), 1)
@@ -459,7 +463,7 @@ def test_sinus_shape_changes_each_sinus_on_its_own():
         dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
     assert all(0.6 < d < 0.97 for d in dices), dices
     # each side by its own field: the change near the left sinus is no mirror image of the one near the right
-    fields = [synth._displacement(reference, np.random.default_rng(5), 0.0, (1.0, 1.0), amplitude) for amplitude in (0.0, 3.0)]
+    fields = [_displacement(reference, np.random.default_rng(5), 0.0, (1.0, 1.0), amplitude) for amplitude in (0.0, 3.0)]
     offsets = np.random.default_rng(0).uniform(-12, 12, (200, 3))
     change = {}
     for side, mirror in (("left", 1.0), ("right", -1.0)):
@@ -498,3 +502,31 @@ def test_cli_variety_flags(tmp_path, capsys):
             main(["synth", "--out", str(tmp_path / "d"), *bad])
         assert info.value.code == 2
         assert "expected" in capsys.readouterr().err, bad
+
+
+def test_synth_is_a_package_of_single_purpose_modules_that_re_exports_its_public_names():
+    """Each module has a docstring saying its job and stays under 600 lines; every public name of a
+    module is the package's too (``from SinusAnomalyLib.synth import X``), the very same object, so
+    the anatomy is prepared and cached once whichever module asks."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from SinusAnomalyLib.synth import case, lesions, pose
+
+    modules = sorted(Path(synth.__file__).parent.glob("*.py"))
+    assert {p.stem for p in modules} >= {"__init__", "anatomy", "contrast", "lesions", "pose", "preview", "cohort"}
+    for path in modules:
+        text = path.read_text(encoding="utf-8")
+        assert ast.get_docstring(ast.parse(text)), path.name
+        assert len(text.splitlines()) < 600, path.name
+        if path.stem == "__init__":
+            continue
+        module = importlib.import_module(f"SinusAnomalyLib.synth.{path.stem}")
+        for node in ast.parse(text).body:
+            names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
+                [t.id for t in node.targets] if isinstance(node, ast.Assign) else []
+            for name in names:
+                if not name.startswith("_"):
+                    assert name in synth.__all__ and getattr(synth, name) is getattr(module, name), (path.name, name)
+    assert lesions._anatomy is case._anatomy is pose._anatomy is _anatomy

@@ -17,6 +17,7 @@ import SinusAnomalyLib.dataset as dataset
 from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
 from SinusAnomalyLib.errors import DatasetError
 from SinusAnomalyLib import synth
+from SinusAnomalyLib.synth import cohort as synth_cohort
 from SinusAnomalyLib.synth import generate_cohort
 from SinusAnomalyTraining import stages
 from SinusAnomalyTraining.config import config_from_dict
@@ -58,7 +59,7 @@ def fast_case(patient, rng, params=None, reference=None):
 def test_synth_unlabelled_heads_are_listed_apart_and_leave_the_labelled_cohort_unchanged(tmp_path, monkeypatch):
     from SinusAnomalyTraining.cli import main
 
-    monkeypatch.setattr(synth, "make_case", fast_case)
+    monkeypatch.setattr(synth_cohort, "make_case", fast_case)  # where generate_cohort looks it up
     assert main(["synth", "--out", str(tmp_path / "plain"), "--cases", "3", "--previews", "0"]) == 0
     assert main(["synth", "--out", str(tmp_path / "with"), "--cases", "3", "--unlabelled", "4", "--previews", "0"]) == 0
     plain, with_u = tmp_path / "plain", tmp_path / "with"

@@ -25,6 +25,7 @@ from SinusAnomalyLib import synth
 from SinusAnomalyLib.imageio import write_image
 from SinusAnomalyLib.reference import ANATOMIES, load_anatomy, load_reference
 from SinusAnomalyLib.synth import ANOMALY_TYPES, SynthParams, make_case
+from SinusAnomalyLib.synth.anatomy import _anatomy, _face_weight, _tissue_layers, _white_matter
 
 GOAL_S = 2.0
 
@@ -49,10 +50,10 @@ def main() -> None:
     for name in ANATOMIES:  # what synth does once per run and anatomy
         start = time.perf_counter()
         head = reference if name == "reference" else load_anatomy(name)
-        synth._anatomy(head)
-        synth._white_matter(head)
-        synth._tissue_layers(head)
-        synth._face_weight(head)
+        _anatomy(head)
+        _white_matter(head)
+        _tissue_layers(head)
+        _face_weight(head)
         print(f"anatomy {name}: prepared once in {time.perf_counter() - start:.2f} s")
 
     seconds = {setting: [] for setting in SETTINGS}
