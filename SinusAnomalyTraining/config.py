@@ -22,7 +22,7 @@ from SinusAnomalyLib.errors import ConfigError, DatasetError
 from SinusAnomalyLib.splits import fraction_key
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-BUILTIN = ("paper", "demo", "grid-cpu", "grid-cpu5", "grid-paper", "grid-residual", "grid-residual-cohort")
+BUILTIN = ("paper", "demo", "default", "grid-cpu", "grid-cpu5", "grid-paper", "grid-residual", "grid-residual-cohort")
 PRETEXT = ("ae", "dae", "simclr", "byol", "simsiam", "spark")  # the baselines of the paper's Table 2
 METHODS = ("none", "residual", *PRETEXT, "medicalnet")
 RETIRED = ("num_workers",)  # settings of earlier versions, dropped when read so their saved config.json files still load

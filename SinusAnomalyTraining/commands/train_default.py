@@ -3,7 +3,7 @@
 Makes a synthetic pool per real anatomy of Resources/Anatomies (T1/T2/FLAIR-like contrasts, sinus
 size and shape variety, bony walls, septa, every lesion kind at the literature's sizes, plus an
 unlabelled set for pretraining), extracts every head once (prepare: 2 patient-level folds and a
-15 % in-distribution test set), trains configs/default.json (CAE, residual pretraining,
+15 % in-distribution test set; in a work folder of benchmarks/loao.py its extraction is reused), trains configs/default.json (CAE, residual pretraining,
 fine-tuning at 100 % labels) and exports the fold ensemble as OUT/synthetic-default.sabundle. Its
 bundle.json records that it was trained on synthetic heads, by which command, at which commit,
 and that it is not a medical device. What it is worth on anatomy it never saw is measured by
@@ -12,6 +12,7 @@ benchmarks/transfer_check.sh (docs/default-model.md). Every step resumes when re
 from __future__ import annotations
 
 import argparse
+import csv
 import shlex
 import sys
 import time
@@ -25,7 +26,7 @@ from SinusAnomalyLib.modelstore import DEFAULT_BUNDLE
 
 from .. import pipeline, runtime
 from ..config import load_config
-from ..defaultmodel import CONFIG, INTENDED_USE, METHOD, PoolSizes, combine_pools, make_pools, source_commit
+from ..defaultmodel import CONFIG, INTENDED_USE, METHOD, PoolSizes, combine_pools, link_cached_scans, make_pools, source_commit
 from ..export import export_run
 from ._training import locked_run_folder
 
@@ -39,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: the configuration's, auto)")
 
 
+def _patients(tables: dict) -> set[str]:
+    patients = set()
+    for name in ("labels", "unlabelled"):
+        with open(tables[name], newline="") as fh:
+            patients |= {row["patient"] for row in csv.DictReader(fh)}
+    return patients
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_output_folder(args.out)
@@ -48,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
     runtime.set_deterministic(config.deterministic)
     device = runtime.select_device(config.device)
     pools = make_pools(args.out, PoolSizes(args.heads, args.unlabelled))
-    tables = combine_pools(pools, args.out / "cohort")
+    tables = combine_pools(pools, args.out / "all")  # the layout of benchmarks/loao.py: one work folder serves both
     dataset_dir = args.out / "dataset"
+    linked = link_cached_scans(args.out / "all" / "dataset", dataset_dir, _patients(tables))
+    if linked:
+        print(f"{linked} scans' extraction reused from {args.out / 'all' / 'dataset'} (the leave-one-anatomy-out check's)")
     prepare_dataset(tables["images"], tables["labels"], dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
                     unlabelled=tables["unlabelled"])
     with locked_run_folder(args.out / "run"):
