@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -71,11 +72,25 @@ def bundle_probabilities(bundle_path: Path, crops: np.ndarray, batch: int = 32) 
     return np.concatenate(out)
 
 
+def seed_from_base(base: Path, run_dir: Path) -> None:
+    """Start a variant's run folder with the base run's CAE, residuals and pretraining (hard links):
+    a variant that changes only fine-tuning retrains only that (each stage checks what it was made from)."""
+    import shutil  # noqa: PLC0415
+
+    if run_dir.exists() or not base.is_dir():
+        return
+    for fold in sorted(base.glob("fold*")):
+        for stage in ("cae", "residuals", "pretrain"):
+            if (fold / stage).is_dir():
+                shutil.copytree(fold / stage, run_dir / fold.name / stage, copy_function=os.link)
+
+
 def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomies: list[str], seed: int, methods: list[str],
-                       device) -> Path:
-    """Train the recipe without ``held_out``, classify its heads; the predictions CSV."""
+                       device, config_path: Path = CONFIG, tag: str = "") -> Path:
+    """Train the recipe (``config_path``) without ``held_out``, classify its heads; the predictions CSV.
+    ``tag`` names a variant: its run folder and predictions carry it, its first stages come from the base run."""
     split = work / f"without-{held_out}"
-    predictions = split / f"predictions_seed{seed}.csv"
+    predictions = split / f"predictions_seed{seed}{tag}.csv"
     if predictions.is_file():
         return predictions
     labels, unlabelled = subset_tables(tables, split, set(anatomies) - {held_out})
@@ -84,15 +99,17 @@ def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomie
         link_cached_scans(master.root, dataset_dir, {r["patient"] for r in read_rows(labels)} | {r["patient"] for r in read_rows(unlabelled)})
         prepare_dataset(tables["images"], labels, dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
                         progress=False, unlabelled=unlabelled)
-    config = load_config(CONFIG).replace(seed=seed, methods=tuple(methods))
-    run_dir = split / f"run_seed{seed}"
+    config = load_config(config_path).replace(seed=seed, methods=tuple(methods))
+    run_dir = split / f"run_seed{seed}{tag}"
+    if tag:
+        seed_from_base(split / f"run_seed{seed}", run_dir)
     pipeline.run_pipeline(config, dataset_dir, run_dir, device, progress=False)
     info = {r["patient"] + r["side"]: r for r in read_rows(tables["sinuses"])}
     rows = [r for r in master.manifest if info[r.patient + r.side]["anatomy"] == held_out]
     crops = master.crops[[r.crop_index for r in rows]]
     lines = []
     for method in methods:
-        bundle = export_run(run_dir, split / f"seed{seed}-{method}.sabundle", method, 100)
+        bundle = export_run(run_dir, split / f"seed{seed}{tag}-{method}.sabundle", method, 100)
         threshold = load_bundle(bundle).threshold
         for row, p in zip(rows, bundle_probabilities(bundle, crops)):
             sinus = info[row.patient + row.side]
@@ -227,6 +244,9 @@ def main(argv=None) -> int:
     parser.add_argument("--anatomies", default=",".join(ANATOMIES))
     parser.add_argument("--methods", default="none,residual")
     parser.add_argument("--held-out", default=None, help="only these held-out anatomies (default: each in turn)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the recipe's configuration (default: configs/default.json)")
+    parser.add_argument("--tag", default="", help="a variant's name: its runs and predictions carry it and reuse the base "
+                                                  "runs' CAE, residuals and pretraining (for variants of fine-tuning)")
     parser.add_argument("--prepare-only", action="store_true", help="make the pools and extract every head, then stop "
                                                                    "(so that several processes can then train the splits)")
     args = parser.parse_args(argv)
@@ -247,17 +267,18 @@ def main(argv=None) -> int:
     for held_out in (args.held_out.split(",") if args.held_out else anatomies):
         for seed in seeds:
             t0 = time.perf_counter()
-            files.append(train_and_classify(args.work, tables, master, held_out, anatomies, seed, methods, device))
+            files.append(train_and_classify(args.work, tables, master, held_out, anatomies, seed, methods, device, args.config, args.tag))
             print(f"held out {held_out}, seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     table = summarise(files)
     finite = {method: {anatomy: {k: [v if np.isfinite(v) else None for v in values] for k, values in m.items()}
                        for anatomy, m in by_anatomy.items()} for method, by_anatomy in table.items()}  # JSON has no NaN
-    write_json_atomic(args.work / "loao.json", {"commit": source_commit(), "seeds": seeds, "methods": methods,
+    name = f"loao{args.tag}"
+    write_json_atomic(args.work / f"{name}.json", {"commit": source_commit(), "seeds": seeds, "methods": methods,
                                                 "heads_per_anatomy": args.heads, "unlabelled_per_anatomy": args.unlabelled,
-                                                "table": finite, "minutes": round((time.perf_counter() - started) / 60, 1)})
+                                                "config": str(args.config), "tag": args.tag, "table": finite, "minutes": round((time.perf_counter() - started) / 60, 1)})
     text = markdown(table, seeds)
-    (args.work / "loao.md").write_text(text)
-    plot(table, args.work / "loao.png")
+    (args.work / f"{name}.md").write_text(text)
+    plot(table, args.work / f"{name}.png")
     print(text)
     return 0
 
