@@ -25,9 +25,13 @@ import torch
 
 from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic, write_text_atomic
+from SinusAnomalyLib.numberformat import format_number
 
 from . import bootstrap, evaluation, heatmap_report, lesion_types, plots, stages
 from .config import PRETRAINING, RunConfig, ablation_fractions, chosen_folds, percent_key
+
+NA = "n/a"  # what the report shows for a number it does not have (None, NaN, an infinity)
+
 
 def _jsonable(obj):
     """NaN / inf -> None (JSON has no NaN), numpy scalars and arrays -> Python, keys -> str."""
@@ -179,8 +183,8 @@ def _evaluate_cell(run_dir: Path, folds: list[int], method_dir: str, fraction: f
     write_metrics(out_dir / f"{method_dir}_frac{key}", per_fold, summary, pooled)
     return {"method": method_dir, "fraction": fraction, "folds": len(folds), "y": y, "p": p,
             "sample_ids": ensemble["sample_ids"], "patients": ensemble["patients"],
-            "auroc": summary.get("auroc"), "auprc": summary.get("auprc"), "f1": summary.get("f1_at_val_threshold"),
-            "f1_at_0.5": summary.get("f1_at_0.5"), "pooled": pooled,
+            "auroc": summary.get("auroc"), "auprc": summary.get("auprc"),
+            "f1_at_val_threshold": summary.get("f1_at_val_threshold"), "f1_at_0.5": summary.get("f1_at_0.5"), "pooled": pooled,
             "recall_at_youden_threshold": summary.get("recall_at_youden_threshold"),
             "specificity_at_youden_threshold": summary.get("specificity_at_youden_threshold"),
             "by_type": lesion_types.summary_by_type(summary),
@@ -304,7 +308,7 @@ def pretraining_loss_lines(entries: list[dict]) -> list[str]:
              "val loss | val floor | val excess (epoch 1 → last) |", "|---|---|---|---|---|---|---|---|---|"]
 
     def excess(first: dict, last: dict, split: str) -> str:
-        return f"{_number(first[f'{split}_excess'])} → {_number(last[f'{split}_excess'])}"
+        return f"{format_number(first[f'{split}_excess'], 3, NA)} → {format_number(last[f'{split}_excess'], 3, NA)}"
 
     for entry in entries:
         rows = entry["rows"]
@@ -312,15 +316,15 @@ def pretraining_loss_lines(entries: list[dict]) -> list[str]:
             continue
         first, last = rows[0], rows[-1]
         if entry["has_floor"]:
-            train = [_number(last["train_floor"]), excess(first, last, "train")]
-            val = ([_number(last["val_floor"]), excess(first, last, "val")] if last["val_floor"] is not None
+            train = [format_number(last["train_floor"], 3, NA), excess(first, last, "train")]
+            val = ([format_number(last["val_floor"], 3, NA), excess(first, last, "val")] if last["val_floor"] is not None
                    else ["n/a", "n/a"])
         elif entry["method"].startswith("residual"):
             train = val = ["not recorded", "not recorded"]  # a history written before the floor was recorded
         else:
             train = val = ["no floor", "—"]
-        lines.append(f"| {entry['method']} | {entry['fold']} | {len(rows)} | {_number(last['train_loss'])} | {' | '.join(train)} | "
-                     f"{_number(last['val_loss'])} | {' | '.join(val)} |")
+        lines.append(f"| {entry['method']} | {entry['fold']} | {len(rows)} | {format_number(last['train_loss'], 3, NA)} | "
+                     f"{' | '.join(train)} | {format_number(last['val_loss'], 3, NA)} | {' | '.join(val)} |")
     return lines
 
 
@@ -394,12 +398,8 @@ def _write_comparisons(out_dir: Path, comparisons: list[dict]) -> None:
                      [[_csv_cell(row[c]) for c in COMPARISON_COLUMNS] for row in comparisons])
 
 
-def _number(v: float, digits: int = 3) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
-
-
 def _interval(row: dict) -> str:
-    return f"[{_number(row['low'])}, {_number(row['high'])}]"
+    return f"[{format_number(row['low'], 3, NA)}, {format_number(row['high'], 3, NA)}]"
 
 
 def comparison_sentence(fraction, rows: list[dict]) -> str:
@@ -421,17 +421,17 @@ def comparison_sentence(fraction, rows: list[dict]) -> str:
     best = min(rows, key=lambda r: r["difference"])
     excludes = "excludes" if best["low"] > 0 or best["high"] < 0 else "includes"
     sentence = (f"{head} {'leads every other method' if leads else 'does not lead'} "
-                f"(best other: {best['other_method']}, AUROC difference {_number(best['difference'])}, "
+                f"(best other: {best['other_method']}, AUROC difference {format_number(best['difference'], 3, NA)}, "
                 f"95 % paired interval {_interval(best)}: the interval {excludes} 0")
     behind = [r for r in rows if r is not best and not r["low"] > 0]
     if behind and best["low"] > 0:
         sentence += "; the paired interval does not lie above 0 against " + ", ".join(
-            f"{r['other_method']} ({_number(r['difference'])}, {_interval(r)})" for r in behind)
+            f"{r['other_method']} ({format_number(r['difference'], 3, NA)}, {_interval(r)})" for r in behind)
     return sentence + ")."
 
 
 def _write_table(out_dir: Path, table: list[dict]) -> None:
-    columns = ("auroc", "auprc", "f1", "f1_at_0.5")
+    columns = ("auroc", "auprc", "f1_at_val_threshold", "f1_at_0.5")
     header = (["method", "fraction", "folds"] + [f"{c}_{s}" for c in columns for s in ("mean", "low", "high")]
               + ["pooled_auroc", "pooled_auroc_low", "pooled_auroc_high"])
     rows = []
@@ -497,7 +497,8 @@ def _comparison_lines(comparisons: list[dict], config: RunConfig) -> list[str]:
             cells = []
             for metric in COMPARISON_METRICS:
                 r = by[(other, metric)]
-                cells += [_number(r["difference"]), _interval(r), _number(r["share_positive"], 2)]
+                cells += [format_number(r["difference"], 3, NA), _interval(r),
+                          format_number(r["share_positive"], 2, NA)]
             lines.append(f"| {other} | " + " | ".join(cells) + " |")
         lines += ["", comparison_sentence(fraction, rows)]
     return lines
@@ -515,7 +516,8 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
         f"mean over folds with a 95 % Student-t interval over folds, given only from {evaluation.MIN_FOLDS_FOR_T} folds on "
         "(shown clipped to [0, 1]; unclipped in results.csv): it shows how much the folds' models differ on the "
         "same test patients, not how uncertain a score is from that set of patients; "
-        "F1 at the threshold maximising F1 on the fold's validation set. Fold ensemble: per test sinus the mean "
+        "F1 at the F1 threshold: the one maximising F1 on the fold's validation set (an exported bundle decides with "
+        "its threshold rule's, Youden's by default, not with this one). Fold ensemble: per test sinus the mean "
         "probability of the folds that tested it (what an exported bundle predicts), every test patient counted once; "
         "95 % percentile-bootstrap interval resampling patients (each with both sinuses): the uncertainty from "
         "the test patients.",
@@ -525,7 +527,7 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
         "",
         "The paper's columns are the paper's own numbers (5 folds on HCHS FLAIR data, not ours), for reference only.",
         "",
-        "| pretraining | labels | AUROC (folds) | AUPRC (folds) | F1 (folds) | F1 at 0.5 (folds) | fold-ensemble AUROC (patient bootstrap) | paper AUROC | paper AUPRC | paper F1 |",
+        "| pretraining | labels | AUROC (folds) | AUPRC (folds) | F1 at the F1 threshold (folds) | F1 at 0.5 (folds) | fold-ensemble AUROC (patient bootstrap) | paper AUROC | paper AUPRC | paper F1 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
@@ -533,7 +535,7 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
         pooled = "n/a" if pa.get("estimate") is None or not np.isfinite(pa["estimate"]) else \
             f"{pa['estimate']:.2f} ({pa['low']:.2f}-{pa['high']:.2f})"
         lines.append(f"| {row['method']} | {row['fraction']} % | {_fmt(row['auroc'])} | {_fmt(row['auprc'])} | "
-                     f"{_fmt(row['f1'])} | {_fmt(row['f1_at_0.5'])} | {pooled} | "
+                     f"{_fmt(row['f1_at_val_threshold'])} | {_fmt(row['f1_at_0.5'])} | {pooled} | "
                      + " | ".join(_paper_cell(paper, row["method"], row["fraction"], i) for i in range(3)) + " |")
     lines += per_type_lines(table)
     if comparisons:
@@ -541,11 +543,11 @@ def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figure
     if ablation:
         lines += ["", f"## CAE trained on part of the normal training sinuses (the form of the paper's Table 3), "
                       f"{config.cae_ablation_label_fraction} % labels", "",
-                  "| CAE normals | AUROC | AUPRC | F1 | paper AUROC | paper AUPRC | paper F1 |", "|---|---|---|---|---|---|---|"]
+                  "| CAE normals | AUROC | AUPRC | F1 at the F1 threshold | paper AUROC | paper AUPRC | paper F1 |", "|---|---|---|---|---|---|---|"]
         for row in ablation:
             entry = paper.get("table3", {}).get(f"{row['cae_fraction']:g}")
             ref = [f"{m:.2f} ({lo:.2f}-{hi:.2f})" for m, lo, hi in entry] if entry else ["", "", ""]
-            lines.append(f"| {row['cae_fraction']:g} % | {_fmt(row['auroc'])} | {_fmt(row['auprc'])} | {_fmt(row['f1'])} | "
+            lines.append(f"| {row['cae_fraction']:g} % | {_fmt(row['auroc'])} | {_fmt(row['auprc'])} | {_fmt(row['f1_at_val_threshold'])} | "
                          + " | ".join(ref) + " |")
     lines += loss_lines
     lines += heat_lines

@@ -670,3 +670,9 @@ def test_evaluate_run_writes_paired_comparisons(tmp_path):
     assert "| simsiam | 0.000 | [0.000, 0.000] | 0.00 | 0.000 | [0.000, 0.000] | 0.00 |" in text
     assert "## Per lesion type against the normal test sinuses" in text and "| residual | 100 % | x | 60 |" in text
     assert result["comparisons"] and not list((tmp_path / "evaluation").glob("*partial*"))
+    # the table's F1 is the one at the F1 threshold (the validation-chosen one), named so in report and results.csv
+    assert "| F1 at the F1 threshold (folds) | F1 at 0.5 (folds) |" in text
+    with open(tmp_path / "evaluation" / "results.csv", newline="") as f:
+        table_rows = list(csv.DictReader(f))
+    assert "f1_at_val_threshold_mean" in table_rows[0] and "f1_mean" not in table_rows[0]
+    assert float(table_rows[0]["f1_at_val_threshold_mean"]) == pytest.approx(result["table"][0]["f1_at_val_threshold"]["mean"])
