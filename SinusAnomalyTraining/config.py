@@ -65,7 +65,7 @@ Percent = float
 fractions of one (:func:`percent_key` converts)."""
 
 
-def _number(value, where: str, path: Path, integer: bool = False, low: float | None = None, keep: bool = False):
+def _checked_number(value, where: str, path: Path, integer: bool = False, low: float | None = None, keep: bool = False):
     """``value`` checked as an int (``integer``) or a number, at least ``low``; a number comes back as a float
     unless ``keep`` (a value written into bundles as given)."""
     kinds = (int,) if integer else (int, float)
@@ -76,10 +76,11 @@ def _number(value, where: str, path: Path, integer: bool = False, low: float | N
     return value if integer or keep else float(value)
 
 
-def _numbers(values, where: str, path: Path, integer: bool = False, low: float | None = None, keep: bool = False) -> tuple:
+def _checked_numbers(values, where: str, path: Path, integer: bool = False, low: float | None = None,
+                     keep: bool = False) -> tuple:
     if not isinstance(values, (list, tuple)):
         raise ConfigError(f"{path}: '{where}' must be a list, got {values!r}")
-    return tuple(_number(v, f"{where}[{i}]", path, integer, low, keep) for i, v in enumerate(values))
+    return tuple(_checked_number(v, f"{where}[{i}]", path, integer, low, keep) for i, v in enumerate(values))
 
 
 def _flag(value, where: str, path: Path) -> bool:
@@ -137,8 +138,8 @@ class AugmentSettings(_Settings):
         flips = data["flips"]
         if flips not in FLIPS:
             raise ConfigError(f"{path}: '{where}.flips' must be one of {', '.join(FLIPS)}, got {flips!r}")
-        settings = cls(**{f.name: _number(data[f.name], f"{where}.{f.name}", path, low=0) for f in fields(cls) if f.name != "flips"},
-                       flips=flips)
+        settings = cls(**{f.name: _checked_number(data[f.name], f"{where}.{f.name}", path, low=0)
+                          for f in fields(cls) if f.name != "flips"}, flips=flips)
         if settings.prob > 1:
             raise ConfigError(f"{path}: '{where}.prob' is a probability: it must be between 0 and 1, got {settings.prob!r}")
         if settings.gamma_max < 1:
@@ -156,10 +157,11 @@ class CAESettings(_Settings):
 
     @classmethod
     def parse(cls, data: dict, path: Path) -> CAESettings:
-        return cls(epochs=_number(data["epochs"], "cae.epochs", path, True, 1),
-                   batch_size=_number(data["batch_size"], "cae.batch_size", path, True, 1),
-                   lr=_number(data["lr"], "cae.lr", path, low=0), channels=_numbers(data["channels"], "cae.channels", path, True, 1),
-                   latent_dim=_number(data["latent_dim"], "cae.latent_dim", path, True, 1))
+        return cls(epochs=_checked_number(data["epochs"], "cae.epochs", path, True, 1),
+                   batch_size=_checked_number(data["batch_size"], "cae.batch_size", path, True, 1),
+                   lr=_checked_number(data["lr"], "cae.lr", path, low=0),
+                   channels=_checked_numbers(data["channels"], "cae.channels", path, True, 1),
+                   latent_dim=_checked_number(data["latent_dim"], "cae.latent_dim", path, True, 1))
 
 
 # How a raw residual |x - CAE(x)| becomes a target in [0, 1]: "per_crop" (the paper's) maps each crop's own
@@ -178,10 +180,10 @@ class ResidualSettings(_Settings):
 
     @classmethod
     def parse(cls, data: dict, path: Path) -> ResidualSettings:
-        kernel = _number(data["median_kernel"], "residuals.median_kernel", path, True, 1)
+        kernel = _checked_number(data["median_kernel"], "residuals.median_kernel", path, True, 1)
         if kernel % 2 != 1:
             raise ConfigError(f"{path}: residuals.median_kernel must be odd")
-        percentiles = _numbers(data["percentiles"], "residuals.percentiles", path, low=0, keep=True)
+        percentiles = _checked_numbers(data["percentiles"], "residuals.percentiles", path, low=0, keep=True)
         if len(percentiles) != 2:
             raise ConfigError(f"{path}: residuals.percentiles needs a low and a high percentile")
         if not percentiles[0] < percentiles[1] <= 100:
@@ -192,7 +194,7 @@ class ResidualSettings(_Settings):
             raise ConfigError(f"{path}: 'residuals.scaling' must be one of {', '.join(RESIDUAL_SCALINGS)} (per_crop: each "
                               "crop by its own percentiles, the paper's; cohort: by the percentiles of the fold's CAE "
                               f"training normals), got {scaling!r}")
-        return cls(kernel, percentiles, _number(data["batch_size"], "residuals.batch_size", path, True, 1), scaling)
+        return cls(kernel, percentiles, _checked_number(data["batch_size"], "residuals.batch_size", path, True, 1), scaling)
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ class PretrainSettings(_Settings):
 
     @classmethod
     def parse(cls, data: dict, path: Path) -> PretrainSettings:
-        n = lambda key, **kw: _number(data[key], f"pretrain.{key}", path, **kw)  # noqa: E731
+        n = lambda key, **kw: _checked_number(data[key], f"pretrain.{key}", path, **kw)  # noqa: E731
         if data["data"] not in PRETRAIN_DATA:
             raise ConfigError(f"{path}: pretrain.data must be one of {', '.join(PRETRAIN_DATA)}, got {data['data']!r}")
         return cls(data["data"], n("epochs", integer=True, low=1), n("batch_size", integer=True, low=1), n("base_lr", low=0),
@@ -230,7 +232,7 @@ class FinetuneSettings(_Settings):
 
     @classmethod
     def parse(cls, data: dict, path: Path) -> FinetuneSettings:
-        n = lambda key, **kw: _number(data[key], f"finetune.{key}", path, **kw)  # noqa: E731
+        n = lambda key, **kw: _checked_number(data[key], f"finetune.{key}", path, **kw)  # noqa: E731
         return cls(n("epochs", integer=True, low=1), n("batch_size", integer=True, low=1), n("lr", low=0),
                    n("weight_decay", low=0), AugmentSettings.parse(data["augment"], "finetune.augment", path),
                    _flag(data["recompute_batchnorm"], "finetune.recompute_batchnorm", path))
@@ -277,7 +279,7 @@ class RunConfig(_Settings):
 
     @classmethod
     def parse(cls, data: dict, path: Path) -> RunConfig:
-        crop = _number(data["crop_size"], "crop_size", path, True)
+        crop = _checked_number(data["crop_size"], "crop_size", path, True)
         if crop not in (32, 64):
             raise ConfigError(f"{path}: crop_size must be 32 or 64 (the U-Net needs multiples of 32 dividing 64), got {crop}")
         methods = tuple(data["methods"])
@@ -290,14 +292,14 @@ class RunConfig(_Settings):
         fractions = _percents(data["fractions"], "fractions", path)
         if not fractions:
             raise ConfigError(f"{path}: fractions must be percentages in (0, 100]")
-        widths = _numbers(data["encoder_widths"], "encoder_widths", path, True, 1)
+        widths = _checked_numbers(data["encoder_widths"], "encoder_widths", path, True, 1)
         if len(widths) != 4:
             raise ConfigError(f"{path}: encoder_widths needs 4 stage widths")
         if "medicalnet" in methods and not data["medicalnet_weights"]:
             raise ConfigError(f"{path}: method 'medicalnet' needs medicalnet_weights: the path of a local MedicalNet "
                               "ResNet18 file (nothing is downloaded)")
-        bootstrap = _number(data["evaluate"]["bootstrap"], "evaluate.bootstrap", path, True, 1)
-        return cls(description=str(data.get("description", "")), crop_size=crop, seed=_number(data["seed"], "seed", path, True),
+        bootstrap = _checked_number(data["evaluate"]["bootstrap"], "evaluate.bootstrap", path, True, 1)
+        return cls(description=str(data.get("description", "")), crop_size=crop, seed=_checked_number(data["seed"], "seed", path, True),
                    device=str(data["device"]), amp=_flag(data["amp"], "amp", path), deterministic=_flag(data["deterministic"], "deterministic", path),
                    channels_last=_flag(data["channels_last"], "channels_last", path),
                    folds="all" if folds == "all" else tuple(folds), fractions=fractions, methods=methods, encoder_widths=widths,
