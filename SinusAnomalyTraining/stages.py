@@ -31,9 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from SinusAnomalyLib.dataset import UNLABELLED_MANIFEST_FILE, PreparedDataset
+from SinusAnomalyLib.dataset import PreparedDataset
 from SinusAnomalyLib.errors import DatasetError, SinusAnomalyError, StageInputError
 from SinusAnomalyLib.fileio import atomic_path, sha256_file, write_csv_atomic, write_json_atomic
+from SinusAnomalyLib.manifest import UNLABELLED_MANIFEST_FILE
 from SinusAnomalyLib.models import ConvAutoencoder, NetworkSpec, SinusClassifier, parameter_groups
 from SinusAnomalyLib.residuals import cohort_scale, residual_maps, resize_crops
 
