@@ -1,7 +1,7 @@
 """A ``classify`` result folder as MRML nodes, and volume nodes as files for the background process.
 
 Works in 3D Slicer and in plain Python with the ``slicer-core`` wheel (Slicer's real MRML classes
-without the application), which is how ``Testing/test_slicer_mrml.py`` tests it:
+without the application), which is how ``Testing/test_slicer_results.py`` tests it:
 
 * writing an input volume node to a file for the background ``classify`` process
   (:func:`write_volume_to_file`);
