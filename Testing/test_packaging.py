@@ -29,7 +29,7 @@ def test_a_wheel_installed_without_editable_mode_carries_its_resources_and_extra
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     for name in ("Reference/reference_head.nii.gz", "Reference/reference_sinus_labels.nii.gz", "Reference/reference.json",
-                 "Anatomies/real_heads.json", "Anatomies/colin27.nii.gz"):
+                 "Anatomies/real_heads.json", "Anatomies/colin27.nii.gz", "Models/synthetic-default.sabundle"):
         assert f"SinusAnomalyLib/Resources/{name}" in names, name
     synth = {f"SinusAnomalyLib/synth/{p.name}" for p in (REPO / "SinusAnomaly" / "SinusAnomalyLib" / "synth").glob("*.py")}
     assert len(synth) > 1 and synth <= names, sorted(synth - names)  # a subpackage: listed in pyproject.toml's packages
@@ -42,7 +42,8 @@ def test_a_wheel_installed_without_editable_mode_carries_its_resources_and_extra
     shutil.copyfile(REPO / "SinusAnomaly" / "Resources" / "Reference" / "reference_head.nii.gz", scan)
     env = {k: v for k, v in os.environ.items() if k != "SINUS_ANOMALY_RESOURCES"} | {"PYTHONPATH": str(site)}
     where = run(sys.executable, "-c", "import SinusAnomalyLib.reference as r, SinusAnomalyTraining.cli as c, SinusAnomalyLib.synth as s\n"
-                "print(r.__file__); print(c.__file__); print(s.__file__); print(r.resources_dir())", cwd=outside, env=env).stdout.split()
+                "print(r.__file__); print(c.__file__); print(s.__file__); print(r.resources_dir())\n"
+                "import SinusAnomalyLib.modelstore as m; assert m.default_bundle() is not None, m.DEFAULT_BUNDLE", cwd=outside, env=env).stdout.split()
     assert all(Path(path).resolve().is_relative_to(site.resolve()) for path in where), where
     run(sys.executable, "-m", "SinusAnomalyTraining", "extract", scan, "--out", outside / "crops", cwd=outside, env=env)
     summary = json.loads((outside / "crops" / "extraction.json").read_text())

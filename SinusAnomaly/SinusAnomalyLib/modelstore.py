@@ -1,7 +1,7 @@
 """Where model bundles live: the shipped default bundle, the per-user models folder, the bundles
 to choose from (the Slicer module's selector), and resolving a bundle by name or path.
 
-Light on purpose (no torch): the Slicer GUI lists bundles before torch is installed.
+Light on purpose (no torch; SimpleITK through reference, which Slicer has): the Slicer GUI lists bundles before torch is installed.
 """
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import os
 from pathlib import Path
 
 from .errors import BundleError
+from .reference import resources_dir
 
 BUNDLE_SUFFIX = ".sabundle"
 MODELS_ENV = "SINUS_ANOMALY_MODELS"
 # The model the extension ships (trained on synthetic heads by `sinus-anomaly train-default`,
 # docs/default-model.md); it sits in the module's Resources so Slicer's installer carries it.
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "Resources" / "Models" / f"synthetic-default{BUNDLE_SUFFIX}"
+DEFAULT_BUNDLE = resources_dir() / "Models" / f"synthetic-default{BUNDLE_SUFFIX}"
 DEFAULT_BUNDLE_LABEL = "Default (synthetic heads, not a clinical device)"  # how choices name it
 
 
