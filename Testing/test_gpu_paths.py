@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from SinusAnomalyLib.errors import DeviceError, InvalidValueError
-from SinusAnomalyTraining import augment, optim, runtime, stages
+from SinusAnomalyTraining import augment, optim, runtime, stagerunner, stages
 from SinusAnomalyTraining.config import AugmentSettings, load_config
 from SinusAnomalyTraining.data import CropLoader, SinusCrops
 
@@ -146,7 +146,7 @@ def test_the_cae_trains_without_autocast_and_the_other_stages_with_it(tiny_datas
         asked.append(amp)
         raise KeyboardInterrupt  # stop before any training
 
-    monkeypatch.setattr(stages, "fit", recording_fit)
+    monkeypatch.setattr(stagerunner, "fit", recording_fit)  # run_training_stage calls it
     ctx = tiny_fold_context(tiny_dataset, tmp_path / "run", amp=True)
     for stage in (stages.train_cae, lambda c: stages.finetune(c, "none", 100)):
         with pytest.raises(KeyboardInterrupt):

@@ -64,11 +64,11 @@ def check_cae_float32(table, device, config_path: Path, dataset_dir: Path, work:
         row(table, 5, "CAE in float32 under amp", "skipped: needs a GPU (no autocast on a CPU; stage choice: test_gpu_paths.py)")
         return
     from SinusAnomalyLib.dataset import load_dataset
-    from SinusAnomalyTraining import pipeline, stages
+    from SinusAnomalyTraining import pipeline, stagerunner, stages
     from SinusAnomalyTraining.config import load_config
 
     seen: dict[str, set] = {}
-    real_fit = stages.fit
+    real_fit = stagerunner.fit  # what run_training_stage calls
 
     def fit(model, *args, **kwargs):  # records the dtypes the model's convolutions compute in (training, validation)
         kind = type(runtime.unwrap_model(model)).__name__
@@ -77,12 +77,12 @@ def check_cae_float32(table, device, config_path: Path, dataset_dir: Path, work:
                 module.register_forward_hook(lambda m, i, o, kind=kind: seen.setdefault(kind, set()).add(str(o.dtype)[6:]))
         return real_fit(model, *args, **kwargs)
 
-    stages.fit = fit
+    stagerunner.fit = fit
     ctx = pipeline.fold_context(load_config(config_path).replace(amp=True), load_dataset(dataset_dir), work / "cae_fp32",
                                 0, device, restart=True, progress=False)
     stages.train_cae(ctx)
     stages.finetune(ctx, "none", 100)
-    stages.fit = real_fit
+    stagerunner.fit = real_fit
     ok = seen.get("ConvAutoencoder") == {"float32"} and seen.get("SinusClassifier") == {str(runtime.amp_dtype(device))[6:]}
     row(table, 5, f"conv output dtypes with amp on: {json.dumps({k: sorted(v) for k, v in seen.items()})}",
         "verified on GPU" if ok else "FAILED")
