@@ -122,7 +122,7 @@ def _cavities(dataset: PreparedDataset, rows: list) -> list:
     reference = load_reference()
     out = []
     for row in rows:
-        summary = json.loads((dataset.root / "scans" / row.patient / "extraction.json").read_text())
+        summary = json.loads((dataset.root / "scans" / row.patient / "extraction.json").read_text(encoding="utf-8"))
         matrix = ras_matrix_to_lps(np.asarray(summary["registration"]["reference_to_input_ras"], dtype=float))
         out.append(cavity_in_crop(reference, row.side, matrix, grid_from_affine_ras(summary[row.side]["affine_ras"], CROP_SIZE)))
     return out

@@ -83,7 +83,7 @@ def combine_pools(pools: dict[str, Path], out: Path, anatomies=None) -> dict[str
     labels, unlabelled, sinuses = [], [], []
     for anatomy in anatomies:
         pool = pools[anatomy]
-        truth = json.loads((pool / "truth.json").read_text())
+        truth = json.loads((pool / "truth.json").read_text(encoding="utf-8"))
         for patient, entry in truth.items():
             name = patient_name(anatomy, patient)
             image = images / f"{name}{Path(entry['image']).name[len(patient):]}"

@@ -52,7 +52,7 @@ def half_weights_change(run_dir: Path, config: RunConfig, folds: list[int], stat
 def _run_dataset(run_dir: Path):
     """The run's prepared dataset, or None when it is no longer where ``RUN/dataset.json`` says."""
     try:
-        return load_dataset(json.loads((run_dir / "dataset.json").read_text())["path"])
+        return load_dataset(json.loads((run_dir / "dataset.json").read_text(encoding="utf-8"))["path"])
     except (OSError, KeyError, ValueError, SinusAnomalyError):
         return None
 
@@ -155,7 +155,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     shortcut = stages.classifier_shortcut(method)  # the bundle records it: MedicalNet's classifier differs
     classifier_states, thresholds = [], []
     for fold, finetune in folds:
-        trained_at = json.loads((finetune / stages.DONE).read_text()).get("made_from", {}).get("crop_size")
+        trained_at = json.loads((finetune / stages.DONE).read_text(encoding="utf-8")).get("made_from", {}).get("crop_size")
         if trained_at is not None and trained_at != config.crop_size:  # the bundle would stamp the wrong size on it
             raise stages.StageInputError(f"{finetune} was fine-tuned at crop size {trained_at}, {run_dir / 'config.json'} says "
                                          f"{config.crop_size}: re-run its fine-tuning (sinus-anomaly run) before exporting")
@@ -175,9 +175,9 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     if residual_threshold is None:
         residual_threshold = DEFAULT_RESIDUAL_THRESHOLD if chosen_level is None else chosen_level
     metrics_path = run_dir / "evaluation" / f"{method}_frac{fraction_key(float(fraction) / 100.0)}" / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()).get("summary", {}) if metrics_path.is_file() else {}
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")).get("summary", {}) if metrics_path.is_file() else {}
     dataset_path = run_dir / "dataset.json"
-    training_data = json.loads(dataset_path.read_text()).get("summary", {}) if dataset_path.is_file() else {}
+    training_data = json.loads(dataset_path.read_text(encoding="utf-8")).get("summary", {}) if dataset_path.is_file() else {}
     meta = {
         "name": name or f"{run_dir.name}-{method}-{fraction_key(float(fraction) / 100.0)}pct",
         "method": method,

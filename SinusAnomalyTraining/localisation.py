@@ -23,12 +23,12 @@ from SinusAnomalyLib.residuals import resize_crops
 
 def lesion_masks_in_crops(cohort_dir: Path, dataset: PreparedDataset, crop_size: int) -> dict:
     """``{sample_id: (S, S, S) lesion fraction}`` for every anomalous sinus of ``dataset``."""
-    truth = json.loads((Path(cohort_dir) / "truth.json").read_text())
+    truth = json.loads((Path(cohort_dir) / "truth.json").read_text(encoding="utf-8"))
     masks = {}
     for row in dataset.manifest:
         if row.label != 1 or row.patient not in truth:
             continue
-        summary = json.loads((dataset.root / "scans" / row.patient / "extraction.json").read_text())
+        summary = json.loads((dataset.root / "scans" / row.patient / "extraction.json").read_text(encoding="utf-8"))
         lesions = sitk.ReadImage(str(Path(cohort_dir) / truth[row.patient]["lesion_mask"]), sitk.sitkUInt8)
         side_mask = sitk.Cast(lesions == LESION_LABELS[row.side], sitk.sitkFloat32)
         grid = grid_from_affine_ras(summary[row.side]["affine_ras"], CROP_SIZE)

@@ -507,7 +507,7 @@ def _comparison_lines(comparisons: list[dict], config: RunConfig) -> list[str]:
 def _write_report(out_dir: Path, table: list[dict], ablation: list[dict], figures: list[Path], config: RunConfig,
                   pretraining: str = "", comparisons: list[dict] | None = None, heat_lines: list[str] = (),
                   loss_lines: list[str] = ()) -> None:
-    paper = json.loads(PAPER_RESULTS.read_text())
+    paper = json.loads(PAPER_RESULTS.read_text(encoding="utf-8"))
     lines = [
         "# SinusAnomaly evaluation",
         "",

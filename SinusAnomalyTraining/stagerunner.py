@@ -116,7 +116,7 @@ def _done(stage_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None
 
@@ -139,7 +139,7 @@ def _start_stage(stage_dir: Path, made_from: dict, restart: bool = False) -> Non
     started = stage_dir / "started.json"
     if started.is_file():
         try:
-            previous = json.loads(started.read_text()).get("made_from")
+            previous = json.loads(started.read_text(encoding="utf-8")).get("made_from")
         except json.JSONDecodeError:
             previous = None
         if restart or previous != made_from:

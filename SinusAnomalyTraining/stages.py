@@ -181,7 +181,7 @@ def load_residuals(ctx: FoldContext) -> dict:
     """``{sample_id: (S, S, S) residual}`` of the fold, refusing residuals of another CAE or unlabelled set."""
     stage_dir = ctx.residuals_dir
     npy = _require(stage_dir / "residuals.npy", "residuals", ctx.fold_dir)
-    meta = json.loads(_require(stage_dir / "residuals.json", "residuals", ctx.fold_dir).read_text())
+    meta = json.loads(_require(stage_dir / "residuals.json", "residuals", ctx.fold_dir).read_text(encoding="utf-8"))
     cae_path = _require(ctx.cae_dir / Checkpointer.BEST, "train-cae", ctx.fold_dir)
     if meta.get("cae_sha256") != sha256_file(cae_path):
         raise StageInputError(

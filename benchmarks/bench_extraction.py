@@ -101,7 +101,7 @@ def _extra_heads(path: Path | None) -> list[RealHead]:
     from make_real_heads import visible_cavity  # noqa: PLC0415
 
     heads = []
-    for name, spec in json.loads(path.read_text()).items():
+    for name, spec in json.loads(path.read_text(encoding="utf-8")).items():
         file = (path.parent / spec["file"]).resolve()
         nifti = nib.as_closest_canonical(nib.squeeze_image(nib.load(str(file))))
         data, affine = np.asarray(nifti.dataobj, np.float32), nifti.affine

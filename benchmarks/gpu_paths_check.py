@@ -157,7 +157,7 @@ def check_overlap(table, device) -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         epoch()
     prof.export_chrome_trace(str(trace))
-    events = json.loads(trace.read_text())["traceEvents"]
+    events = json.loads(trace.read_text(encoding="utf-8"))["traceEvents"]
     copies = [e for e in events if e.get("cat") == "gpu_memcpy" and "HtoD" in e.get("name", "")]
     pageable = [e for e in copies if "Pageable" in e["name"]]
     kernel_streams = {e["args"].get("stream") for e in events if e.get("cat") == "kernel"}

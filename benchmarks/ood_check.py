@@ -36,7 +36,7 @@ SETTINGS = {
 def check(bundle, folder: Path, params: SynthParams, heads: int, seed: int) -> dict:
     cohort = generate_cohort(folder / "cohort", n_cases=heads, seed=seed, params=params, previews=0, progress=False)
     flags, errors, refused = [], [], 0
-    for case in json.loads((cohort / "truth.json").read_text()).values():
+    for case in json.loads((cohort / "truth.json").read_text(encoding="utf-8")).values():
         try:
             result = classify(cohort / case["image"], bundle)
         except (ImageError, RegistrationError):

@@ -291,6 +291,6 @@ def save_extraction(result: SinusExtraction, out_dir: str | Path) -> Path:
 def load_extraction_summary(path: str | Path) -> dict:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ImageError(path, f"is not a readable extraction.json ({exc})") from exc

@@ -71,7 +71,7 @@ def _reference_head(root: Path, labels_file: str, sinus, fingerprinted: tuple) -
     """The reference head of ``root`` with the sinus labels ``labels_file`` and the centres of
     ``sinus(meta)`` (the part of ``reference.json`` holding ``left``/``right``); ``sha256`` over the
     files named in ``fingerprinted``."""
-    meta = json.loads((root / "reference.json").read_text())
+    meta = json.loads((root / "reference.json").read_text(encoding="utf-8"))
     return ReferenceHead(
         image=sitk.Cast(sitk.ReadImage(str(root / "reference_head.nii.gz")), sitk.sitkFloat32),
         sinus_labels=sitk.ReadImage(str(root / labels_file), sitk.sitkUInt8),
@@ -117,8 +117,8 @@ def load_anatomy(name: str) -> ReferenceHead:
     if name not in ANATOMIES:
         raise ValueError(f"unknown anatomy '{name}' (known: {', '.join(ANATOMIES)})")
     root = resources_dir() / "Anatomies"
-    meta = json.loads((root / "real_heads.json").read_text())["heads"][name]
-    reference_meta = json.loads((resources_dir() / "Reference" / "reference.json").read_text())
+    meta = json.loads((root / "real_heads.json").read_text(encoding="utf-8"))["heads"][name]
+    reference_meta = json.loads((resources_dir() / "Reference" / "reference.json").read_text(encoding="utf-8"))
     head_path = root / meta["file"]
     centres = {side: np.asarray(meta[side]["visible_center_ras_mm"], float) for side in SIDES}
     return ReferenceHead(

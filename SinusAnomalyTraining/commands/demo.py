@@ -64,13 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def centre_errors(cohort: Path, dataset: Path) -> list[float]:
     """Distances (mm) between extracted and true sinus centres, over all prepared scans."""
-    truth = json.loads((cohort / "truth.json").read_text())
+    truth = json.loads((cohort / "truth.json").read_text(encoding="utf-8"))
     errors = []
     for patient, case in sorted(truth.items()):
         summary_path = dataset / "scans" / patient / "extraction.json"
         if not summary_path.exists():
             continue
-        found = json.loads(summary_path.read_text())
+        found = json.loads(summary_path.read_text(encoding="utf-8"))
         for side in ("left", "right"):
             errors.append(float(np.linalg.norm(np.subtract(found[side]["center_ras_mm"], case[side]["center_ras_mm"]))))
     return errors
@@ -86,7 +86,7 @@ def classify_other_anatomies(folder: Path, bundle: ModelBundle, device, n_heads:
     cohort = generate_cohort(folder / "cohort", n_cases=n_heads, seed=seed, params=SynthParams(anatomies=OTHER_ANATOMIES),
                              previews=0)
     truth, kinds, probabilities, refused, results = [], [], [], 0, []
-    for patient, case in json.loads((cohort / "truth.json").read_text()).items():
+    for patient, case in json.loads((cohort / "truth.json").read_text(encoding="utf-8")).items():
         try:
             result = classify(cohort / case["image"], bundle, device)
         except (ImageError, RegistrationError):  # not located, or neither side in view enough
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     bundle_path = export_run(out / "run", out / "bundle" / "synthetic-demo.sabundle", "residual", 100,
                              name="synthetic-demo (trying the workflow only)")
     bundle = load_bundle(bundle_path).to(device)
-    cohort_truth = json.loads((cohort / "truth.json").read_text())
+    cohort_truth = json.loads((cohort / "truth.json").read_text(encoding="utf-8"))
     test_patients = sorted(dataset.splits.test)
     anomalous = [p for p in test_patients if any(cohort_truth[p][s]["anomaly"] for s in ("left", "right"))]
     held_out = (anomalous or test_patients)[0]
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     evaluation_dir = out / "run" / "evaluation"
     for plot in evaluation["plots"]:
         shutil.copyfile(plot, out / Path(plot).name)
-    table = (evaluation_dir / "report.md").read_text().split("\n| pretraining")[1].split("\n\n")[0]
+    table = (evaluation_dir / "report.md").read_text(encoding="utf-8").split("\n| pretraining")[1].split("\n\n")[0]
     minutes = (time.perf_counter() - started) / 60.0
     report = [
         "# SinusAnomaly demo",

@@ -21,5 +21,5 @@ def run(args) -> int:
     with locked_run_folder(args.run):  # it writes RUN/evaluation
         config, dataset, _ = setup(args, writes_run=False)
         report.evaluate_run(config, dataset, args.run)
-    print((args.run / "evaluation" / "report.md").read_text())
+    print((args.run / "evaluation" / "report.md").read_text(encoding="utf-8"))
     return 0

@@ -20,5 +20,5 @@ def run(args) -> int:
         config, _, device = setup(args)
         pipeline.run_pipeline(config, args.dataset, args.run, device, progress=not args.no_progress)
     if runtime.is_main_process():
-        print((args.run / "evaluation" / "report.md").read_text())
+        print((args.run / "evaluation" / "report.md").read_text(encoding="utf-8"))
     return 0

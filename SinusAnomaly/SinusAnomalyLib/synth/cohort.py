@@ -31,7 +31,7 @@ def _claim_folder(settings_path: Path, seed: int, params: SynthParams) -> None:
     """Record the cohort's seed and parameters, or refuse a folder made with other ones."""
     wanted = json.loads(json.dumps({"seed": seed, "params": asdict(params)}))  # tuples as JSON lists
     if settings_path.is_file():
-        made = json.loads(settings_path.read_text())
+        made = json.loads(settings_path.read_text(encoding="utf-8"))
         # a knob the folder's record lacks was added since: that folder was made with its default
         made_params = json.loads(json.dumps(asdict(SynthParams()))) | (made.get("params") or {})
         differing = [f"seed {made.get('seed')}"] if made.get("seed") != seed else []
@@ -103,7 +103,7 @@ def _write_heads(out_dir: Path, truth_path: Path, prefix: str, n: int, seed_of, 
     the ``n`` heads, sorted by patient. Previews of up to ``previews`` anomalous heads in total."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    truth = json.loads(truth_path.read_text()) if truth_path.is_file() else {}
+    truth = json.loads(truth_path.read_text(encoding="utf-8")) if truth_path.is_file() else {}
     reference = load_reference()
     shown = sum(1 for p in (out_dir / "previews").glob("*.png")) if (out_dir / "previews").is_dir() else 0
     for index in tqdm(range(n), desc=desc, unit="head", disable=not progress):
