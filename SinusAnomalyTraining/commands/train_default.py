@@ -3,8 +3,10 @@
 Makes a synthetic pool per real anatomy of Resources/Anatomies (T1/T2/FLAIR-like contrasts, sinus
 size and shape variety, bony walls, septa, every lesion kind at the literature's sizes, plus an
 unlabelled set for pretraining), extracts every head once (prepare: 2 patient-level folds and a
-15 % in-distribution test set; in a work folder of benchmarks/loao.py its extraction is reused), trains configs/default.json (CAE, residual pretraining,
-fine-tuning at 100 % labels) and exports the fold ensemble as OUT/synthetic-default.sabundle. Its
+15 % in-distribution test set; in a work folder of benchmarks/loao.py its extraction is reused),
+trains configs/default.json (CAE, residual pretraining, fine-tuning with and without it at 100 %
+labels) and exports the fold ensemble of defaultmodel.METHOD (without pretraining: it held as
+well on unseen anatomy) as OUT/synthetic-default.sabundle. Its
 bundle.json records that it was trained on synthetic heads, by which command, at which commit,
 and that it is not a medical device. What it is worth on anatomy it never saw is measured by
 benchmarks/transfer_check.sh (docs/default-model.md). Every step resumes when re-run.
