@@ -46,7 +46,7 @@ class RealHead:
 
 def real_heads() -> list[RealHead]:
     """The shipped real heads as they come."""
-    meta = json.loads((REAL_HEADS_DIR / "real_heads.json").read_text())
+    meta = json.loads((REAL_HEADS_DIR / "real_heads.json").read_text(encoding="utf-8"))
     return [RealHead(name, read_image(REAL_HEADS_DIR / head["file"]),
                      {side: np.asarray(head[side]["visible_center_ras_mm"], float) for side in SIDES},
                      bool(head.get("cavity_wholly_in_view", False)), name)

@@ -142,7 +142,7 @@ FINGERPRINT = "3f2a9c0d5e7b41c8a6d2e9f01b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e"
 
 def write_v2_result(folder: Path) -> dict:
     """Turn the fixture's folder into format 2 by hand: the right side not assessable, warnings, fingerprint."""
-    result = json.loads((folder / "result.json").read_text())
+    result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
     result["version"] = 2
     result["model"]["fingerprint"] = FINGERPRINT
     result["sides"]["left"].update({"coverage": 0.97, "assessable": True})

@@ -111,7 +111,7 @@ def test_classify_writes_results_on_the_input_grid(bundle_path, head, tmp_path, 
     case, path = head
     out = tmp_path / "result"
     assert main(["classify", str(path), "--model", str(bundle_path), "--out", str(out), "--device", "cpu"]) == 0
-    result = json.loads((out / "result.json").read_text())
+    result = json.loads((out / "result.json").read_text(encoding="utf-8"))
     for side in ("left", "right"):
         entry = result["sides"][side]
         assert 0.0 <= entry["probability"] <= 1.0
@@ -144,7 +144,7 @@ def test_batch_classify_goes_past_a_bad_scan(bundle_path, head, tmp_path):
     (folder / "broken.nii.gz").write_bytes(path.read_bytes()[:5000])
     code = main(["classify", str(folder), "--model", str(bundle_path), "--out", str(tmp_path / "out")])
     assert code == 1
-    rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    rows = (tmp_path / "out" / "results.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].startswith("image,status,error")
     assert len(rows) == 3
     by_name = {r.split(",")[0].rsplit("/", 1)[-1]: r for r in rows[1:]}
@@ -281,7 +281,7 @@ def test_weights_are_stored_half_size_and_predict_as_the_float32_checkpoints(bun
 def test_export_keeps_float32_weights_when_it_cannot_check_float16(bundle_path, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(bundle_path.parent / "run", run)
-    info = json.loads((run / "dataset.json").read_text())
+    info = json.loads((run / "dataset.json").read_text(encoding="utf-8"))
     info["path"] = str(tmp_path / "moved-away")
     (run / "dataset.json").write_text(json.dumps(info))
     path = export_run(run, tmp_path / "full.sabundle", "residual", 100)
@@ -337,7 +337,7 @@ def test_export_refuses_classifiers_fine_tuned_at_another_crop_size(bundle_path,
     """After a crop-size change the bundle would claim a size its classifiers never saw: refused, naming them."""
     run = tmp_path / "run"
     shutil.copytree(bundle_path.parent / "run", run)
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     (run / "config.json").write_text(json.dumps({**config, "crop_size": 64}))
     assert main(["export", str(run), "--out", str(tmp_path / "stale.sabundle")]) == 2
     err = capsys.readouterr().err
@@ -428,7 +428,7 @@ def test_demo_scores_its_bundle_on_heads_of_the_anatomies_it_never_saw(bundle_pa
     with the bundle, scored at the bundle's threshold; a re-run reuses the heads."""
     bundle = load_bundle(bundle_path)
     scores = classify_other_anatomies(tmp_path, bundle, "cpu", n_heads=3, seed=5)
-    truth = json.loads((tmp_path / "cohort" / "truth.json").read_text())
+    truth = json.loads((tmp_path / "cohort" / "truth.json").read_text(encoding="utf-8"))
     assert sorted(truth) == ["synth-0000", "synth-0001", "synth-0002"]
     assert {case["pose"]["anatomy"] for case in truth.values()} <= set(OTHER_ANATOMIES)
     assessed = 2 * (3 - scores["heads_refused"])

@@ -59,7 +59,7 @@ def test_extension_build_lists_every_python_file():
     """SinusAnomaly/CMakeLists.txt names files one by one; a file missing there is missing in Slicer."""
     import re
 
-    cmake = (REPO / "SinusAnomaly" / "CMakeLists.txt").read_text()
+    cmake = (REPO / "SinusAnomaly" / "CMakeLists.txt").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\s*([\w/]+\.py)\s*$", cmake, flags=re.M))
     lib = {f"SinusAnomalyLib/{p.relative_to(REPO / 'SinusAnomaly' / 'SinusAnomalyLib').as_posix()}"
            for p in (REPO / "SinusAnomaly" / "SinusAnomalyLib").rglob("*.py")}
@@ -71,7 +71,7 @@ def test_extension_build_lists_every_python_file():
 def test_extension_build_lists_every_data_file_of_the_training_package():
     import re
 
-    cmake = (REPO / "SinusAnomaly" / "CMakeLists.txt").read_text()
+    cmake = (REPO / "SinusAnomaly" / "CMakeLists.txt").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\s*([\w/.-]+\.json)\s*$", cmake, flags=re.M))
     package = REPO / "SinusAnomalyTraining"
     assert {str(p.relative_to(package)) for p in package.rglob("*.json")} <= listed

@@ -49,11 +49,11 @@ def test_classify_without_model_uses_the_default_bundle_and_says_so(bundle_path,
     with caplog.at_level(logging.WARNING):
         assert main(["classify", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     assert any("default bundle" in m and str(shipped) in m for m in caplog.messages)
-    model = json.loads((tmp_path / "out" / "result.json").read_text())["model"]
+    model = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))["model"]
     assert model["default"] is True and model["path"] == str(shipped)
     # a bundle named on the command line is not the default, even a copy of it
     assert main(["classify", str(path), "--model", str(bundle_path), "--out", str(tmp_path / "named")]) == 0
-    assert json.loads((tmp_path / "named" / "result.json").read_text())["model"]["default"] is False
+    assert json.loads((tmp_path / "named" / "result.json").read_text(encoding="utf-8"))["model"]["default"] is False
     assert is_default_bundle(shipped) and not is_default_bundle(bundle_path)
 
 

@@ -256,7 +256,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     assert res_hist == full_hist and len(res_hist) == epochs
     for a, b in zip(full_opt.state_dict()["state"].values(), res_opt.state_dict()["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
-    assert json.loads((tmp_path / "cut" / "history.json").read_text()) == full_hist
+    assert json.loads((tmp_path / "cut" / "history.json").read_text(encoding="utf-8")) == full_hist
 
     # The randomness is real: another seed gives other weights.
     other_model, *_ = run_fit(tmp_path / "other", seed=12, epochs=epochs)
@@ -266,7 +266,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
 def test_fit_outputs_best_checkpoint_history_files_and_no_temp_files(tmp_path):
     with runtime.setup_run_logging(tmp_path, console=False) as log:
         model, opt, sched, history, loader = run_fit(tmp_path, epochs=3, progress=True, log=log)
-    assert "epoch 3/3: train_loss" in (tmp_path / "train.log").read_text()
+    assert "epoch 3/3: train_loss" in (tmp_path / "train.log").read_text(encoding="utf-8")
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert all(set(h) >= {"train_loss", "val_loss", "lr"} for h in history)
     assert history[-1]["lr"] == pytest.approx(0.0)                          # schedule ended
@@ -282,8 +282,8 @@ def test_fit_outputs_best_checkpoint_history_files_and_no_temp_files(tmp_path):
     assert best["best_metric"] == pytest.approx(min(h["val_loss"] for h in history))
     assert isinstance(last["rng"]["torch"], torch.Tensor)
 
-    assert json.loads((tmp_path / "history.json").read_text()) == history
-    csv_lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert json.loads((tmp_path / "history.json").read_text(encoding="utf-8")) == history
+    csv_lines = (tmp_path / "history.csv").read_text(encoding="utf-8").splitlines()
     assert csv_lines[0] == "epoch,train_loss,val_loss,lr" and len(csv_lines) == 4
     assert partial_files(tmp_path) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "history.csv", "history.json", "last.pt",
@@ -399,7 +399,7 @@ def test_single_process_helpers_and_logging(tmp_path):
     assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
     with runtime.setup_run_logging(tmp_path, console=False) as log:
         log.info("hello run")
-    assert "hello run" in (tmp_path / "train.log").read_text()
+    assert "hello run" in (tmp_path / "train.log").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------- DDP
@@ -421,8 +421,8 @@ def test_ddp_two_cpu_processes(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    r0 = json.loads((out_dir / "rank0.json").read_text())
-    r1 = json.loads((out_dir / "rank1.json").read_text())
+    r0 = json.loads((out_dir / "rank0.json").read_text(encoding="utf-8"))
+    r1 = json.loads((out_dir / "rank1.json").read_text(encoding="utf-8"))
     assert r0["backend"] == r1["backend"] == "gloo"
     assert r0["sampler"] == "DistributedSampler" and r0["steps_per_epoch"] == 2   # 16 samples / 2 ranks / 4
     assert r0["written"] == [str(run_dir / "last.pt")] * 2 and r1["written"] == []
@@ -469,7 +469,7 @@ def test_channels_last_setting_trains_the_same_stage_in_another_memory_layout(ti
     for layout in (False, True):
         ctx = tiny_fold_context(tiny_dataset, tmp_path / str(layout), channels_last=layout)
         best = stages.train_cae(ctx)
-        histories[layout] = [row["train_loss"] for row in json.loads((best.parent / "history.json").read_text())]
+        histories[layout] = [row["train_loss"] for row in json.loads((best.parent / "history.json").read_text(encoding="utf-8"))]
         model = stages.network_spec(ctx.config).cae()
         model.load_state_dict(load_checkpoint(best)["model"])
         assert all(p.is_contiguous() for p in model.parameters())

@@ -317,7 +317,7 @@ def test_evaluate_run_writes_paired_comparisons(tmp_path):
     assert float(same["difference"]) == float(same["low"]) == float(same["high"]) == 0.0
     assert float(same["share_positive"]) == 0.0
 
-    text = (tmp_path / "evaluation" / "report.md").read_text()
+    text = (tmp_path / "evaluation" / "report.md").read_text(encoding="utf-8")
     assert "## Residual pretraining against every other method (paired patient bootstrap)" in text
     assert "### 10 % labels (60 test patients)" in text and "### 100 % labels (60 test patients)" in text
     best = min(("none", "simsiam"), key=lambda m: float(by[("10", m, "auroc")]["difference"]))

@@ -322,7 +322,7 @@ def test_write_metrics(tmp_path):
     pooled = pooled_bootstrap(yt, pt, n_boot=50)
     json_path, csv_path = write_metrics(tmp_path / "out", folds, summary, pooled)
 
-    data = json.loads(json_path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    data = json.loads(json_path.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert set(data) == {"per_fold", "summary", "pooled"}
     assert len(data["per_fold"]) == 3 and data["per_fold"][2]["auprc"] is None
     assert data["summary"]["auroc"]["mean"] == pytest.approx(summary["auroc"]["mean"])

@@ -73,7 +73,7 @@ def test_saved_crops_are_placed_in_the_input_world_space(posed_cases, tmp_path):
     head_path = tmp_path / "head.nii.gz"
     write_image(case.image, head_path)
     save_extraction(result, tmp_path / "out")
-    summary = json.loads((tmp_path / "out" / "extraction.json").read_text())
+    summary = json.loads((tmp_path / "out" / "extraction.json").read_text(encoding="utf-8"))
     head = nib.load(str(head_path))
     head_data = np.asarray(head.dataobj, dtype=np.float32)
     for side in SIDES:

@@ -298,7 +298,7 @@ def two_rank_results(tmp_path_factory):
                            "127.0.0.1", "--master_port", str(port), str(HERE / "ddp_checks_worker.py"), str(out)],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((out / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
 
 
 def test_batchnorm_statistics_are_recomputed_over_all_ranks(two_rank_results):

@@ -68,7 +68,7 @@ def test_report_and_metrics_files_carry_the_per_type_metrics(tmp_path):
         _write_predictions(tmp_path, fold, p)
     cell = report._evaluate_cell(tmp_path, [0, 1], "none", 100, SimpleNamespace(bootstrap=20, seed=0), tmp_path / "out")
     assert cell["test_sinuses_by_type"] == {"polyp": 2, "retention_cyst": 3}
-    saved = json.loads((tmp_path / "out" / "none_frac100" / "metrics.json").read_text())
+    saved = json.loads((tmp_path / "out" / "none_frac100" / "metrics.json").read_text(encoding="utf-8"))
     assert [f["youden_threshold"] for f in saved["per_fold"]] == [0.5, 0.5]
     assert saved["per_fold"][1]["sensitivity_at_youden_threshold[polyp]"] == 0.0
     assert saved["summary"]["auroc[retention_cyst]"]["mean"] == pytest.approx((11 / 12 + 1.0) / 2)

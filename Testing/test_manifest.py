@@ -13,7 +13,7 @@ def test_manifests_round_trip_with_an_unknown_registration_quality(tmp_path):
     rows = [ManifestRow("p1_left", "p1", "left", 1, "polyp", "p1.nii.gz", "scans/p1/crops.npz", "left", 0, 0.91),
             ManifestRow("p1_right", "p1", "right", 0, "normal", "p1.nii.gz", "scans/p1/crops.npz", "right", 1, None)]
     write_manifest(tmp_path / "manifest.csv", rows)
-    assert (tmp_path / "manifest.csv").read_text().splitlines()[0] == ",".join(MANIFEST_COLUMNS)
+    assert (tmp_path / "manifest.csv").read_text(encoding="utf-8").splitlines()[0] == ",".join(MANIFEST_COLUMNS)
     assert load_manifest(tmp_path / "manifest.csv") == rows
     assert rows[0].sample.label == 1 and rows[0].sample.patient == "p1"
 

@@ -46,6 +46,6 @@ def test_a_wheel_installed_without_editable_mode_carries_its_resources_and_extra
                 "import SinusAnomalyLib.modelstore as m; assert m.default_bundle() is not None, m.DEFAULT_BUNDLE", cwd=outside, env=env).stdout.split()
     assert all(Path(path).resolve().is_relative_to(site.resolve()) for path in where), where
     run(sys.executable, "-m", "SinusAnomalyTraining", "extract", scan, "--out", outside / "crops", cwd=outside, env=env)
-    summary = json.loads((outside / "crops" / "extraction.json").read_text())
+    summary = json.loads((outside / "crops" / "extraction.json").read_text(encoding="utf-8"))
     assert {summary[side]["coverage"] for side in ("left", "right")} == {1.0}
     assert (outside / "crops" / "left_crop.nii.gz").is_file() and (outside / "crops" / "right_crop.nii.gz").is_file()

@@ -128,10 +128,10 @@ def test_prepare_writes_consistent_manifest_crops_and_splits(tmp_path, extractor
         assert {loaded.manifest[i].patient for i in rows} == set(fold.train)
         assert len(loaded.rows_of_samples(fold.labelled["100"])) == len(rows)
 
-    info = json.loads((out / "dataset.json").read_text())
+    info = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert info["counts"]["sinuses"] == 23 and info["counts"]["failures"] == 0
     assert info["parameters"]["n_folds"] == 3 and info["parameters"]["fractions"] == [10, 20, 40, 60, 80, 100]
-    summary = json.loads((out / "scans" / "P000" / "extraction.json").read_text())
+    summary = json.loads((out / "scans" / "P000" / "extraction.json").read_text(encoding="utf-8"))
     assert summary["registration"]["quality"] == 0.75 and summary["cache"]["image"].endswith("P000.nii.gz")
     assert read_csv(out / "failures.csv") == []
 
@@ -159,13 +159,13 @@ def test_rerun_reuses_cache_and_redoes_only_changed_images(tmp_path, extractor):
     images, labels = make_cohort(tmp_path)
     out = tmp_path / "dataset"
     prepare_dataset(images, labels, out, n_folds=3, progress=False)
-    first_splits = (out / "splits.json").read_text()
+    first_splits = (out / "splits.json").read_text(encoding="utf-8")
     assert len(extractor.calls) == 12
 
     extractor.calls.clear()
     report = prepare_dataset(images, labels, out, n_folds=3, progress=False)
     assert extractor.calls == [] and report.n_scans_reused == 12
-    assert (out / "splits.json").read_text() == first_splits
+    assert (out / "splits.json").read_text(encoding="utf-8") == first_splits
 
     changed = images / "P005.nii.gz"
     changed.write_bytes(b"a different, longer head scan")
@@ -326,7 +326,7 @@ def test_prepare_command_prints_summary(tmp_path, extractor, capsys):
     assert prepare_command.run(args) == 0
     printed = capsys.readouterr().out
     assert "12 of 12 prepared" in printed and "fold 2 val" in printed and "test" in printed
-    splits = json.loads((tmp_path / "ds" / "splits.json").read_text())
+    splits = json.loads((tmp_path / "ds" / "splits.json").read_text(encoding="utf-8"))
     assert splits["fractions"] == [25, 50, 100] and len(splits["folds"]) == 3
 
 
@@ -347,10 +347,10 @@ def test_a_change_to_the_extraction_code_extracts_every_scan_again(tmp_path, ext
         images, labels = make_cohort(tmp_path)
         out = tmp_path / "dataset"
         prepare_dataset(images, labels, out, n_folds=3, progress=False)
-        first = json.loads((out / "dataset.json").read_text())["extraction"]
+        first = json.loads((out / "dataset.json").read_text(encoding="utf-8"))["extraction"]
 
         def edit(name: str) -> list[str]:
-            (sources / name).write_text((sources / name).read_text() + "\nA_CHANGED_PARAMETER = 2\n")
+            (sources / name).write_text((sources / name).read_text(encoding="utf-8") + "\nA_CHANGED_PARAMETER = 2\n")
             scancache.extraction_fingerprint.cache_clear()
             extractor.calls.clear()
             prepare_dataset(images, labels, out, n_folds=3, progress=False)
@@ -358,6 +358,6 @@ def test_a_change_to_the_extraction_code_extracts_every_scan_again(tmp_path, ext
 
         assert edit("synth/lesions.py") == []  # not part of extraction: every scan reused
         assert len(edit("registration.py")) == 12
-        assert json.loads((out / "dataset.json").read_text())["extraction"] != first
+        assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["extraction"] != first
     finally:
         scancache.extraction_fingerprint.cache_clear()  # the next test computes it from the real sources

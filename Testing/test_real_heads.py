@@ -72,7 +72,7 @@ def test_partial_field_of_view_is_cropped_padded_and_reported(heads, reference, 
     left = result.arrays()["left"]
     assert (left[:, :, :8] == left.min()).mean() > 0.9  # below the cut: one background value
     save_extraction(result, tmp_path)
-    summary = json.loads((tmp_path / "extraction.json").read_text())
+    summary = json.loads((tmp_path / "extraction.json").read_text(encoding="utf-8"))
     for side in SIDES:
         assert summary[side]["coverage"] == pytest.approx(result.coverage[side], abs=1e-4)
         assert summary[side]["assessable"] is True

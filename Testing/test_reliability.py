@@ -193,7 +193,7 @@ def test_a_side_not_in_view_gets_no_verdict_heat_map_or_label(bundle, extraction
     image = read_image(extraction.source)
     result = classify_extraction(image, partial, model)
     save_classification(result, model, tmp_path / "out")
-    summary = json.loads((tmp_path / "out" / "result.json").read_text())
+    summary = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
     assert summary["format"] == RESULT_FORMAT and summary["version"] == RESULT_VERSION
     right, left = summary["sides"]["right"], summary["sides"]["left"]
     assert right == {**right, "coverage": pytest.approx(low, abs=1e-4), "assessable": False, "probability": None, "spread": None,
@@ -262,7 +262,7 @@ def test_batch_scans_sharing_a_name_get_their_own_output_folders(bundle, extract
         rows = list(csv.DictReader(fh))
     assert [(Path(r["image"]).parent.name, r["status"], r["output"]) for r in rows] == [("p1", "ok", "p1_flair"), ("p2", "ok", "p2_flair")]
     for row in rows:
-        assert json.loads((out / row["output"] / "result.json").read_text())["input"] == row["image"]
+        assert json.loads((out / row["output"] / "result.json").read_text(encoding="utf-8"))["input"] == row["image"]
 
 
 def sitk_array(image) -> np.ndarray:
@@ -329,7 +329,7 @@ def test_result_records_the_bundle_fingerprint(bundle, head, tmp_path):
         assert archive.read(MANIFEST_DIGEST).decode().split() == [digest, MANIFEST]
     assert read_bundle_file(bundle).fingerprint == digest
     assert main(["classify", str(head), "--model", str(bundle), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
-    summary = json.loads((tmp_path / "out" / "result.json").read_text())
+    summary = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
     assert summary["model"]["fingerprint"] == digest
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(RESULT_FILES)
 
@@ -400,13 +400,13 @@ def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
         with atomic_folder(target, ["a.txt", "b.txt"]) as tmp:
             (tmp / "a.txt").write_text("second")
             raise RuntimeError("failed half way")
-    assert {p.name: p.read_text() for p in target.iterdir()} == {"a.txt": "first", "b.txt": "first"}
+    assert {p.name: p.read_text(encoding="utf-8") for p in target.iterdir()} == {"a.txt": "first", "b.txt": "first"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
     (target / "notes.txt").write_text("mine")
     with pytest.raises(OutputError, match="holds other files \\(notes.txt\\)"):
         with atomic_folder(target, ["a.txt", "b.txt"]):
             pass
-    assert (target / "notes.txt").read_text() == "mine"
+    assert (target / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_a_second_process_writing_the_same_output_is_refused(bundle, head, tmp_path):
@@ -447,7 +447,7 @@ def test_output_that_is_a_file_is_refused_before_any_work(command, bundle, head,
     assert main([str(a) for a in args]) == 2  # in-process: the registration was never started
     proc = cli(*args)
     assert_clean_error(proc, str(blocker), "is a file")
-    assert blocker.read_text() == "a file, not a folder"
+    assert blocker.read_text(encoding="utf-8") == "a file, not a folder"
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc to find an unwritable location as any user")

@@ -111,7 +111,7 @@ def test_fit_records_the_floor_and_the_excess_for_training_and_validation(tmp_pa
         assert row["train_excess"] == row["train_loss"] - row["train_floor"] > 0
         assert row["val_excess"] == row["val_loss"] - row["val_floor"] > 0
     assert history[1]["val_excess"] < history[0]["val_excess"]  # it learnt towards the target
-    assert json.loads((tmp_path / "off" / "history.json").read_text()) == history
+    assert json.loads((tmp_path / "off" / "history.json").read_text(encoding="utf-8")) == history
     with open(tmp_path / "off" / "history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert float(rows[-1]["val_excess"]) == pytest.approx(history[-1]["val_excess"])
@@ -195,23 +195,23 @@ def test_cohort_scaled_residual_stage_records_its_scale_and_recomputes_when_the_
     ctx = tiny_fold_context(tiny_dataset, tmp_path)
     stages.train_cae(ctx)
     stages.compute_residuals(ctx)
-    per_crop_done = json.loads((ctx.residuals_dir / "done.json").read_text())
+    per_crop_done = json.loads((ctx.residuals_dir / "done.json").read_text(encoding="utf-8"))
     assert per_crop_done["made_from"]["residuals"]["scaling"] == "per_crop"
-    assert json.loads((ctx.residuals_dir / "residuals.json").read_text())["scale"] == {"scaling": "per_crop", "percentiles": [1, 99]}
+    assert json.loads((ctx.residuals_dir / "residuals.json").read_text(encoding="utf-8"))["scale"] == {"scaling": "per_crop", "percentiles": [1, 99]}
 
     cohort = tiny_fold_context(tiny_dataset, tmp_path, residuals={"scaling": "cohort"})
     cae_done = (cohort.cae_dir / "done.json").stat().st_mtime_ns
     stages.train_cae(cohort)  # the option does not touch the CAE: its stage is skipped
     assert (cohort.cae_dir / "done.json").stat().st_mtime_ns == cae_done
     stages.compute_residuals(cohort)
-    done = json.loads((cohort.residuals_dir / "done.json").read_text())
+    done = json.loads((cohort.residuals_dir / "done.json").read_text(encoding="utf-8"))
     assert done["made_from"]["residuals"]["scaling"] == "cohort" and done["made_from"] != per_crop_done["made_from"]
     assert done["residuals_sha256"] != per_crop_done["residuals_sha256"]  # recomputed, not skipped
-    meta = json.loads((cohort.residuals_dir / "residuals.json").read_text())
+    meta = json.loads((cohort.residuals_dir / "residuals.json").read_text(encoding="utf-8"))
     scale = meta["scale"]
     assert scale["scaling"] == "cohort" and scale["percentiles"] == [1, 99] and 0 <= scale["low"] < scale["high"]
     rows = stages.cae_training_rows(cohort)
-    assert scale["n_crops"] == len(rows) == json.loads((cohort.cae_dir / "done.json").read_text())["n_train"]
+    assert scale["n_crops"] == len(rows) == json.loads((cohort.cae_dir / "done.json").read_text(encoding="utf-8"))["n_train"]
     # reproducible from what residuals.json records: the same percentiles of the CAE training normals' raw residuals
     cae, _ = stages.load_cae(cohort)
     images = torch.from_numpy(stages.resize_crops(cohort.dataset.crops[np.asarray(rows)], 32))[:, None]
@@ -227,7 +227,7 @@ def test_cohort_scaled_residual_stage_records_its_scale_and_recomputes_when_the_
     assert stacked.min() >= 0.0 and stacked.max() <= 1.0
     # pretraining on them records the floor and the excess, training and validation, every epoch
     stages.pretrain(cohort)
-    history = json.loads((cohort.pretrain_dir / "history.json").read_text())
+    history = json.loads((cohort.pretrain_dir / "history.json").read_text(encoding="utf-8"))
     assert len(history) == TINY_CONFIG["pretrain"]["epochs"]
     for entry in history:
         for split in ("train", "val"):

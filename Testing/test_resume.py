@@ -118,11 +118,11 @@ def test_interrupted_stage_rerun_as_it_was_ends_with_the_uninterrupted_weights(k
     assert load_checkpoint(cut / "last.pt")["epoch"] == 1 and not (cut / "done.json").exists()
 
     assert main(args) == 0  # the same command line, no flag
-    assert "resuming from" in (cut / "train.log").read_text()
+    assert "resuming from" in (cut / "train.log").read_text(encoding="utf-8")
     whole = runs["whole"] / "fold0" / folder
     for name in ("last.pt", "best.pt"):
         assert_bitwise_equal(weights(whole / name), weights(cut / name))
-    assert json.loads((whole / "history.json").read_text()) == json.loads((cut / "history.json").read_text())
+    assert json.loads((whole / "history.json").read_text(encoding="utf-8")) == json.loads((cut / "history.json").read_text(encoding="utf-8"))
 
 
 def test_restart_starts_a_finished_stage_over_and_resume_is_a_no_op_that_says_so(tiny_dataset, tmp_path, capsys):
@@ -136,7 +136,7 @@ def test_restart_starts_a_finished_stage_over_and_resume_is_a_no_op_that_says_so
     assert main(args) == 0 and (stage / "done.json").stat().st_mtime_ns == stamp  # finished: skipped
     assert main([*args, "--restart"]) == 0
     assert (stage / "done.json").stat().st_mtime_ns != stamp
-    assert "starting from scratch" in (stage / "train.log").read_text().split("fine-tuning fold 0")[-1]
+    assert "starting from scratch" in (stage / "train.log").read_text(encoding="utf-8").split("fine-tuning fold 0")[-1]
     assert_bitwise_equal(first, weights(stage / "last.pt"))  # the same seed, the same weights
 
     capsys.readouterr()
@@ -160,6 +160,6 @@ def test_a_changed_setting_starts_an_interrupted_stage_over_instead_of_resuming_
     (stage / "done.json").unlink()  # as if stopped after its last epoch: last.pt of lr 1e-3 is there
     assert load_checkpoint(stage / "last.pt")["epoch"] == TINY_CONFIG["finetune"]["epochs"]
     finetune(tmp_path / "run", 3e-3)
-    assert "resuming from" not in (stage / "train.log").read_text().split("fine-tuning fold 0")[-1]
+    assert "resuming from" not in (stage / "train.log").read_text(encoding="utf-8").split("fine-tuning fold 0")[-1]
     fresh = finetune(tmp_path / "fresh", 3e-3)
     assert_bitwise_equal(weights(fresh / "last.pt"), weights(stage / "last.pt"))

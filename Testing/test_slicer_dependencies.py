@@ -90,7 +90,7 @@ class Recorder:
         self.calls = []
 
     def pip(self, requirements, constraints_file):
-        self.calls.append(("pip", list(requirements), Path(constraints_file).read_text()))
+        self.calls.append(("pip", list(requirements), Path(constraints_file).read_text(encoding="utf-8")))
 
     def torch(self, specifier):
         self.calls.append(("torch", specifier))

@@ -186,7 +186,7 @@ def test_reloading_into_given_outputs_refills_them(result_dir):  # noqa: F811
 @pytest.mark.parametrize("problem", ["no-json", "format", "version", "side", "heatmap"])
 def test_bad_result_folders_are_refused(result_dir, problem):  # noqa: F811
     folder, *_ = result_dir
-    result = json.loads((folder / "result.json").read_text())
+    result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
     if problem == "no-json":
         (folder / "result.json").unlink()
     elif problem == "format":

@@ -29,11 +29,11 @@ def trained_fold(tiny_dataset, tmp_path_factory):
 
 def test_cae_trains_on_training_normals_only(trained_fold):
     ctx, _ = trained_fold
-    done = json.loads((ctx.fold_dir / "cae" / "done.json").read_text())
+    done = json.loads((ctx.fold_dir / "cae" / "done.json").read_text(encoding="utf-8"))
     labels = ctx.dataset.labels()
     train = ctx.indices("train")
     assert done["n_train"] == int((labels[train] == 0).sum())
-    history = json.loads((ctx.fold_dir / "cae" / "history.json").read_text())
+    history = json.loads((ctx.fold_dir / "cae" / "history.json").read_text(encoding="utf-8"))
     assert len(history) == TINY_CONFIG["cae"]["epochs"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
@@ -116,13 +116,13 @@ def test_run_command_runs_every_stage_evaluates_and_resumes(tiny_dataset, tmp_pa
     run = tmp_path / "run"
     args = ["run", "--config", str(config), "--dataset", str(tiny_dataset), "--run-dir", str(run), "--no-progress"]
     assert main(args) == 0
-    report = (run / "evaluation" / "report.md").read_text()
+    report = (run / "evaluation" / "report.md").read_text(encoding="utf-8")
     for method in ("none", "residual"):
         for fraction in (50, 100):
             assert f"| {method} | {fraction} % |" in report
             assert (run / "evaluation" / f"{method}_frac{fraction}" / "metrics.json").is_file()
     assert (run / "evaluation" / "roc_pr_frac50.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    results = (run / "evaluation" / "results.csv").read_text().splitlines()
+    results = (run / "evaluation" / "results.csv").read_text(encoding="utf-8").splitlines()
     assert len(results) == 1 + 4
     stamp = (run / "fold0" / "pretrain" / "best.pt").stat().st_mtime_ns
     assert main(args) == 0  # everything finished: skipped, same files
@@ -163,11 +163,11 @@ def test_pretraining_and_finetuning_under_torchrun_with_two_cpu_processes(traine
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.array_equal(np.load(run / "fold0" / "residuals" / "residuals.npy"), np.load(ctx.fold_dir / "residuals" / "residuals.npy"))
-    said = re.search(r"batch (\d+) \(2 processes x (\d+)\), LARS lr ([0-9.e-]+)", (run / "fold0" / "pretrain" / "train.log").read_text())
+    said = re.search(r"batch (\d+) \(2 processes x (\d+)\), LARS lr ([0-9.e-]+)", (run / "fold0" / "pretrain" / "train.log").read_text(encoding="utf-8"))
     assert said and int(said[1]) == 2 * int(said[2]) == TINY_CONFIG["pretrain"]["batch_size"]
     assert float(said[3]) == pytest.approx(0.2 * int(said[1]) / 256, rel=1e-3)  # the rate of the global batch
     assert (run / "fold0" / "pretrain" / "best.pt").is_file()
-    history = json.loads((run / "fold0" / "pretrain" / "history.json").read_text())
+    history = json.loads((run / "fold0" / "pretrain" / "history.json").read_text(encoding="utf-8"))
     assert len(history) == TINY_CONFIG["pretrain"]["epochs"]
     rows = stages.read_predictions(run / "fold0" / "finetune" / "residual" / "frac100" / "predictions.csv")
     assert {r["split"] for r in rows} == {"val", "test"}
@@ -187,10 +187,10 @@ def test_grid_with_baselines_and_cae_ablation(tiny_dataset, tmp_path):
     assert (fold / "pretrain_simsiam" / "best.pt").is_file() and (fold / "pretrain_spark" / "best.pt").is_file()
     assert (fold / "cae_cae50" / "done.json").is_file()
     # the ablation CAE saw half of the training normals, a subset of the full CAE's
-    assert json.loads((fold / "cae_cae50" / "done.json").read_text())["n_train"] == round(
-        json.loads((fold / "cae" / "done.json").read_text())["n_train"] * 0.5)
+    assert json.loads((fold / "cae_cae50" / "done.json").read_text(encoding="utf-8"))["n_train"] == round(
+        json.loads((fold / "cae" / "done.json").read_text(encoding="utf-8"))["n_train"] * 0.5)
     assert (fold / "finetune" / "residual_cae50" / "frac50" / "predictions.csv").is_file()
-    report = (tmp_path / "run" / "evaluation" / "report.md").read_text()
+    report = (tmp_path / "run" / "evaluation" / "report.md").read_text(encoding="utf-8")
     assert "| simsiam | 50 % |" in report and "| spark | 100 % |" in report
     assert "| simsiam | 100 % |" in report and "0.92 (0.91-0.93)" in report  # beside it, the paper's SimSiam at 100 %
     # what a bundle from fold 0's CAE would get: a normal-sinus scale, no label check (the tiny cohort has no masks)
@@ -232,7 +232,7 @@ def test_pretrain_command_writes_each_method_where_finetune_finds_it(trained_fol
         checkpoint = run / "fold0" / ("pretrain" if method == "residual" else f"pretrain_{method}") / "best.pt"
         assert f"pretrained ({method}): {checkpoint}" in capsys.readouterr().out
         assert main(["finetune", "--method", method, "--fraction", "50", *common]) == 0
-        done = json.loads((run / "fold0" / "finetune" / method / "frac50" / "done.json").read_text())
+        done = json.loads((run / "fold0" / "finetune" / method / "frac50" / "done.json").read_text(encoding="utf-8"))
         assert done["made_from"]["pretrained_sha256"] == stages.sha256_file(checkpoint)
 
 
@@ -240,7 +240,7 @@ def test_fine_tuning_at_another_crop_size_starts_over_instead_of_counting_as_fin
     """The classifier takes any crop size, so nothing else would notice weights trained at the old one."""
     stages.finetune(tiny_fold_context(tiny_dataset, tmp_path / "run", finetune={"epochs": 1}), "none", 50)
     stage = tmp_path / "run" / "fold0" / "finetune" / "none" / "frac50"
-    assert json.loads((stage / "done.json").read_text())["made_from"]["crop_size"] == 32
+    assert json.loads((stage / "done.json").read_text(encoding="utf-8"))["made_from"]["crop_size"] == 32
     asked = []  # what the stage runner is asked to make at 64^3 (not trained here: 64^3 takes long)
     monkeypatch.setattr(stages, "run_training_stage", lambda ctx, stage_dir, made_from, *a, **k: asked.append((stage_dir, made_from)))
     stages.finetune(tiny_fold_context(tiny_dataset, tmp_path / "run", crop_size=64, finetune={"epochs": 1}), "none", 50)
@@ -267,5 +267,5 @@ def test_a_dataset_whose_crops_changed_is_new_data_to_the_stages(tmp_path, monke
                                    fractions=(0.5, 1.0), seed=0, progress=False)
     assert (out / "manifest.csv").read_bytes() == before["manifest.csv"] and (out / "splits.json").read_bytes() == before["splits.json"]
     assert (out / "crops.npy").read_bytes() != before["crops.npy"]
-    assert json.loads((out / "dataset.json").read_text())["crops"]["sha256"] == stages.sha256_file(out / "crops.npy")
+    assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["crops"]["sha256"] == stages.sha256_file(out / "crops.npy")
     assert tiny_fold_context(out, tmp_path / "run").dataset_fingerprint != fingerprint

@@ -90,7 +90,7 @@ def test_lesion_sizes_span_the_literature_ranges():
 
 
 def test_cohort_records_each_lesion_size_within_its_range(cohort):
-    truth = json.loads((cohort / "truth.json").read_text())
+    truth = json.loads((cohort / "truth.json").read_text(encoding="utf-8"))
     lesions = [(entry[side]["anomaly"], entry[side].get("lesion")) for entry in truth.values() for side in SIDES if entry[side]["anomaly"]]
     assert lesions
     for kind, lesion in lesions:
@@ -106,7 +106,7 @@ def test_cohort_files_agree(cohort):
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["patient", "side", "label", "anomaly_type", "image"]
     assert len(rows) == 8
-    truth = json.loads((cohort / "truth.json").read_text())
+    truth = json.loads((cohort / "truth.json").read_text(encoding="utf-8"))
     assert sorted(truth) == [f"synth-{i:04d}" for i in range(4)]
     for row in rows:
         entry = truth[row["patient"]]
@@ -163,9 +163,9 @@ def test_prepare_with_real_extraction_on_the_cohort(cohort, tmp_path):
     assert dataset.crops.shape == (8, 64, 64, 64)
     crops = np.asarray(dataset.crops, dtype=np.float32)
     assert crops.min() >= 0 and crops.max() <= 1 and crops.std() > 0.1
-    truth = json.loads((cohort / "truth.json").read_text())
+    truth = json.loads((cohort / "truth.json").read_text(encoding="utf-8"))
     for patient in truth:
-        found = json.loads((tmp_path / "ds" / "scans" / patient / "extraction.json").read_text())
+        found = json.loads((tmp_path / "ds" / "scans" / patient / "extraction.json").read_text(encoding="utf-8"))
         for side in SIDES:
             error = np.linalg.norm(np.subtract(found[side]["center_ras_mm"], truth[patient][side]["center_ras_mm"]))
             assert error < 10.0, (patient, side, error)
@@ -180,7 +180,7 @@ def test_resume_refuses_a_knob_that_the_folder_was_made_without(tmp_path):
     """A folder made before a knob existed was made with its default: resuming it with another value
     would mix two kinds of heads in one cohort."""
     generate_cohort(tmp_path, n_cases=1, seed=0, progress=False, previews=0)
-    record = json.loads((tmp_path / "synth.json").read_text())
+    record = json.loads((tmp_path / "synth.json").read_text(encoding="utf-8"))
     del record["params"]["septum_rate"]
     (tmp_path / "synth.json").write_text(json.dumps(record))
     generate_cohort(tmp_path, n_cases=1, seed=0, progress=False, previews=0)  # the default: the same cohort
@@ -491,7 +491,7 @@ def test_cli_variety_flags(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "c"), "--cases", "1", "--seed", "2", "--previews", "0",
                  "--anomaly-types", "air_fluid_level", "--anomaly-rate", "1", "--sinus-shape-mm", "2",
                  "--wall-thickness", "0,2", "--septum-rate", "0.5"]) == 0
-    settings = json.loads((tmp_path / "c" / "synth.json").read_text())["params"]
+    settings = json.loads((tmp_path / "c" / "synth.json").read_text(encoding="utf-8"))["params"]
     assert settings["anomaly_types"] == ["air_fluid_level"] and settings["wall_thickness_mm"] == [0.0, 2.0]
     assert settings["sinus_shape_mm"] == 2.0 and settings["septum_rate"] == 0.5
     with open(tmp_path / "c" / "labels.csv", newline="") as fh:

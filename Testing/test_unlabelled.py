@@ -65,15 +65,15 @@ def test_synth_unlabelled_heads_are_listed_apart_and_leave_the_labelled_cohort_u
     plain, with_u = tmp_path / "plain", tmp_path / "with"
     for name in ("labels.csv", "truth.json", "images/synth-0000.nii.gz", "images/synth-0001.nii.gz", "masks/synth-0002_lesions.nii.gz"):
         assert (plain / name).read_bytes() == (with_u / name).read_bytes(), name
-    assert not (plain / "unlabelled.csv").exists() and "unlabelled" not in json.loads((plain / "synth.json").read_text())
+    assert not (plain / "unlabelled.csv").exists() and "unlabelled" not in json.loads((plain / "synth.json").read_text(encoding="utf-8"))
     listed = read_csv(with_u / "unlabelled.csv")
     assert [row["patient"] for row in listed] == ["synth-u0000", "synth-u0001", "synth-u0002", "synth-u0003"]
     assert all((with_u / "images" / row["image"]).is_file() for row in listed)
     assert {row["patient"] for row in read_csv(with_u / "labels.csv")} == {"synth-0000", "synth-0001", "synth-0002"}
-    truth = json.loads((with_u / "unlabelled_truth.json").read_text())
-    assert sorted(truth) == [row["patient"] for row in listed] and not set(truth) & set(json.loads((with_u / "truth.json").read_text()))
+    truth = json.loads((with_u / "unlabelled_truth.json").read_text(encoding="utf-8"))
+    assert sorted(truth) == [row["patient"] for row in listed] and not set(truth) & set(json.loads((with_u / "truth.json").read_text(encoding="utf-8")))
     # the same lesion mix (make_case with the same parameters), each head from a random stream of its own
-    draws = [entry["pose"]["seed_draw"] for entry in [*truth.values(), *json.loads((with_u / "truth.json").read_text()).values()]]
+    draws = [entry["pose"]["seed_draw"] for entry in [*truth.values(), *json.loads((with_u / "truth.json").read_text(encoding="utf-8")).values()]]
     assert len(set(draws)) == 7
     # re-running resumes: nothing is made again
     stamp = (with_u / "images/synth-u0003.nrrd").stat().st_mtime_ns
@@ -98,7 +98,7 @@ def test_prepare_caches_the_unlabelled_set_beside_the_labelled_crops(tmp_path, e
     for index, row in enumerate(loaded.unlabelled.manifest):
         assert row.crop_index == index and row.label == -1
         assert np.allclose(loaded.unlabelled.crops[index], fake_crop(f"{row.patient}.nii.gz", row.side), atol=1e-3)
-    info = json.loads((out / "dataset.json").read_text())
+    info = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert info["unlabelled"]["patients_listed"] == 5 and info["unlabelled"]["sinuses"] == 10
 
     # resumable: every scan comes from the cache the second time
@@ -180,7 +180,7 @@ def test_residual_and_baseline_pretraining_learn_from_the_unlabelled_set(with_un
     unlabelled_ids = [r.sample_id for r in ctx.dataset.unlabelled.manifest]
     assert len(unlabelled_ids) == 12
     stages.train_cae(ctx)
-    assert json.loads((ctx.cae_dir / "done.json").read_text())["n_train"] == int((ctx.dataset.labels()[ctx.indices("train")] == 0).sum())
+    assert json.loads((ctx.cae_dir / "done.json").read_text(encoding="utf-8"))["n_train"] == int((ctx.dataset.labels()[ctx.indices("train")] == 0).sum())
     stages.compute_residuals(ctx)
     residuals = stages.load_residuals(ctx)
     assert set(residuals) == {r.sample_id for r in ctx.dataset.manifest} | set(unlabelled_ids)
@@ -194,9 +194,9 @@ def test_residual_and_baseline_pretraining_learn_from_the_unlabelled_set(with_un
     assert crops.sample_ids == unlabelled_ids and described == "12 unlabelled sinuses (6 patients)"
     assert torch.equal(crops.volumes[3, 1], torch.from_numpy(np.array(residuals[unlabelled_ids[3]])))
     stages.pretrain(ctx)
-    assert "pretraining fold 0: 12 unlabelled sinuses (6 patients)" in (ctx.pretrain_dir / "train.log").read_text()
+    assert "pretraining fold 0: 12 unlabelled sinuses (6 patients)" in (ctx.pretrain_dir / "train.log").read_text(encoding="utf-8")
     stages.pretrain_pretext(ctx, "ae")
-    assert "ae pretraining fold 0: 12 unlabelled sinuses (6 patients)" in (ctx.fold_dir / "pretrain_ae" / "train.log").read_text()
+    assert "ae pretraining fold 0: 12 unlabelled sinuses (6 patients)" in (ctx.fold_dir / "pretrain_ae" / "train.log").read_text(encoding="utf-8")
 
     both = tiny_fold_context(with_unlabelled, tmp_path / "both", pretrain={"data": "unlabelled+train"})
     crops, described = stages.pretraining_crops(both)
@@ -213,7 +213,7 @@ def test_without_unlabelled_scans_pretraining_uses_the_folds_training_sinuses_an
     assert crops.sample_ids == train_ids
     assert described == f"{len(train_ids)} training sinuses of fold 0 (the dataset has no unlabelled scans)"
     stages.pretrain_pretext(ctx, "ae")
-    assert "(the dataset has no unlabelled scans)" in (ctx.fold_dir / "pretrain_ae" / "train.log").read_text()
+    assert "(the dataset has no unlabelled scans)" in (ctx.fold_dir / "pretrain_ae" / "train.log").read_text(encoding="utf-8")
 
 
 def test_another_unlabelled_set_reruns_residuals_and_pretraining_not_the_cae(tmp_path, monkeypatch):
@@ -224,7 +224,7 @@ def test_another_unlabelled_set_reruns_residuals_and_pretraining_not_the_cae(tmp
     stages.compute_residuals(ctx)
     stages.pretrain(ctx)
     cae_done = (ctx.cae_dir / "done.json").read_bytes()
-    first_pretrain = json.loads((ctx.pretrain_dir / "done.json").read_text())
+    first_pretrain = json.loads((ctx.pretrain_dir / "done.json").read_text(encoding="utf-8"))
     # the same labelled patients, one unlabelled patient fewer (its scans come from the cache)
     (tmp_path / "fewer.csv").write_text("patient,image\n" + "".join(f"u{u:03d},u{u:03d}.nii.gz\n" for u in range(3)))
     dataset.prepare_dataset(tmp_path / "images", tmp_path / "labels.csv", dataset_dir, n_folds=2, test_fraction=0.2,
@@ -236,10 +236,10 @@ def test_another_unlabelled_set_reruns_residuals_and_pretraining_not_the_cae(tmp
     stages.train_cae(ctx)
     assert (ctx.cae_dir / "done.json").read_bytes() == cae_done  # the CAE never sees the unlabelled set
     stages.compute_residuals(ctx)
-    assert len(json.loads((ctx.residuals_dir / "residuals.json").read_text())["sample_ids"]) == len(ctx.dataset.manifest) + 6
+    assert len(json.loads((ctx.residuals_dir / "residuals.json").read_text(encoding="utf-8"))["sample_ids"]) == len(ctx.dataset.manifest) + 6
     stages.pretrain(ctx)
-    assert json.loads((ctx.pretrain_dir / "done.json").read_text())["made_from"] != first_pretrain["made_from"]
-    assert "6 unlabelled sinuses (3 patients)" in (ctx.pretrain_dir / "train.log").read_text()
+    assert json.loads((ctx.pretrain_dir / "done.json").read_text(encoding="utf-8"))["made_from"] != first_pretrain["made_from"]
+    assert "6 unlabelled sinuses (3 patients)" in (ctx.pretrain_dir / "train.log").read_text(encoding="utf-8")
 
 
 def test_the_report_says_what_pretraining_learned_from(with_unlabelled, tiny_dataset):
