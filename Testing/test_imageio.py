@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import locale
 import shutil
 
 import numpy as np
@@ -36,7 +37,18 @@ def test_reads_every_file_format_with_geometry(tmp_path, suffix):
 
 
 def _write_dicom_series(image: sitk.Image, folder, series_uid: str, prefix: str = "slice") -> None:
-    """One file per slice sharing a series UID (KeepOriginalImageUID: SimpleITK keeps our UIDs)."""
+    """One file per slice sharing a series UID (KeepOriginalImageUID: SimpleITK keeps our UIDs).
+
+    GDCM's writer leaves the process's locale at C (seen with SimpleITK 2.x: Python's default text
+    encoding became ASCII for every later test), so the locale is restored afterwards."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_slices(image, folder, series_uid, prefix)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(image: sitk.Image, folder, series_uid: str, prefix: str) -> None:
     folder.mkdir(exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
