@@ -286,6 +286,9 @@ def test_augmentation_moves_its_parameters_to_the_device_only_through_pinned_cop
 
 # ------------------------------------------------------------------- 8. DDP with two gloo processes
 
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_checks")
@@ -294,9 +297,14 @@ def two_rank_results(tmp_path_factory):
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(port), str(HERE / "ddp_checks_worker.py"), str(out)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), str(HERE / "ddp_checks_worker.py"), str(out)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and GLOO_TEARDOWN_ABORT in proc.stderr:
+        # A gloo rank is at times aborted while the group is torn down, after its work (twice in about ten
+        # full runs under load, the barrier in runtime.cleanup notwithstanding): one more clean run is
+        # asked for; every assertion below still reads a run that finished cleanly.
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
 
