@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,26 @@ def make_pools(work: Path, sizes: PoolSizes = PoolSizes(), anatomies=ANATOMIES, 
 
 
 def patient_name(anatomy: str, patient: str) -> str:
+    """``<anatomy>-<patient>``: unique across pools, and :func:`anatomy_of` reads the anatomy back."""
+    if "-" in anatomy:
+        raise ValueError(f"an anatomy name with '-' cannot be read back from a patient name: {anatomy}")
     return f"{anatomy}-{patient}"
+
+
+def anatomy_of(name: str) -> str:
+    """The anatomy of a patient named by :func:`patient_name` (anatomy names hold no '-')."""
+    return name.split("-", 1)[0]
+
+
+def read_table(path: Path) -> list[dict]:
+    """The rows of a CSV table this module (or synth) wrote."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def pool_patients(labels_csv: Path, unlabelled_csv: Path) -> set[str]:
+    """Every patient of a labels table and an unlabelled list (whose scan caches can be shared)."""
+    return {row["patient"] for path in (labels_csv, unlabelled_csv) for row in read_table(path)}
 
 
 def _link(target: Path, link: Path) -> None:
@@ -71,7 +91,6 @@ def _link(target: Path, link: Path) -> None:
     try:
         link.symlink_to(os.path.relpath(target, link.parent))
     except OSError:
-        import shutil  # noqa: PLC0415
         shutil.copyfile(target, link)
 
 
@@ -98,13 +117,11 @@ def combine_pools(pools: dict[str, Path], out: Path, anatomies=None) -> dict[str
                 sinuses.append([name, side, anatomy, entry["pose"]["contrast"], kind or "normal",
                                 lesion.get("size_mm", ""), lesion.get("volume_ml", "")])
         listed = pool / "unlabelled.csv"
-        if listed.is_file():
-            with open(listed, newline="") as fh:
-                for row in csv.DictReader(fh):
-                    name = patient_name(anatomy, row["patient"])
-                    image = images / f"{name}{row['image'][len(row['patient']):]}"
-                    _link(pool / "images" / row["image"], image)
-                    unlabelled.append([name, image.name])
+        for row in read_table(listed) if listed.is_file() else []:
+            name = patient_name(anatomy, row["patient"])
+            image = images / f"{name}{row['image'][len(row['patient']):]}"
+            _link(pool / "images" / row["image"], image)
+            unlabelled.append([name, image.name])
     if not labels:
         raise DatasetError(f"no labelled heads in the pools of {', '.join(anatomies)}")
     paths = {"images": images, "labels": out / "labels.csv", "unlabelled": out / "unlabelled.csv", "sinuses": out / "sinuses.csv"}
@@ -118,8 +135,6 @@ def combine_pools(pools: dict[str, Path], out: Path, anatomies=None) -> dict[str
 def link_cached_scans(source_dataset: Path, dataset: Path, patients) -> int:
     """Hard-link (or copy) the scan caches of ``patients`` from a prepared dataset into another, so
     ``prepare`` there finds them extracted (the cache checks the image, so a stale one is redone)."""
-    import shutil  # noqa: PLC0415
-
     linked = 0
     for patient in patients:
         src, dst = source_dataset / "scans" / patient, dataset / "scans" / patient

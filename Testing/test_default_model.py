@@ -13,7 +13,7 @@ from SinusAnomalyLib.bundle import load_bundle
 from SinusAnomalyLib.inference import classify
 from SinusAnomalyLib.modelstore import DEFAULT_BUNDLE, default_bundle, is_default_bundle
 from SinusAnomalyTraining.cli import main
-from SinusAnomalyTraining.defaultmodel import combine_pools, link_cached_scans, patient_name
+from SinusAnomalyTraining.defaultmodel import anatomy_of, combine_pools, link_cached_scans, patient_name
 from test_bundle import bundle_path, head  # noqa: F401  (fixtures: a tiny trained bundle, a synthetic head)
 
 MAX_SHIPPED_MB = 25
@@ -100,7 +100,10 @@ def test_pools_of_anatomies_combine_without_name_clashes(tmp_path):
     assert [r["image"] for r in unlabelled] == ["reference-synth-u0000.mha", "colin27-synth-u0000.mha"]
     # one anatomy only
     only = combine_pools(pools, tmp_path / "only", ["colin27"])
-    assert {r["patient"].split("-synth-")[0] for r in csv.DictReader(open(only["labels"]))} == {"colin27"}
+    assert {anatomy_of(r["patient"]) for r in csv.DictReader(open(only["labels"]))} == {"colin27"}
+    assert anatomy_of(patient_name("single_subject_t1", "synth-u0003")) == "single_subject_t1"
+    with pytest.raises(ValueError):
+        patient_name("an-atomy", "synth-0000")  # its anatomy could not be read back
 
 
 def test_cached_scans_are_shared_not_copied(tmp_path):

@@ -17,9 +17,8 @@ out, as ``classify`` would refuse it. Every step resumes when re-run.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,11 +29,13 @@ import torch
 from SinusAnomalyLib.bundle import load_bundle
 from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic
+from SinusAnomalyLib.inference import fold_probabilities
 from SinusAnomalyLib.reference import ANATOMIES
 from SinusAnomalyLib.residuals import resize_crops
 from SinusAnomalyTraining import pipeline, runtime
 from SinusAnomalyTraining.config import load_config
-from SinusAnomalyTraining.defaultmodel import CONFIG, PoolSizes, combine_pools, link_cached_scans, make_pools, source_commit
+from SinusAnomalyTraining.defaultmodel import (CONFIG, PoolSizes, anatomy_of, combine_pools, link_cached_scans, make_pools,
+                                               pool_patients, read_table, source_commit)
 from SinusAnomalyTraining.evaluation import binary_metrics
 from SinusAnomalyTraining.export import export_run
 from SinusAnomalyTraining.lesion_types import by_type
@@ -45,17 +46,11 @@ PREDICTION_COLUMNS = ["anatomy", "method", "seed", "patient", "side", "contrast"
                       "probability", "threshold"]
 
 
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def subset_tables(tables: dict[str, Path], out: Path, anatomies: set[str]) -> tuple[Path, Path]:
     """Labels and unlabelled lists of the combined tables with only ``anatomies``' heads (same images folder)."""
     out.mkdir(parents=True, exist_ok=True)
-    anatomy_of = {r["patient"]: r["anatomy"] for r in read_rows(tables["sinuses"])}
-    labels = [r for r in read_rows(tables["labels"]) if anatomy_of[r["patient"]] in anatomies]
-    unlabelled = [r for r in read_rows(tables["unlabelled"]) if r["patient"].split("-synth-")[0] in anatomies]
+    labels = [r for r in read_table(tables["labels"]) if anatomy_of(r["patient"]) in anatomies]
+    unlabelled = [r for r in read_table(tables["unlabelled"]) if anatomy_of(r["patient"]) in anatomies]
     write_csv_atomic(out / "labels.csv", list(labels[0]), [list(r.values()) for r in labels])
     write_csv_atomic(out / "unlabelled.csv", ["patient", "image"], [[r["patient"], r["image"]] for r in unlabelled])
     return out / "labels.csv", out / "unlabelled.csv"
@@ -68,15 +63,13 @@ def bundle_probabilities(bundle_path: Path, crops: np.ndarray, batch: int = 32) 
     with torch.inference_mode():
         for start in range(0, len(crops), batch):
             x = torch.from_numpy(resize_crops(np.asarray(crops[start:start + batch], np.float32), bundle.model_crop_size))[:, None]
-            out.append(torch.stack([torch.softmax(m(x), dim=1)[:, 1] for m in bundle.classifiers]).mean(0).numpy())
+            out.append(fold_probabilities(bundle, x).mean(0).numpy())
     return np.concatenate(out)
 
 
 def seed_from_base(base: Path, run_dir: Path) -> None:
     """Start a variant's run folder with the base run's CAE, residuals and pretraining (hard links):
     a variant that changes only fine-tuning retrains only that (each stage checks what it was made from)."""
-    import shutil  # noqa: PLC0415
-
     if run_dir.exists() or not base.is_dir():
         return
     for fold in sorted(base.glob("fold*")):
@@ -96,7 +89,7 @@ def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomie
     labels, unlabelled = subset_tables(tables, split, set(anatomies) - {held_out})
     dataset_dir = split / "dataset"
     if not (dataset_dir / "dataset.json").is_file():
-        link_cached_scans(master.root, dataset_dir, {r["patient"] for r in read_rows(labels)} | {r["patient"] for r in read_rows(unlabelled)})
+        link_cached_scans(master.root, dataset_dir, pool_patients(labels, unlabelled))
         prepare_dataset(tables["images"], labels, dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
                         progress=False, unlabelled=unlabelled)
     config = load_config(config_path).replace(seed=seed, methods=tuple(methods))
@@ -104,7 +97,7 @@ def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomie
     if tag:
         seed_from_base(split / f"run_seed{seed}", run_dir)
     pipeline.run_pipeline(config, dataset_dir, run_dir, device, progress=False)
-    info = {r["patient"] + r["side"]: r for r in read_rows(tables["sinuses"])}
+    info = {r["patient"] + r["side"]: r for r in read_table(tables["sinuses"])}
     rows = [r for r in master.manifest if info[r.patient + r.side]["anatomy"] == held_out]
     crops = master.crops[[r.crop_index for r in rows]]
     lines = []
@@ -138,8 +131,8 @@ def scores(rows: list[dict]) -> dict:
                 out[f"size:{kind}:{low:g}-{high:g}:auroc"] = binary_metrics(y[keep], p[keep], threshold)["auroc"]
                 out[f"size:{kind}:{low:g}-{high:g}:n"] = int(chosen.sum())
     for contrast in sorted({r["contrast"] for r in rows}):
-        group = [r for r in rows if r["contrast"] == contrast]
-        yc, pc = y[[r in group for r in rows]], p[[r in group for r in rows]]
+        in_contrast = np.array([r["contrast"] == contrast for r in rows])
+        yc, pc = y[in_contrast], p[in_contrast]
         normal = pc[yc == 0]
         out[f"contrast:{contrast}:specificity"] = float(np.mean(normal < threshold)) if len(normal) else float("nan")
         out[f"contrast:{contrast}:sensitivity"] = float(np.mean(pc[yc == 1] >= threshold)) if yc.any() else float("nan")
@@ -149,7 +142,7 @@ def scores(rows: list[dict]) -> dict:
 
 def summarise(prediction_files: list[Path]) -> dict:
     """{method: {anatomy: {metric: [per seed]}}} and over anatomies ("all": per (anatomy, seed) values)."""
-    rows = [r for f in prediction_files for r in read_rows(f)]
+    rows = [r for f in prediction_files for r in read_table(f)]
     table: dict = {}
     for method in sorted({r["method"] for r in rows}):
         for anatomy in sorted({r["anatomy"] for r in rows}):

@@ -142,6 +142,12 @@ def _channels_last(bundle: ModelBundle) -> None:
         net.to(memory_format=torch.channels_last_3d)
 
 
+def fold_probabilities(bundle: ModelBundle, batch: torch.Tensor) -> torch.Tensor:
+    """(folds, n) each fold classifier's probability of "anomalous" for ``batch`` (n, 1, s, s, s),
+    crops already resized to the bundle's ``model_crop_size``; a verdict uses their mean."""
+    return torch.stack([torch.softmax(m(batch), dim=1)[:, 1] for m in bundle.classifiers])
+
+
 def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: ModelBundle,
                         device: torch.device | str = "cpu", reference: ReferenceHead | None = None) -> Classification:
     """:func:`classify` for a head whose sinuses were already extracted (``extract_sinuses(image)``).
@@ -166,7 +172,7 @@ def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: 
     normal_scale, ood_range = normal_scale_of(bundle.meta, bundle.path), ood_range_of(bundle.meta, bundle.path)
     _channels_last(bundle)
     with torch.inference_mode():
-        probabilities = torch.stack([torch.softmax(m(batch), dim=1)[:, 1] for m in bundle.classifiers]).cpu().numpy()  # (folds, sides)
+        probabilities = fold_probabilities(bundle, batch).cpu().numpy()  # (folds, sides)
         raw = raw_residuals(bundle.cae, batch)
         reconstruction_errors = ood_measure(raw)
         if normal_scale is not None:

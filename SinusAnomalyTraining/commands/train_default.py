@@ -14,7 +14,6 @@ benchmarks/transfer_check.sh (docs/default-model.md). Every step resumes when re
 from __future__ import annotations
 
 import argparse
-import csv
 import shlex
 import sys
 import time
@@ -28,7 +27,8 @@ from SinusAnomalyLib.modelstore import DEFAULT_BUNDLE
 
 from .. import pipeline, runtime
 from ..config import load_config
-from ..defaultmodel import CONFIG, INTENDED_USE, METHOD, PoolSizes, combine_pools, link_cached_scans, make_pools, source_commit
+from ..defaultmodel import (CONFIG, INTENDED_USE, METHOD, PoolSizes, combine_pools, link_cached_scans, make_pools, pool_patients,
+                           source_commit)
 from ..export import export_run
 from ._training import locked_run_folder
 
@@ -42,14 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: the configuration's, auto)")
 
 
-def _patients(tables: dict) -> set[str]:
-    patients = set()
-    for name in ("labels", "unlabelled"):
-        with open(tables[name], newline="") as fh:
-            patients |= {row["patient"] for row in csv.DictReader(fh)}
-    return patients
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_output_folder(args.out)
@@ -61,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     pools = make_pools(args.out, PoolSizes(args.heads, args.unlabelled))
     tables = combine_pools(pools, args.out / "all")  # the layout of benchmarks/loao.py: one work folder serves both
     dataset_dir = args.out / "dataset"
-    linked = link_cached_scans(args.out / "all" / "dataset", dataset_dir, _patients(tables))
+    linked = link_cached_scans(args.out / "all" / "dataset", dataset_dir, pool_patients(tables["labels"], tables["unlabelled"]))
     if linked:
         print(f"{linked} scans' extraction reused from {args.out / 'all' / 'dataset'} (the leave-one-anatomy-out check's)")
     prepare_dataset(tables["images"], tables["labels"], dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
