@@ -50,8 +50,7 @@ def bundle_choices(folder: str | Path | None = None) -> list[tuple[str, Path]]:
     (default: the models folder) under their file names, sorted by name. Empty when there are none."""
     default = default_bundle()
     choices = [(DEFAULT_BUNDLE_LABEL, default)] if default is not None else []
-    return choices + [(path.name, path) for path in list_bundles(folder)
-                      if default is None or path.resolve() != default.resolve()]
+    return choices + [(path.name, path) for path in list_bundles(folder) if not is_default_bundle(path)]
 
 
 def resolve_bundle(name_or_path: str | Path) -> Path:
