@@ -148,6 +148,31 @@ class AugmentSettings(_Settings):
 
 
 @dataclass(frozen=True)
+class FocalLesionSettings(_Settings):
+    """Focal lesions painted into normal training crops (:mod:`SinusAnomalyTraining.focal_lesions`)."""
+
+    prob: float  # share of the normal crops served that are painted (and labelled anomalous); 0: off (the paper's)
+    diameter_mm: tuple[float, float]  # log-uniform lesion diameter, low and high
+    level: tuple[float, float]  # uniform lesion intensity in the crop's [0, 1] scale, low and high
+
+    @classmethod
+    def parse(cls, data: dict, where: str, path: Path) -> FocalLesionSettings:
+        prob = _checked_number(data["prob"], f"{where}.prob", path, low=0)
+        if prob > 1:
+            raise ConfigError(f"{path}: '{where}.prob' is a probability: it must be between 0 and 1, got {prob!r}")
+        ranges = {}
+        for key in ("diameter_mm", "level"):
+            values = _checked_numbers(data[key], f"{where}.{key}", path, low=0)
+            if len(values) != 2 or values[0] > values[1] or (key == "diameter_mm" and values[0] <= 0):
+                raise ConfigError(f"{path}: '{where}.{key}' must be [low, high] with 0 {'<' if key == 'diameter_mm' else '<='} "
+                                  f"low <= high, got {list(values)!r}")
+            ranges[key] = tuple(float(v) for v in values)
+        if ranges["level"][1] > 1:
+            raise ConfigError(f"{path}: '{where}.level' is in the crops' [0, 1] scale, got {list(ranges['level'])!r}")
+        return cls(prob, ranges["diameter_mm"], ranges["level"])
+
+
+@dataclass(frozen=True)
 class CAESettings(_Settings):
     epochs: int
     batch_size: int
@@ -229,13 +254,15 @@ class FinetuneSettings(_Settings):
     # BatchNorm statistics averaged over the training sinuses after every epoch (engine.recompute_batchnorm_statistics):
     # steadier validation and test predictions when an epoch is only a few steps
     recompute_batchnorm: bool
+    focal_lesions: FocalLesionSettings
 
     @classmethod
     def parse(cls, data: dict, path: Path) -> FinetuneSettings:
         n = lambda key, **kw: _checked_number(data[key], f"finetune.{key}", path, **kw)  # noqa: E731
         return cls(n("epochs", integer=True, low=1), n("batch_size", integer=True, low=1), n("lr", low=0),
                    n("weight_decay", low=0), AugmentSettings.parse(data["augment"], "finetune.augment", path),
-                   _flag(data["recompute_batchnorm"], "finetune.recompute_batchnorm", path))
+                   _flag(data["recompute_batchnorm"], "finetune.recompute_batchnorm", path),
+                   FocalLesionSettings.parse(data["focal_lesions"], "finetune.focal_lesions", path))
 
 
 @dataclass(frozen=True)

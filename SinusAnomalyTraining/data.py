@@ -6,7 +6,8 @@ the residual), as they are on disk. :class:`CropLoader` serves it in batches: on
 (``index_select``; on a GPU into pinned memory, copied without blocking on a side stream one
 batch ahead), widened to float32 on the device, then augmented there by
 :func:`SinusAnomalyTraining.augment.augment_batch` (training loaders). No per-sample Python, no
-worker processes.
+worker processes. A training loader may first hand each gathered batch to a painter on the CPU
+(:mod:`SinusAnomalyTraining.focal_lesions`), which may change crops and their labels.
 
 A batch is ``{"image": (B, 1, S, S, S) float32, "label": (B,) int64}`` on the device, plus
 ``"residual": (B, 1, S, S, S)`` when residuals are held. Residuals are attached by sample id,
@@ -19,7 +20,7 @@ by area averaging.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ from .augment import augment_batch
 from .config import AugmentSettings
 
 _CHUNK = 256  # crops widened and resized at a time while filling the tensor (bounds the float32 copy)
+# (volumes (B, C, S, S, S), labels (B,), rows (B,)) of a batch on the CPU -> new volumes and labels
+Painter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 class SinusCrops:
@@ -86,18 +89,27 @@ class SinusCrops:
     def has_residuals(self) -> bool:
         return self.volumes.shape[1] > 1
 
-    def stage(self, rows: torch.Tensor, device: torch.device, stream: torch.cuda.Stream | None = None) -> dict:
-        """``{"volumes": volumes[rows] (float16), "label": labels[rows]}`` on ``device``, not yet widened.
+    def stage(self, rows: torch.Tensor, device: torch.device, stream: torch.cuda.Stream | None = None,
+              paint: Painter | None = None) -> dict:
+        """``{"volumes": volumes[rows] (float16), "label": labels[rows]}`` on ``device``, not yet widened;
+        ``paint`` (e.g. :class:`~SinusAnomalyTraining.focal_lesions.FocalLesionPainter`) may change
+        both on the CPU first.
 
         On a GPU the rows are gathered into pinned memory and copied without blocking, on ``stream``
         when given (:class:`CropLoader`'s side stream; the caller makes its stream wait for it).
         """
         rows = torch.as_tensor(rows, dtype=torch.long)
         labels = self._labels[rows]
-        if device.type != "cuda":
+        if paint is not None:
+            volumes, labels = paint(self.volumes.index_select(0, rows), labels, rows)
+            if device.type != "cuda":
+                return {"volumes": volumes, "label": labels}
+            pinned = volumes.pin_memory()
+        elif device.type != "cuda":
             return {"volumes": self.volumes.index_select(0, rows), "label": labels}
-        pinned = torch.empty((len(rows), *self.volumes.shape[1:]), dtype=self.volumes.dtype, pin_memory=True)
-        torch.index_select(self.volumes, 0, rows, out=pinned)
+        else:
+            pinned = torch.empty((len(rows), *self.volumes.shape[1:]), dtype=self.volumes.dtype, pin_memory=True)
+            torch.index_select(self.volumes, 0, rows, out=pinned)
         with torch.cuda.stream(stream):  # None: the current stream
             return {"volumes": pinned.to(device, non_blocking=True), "label": labels.pin_memory().to(device, non_blocking=True)}
 
@@ -131,7 +143,8 @@ class CropLoader:
     """
 
     def __init__(self, crops: SinusCrops, batch_size: int, shuffle: bool, seed: int, device: torch.device,
-                 augment: AugmentSettings | None = None, drop_last: bool = False, drop_single: bool = False) -> None:
+                 augment: AugmentSettings | None = None, drop_last: bool = False, drop_single: bool = False,
+                 paint: Painter | None = None) -> None:
         if batch_size < 1:
             raise DatasetError(f"batch size must be at least 1, got {batch_size}")
         self.crops = crops
@@ -139,6 +152,7 @@ class CropLoader:
         self.shuffle = bool(shuffle)
         self.device = torch.device(device)
         self.augment = augment if augment is not None and augment.prob > 0 else None
+        self.paint = paint
         self.sampler = runtime.distributed_sampler(crops, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.generator = runtime.make_generator(seed)
         n = self._n_samples()
@@ -165,7 +179,7 @@ class CropLoader:
         order = self.order()
         rows = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
         copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        ahead = self.crops.stage(rows[0], self.device, copy_stream) if rows else None
+        ahead = self.crops.stage(rows[0], self.device, copy_stream, self.paint) if rows else None
         for b in range(len(rows)):
             staged = ahead
             if copy_stream is not None:  # PyTorch's rule for tensors made on one stream and used on another
@@ -174,6 +188,6 @@ class CropLoader:
                 for t in staged.values():
                     t.record_stream(compute)
             if b + 1 < len(rows):  # queued after the wait, so this batch's work does not wait for it
-                ahead = self.crops.stage(rows[b + 1], self.device, copy_stream)
+                ahead = self.crops.stage(rows[b + 1], self.device, copy_stream, self.paint)
             yield self.crops.finish(staged, self.augment)
 

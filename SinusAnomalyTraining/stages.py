@@ -39,6 +39,7 @@ from . import runtime
 from .data import CropLoader, SinusCrops
 from .config import METHODS, PRETEXT, PRETRAINING, percent_key
 from .engine import FLOOR, Checkpointer, load_checkpoint
+from .focal_lesions import FocalLesionPainter
 from .optim import lars_with_warmup_cosine
 from .pretext import PRETEXT_METHODS, TwoViewPretext, build_pretext, load_medicalnet_encoder
 from .pretext.losses import target_entropy
@@ -359,7 +360,8 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
 
     ``method`` "none" starts from random weights (the first baseline), "residual" from the
     pretrained U-Net's encoder (every key must match). Weighted cross-entropy, AdamW (no decay on
-    norm and bias parameters), augmentations at the configured probability; the checkpoint of
+    norm and bias parameters), augmentations at the configured probability, focal lesions painted into
+    normal training crops when configured (:mod:`.focal_lesions`); the checkpoint of
     lowest validation loss predicts the validation and test sinuses (``predictions.csv``).
     """
     name = ctx.residual_method if method == "residual" else method
@@ -386,7 +388,8 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
         sets["val"] = val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size)
         sets["test"] = SinusCrops.from_dataset(ctx.dataset, ctx.indices("test"), size)
         batch = runtime.per_process_batch(min(cfg.batch_size, len(train_set)))
-        train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment, drop_single=True)
+        painter = FocalLesionPainter(train_set.volumes, train_set.labels, cfg.focal_lesions) if cfg.focal_lesions.prob > 0 else None
+        train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment, drop_single=True, paint=painter)
         val_loader = CropLoader(val_set, batch, False, ctx.config.seed, ctx.device) if len(val_set) else None
         runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
         model = spec.classifier()
