@@ -83,6 +83,12 @@ def _checked_numbers(values, where: str, path: Path, integer: bool = False, low:
     return tuple(_checked_number(v, f"{where}[{i}]", path, integer, low, keep) for i, v in enumerate(values))
 
 
+def _choice(value, choices: tuple[str, ...], where: str, path: Path) -> str:
+    if value not in choices:
+        raise ConfigError(f"{path}: '{where}' must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _flag(value, where: str, path: Path) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{path}: '{where}' must be true or false, got {value!r}")
@@ -119,6 +125,7 @@ class _Settings:
 # left-right flip gives an anatomically possible sinus; "authors": the two flips of the paper's code
 # (anterior-posterior and superior-inferior: upside-down sinuses, fluid levels with the fluid on top).
 FLIPS = ("left-right", "authors", "none")
+SCHEDULES = ("constant", "cosine")  # fine-tuning learning rate: the paper's constant, or warm-up then cosine decay
 
 
 @dataclass(frozen=True)
@@ -135,9 +142,7 @@ class AugmentSettings(_Settings):
 
     @classmethod
     def parse(cls, data: dict, where: str, path: Path) -> AugmentSettings:
-        flips = data["flips"]
-        if flips not in FLIPS:
-            raise ConfigError(f"{path}: '{where}.flips' must be one of {', '.join(FLIPS)}, got {flips!r}")
+        flips = _choice(data["flips"], FLIPS, f"{where}.flips", path)
         settings = cls(**{f.name: _checked_number(data[f.name], f"{where}.{f.name}", path, low=0)
                           for f in fields(cls) if f.name != "flips"}, flips=flips)
         if settings.prob > 1:
@@ -255,6 +260,7 @@ class FinetuneSettings(_Settings):
     # steadier validation and test predictions when an epoch is only a few steps
     recompute_batchnorm: bool
     focal_lesions: FocalLesionSettings
+    schedule: str  # one of SCHEDULES; "cosine": linear warm-up over the first 5 % of the steps, then cosine decay to 0
 
     @classmethod
     def parse(cls, data: dict, path: Path) -> FinetuneSettings:
@@ -262,7 +268,8 @@ class FinetuneSettings(_Settings):
         return cls(n("epochs", integer=True, low=1), n("batch_size", integer=True, low=1), n("lr", low=0),
                    n("weight_decay", low=0), AugmentSettings.parse(data["augment"], "finetune.augment", path),
                    _flag(data["recompute_batchnorm"], "finetune.recompute_batchnorm", path),
-                   FocalLesionSettings.parse(data["focal_lesions"], "finetune.focal_lesions", path))
+                   FocalLesionSettings.parse(data["focal_lesions"], "finetune.focal_lesions", path),
+                   _choice(data["schedule"], SCHEDULES, "finetune.schedule", path))
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from .data import CropLoader, SinusCrops
 from .config import METHODS, PRETEXT, PRETRAINING, percent_key
 from .engine import FLOOR, Checkpointer, load_checkpoint
 from .focal_lesions import FocalLesionPainter
-from .optim import lars_with_warmup_cosine
+from .optim import WarmupCosine, lars_with_warmup_cosine
 from .pretext import PRETEXT_METHODS, TwoViewPretext, build_pretext, load_medicalnet_encoder
 from .pretext.losses import target_entropy
 from .stagerunner import DONE  # noqa: F401  (re-exported: callers read stages.DONE, stages.FoldContext, stages.network_spec)
@@ -406,10 +406,11 @@ def finetune(ctx: FoldContext, method: str, fraction: float) -> Path:
             x = _image_batch(batch_, device)
             return F.cross_entropy(net(x), batch_["label"].to(device), weight=weights)
 
+        optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+        scheduler = WarmupCosine.for_loader(optimizer, train_loader, cfg.epochs, 0.05 * cfg.epochs) if cfg.schedule == "cosine" else None
         return Training(f"fine-tuning fold {ctx.fold}, {method} pretraining, {fraction} % labels: {len(train_set)} sinuses "
                         f"({int(train_set.labels.sum())} anomalous), {runtime.describe_batch(batch)}", model, train_loader, val_loader, ce_step,
-                        cfg.epochs, torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr),
-                        extra={"model": "SinusClassifier", "method": method}, done=transfer,
+                        cfg.epochs, optimizer, scheduler, extra={"model": "SinusClassifier", "method": method}, done=transfer,
                         recompute_batchnorm=cfg.recompute_batchnorm)
 
     def predict_val_and_test() -> None:

@@ -126,3 +126,23 @@ def test_fine_tuning_with_focal_lesions_is_reproducible_and_differs_from_without
         outputs[name] = stages.finetune(ctx, "none", 100).read_bytes()
     assert outputs["a"] == outputs["b"]
     assert outputs["a"] != outputs["off"]
+
+
+def test_a_cosine_schedule_warms_up_then_decays_to_zero_and_an_unknown_one_is_refused(tiny_dataset, tmp_path):
+    """finetune.schedule (with the focal lesions, the default model's recipe): the learning rate of
+    the last epoch is near 0, where a constant schedule keeps the configured rate."""
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"finetune": {"schedule": "linear"}}))
+    with pytest.raises(ConfigError, match=r"'finetune\.schedule' must be one of constant, cosine"):
+        load_config(path)
+    assert load_config("paper").finetune.schedule == "constant"
+    rates = {}
+    for schedule in ("constant", "cosine"):
+        config = copy.deepcopy(TINY_CONFIG)
+        config["finetune"] = {**config["finetune"], "epochs": 4, "schedule": schedule}
+        ctx = stages.FoldContext(load_dataset(tiny_dataset), config_from_dict(config), tmp_path / schedule, 0, torch.device("cpu"),
+                                 progress=False)
+        history = json.loads((stages.finetune(ctx, "none", 100).parent / "history.json").read_text(encoding="utf-8"))
+        rates[schedule] = [row["lr"] for row in history]
+    assert rates["constant"] == [0.001] * 4
+    assert rates["cosine"][-1] < 0.1 * 0.001 and max(rates["cosine"]) <= 0.001
