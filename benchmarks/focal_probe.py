@@ -1,0 +1,208 @@
+"""Probe of what lets a network see focal lesions on anatomy it never saw (issue 30, item 3).
+
+A quicker, simpler harness than the leave-one-anatomy-out check (``loao.py``), on the same work
+folder: for one held-out anatomy it trains ONE network on fold 0's training sinuses of the
+split without that anatomy (or on every non-test sinus, ``--all-folds``), keeps its last epoch,
+and scores every sinus of the held-out anatomy's pool (AUROC overall and per lesion type against
+the normal sinuses). It measures two ideas:
+
+* **classifier** (``--epochs N``): fine-tuning as the recipe does (AdamW 1e-3, class-weighted
+  cross-entropy, the recipe's augmentation), with focal lesions painted into a share ``--paint``
+  of the normal crops (:mod:`SinusAnomalyTraining.focal_lesions`), a constant learning rate or
+  one cycle (``--one-cycle``). ``painted`` is the AUROC of the held-out normal crops with a lesion
+  painted in, against the same crops as they are: does the network see a lesion it was shown?
+* **lesion segmentation** (``--segment-epochs N``): the U-Net of residual pretraining trained,
+  without any label, to segment lesions painted into 70 % of the training normals (BCE, positive
+  weight 10, the recipe's augmentation on image and mask together); a sinus's score is the mean of
+  its 50 most lesion-like voxels (``seg_top50``; also the maximum and the sum).
+
+Results are appended as JSON lines to ``--out``; ``--summarise FILE`` prints mean ± SD per variant.
+
+    python benchmarks/focal_probe.py --work /work/loao --held-out colin27 --seed 0 --epochs 60 --paint 0.5 --out probe.jsonl
+    python benchmarks/focal_probe.py --work /work/loao --held-out colin27 --seed 0 --epochs 0 --segment-epochs 30 --out probe.jsonl
+    python benchmarks/focal_probe.py --summarise probe.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "SinusAnomaly")]
+
+from SinusAnomalyLib.dataset import load_dataset  # noqa: E402
+from SinusAnomalyLib.models import parameter_groups  # noqa: E402
+from SinusAnomalyLib.residuals import resize_crops  # noqa: E402
+from SinusAnomalyTraining.augment import augment_batch  # noqa: E402
+from SinusAnomalyTraining.config import FocalLesionSettings, load_config  # noqa: E402
+from SinusAnomalyTraining.focal_lesions import find_cavity, paint_lesion  # noqa: E402
+from SinusAnomalyTraining.stagerunner import network_spec  # noqa: E402
+from SinusAnomalyTraining.stages import class_weights  # noqa: E402
+
+BATCH = 16
+LESIONS = FocalLesionSettings(1.0, (4.0, 24.0), (0.25, 1.0))
+
+
+def type_aurocs(types: np.ndarray, scores: np.ndarray, prefix: str = "") -> dict:
+    """AUROC of every sinus, and of each lesion type against the normal sinuses."""
+    anomalous = types != "normal"
+    out = {f"{prefix}all": roc_auc_score(anomalous, scores)}
+    for kind in sorted(set(types) - {"normal"}):
+        chosen = (types == "normal") | (types == kind)
+        out[f"{prefix}{kind}"] = roc_auc_score(anomalous[chosen], scores[chosen])
+    return out
+
+
+def train_segmenter(spec, cfg, x_train, cavities, rng, epochs: int):
+    """The U-Net trained to segment lesions painted into the normal crops (``cavities`` not None)."""
+    unet = spec.unet()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=1e-4)
+    normals = np.flatnonzero([c is not None for c in cavities])
+    for _ in range(epochs):
+        unet.train()
+        order = rng.permutation(normals)
+        for b in range(len(order) // BATCH):
+            rows = order[b * BATCH:(b + 1) * BATCH]
+            x, mask = x_train[rows].clone(), torch.zeros((len(rows), *x_train.shape[1:]))
+            for k, i in enumerate(rows):
+                if rng.random() < 0.7:
+                    painted, lesion = paint_lesion(x[k, 0].numpy(), cavities[i], rng, LESIONS)
+                    x[k, 0], mask[k, 0] = torch.from_numpy(painted), torch.from_numpy(lesion.astype(np.float32))
+            both = augment_batch(torch.cat([x, mask], 1), cfg.finetune.augment)
+            loss = F.binary_cross_entropy_with_logits(unet(both[:, :1]), (both[:, 1:] > 0.5).float(), pos_weight=torch.tensor(10.0))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return unet.eval()
+
+
+def segmentation_scores(unet, x_test) -> dict:
+    with torch.no_grad():
+        maps = torch.cat([torch.sigmoid(unet(x_test[s:s + BATCH])) for s in range(0, len(x_test), BATCH)]).flatten(1).numpy()
+    return {"max": maps.max(1), "top50": np.sort(maps, 1)[:, -50:].mean(1), "sum": maps.sum(1)}
+
+
+def train_classifier(model, cfg, x_train, y_train, cavities, rng, epochs: int, paint: float, one_cycle: bool):
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-3)
+    steps = epochs * (len(x_train) // BATCH)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.1) if one_cycle else None
+    weights = class_weights(y_train)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x_train))
+        for b in range(len(x_train) // BATCH):
+            rows = order[b * BATCH:(b + 1) * BATCH].numpy()
+            x, y = x_train[rows].clone(), torch.from_numpy(y_train[rows].copy())
+            for k, i in enumerate(rows):
+                if paint > 0 and y_train[i] == 0 and cavities[i] is not None and rng.random() < paint:
+                    painted, lesion = paint_lesion(x[k, 0].numpy(), cavities[i], rng, LESIONS)
+                    if lesion.any():
+                        x[k, 0], y[k] = torch.from_numpy(painted), 1
+            loss = F.cross_entropy(model(augment_batch(x, cfg.finetune.augment)), y, weight=weights)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+    return model.eval()
+
+
+def probabilities(model, x) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([torch.softmax(model(x[s:s + 32]), 1)[:, 1] for s in range(0, len(x), 32)]).numpy()
+
+
+def probe(args) -> dict:
+    torch.set_num_threads(1)
+    cfg = load_config("default")
+    size = cfg.crop_size
+    split = load_dataset(args.work / f"without-{args.held_out}" / "dataset")
+    test = set(split.splits.test)
+    fold0 = set(split.splits.folds[0].train)
+    train_idx = np.array([i for i, r in enumerate(split.manifest) if r.patient not in test and (args.all_folds or r.patient in fold0)])
+    x_train = torch.from_numpy(resize_crops(split.crops[train_idx], size)).float()[:, None]
+    y_train = np.array([split.manifest[i].label for i in train_idx])
+    master = load_dataset(args.work / "all" / "dataset")
+    with open(args.work / "all" / "sinuses.csv", newline="", encoding="utf-8") as fh:
+        info = {r["patient"] + r["side"]: r for r in csv.DictReader(fh)}
+    rows = [(i, r) for i, r in enumerate(master.manifest) if info[r.patient + r.side]["anatomy"] == args.held_out]
+    x_test = torch.from_numpy(resize_crops(master.crops[[i for i, _ in rows]], size)).float()[:, None]
+    types = np.array([info[r.patient + r.side]["anomaly_type"] for _, r in rows])
+
+    rng = np.random.default_rng(args.seed)
+    cavities = [find_cavity(x_train[i, 0].numpy()) if y_train[i] == 0 else None for i in range(len(x_train))]
+    spec = network_spec(cfg)
+    torch.manual_seed(args.seed)
+    model = spec.classifier()
+    result = {"held": args.held_out, "seed": args.seed, "epochs": args.epochs, "paint": args.paint, "all_folds": args.all_folds,
+              "one_cycle": args.one_cycle, "segment_epochs": args.segment_epochs, "train_sinuses": len(x_train)}
+    if args.segment_epochs:
+        unet = train_segmenter(spec, cfg, x_train, cavities, rng, args.segment_epochs)
+        for name, scores in segmentation_scores(unet, x_test).items():
+            result.update(type_aurocs(types, scores, f"seg_{name}:"))
+    if args.epochs:
+        model = train_classifier(model, cfg, x_train, y_train, cavities, rng, args.epochs, args.paint, args.one_cycle)
+        p = probabilities(model, x_test)
+        result.update(type_aurocs(types, p))
+        normals = np.flatnonzero(types == "normal")
+        painted = [paint_lesion(x_test[k, 0].numpy(), c, rng, LESIONS)[0] for k in normals
+                   if (c := find_cavity(x_test[k, 0].numpy())) is not None]
+        pp = probabilities(model, torch.from_numpy(np.stack(painted))[:, None])
+        result["painted"] = roc_auc_score(np.r_[np.zeros(len(normals)), np.ones(len(pp))], np.r_[p[normals], pp])
+    return result
+
+
+def variant(r: dict) -> str:
+    if not r["epochs"]:
+        return f"lesion segmentation, {r['segment_epochs']} epochs"
+    return (f"classifier {r['epochs']} epochs, {'every non-test sinus' if r['all_folds'] else 'fold 0'}, "
+            f"{'one cycle' if r['one_cycle'] else 'constant lr'}, paint {r['paint']}")
+
+
+def summarise(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keys = ["all", "polyp", "retention_cyst", "mucosal_thickening", "air_fluid_level", "fully_occupied", "painted"]
+    lines = ["| variant | runs | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for name in sorted({variant(r) for r in rows}):
+        group = [r for r in rows if variant(r) == name]
+        prefix = "seg_top50:" if name.startswith("lesion") else ""
+        cells = []
+        for k in keys:
+            values = [r[prefix + k] for r in group if prefix + k in r]
+            cells.append(f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else "-")
+        lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--held-out")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=60, help="classifier epochs (0: none)")
+    parser.add_argument("--paint", type=float, default=0.0, help="share of normal crops painted while the classifier trains")
+    parser.add_argument("--all-folds", action="store_true", help="train on every non-test sinus instead of fold 0's")
+    parser.add_argument("--one-cycle", action="store_true", help="one-cycle learning rate instead of a constant one")
+    parser.add_argument("--segment-epochs", type=int, default=0, help="train the lesion-segmentation U-Net this long (0: not)")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--summarise", type=Path)
+    args = parser.parse_args()
+    if args.summarise:
+        print(summarise(args.summarise))
+        return
+    result = probe(args)
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))
+    with open(args.out, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
