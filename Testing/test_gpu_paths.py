@@ -188,7 +188,7 @@ def test_the_loader_stages_the_next_batch_before_handing_out_the_current_one(mon
     loader = CropLoader(data, 3, True, 5, "cpu")
     staged = []
     original = data.stage
-    monkeypatch.setattr(data, "stage", lambda rows, device, stream=None: staged.append(rows) or original(rows, device, stream))
+    monkeypatch.setattr(data, "stage", lambda rows, device, stream=None, paint=None: staged.append(rows) or original(rows, device, stream, paint))
     loader.generator.manual_seed(5)
     order = loader.order()
     loader.generator.manual_seed(5)  # the same order again for the iteration

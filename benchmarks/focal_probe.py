@@ -123,7 +123,7 @@ def probabilities(model, x) -> np.ndarray:
 def probe(args) -> dict:
     torch.set_num_threads(1)
     cfg = load_config("default")
-    size = cfg.crop_size
+    size = args.crop_size or cfg.crop_size  # the networks are the recipe's; only the crops they see change
     split = load_dataset(args.work / f"without-{args.held_out}" / "dataset")
     test = set(split.splits.test)
     fold0 = set(split.splits.folds[0].train)
@@ -143,7 +143,7 @@ def probe(args) -> dict:
     torch.manual_seed(args.seed)
     model = spec.classifier()
     result = {"held": args.held_out, "seed": args.seed, "epochs": args.epochs, "paint": args.paint, "all_folds": args.all_folds,
-              "one_cycle": args.one_cycle, "segment_epochs": args.segment_epochs, "train_sinuses": len(x_train)}
+              "one_cycle": args.one_cycle, "segment_epochs": args.segment_epochs, "train_sinuses": len(x_train), "crop_size": size}
     if args.segment_epochs:
         unet = train_segmenter(spec, cfg, x_train, cavities, rng, args.segment_epochs)
         for name, scores in segmentation_scores(unet, x_test).items():
@@ -163,7 +163,8 @@ def probe(args) -> dict:
 def variant(r: dict) -> str:
     if not r["epochs"]:
         return f"lesion segmentation, {r['segment_epochs']} epochs"
-    return (f"classifier {r['epochs']} epochs, {'every non-test sinus' if r['all_folds'] else 'fold 0'}, "
+    size = f", {r['crop_size']}^3" if r.get("crop_size", 32) != 32 else ""
+    return (f"classifier {r['epochs']} epochs{size}, {'every non-test sinus' if r['all_folds'] else 'fold 0'}, "
             f"{'one cycle' if r['one_cycle'] else 'constant lr'}, paint {r['paint']}")
 
 
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--paint", type=float, default=0.0, help="share of normal crops painted while the classifier trains")
     parser.add_argument("--all-folds", action="store_true", help="train on every non-test sinus instead of fold 0's")
     parser.add_argument("--one-cycle", action="store_true", help="one-cycle learning rate instead of a constant one")
+    parser.add_argument("--crop-size", type=int, default=0, help="crop size the networks see (default: the recipe's, 32; or 64)")
     parser.add_argument("--segment-epochs", type=int, default=0, help="train the lesion-segmentation U-Net this long (0: not)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--summarise", type=Path)
