@@ -100,18 +100,18 @@ class SinusCrops:
         """
         rows = torch.as_tensor(rows, dtype=torch.long)
         labels = self._labels[rows]
-        if paint is not None:
-            volumes, labels = paint(self.volumes.index_select(0, rows), labels, rows)
+        if device.type == "cuda" and paint is None:  # gathered straight into pinned memory
+            volumes = torch.empty((len(rows), *self.volumes.shape[1:]), dtype=self.volumes.dtype, pin_memory=True)
+            torch.index_select(self.volumes, 0, rows, out=volumes)
+        else:
+            volumes = self.volumes.index_select(0, rows)
+            if paint is not None:
+                volumes, labels = paint(volumes, labels, rows)
             if device.type != "cuda":
                 return {"volumes": volumes, "label": labels}
-            pinned = volumes.pin_memory()
-        elif device.type != "cuda":
-            return {"volumes": self.volumes.index_select(0, rows), "label": labels}
-        else:
-            pinned = torch.empty((len(rows), *self.volumes.shape[1:]), dtype=self.volumes.dtype, pin_memory=True)
-            torch.index_select(self.volumes, 0, rows, out=pinned)
+            volumes = volumes.pin_memory()
         with torch.cuda.stream(stream):  # None: the current stream
-            return {"volumes": pinned.to(device, non_blocking=True), "label": labels.pin_memory().to(device, non_blocking=True)}
+            return {"volumes": volumes.to(device, non_blocking=True), "label": labels.pin_memory().to(device, non_blocking=True)}
 
     @staticmethod
     def finish(staged: dict, augment: AugmentSettings | None = None) -> dict:

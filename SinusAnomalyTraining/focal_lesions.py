@@ -27,13 +27,15 @@ resumed one paints what the uninterrupted one would. Nothing is drawn when ``pro
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 
 from .config import FocalLesionSettings
 
-__all__ = ["DARK_LEVEL", "find_cavity", "paint_lesion", "FocalLesionPainter"]
+__all__ = ["DARK_LEVEL", "Cavity", "find_cavity", "paint_lesion", "FocalLesionPainter"]
 
 DARK_LEVEL = 0.15  # crop intensity below which a voxel counts as air (bone walls are dark too; they bound it)
 CORE_FRACTION = 0.375  # the central cube searched for the cavity, as a share of the crop's edge
@@ -41,8 +43,17 @@ MIN_CAVITY_FRACTION = 0.002  # a cavity smaller than this share of the crop is n
 CROP_MM = 64.0
 
 
-def find_cavity(crop: np.ndarray) -> np.ndarray | None:
-    """The air cavity of a ``(S, S, S)`` crop in [0, 1] as a boolean mask of its shape, or None."""
+@dataclass(frozen=True)
+class Cavity:
+    """A crop's air cavity and its wall, found once (:func:`find_cavity`) and painted into many times."""
+
+    mask: np.ndarray  # (S, S, S) bool
+    wall: np.ndarray  # (N, 3) int: the cavity's voxels within one voxel of its edge
+    inward: np.ndarray  # (N, 3) float: at each wall voxel, the gradient of the smoothed depth (points into the cavity)
+
+
+def find_cavity(crop: np.ndarray) -> Cavity | None:
+    """The air cavity of a ``(S, S, S)`` crop in [0, 1], or None."""
     size = crop.shape[0]
     dark = ndi.binary_opening(crop < DARK_LEVEL)
     labels, n = ndi.label(dark)
@@ -55,33 +66,35 @@ def find_cavity(crop: np.ndarray) -> np.ndarray | None:
     counts[0] = 0
     if counts.max() == 0:
         return None
-    cavity = labels == counts.argmax()
-    return cavity if cavity.sum() >= MIN_CAVITY_FRACTION * crop.size else None
+    mask = labels == counts.argmax()
+    if mask.sum() < MIN_CAVITY_FRACTION * crop.size:
+        return None
+    depth = ndi.distance_transform_edt(mask)
+    wall = np.argwhere(mask & (depth <= 1.0))
+    inward = np.stack(np.gradient(ndi.gaussian_filter(depth, 1.0)))[:, wall[:, 0], wall[:, 1], wall[:, 2]].T
+    return Cavity(mask, wall, inward)
 
 
-def paint_lesion(crop: np.ndarray, cavity: np.ndarray, rng: np.random.Generator,
+def paint_lesion(crop: np.ndarray, cavity: Cavity, rng: np.random.Generator,
                  settings: FocalLesionSettings) -> tuple[np.ndarray, np.ndarray]:
     """``crop`` (``(S, S, S)``, [0, 1]) with one or two focal lesions painted into ``cavity``;
     (the painted crop as float32, the lesion's boolean mask). See the module docstring."""
     size = crop.shape[0]
     voxel_mm = CROP_MM / size
-    depth = ndi.distance_transform_edt(cavity)
-    wall = np.argwhere(cavity & (depth <= 1.0))
-    inward = np.stack(np.gradient(ndi.gaussian_filter(depth, 1.0)))
-    coords = np.indices(cavity.shape, dtype=np.float32)
-    mask = np.zeros(cavity.shape, bool)
+    coords = np.indices(crop.shape, dtype=np.float32)
+    mask = np.zeros(crop.shape, bool)
     low, high = settings.diameter_mm
     for _ in range(int(rng.integers(1, 3))):
-        anchor = wall[rng.integers(len(wall))]
-        direction = inward[(slice(None), *anchor)]
+        k = rng.integers(len(cavity.wall))
+        anchor, direction = cavity.wall[k], cavity.inward[k]
         direction = direction / (np.linalg.norm(direction) + 1e-6)
         radius = float(np.exp(rng.uniform(np.log(low), np.log(high)))) / 2.0 / voxel_mm
         centre = anchor + direction * radius * rng.uniform(0.0, 0.8)
         radii = radius * rng.uniform(0.8, 1.2, 3)
         mask |= (((coords - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) <= 1.0
-    mask &= cavity
-    edge = np.where(cavity, ndi.gaussian_filter(mask.astype(np.float32), 0.5), 0.0)
-    air = crop[cavity & ~mask]
+    mask &= cavity.mask
+    edge = np.where(cavity.mask, ndi.gaussian_filter(mask.astype(np.float32), 0.5), 0.0)
+    air = crop[cavity.mask & ~mask]
     noise = rng.normal(0.0, float(air.std()) if air.size > 1 else 0.0, crop.shape)
     lesion = rng.uniform(*settings.level) + noise
     painted = crop * (1.0 - edge) + lesion * edge
@@ -98,7 +111,7 @@ class FocalLesionPainter:
 
     def __init__(self, volumes: torch.Tensor, labels: np.ndarray, settings: FocalLesionSettings) -> None:
         self.settings = settings
-        self.cavities: dict[int, np.ndarray] = {}
+        self.cavities: dict[int, Cavity] = {}
         for row in np.flatnonzero(np.asarray(labels) == 0):
             cavity = find_cavity(volumes[row, 0].float().numpy())
             if cavity is not None:

@@ -28,9 +28,10 @@ def test_the_cavity_is_the_dark_component_at_the_centre_and_a_full_sinus_has_non
     crop = synthetic_crop(np.random.default_rng(0), anomalous=False, size=32)
     truth = _cavity_truth(crop)
     cavity = find_cavity(crop)
-    assert cavity is not None and (cavity & truth).sum() / (cavity | truth).sum() > 0.9
+    assert cavity is not None and (cavity.mask & truth).sum() / (cavity.mask | truth).sum() > 0.9
+    assert not (cavity.mask[tuple(cavity.wall.T)] == 0).any() and len(cavity.inward) == len(cavity.wall)
     crop[:2] = 0.0  # a dark slab at the crop's edge (padding beyond a field of view) is another component
-    assert not find_cavity(crop)[:2].any()
+    assert not find_cavity(crop).mask[:2].any()
     assert find_cavity(np.full((32, 32, 32), 0.6, np.float32)) is None
 
 
@@ -38,10 +39,11 @@ def test_the_cavity_is_the_dark_component_at_the_centre_and_a_full_sinus_has_non
 def test_a_painted_lesion_sits_on_the_cavity_wall_at_its_size_and_level_and_nothing_outside_changes(size):
     rng = np.random.default_rng(1)
     crop = synthetic_crop(rng, anomalous=False, size=size)
-    cavity = find_cavity(crop)
+    found = find_cavity(crop)
+    cavity = found.mask
     voxel_mm = 64.0 / size
     for _ in range(20):
-        painted, mask = paint_lesion(crop, cavity, rng, SETTINGS)
+        painted, mask = paint_lesion(crop, found, rng, SETTINGS)
         assert mask.any() and not (mask & ~cavity).any()
         assert np.array_equal(painted[~cavity], crop[~cavity])  # the partial-volume edge stays inside the cavity
         assert (ndi.binary_dilation(mask) & ~cavity).any()  # attached to the wall
