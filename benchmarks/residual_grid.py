@@ -25,27 +25,24 @@ target; its none and BYOL cells are the first run's, copied). This script writes
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic
 from sklearn.metrics import roc_auc_score
 
-from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic
-from SinusAnomalyTraining import bootstrap, stages
-from SinusAnomalyTraining.config import percent_key
+from SinusAnomalyTraining import bootstrap, runtime, stages
+from SinusAnomalyTraining.config import load_config, percent_key
+from SinusAnomalyTraining.defaultmodel import read_table
+from SinusAnomalyTraining.engine import load_checkpoint
 from SinusAnomalyTraining.evaluation import ensemble_by_sinus
+from SinusAnomalyTraining.stagerunner import network_spec
 
 TARGETS = {"per_crop": "residual", "cohort": "cohort"}  # target -> run folder suffix
 COPIED = ("report.md", "results.csv", "comparisons.csv", "pretraining_loss.csv", "pretraining_loss.png",
           "residual_examples.png", "metrics_vs_fraction.png")
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def run_dir(work: Path, seed: int, target: str) -> Path:
@@ -75,13 +72,13 @@ def fold_ensemble(run: Path, method: str, fraction) -> dict:
 
 
 def pooled_auroc(run: Path, method: str, fraction) -> dict:
-    row = next(r for r in read_rows(run / "evaluation" / "results.csv")
+    row = next(r for r in read_table(run / "evaluation" / "results.csv")
                if r["method"] == method and float(r["fraction"]) == float(fraction))
     return {k: float(row[f"pooled_auroc{s}"]) for k, s in (("auroc", ""), ("low", "_low"), ("high", "_high"))}
 
 
 def run_comparison(run: Path, other: str, fraction) -> dict:
-    row = next(r for r in read_rows(run / "evaluation" / "comparisons.csv")
+    row = next(r for r in read_table(run / "evaluation" / "comparisons.csv")
                if r["other_method"] == other and r["metric"] == "auroc" and float(r["fraction"]) == float(fraction))
     return {k: float(row[k]) for k in ("difference", "low", "high", "share_positive")}
 
@@ -129,12 +126,27 @@ def excess_curves(work: Path, seeds: list[int]) -> list[dict]:
     rows = []
     for seed in seeds:
         for target in TARGETS:
-            for r in read_rows(run_dir(work, seed, target) / "evaluation" / "pretraining_loss.csv"):
+            for r in read_table(run_dir(work, seed, target) / "evaluation" / "pretraining_loss.csv"):
                 if r["method"] == "residual":
                     rows.append({"seed": seed, "target": target, "fold": int(r["fold"]), "epoch": int(r["epoch"]),
                                  **{k: float(r[k]) for k in ("train_loss", "train_floor", "train_excess",
                                                              "val_loss", "val_floor", "val_excess")}})
     return rows
+
+
+def weight_movement(run: Path, fold: int) -> float:
+    """How far residual pretraining moved the U-Net: ||w_best - w_init|| / ||w_init|| over every conv and
+    linear weight, the initialisation rebuilt as the stage builds it (seeded, then the network)."""
+    config = load_config(run / "config.json")
+    runtime.seed_everything(config.seed, config.deterministic)
+    initial = network_spec(config).unet().state_dict()
+    trained = load_checkpoint(run / f"fold{fold}" / "pretrain" / "best.pt")["model"]
+    moved = norm = 0.0
+    for name, w0 in initial.items():
+        if w0.is_floating_point() and w0.dim() >= 2:
+            moved += float((trained[name].float() - w0.float()).norm()) ** 2
+            norm += float(w0.float().norm()) ** 2
+    return (moved / norm) ** 0.5
 
 
 def binary_entropy(t: np.ndarray) -> np.ndarray:
@@ -166,6 +178,7 @@ def target_content(work: Path, seeds: list[int]) -> tuple[list[dict], list[dict]
                 anomalous = kind != "normal"
                 floor = float(binary_entropy(t).mean())
                 yardsticks.append({"seed": seed, "target": target, "fold": fold, "floor": floor,
+                                   "weights_moved": weight_movement(run, fold),
                                    "mean_map_excess": float(binary_entropy(t.mean(axis=0)).mean()) - floor,
                                    "constant_excess": float(binary_entropy(np.array(t.mean())).mean()) - floor})
                 score = t.reshape(len(t), -1).mean(axis=1)
@@ -214,7 +227,7 @@ def plot_excess(curves: list[dict], yardsticks: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("BCE - targets' entropy floor")
     axes[0].legend(fontsize=7)
-    fig.suptitle("Residual pretraining: loss above the floor, 5 folds per seed", fontsize=10)
+    fig.suptitle("Residual pretraining: loss above the floor, one line per fold", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -262,7 +275,7 @@ def write_summary(out: Path, table: list[dict], curves: list[dict], content: lis
             last[key] = r
     first = {(r["seed"], r["target"], r["fold"]): r for r in curves if r["epoch"] == 1}
     lines += ["| seed | target | floor (train) | excess, epoch 1 (train / val) | excess, last epoch (train / val) "
-              "| mean-map excess (no image) | share of it learned (train) |", "|" + "---|" * 7]
+              "| image-blind excess (each voxel's mean target) | 1 - last train excess / image-blind | U-Net weights moved (relative) |", "|" + "---|" * 8]
     for seed in sorted({r["seed"] for r in curves}):
         for target in TARGETS:
             keys = [k for k in last if k[:2] == (seed, target)]
@@ -271,7 +284,8 @@ def write_summary(out: Path, table: list[dict], curves: list[dict], content: lis
             tr_last = float(np.mean([last[k]["train_excess"] for k in keys]))
             lines.append(f"| {seed} | {target} | {np.mean([v['floor'] for v in y]):.3f} "
                          f"| {np.mean([first[k]['train_excess'] for k in keys]):.3f} / {np.mean([first[k]['val_excess'] for k in keys]):.3f} "
-                         f"| {tr_last:.3f} / {np.mean([last[k]['val_excess'] for k in keys]):.3f} | {mm:.3f} | {1 - tr_last / mm:.2f} |")
+                         f"| {tr_last:.3f} / {np.mean([last[k]['val_excess'] for k in keys]):.3f} | {mm:.3f} | {1 - tr_last / mm:.2f} "
+                         f"| {100 * np.mean([v['weights_moved'] for v in y]):.1f} % |")
     lines += ["", "| seed | target | lesion type | sinuses (normal / anomalous) | mean target, normal | mean target, anomalous "
               "| AUROC of the mean target |", "|" + "---|" * 7]
     means = {v: mean_over(content, ("seed", "target", "anomaly_type"), v)
