@@ -224,7 +224,8 @@ def plot_excess(curves: list[dict], yardsticks: list[dict], path: Path) -> None:
                        label=f"seed {seed}: mean map, no image" if target == "per_crop" else None)
         ax.set_title(f"residual target scaled {'per crop (paper)' if target == 'per_crop' else 'by the cohort'}")
         ax.set_xlabel("pretraining epoch")
-        ax.grid(alpha=0.3)
+        ax.set_yscale("log")  # one fold's validation spike would flatten the rest on a linear axis
+        ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("BCE - targets' entropy floor")
     axes[0].legend(fontsize=7)
     fig.suptitle("Residual pretraining: loss above the floor, one line per fold", fontsize=10)
@@ -298,12 +299,28 @@ def write_summary(out: Path, table: list[dict], curves: list[dict], content: lis
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def paper_rate_lines(run: Path, dest: Path) -> str:
+    """The side run at the paper's rate: its last epoch's excess and how far its weights moved; its history kept in ``dest``."""
+    dest.mkdir(exist_ok=True)
+    for name in ("history.csv", "train.log"):
+        shutil.copy2(run / "fold0" / "pretrain" / name, dest / name)
+    shutil.copy2(run / "config.json", dest / "config.json")
+    rows = read_table(run / "fold0" / "pretrain" / "history.csv")
+    first, last = rows[0], rows[-1]
+    return (f"\nPaper's rate (0.0125), fold 0 of the first seed, same CAE and targets: train / val excess "
+            f"{float(first['train_excess']):.3f} / {float(first['val_excess']):.3f} at epoch 1, "
+            f"{float(last['train_excess']):.3f} / {float(last['val_excess']):.3f} at epoch {last['epoch']}; "
+            f"U-Net weights moved {100 * weight_movement(run, 0):.1f} %.\n")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--bootstrap", type=int, default=1000, help="replicates of the cohort - per-crop comparison")
+    parser.add_argument("--paper-rate", type=Path, help="a run folder whose fold 0 pretrained at the paper's rate "
+                        "(docs/grid-residual/paper-rate.json) on the first seed's fold-0 CAE and residuals")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -323,6 +340,9 @@ def main(argv=None) -> None:
     write_json_atomic(args.out / "summary.json", {"grid": table})
     plot_excess(curves, yardsticks, args.out / "excess_loss.png")
     write_summary(args.out, table, curves, content, yardsticks)
+    if args.paper_rate:
+        with open(args.out / "summary.md", "a", encoding="utf-8") as fh:
+            fh.write(paper_rate_lines(args.paper_rate, args.out / f"paper-rate-s{seeds[0]}"))
     print((args.out / "summary.md").read_text(encoding="utf-8"))
 
 
