@@ -238,6 +238,9 @@ class PretrainSettings(_Settings):
     weight_decay: float
     momentum: float
     augment: AugmentSettings
+    # residual pretraining only: lesions painted into the crops it learns from, each painted mask added to the
+    # crop's residual target, so the U-Net also learns to outline small lesions (0: off, the paper's)
+    focal_lesions: FocalLesionSettings
 
     @classmethod
     def parse(cls, data: dict, path: Path) -> PretrainSettings:
@@ -246,7 +249,16 @@ class PretrainSettings(_Settings):
             raise ConfigError(f"{path}: pretrain.data must be one of {', '.join(PRETRAIN_DATA)}, got {data['data']!r}")
         return cls(data["data"], n("epochs", integer=True, low=1), n("batch_size", integer=True, low=1), n("base_lr", low=0),
                    n("base_batch", integer=True, low=1), n("warmup_epochs", low=0), n("weight_decay", low=0),
-                   n("momentum", low=0), AugmentSettings.parse(data["augment"], "pretrain.augment", path))
+                   n("momentum", low=0), AugmentSettings.parse(data["augment"], "pretrain.augment", path),
+                   FocalLesionSettings.parse(data["focal_lesions"], "pretrain.focal_lesions", path))
+
+    def made_from(self) -> dict:
+        """What a pretraining stage records as its settings: painting left out while it is off, so stages
+        made before the option existed stay valid."""
+        settings = self.as_dict()
+        if self.focal_lesions.prob == 0:
+            del settings["focal_lesions"]
+        return settings
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Synthetic focal lesions painted into normal training crops while a classifier is fine-tuned.
+"""Synthetic focal lesions painted into normal training crops while a classifier is fine-tuned
+(``finetune.focal_lesions``), or into the crops residual pretraining learns from, each lesion's mask
+added to the crop's residual target (``pretrain.focal_lesions``).
 
 Why: a polyp or a retention cyst is a few voxels of soft tissue or fluid on the wall of the dark
 air cavity. Among a fold's training sinuses there are a few dozen of them beside the large findings
@@ -119,7 +121,9 @@ class FocalLesionPainter:
 
     def __call__(self, volumes: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``volumes`` ``(B, C, S, S, S)`` and ``labels`` ``(B,)`` of the dataset rows ``rows`` (CPU
-        tensors) -> new tensors, each painted crop's image channel changed and its label 1."""
+        tensors) -> new tensors, each painted crop's image channel changed and its label 1; where a
+        second channel holds a residual target (residual pretraining), the lesion's mask is added to it
+        (voxel-wise maximum), so the target marks the painted lesion."""
         if self.settings.prob <= 0 or not self.cavities:
             return volumes, labels
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
@@ -129,7 +133,9 @@ class FocalLesionPainter:
             return volumes, labels
         volumes, labels = volumes.clone(), labels.clone()
         for k, row in chosen:
-            painted, _ = paint_lesion(volumes[k, 0].float().numpy(), self.cavities[row], rng, self.settings)
+            painted, mask = paint_lesion(volumes[k, 0].float().numpy(), self.cavities[row], rng, self.settings)
             volumes[k, 0] = torch.from_numpy(painted).to(volumes.dtype)
+            if volumes.shape[1] > 1:
+                volumes[k, 1] = torch.maximum(volumes[k, 1], torch.from_numpy(mask).to(volumes.dtype))
             labels[k] = 1
         return volumes, labels

@@ -234,6 +234,9 @@ def pretrain(ctx: FoldContext) -> Path:
     linearly with the (global) batch, warm-up then cosine to zero; geometric augmentations move
     image and target together, noise touches the image only. Labels are not used: it learns from
     the unlabelled set (:func:`pretraining_crops`) and validates on the fold's validation sinuses.
+    With ``pretrain.focal_lesions`` a share of the crops gets painted lesions (:mod:`.focal_lesions`), each
+    lesion's mask added to the crop's target (the voxel-wise maximum), so the U-Net learns to outline
+    small lesions on the wall as well as the CAE's residuals.
     BCE against soft targets cannot go below the targets' own mean binary entropy: each step also
     gives that floor over the same (augmented) target voxels, so the history has
     ``train_floor``/``val_floor`` and ``train_excess``/``val_excess`` = loss - floor (:data:`engine.FLOOR`).
@@ -242,7 +245,7 @@ def pretrain(ctx: FoldContext) -> Path:
     cfg = ctx.config.pretrain
     residuals = load_residuals(ctx)
     residual_sha = _done(ctx.residuals_dir)["residuals_sha256"]
-    made_from = {"residuals_sha256": residual_sha, "pretrain": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths),
+    made_from = {"residuals_sha256": residual_sha, "pretrain": cfg.made_from(), "encoder_widths": list(ctx.config.encoder_widths),
                  "seed": ctx.config.seed, "data": pretraining_data(ctx)}
 
     def build() -> Training:
@@ -250,7 +253,10 @@ def pretrain(ctx: FoldContext) -> Path:
         train_set, described = pretraining_crops(ctx, residuals)
         val_set = SinusCrops.from_dataset(ctx.dataset, ctx.indices("val"), size, residuals)
         batch = runtime.per_process_batch(min(cfg.batch_size, len(train_set)))
-        train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment, drop_last=True)
+        # labels are unknown here: every crop with an air cavity may be painted, its mask added to its target
+        painter = (FocalLesionPainter(train_set.volumes, np.zeros(len(train_set)), cfg.focal_lesions)
+                   if cfg.focal_lesions.prob > 0 else None)
+        train_loader = CropLoader(train_set, batch, True, ctx.config.seed, ctx.device, cfg.augment, drop_last=True, paint=painter)
         val_loader = CropLoader(val_set, batch, False, ctx.config.seed, ctx.device) if len(val_set) else None
         runtime.seed_everything(ctx.config.seed, ctx.config.deterministic)
         model = network_spec(ctx.config).unet().to(ctx.device)
@@ -286,7 +292,7 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
     cfg = ctx.config.pretrain
     options = dict(ctx.config.pretext.get(method, {}))
     made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "method": method, "options": options,
-                 "pretrain": cfg.as_dict(), "encoder_widths": list(ctx.config.encoder_widths),
+                 "pretrain": cfg.made_from(), "encoder_widths": list(ctx.config.encoder_widths),
                  "crop_size": ctx.config.crop_size, "seed": ctx.config.seed, "data": pretraining_data(ctx),
                  "unlabelled": ctx.unlabelled_fingerprint}
 

@@ -1,5 +1,6 @@
 """Focal lesions painted into normal training crops: where they go, how large and bright they are,
-which crops and labels they change, and that a run painting them is reproducible."""
+which crops and labels they change, that a run painting them is reproducible, and that residual
+pretraining's targets mark the lesions painted into its crops."""
 from __future__ import annotations
 
 import copy
@@ -10,11 +11,12 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from conftest import TINY_CONFIG, synthetic_crop
+from conftest import TINY_CONFIG, synthetic_crop, tiny_fold_context
 from SinusAnomalyLib.dataset import load_dataset
 from SinusAnomalyTraining import stages
 from SinusAnomalyTraining.config import ConfigError, FocalLesionSettings, config_from_dict, load_config
 from SinusAnomalyTraining.data import CropLoader, SinusCrops
+from SinusAnomalyTraining.engine import load_checkpoint
 from SinusAnomalyTraining.focal_lesions import FocalLesionPainter, find_cavity, paint_lesion
 
 SETTINGS = FocalLesionSettings(prob=1.0, diameter_mm=(4.0, 24.0), level=(0.25, 1.0))
@@ -120,7 +122,7 @@ def test_settings_are_checked_naming_the_key_and_file(tmp_path):
 
 def test_fine_tuning_with_focal_lesions_is_reproducible_and_differs_from_without(tiny_dataset, tmp_path):
     outputs = {}
-    for name, prob in (("a", 0.5), ("b", 0.5), ("off", 0.0)):
+    for name, prob in (("a", 0.5), ("b", 0.5), ("off", 0.0), ("off2", 0.0)):
         config = copy.deepcopy(TINY_CONFIG)
         config["finetune"]["focal_lesions"] = {"prob": prob, "diameter_mm": [4, 24], "level": [0.25, 1]}
         ctx = stages.FoldContext(load_dataset(tiny_dataset), config_from_dict(config), tmp_path / name, 0, torch.device("cpu"),
@@ -148,3 +150,49 @@ def test_a_cosine_schedule_warms_up_then_decays_to_zero_and_an_unknown_one_is_re
         rates[schedule] = [row["lr"] for row in history]
     assert rates["constant"] == [0.001] * 4
     assert rates["cosine"][-1] < 0.1 * 0.001 and max(rates["cosine"]) <= 0.001
+
+
+# --------------------------------------------------------------------------- residual pretraining
+
+def test_a_painted_crops_residual_target_marks_its_lesion_and_other_targets_are_untouched():
+    data = _crops([0, 0, 0, 1])
+    residual = torch.full_like(data.volumes, 0.2)
+    both = SinusCrops(torch.cat([data.volumes, residual], dim=1), np.zeros(4))  # pretraining: no labels known
+    painter = FocalLesionPainter(both.volumes, both.labels, FocalLesionSettings(0.5, (4.0, 24.0), (0.25, 1.0)))
+    rows = torch.arange(4)
+    torch.manual_seed(1)
+    served, _ = painter(both.volumes[rows], both._labels[rows], rows)
+    painted = [k for k in range(4) if not torch.equal(served[k, 0], both.volumes[k, 0])]
+    assert 0 < len(painted) < 4
+    for k in range(4):
+        target = served[k, 1].float()
+        if k in painted:  # the lesion's voxels (the image changed there) are 1 in the target, the rest keep 0.2
+            lesion = (served[k, 0] != both.volumes[k, 0]) & (target == 1)
+            assert lesion.any()
+            assert torch.all((target == 1) | ((target - 0.2).abs() < 1e-3))
+        else:
+            assert torch.equal(served[k], both.volumes[k])
+
+
+def test_residual_pretraining_with_painted_lesions_is_reproducible_differs_and_records_the_setting(tiny_dataset, tmp_path):
+    done, weights = {}, {}
+    for name, prob in (("a", 0.5), ("b", 0.5), ("off", 0.0)):
+        ctx = tiny_fold_context(tiny_dataset, tmp_path / name,
+                                pretrain={"focal_lesions": {"prob": prob, "diameter_mm": [4, 24], "level": [0.25, 1]}})
+        stages.train_cae(ctx)
+        stages.compute_residuals(ctx)
+        weights[name] = load_checkpoint(stages.pretrain(ctx))["model"]
+        done[name] = json.loads((ctx.pretrain_dir / "done.json").read_text(encoding="utf-8"))
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not all(torch.equal(weights["a"][k], weights["off"][k]) for k in weights["a"])
+    assert done["a"]["made_from"]["pretrain"]["focal_lesions"]["prob"] == 0.5
+    assert "focal_lesions" not in done["off"]["made_from"]["pretrain"]  # off: stages made before the option stay valid
+
+
+def test_pretraining_paint_settings_are_checked_and_off_by_default(tmp_path):
+    assert load_config("paper").pretrain.focal_lesions.prob == 0.0
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"pretrain": {"focal_lesions": {"prob": 2}}}))
+    with pytest.raises(ConfigError, match=r"'pretrain\.focal_lesions\.prob'") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
