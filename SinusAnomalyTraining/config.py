@@ -252,11 +252,12 @@ class PretrainSettings(_Settings):
                    n("momentum", low=0), AugmentSettings.parse(data["augment"], "pretrain.augment", path),
                    FocalLesionSettings.parse(data["focal_lesions"], "pretrain.focal_lesions", path))
 
-    def made_from(self) -> dict:
-        """What a pretraining stage records as its settings: painting left out while it is off, so stages
-        made before the option existed stay valid."""
+    def made_from(self, paints: bool) -> dict:
+        """What a pretraining stage records as its settings. Painting is left out where it does not act:
+        while it is off (so stages made before the option existed stay valid) and for a method that
+        ignores it (``paints`` False: the baselines, which changing it must not retrain)."""
         settings = self.as_dict()
-        if self.focal_lesions.prob == 0:
+        if not paints or self.focal_lesions.prob == 0:
             del settings["focal_lesions"]
         return settings
 

@@ -245,7 +245,7 @@ def pretrain(ctx: FoldContext) -> Path:
     cfg = ctx.config.pretrain
     residuals = load_residuals(ctx)
     residual_sha = _done(ctx.residuals_dir)["residuals_sha256"]
-    made_from = {"residuals_sha256": residual_sha, "pretrain": cfg.made_from(), "encoder_widths": list(ctx.config.encoder_widths),
+    made_from = {"residuals_sha256": residual_sha, "pretrain": cfg.made_from(paints=True), "encoder_widths": list(ctx.config.encoder_widths),
                  "seed": ctx.config.seed, "data": pretraining_data(ctx)}
 
     def build() -> Training:
@@ -292,7 +292,7 @@ def pretrain_pretext(ctx: FoldContext, method: str) -> Path:
     cfg = ctx.config.pretrain
     options = dict(ctx.config.pretext.get(method, {}))
     made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "method": method, "options": options,
-                 "pretrain": cfg.made_from(), "encoder_widths": list(ctx.config.encoder_widths),
+                 "pretrain": cfg.made_from(paints=False), "encoder_widths": list(ctx.config.encoder_widths),
                  "crop_size": ctx.config.crop_size, "seed": ctx.config.seed, "data": pretraining_data(ctx),
                  "unlabelled": ctx.unlabelled_fingerprint}
 

@@ -191,6 +191,9 @@ def test_residual_pretraining_with_painted_lesions_is_reproducible_differs_and_r
 
 def test_pretraining_paint_settings_are_checked_and_off_by_default(tmp_path):
     assert load_config("paper").pretrain.focal_lesions.prob == 0.0
+    painting = config_from_dict({"pretrain": {"focal_lesions": {"prob": 0.5}}}).pretrain
+    assert painting.made_from(paints=True)["focal_lesions"]["prob"] == 0.5
+    assert painting.made_from(paints=False) == load_config("paper").pretrain.made_from(paints=True)  # baselines ignore it
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"pretrain": {"focal_lesions": {"prob": 2}}}))
     with pytest.raises(ConfigError, match=r"'pretrain\.focal_lesions\.prob'") as info:

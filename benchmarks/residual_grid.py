@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic
 from sklearn.metrics import roc_auc_score
 
@@ -38,6 +39,7 @@ from SinusAnomalyTraining.config import load_config, percent_key
 from SinusAnomalyTraining.defaultmodel import read_table
 from SinusAnomalyTraining.engine import load_checkpoint
 from SinusAnomalyTraining.evaluation import ensemble_by_sinus
+from SinusAnomalyTraining.pretext.losses import target_entropy
 from SinusAnomalyTraining.stagerunner import network_spec
 
 TARGETS = {"per_crop": "residual", "cohort": "cohort"}  # target -> run folder suffix
@@ -149,11 +151,6 @@ def weight_movement(run: Path, fold: int) -> float:
     return (moved / norm) ** 0.5
 
 
-def binary_entropy(t: np.ndarray) -> np.ndarray:
-    t = np.clip(t.astype(np.float64), 1e-7, 1 - 1e-7)
-    return -(t * np.log(t) + (1 - t) * np.log(1 - t))
-
-
 def unlabelled_truth(work: Path, seed: int) -> dict[str, str]:
     """Sample id -> anomaly type ("normal" for none) of every unlabelled sinus, from synth's truth."""
     truth = json.loads((work / f"cohort-s{seed}" / "unlabelled_truth.json").read_text(encoding="utf-8"))
@@ -176,11 +173,12 @@ def target_content(work: Path, seeds: list[int]) -> tuple[list[dict], list[dict]
                 t = np.asarray(maps[rows], dtype=np.float32)
                 kind = np.array([kinds[ids[i]] for i in rows])
                 anomalous = kind != "normal"
-                floor = float(binary_entropy(t).mean())
+                floor = float(target_entropy(torch.from_numpy(t)))
                 yardsticks.append({"seed": seed, "target": target, "fold": fold, "floor": floor,
                                    "weights_moved": weight_movement(run, fold),
-                                   "mean_map_excess": float(binary_entropy(t.mean(axis=0)).mean()) - floor,
-                                   "constant_excess": float(binary_entropy(np.array(t.mean())).mean()) - floor})
+                                   # the best predictions that ignore the image: each voxel's mean target, one constant
+                                   "mean_map_excess": float(target_entropy(torch.from_numpy(t.mean(axis=0)))) - floor,
+                                   "constant_excess": float(target_entropy(torch.tensor(float(t.mean())))) - floor})
                 score = t.reshape(len(t), -1).mean(axis=1)
                 for group in ["all"] + sorted(set(kind[anomalous])):
                     chosen = ~anomalous | (anomalous if group == "all" else kind == group)
