@@ -3,8 +3,8 @@
 A quicker, simpler harness than the leave-one-anatomy-out check (``loao.py``), on the same work
 folder: for one held-out anatomy it trains ONE network on fold 0's training sinuses of the
 split without that anatomy (or on every non-test sinus, ``--all-folds``), keeps its last epoch,
-and scores every sinus of the held-out anatomy's pool (AUROC overall and per lesion type against
-the normal sinuses). It measures two ideas:
+and scores every sinus of the held-out anatomy's pool and of its focal test pool where ``loao.py``
+made one (AUROC overall and per lesion type against the normal sinuses). It measures two ideas:
 
 * **classifier** (``--epochs N``): fine-tuning as the recipe does (AdamW 1e-3, class-weighted
   cross-entropy, the recipe's augmentation), with focal lesions painted into a share ``--paint``
@@ -59,6 +59,22 @@ def type_aurocs(types: np.ndarray, scores: np.ndarray, prefix: str = "") -> dict
         chosen = (types == "normal") | (types == kind)
         out[f"{prefix}{kind}"] = roc_auc_score(anomalous[chosen], scores[chosen])
     return out
+
+
+def held_out_sinuses(work: Path, anatomy: str, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """``(n, 1, size, size, size)`` crops and (n,) lesion types of every sinus of ``anatomy``'s pool and,
+    where ``loao.py`` made it (``work/focal``), of its focal test pool."""
+    crops, types = [], []
+    for folder in ("all", "focal"):
+        if not (work / folder / "dataset" / "dataset.json").is_file():
+            continue
+        dataset = load_dataset(work / folder / "dataset")
+        with open(work / folder / "sinuses.csv", newline="", encoding="utf-8") as fh:
+            info = {r["patient"] + r["side"]: r for r in csv.DictReader(fh)}
+        rows = [(i, r) for i, r in enumerate(dataset.manifest) if info[r.patient + r.side]["anatomy"] == anatomy]
+        crops.append(resize_crops(dataset.crops[[i for i, _ in rows]], size))
+        types += [info[r.patient + r.side]["anomaly_type"] for _, r in rows]
+    return torch.from_numpy(np.concatenate(crops)).float()[:, None], np.array(types)
 
 
 def train_segmenter(spec, cfg, x_train, cavities, rng, epochs: int):
@@ -130,12 +146,7 @@ def probe(args) -> dict:
     train_idx = np.array([i for i, r in enumerate(split.manifest) if r.patient not in test and (args.all_folds or r.patient in fold0)])
     x_train = torch.from_numpy(resize_crops(split.crops[train_idx], size)).float()[:, None]
     y_train = np.array([split.manifest[i].label for i in train_idx])
-    master = load_dataset(args.work / "all" / "dataset")
-    with open(args.work / "all" / "sinuses.csv", newline="", encoding="utf-8") as fh:
-        info = {r["patient"] + r["side"]: r for r in csv.DictReader(fh)}
-    rows = [(i, r) for i, r in enumerate(master.manifest) if info[r.patient + r.side]["anatomy"] == args.held_out]
-    x_test = torch.from_numpy(resize_crops(master.crops[[i for i, _ in rows]], size)).float()[:, None]
-    types = np.array([info[r.patient + r.side]["anomaly_type"] for _, r in rows])
+    x_test, types = held_out_sinuses(args.work, args.held_out, size)
 
     rng = np.random.default_rng(args.seed)
     cavities = [find_cavity(x_train[i, 0].numpy()) if y_train[i] == 0 else None for i in range(len(x_train))]
@@ -143,7 +154,8 @@ def probe(args) -> dict:
     torch.manual_seed(args.seed)
     model = spec.classifier()
     result = {"held": args.held_out, "seed": args.seed, "epochs": args.epochs, "paint": args.paint, "all_folds": args.all_folds,
-              "one_cycle": args.one_cycle, "segment_epochs": args.segment_epochs, "train_sinuses": len(x_train), "crop_size": size}
+              "one_cycle": args.one_cycle, "segment_epochs": args.segment_epochs, "train_sinuses": len(x_train), "crop_size": size,
+              "focal_pool": (args.work / "focal" / "dataset" / "dataset.json").is_file(), "test_sinuses": len(x_test)}
     if args.segment_epochs:
         unet = train_segmenter(spec, cfg, x_train, cavities, rng, args.segment_epochs)
         for name, scores in segmentation_scores(unet, x_test).items():
@@ -161,11 +173,12 @@ def probe(args) -> dict:
 
 
 def variant(r: dict) -> str:
+    tested = ", pool + focal pool" if r.get("focal_pool") else ""
     if not r["epochs"]:
-        return f"lesion segmentation, {r['segment_epochs']} epochs"
+        return f"lesion segmentation, {r['segment_epochs']} epochs{tested}"
     size = f", {r['crop_size']}^3" if r.get("crop_size", 32) != 32 else ""
     return (f"classifier {r['epochs']} epochs{size}, {'every non-test sinus' if r['all_folds'] else 'fold 0'}, "
-            f"{'one cycle' if r['one_cycle'] else 'constant lr'}, paint {r['paint']}")
+            f"{'one cycle' if r['one_cycle'] else 'constant lr'}, paint {r['paint']}{tested}")
 
 
 def summarise(path: Path) -> str:

@@ -5,18 +5,22 @@ For each real anatomy A and each training seed: the recipe (``SinusAnomalyTraini
 bundle per method, and that bundle applied to every labelled head of A's pool (never seen in
 training). Per held-out anatomy, method and seed: AUROC, and specificity and sensitivity at the
 bundle's own threshold; per lesion type AUROC against the normal sinuses and sensitivity; per
-contrast. Then mean and spread over seeds, and over anatomies.
+contrast. Then mean and spread over seeds, and over anatomies. Polyps and retention cysts are few in a
+pool (about 6 of each per anatomy), so each anatomy also has a focal test pool (``--focal-heads``, its own
+synth seed, every anomalous sinus a polyp or a cyst) that the same bundles classify; their AUROC,
+sensitivity and the specificity are also given on both held-out sets together.
 
 The held-out sinuses are classified from the crops that ``prepare`` extracted (the same
 extraction ``classify`` runs, cached once for every split); a scan refused by extraction is left
 out, as ``classify`` would refuse it. Every step resumes when re-run.
 
-    python benchmarks/loao.py --work DIR [--seeds 0,1,2] [--heads 48] [--unlabelled 16] [--anatomies ...] [--methods none,residual]
-                              [--held-out A,B] [--prepare-only]
+    python benchmarks/loao.py --work DIR [--seeds 0,1,2] [--heads 48] [--unlabelled 16] [--focal-heads 48] [--anatomies ...]
+                              [--methods none,residual] [--held-out A,B] [--prepare-only]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -34,16 +38,29 @@ from SinusAnomalyLib.reference import ANATOMIES
 from SinusAnomalyLib.residuals import resize_crops
 from SinusAnomalyTraining import pipeline, runtime
 from SinusAnomalyTraining.config import load_config
+from SinusAnomalyLib.synth import generate_cohort
 from SinusAnomalyTraining.defaultmodel import (CONFIG, PoolSizes, anatomy_of, combine_pools, link_cached_scans, make_pools,
-                                               pool_patients, read_table, source_commit)
+                                               pool_params, pool_patients, read_table, source_commit)
 from SinusAnomalyTraining.evaluation import binary_metrics
 from SinusAnomalyTraining.export import export_run
 from SinusAnomalyTraining.lesion_types import by_type
 
 FOCAL = ("polyp", "retention_cyst")
 SIZE_BINS_MM = ((4, 8), (8, 14), (14, 26))  # the drawn diameter (synth.LESION_SIZES_MM: 4-16 and 4-25 mm)
+# Per anatomy a second held-out test set whose anomalous sinuses are all polyps or retention cysts: a pool
+# holds about 6 of each per anatomy, too few to resolve a per-type AUROC goal of 0.85 (one AUROC of 6
+# lesions against 60 normals has a sampling SD near 0.1). Anatomy k: synth seed FOCAL_POOL_SEED + k.
+FOCAL_POOL_SEED = 201
 PREDICTION_COLUMNS = ["anatomy", "method", "seed", "patient", "side", "contrast", "anomaly_type", "lesion_size_mm", "label",
                       "probability", "threshold"]
+
+
+def make_focal_pools(work: Path, heads: int, anatomies) -> dict[str, Path]:
+    """Per anatomy a held-out test pool of ``heads`` heads like its training pool (same variety and share of
+    anomalous heads) except that every anomalous sinus holds a polyp or a retention cyst (resumable)."""
+    return {anatomy: generate_cohort(work / "focal-pools" / anatomy, heads, FOCAL_POOL_SEED + ANATOMIES.index(anatomy),
+                                     dataclasses.replace(pool_params(anatomy), anomaly_types=FOCAL), previews=0)
+            for anatomy in anatomies}
 
 
 def subset_tables(tables: dict[str, Path], out: Path, anatomies: set[str]) -> tuple[Path, Path]:
@@ -97,19 +114,36 @@ def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomie
     if tag:
         seed_from_base(split / f"run_seed{seed}", run_dir)
     pipeline.run_pipeline(config, dataset_dir, run_dir, device, progress=False)
-    info = {r["patient"] + r["side"]: r for r in read_table(tables["sinuses"])}
-    rows = [r for r in master.manifest if info[r.patient + r.side]["anatomy"] == held_out]
-    crops = master.crops[[r.crop_index for r in rows]]
+    bundles = {method: export_run(run_dir, split / f"seed{seed}{tag}-{method}.sabundle", method, 100) for method in methods}
+    write_predictions(bundles, master, tables["sinuses"], held_out, seed, predictions)
+    return predictions
+
+
+def write_predictions(bundles: dict[str, Path], dataset, sinuses_csv: Path, held_out: str, seed: int, out: Path) -> Path:
+    """Every ``held_out`` sinus of a prepared ``dataset`` classified by each method's bundle; one CSV of PREDICTION_COLUMNS."""
+    info = {r["patient"] + r["side"]: r for r in read_table(sinuses_csv)}
+    rows = [r for r in dataset.manifest if info[r.patient + r.side]["anatomy"] == held_out]
+    crops = dataset.crops[[r.crop_index for r in rows]]
     lines = []
-    for method in methods:
-        bundle = export_run(run_dir, split / f"seed{seed}{tag}-{method}.sabundle", method, 100)
+    for method, bundle in bundles.items():
         threshold = load_bundle(bundle).threshold
         for row, p in zip(rows, bundle_probabilities(bundle, crops)):
             sinus = info[row.patient + row.side]
             lines.append([held_out, method, seed, row.patient, row.side, sinus["contrast"], sinus["anomaly_type"],
                           sinus["lesion_size_mm"], row.label, round(float(p), 6), round(threshold, 6)])
-    write_csv_atomic(predictions, PREDICTION_COLUMNS, lines)
-    return predictions
+    write_csv_atomic(out, PREDICTION_COLUMNS, lines)
+    return out
+
+
+def classify_focal_pool(work: Path, focal, focal_sinuses: Path, held_out: str, seed: int, methods: list[str], tag: str = "") -> Path | None:
+    """The focal test pool of ``held_out`` classified by the bundles its split's run exported; None where none was."""
+    split = work / f"without-{held_out}"
+    out = split / f"focal_predictions_seed{seed}{tag}.csv"
+    bundles = {method: split / f"seed{seed}{tag}-{method}.sabundle" for method in methods}
+    bundles = {method: path for method, path in bundles.items() if path.is_file()}
+    if out.is_file() or not bundles:
+        return out if out.is_file() else None
+    return write_predictions(bundles, focal, focal_sinuses, held_out, seed, out)
 
 
 def scores(rows: list[dict]) -> dict:
@@ -140,17 +174,33 @@ def scores(rows: list[dict]) -> dict:
     return out
 
 
-def summarise(prediction_files: list[Path]) -> dict:
-    """{method: {anatomy: {metric: [per seed]}}} and over anatomies ("all": per (anatomy, seed) values)."""
+def focal_scores(rows: list[dict]) -> dict:
+    """``focal:``-prefixed scores of polyps and retention cysts against the normal sinuses of a held-out pool and
+    its focal test pool together (one bundle, one threshold): AUROC, sensitivity and counts per kind and size, specificity."""
+    out = {f"focal:{key}": value for key, value in scores(rows).items()
+           if key == "specificity" or key.startswith(tuple(f"{group}:{kind}:" for group in ("type", "size") for kind in FOCAL))}
+    out["focal:n_normal"] = sum(r["anomaly_type"] == "normal" for r in rows)
+    for kind in FOCAL:
+        out[f"focal:type:{kind}:n"] = sum(r["anomaly_type"] == kind for r in rows)
+    return out
+
+
+def summarise(prediction_files: list[Path], focal_files: list[Path] = ()) -> dict:
+    """{method: {anatomy: {metric: [per seed]}}} and over anatomies ("all": per (anatomy, seed) values); with
+    the focal test pools' predictions also the ``focal:`` scores of :func:`focal_scores`."""
     rows = [r for f in prediction_files for r in read_table(f)]
+    focal_rows = [r for f in focal_files for r in read_table(f)]
     table: dict = {}
     for method in sorted({r["method"] for r in rows}):
         for anatomy in sorted({r["anatomy"] for r in rows}):
             for seed in sorted({r["seed"] for r in rows}):
-                group = [r for r in rows if r["method"] == method and r["anatomy"] == anatomy and r["seed"] == seed]
+                same = lambda r: r["method"] == method and r["anatomy"] == anatomy and r["seed"] == seed  # noqa: E731
+                group = [r for r in rows if same(r)]
                 if not group:
                     continue
-                for key, value in scores(group).items():
+                focal_group = [r for r in focal_rows if same(r)]
+                found = scores(group) | (focal_scores(group + focal_group) if focal_group else {})
+                for key, value in found.items():
                     table.setdefault(method, {}).setdefault(anatomy, {}).setdefault(key, []).append(value)
                     table[method].setdefault("all", {}).setdefault(key, []).append(value)
     return table
@@ -192,7 +242,33 @@ def markdown(table: dict, seeds: list[int]) -> str:
                 cells.append(f"{mean_sd(by_anatomy['all'].get(f'{key}:auroc', []))} ({np.mean(n):.0f})" if n else "-")
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
         lines.append("")
+        if "focal:specificity" in by_anatomy["all"]:
+            lines += focal_markdown(by_anatomy)
     return "\n".join(lines)
+
+
+def focal_markdown(by_anatomy: dict) -> list[str]:
+    """The ``focal:`` scores of one method as markdown lines (see :func:`focal_scores`)."""
+    lines = ["Polyps and retention cysts on the held-out pool and its focal test pool together (normal sinuses of both), "
+             "at the bundle's threshold:", "",
+             "| held out | normal / polyps / cysts | specificity | AUROC polyp | sensitivity polyp | AUROC retention cyst | "
+             "sensitivity retention cyst |", "|---|---|---|---|---|---|---|"]
+    for anatomy in sorted(by_anatomy, key=lambda a: (a == "all", a)):
+        m = by_anatomy[anatomy]
+        counts = " / ".join(f"{np.mean(m[key]):.0f}" for key in ("focal:n_normal", *(f"focal:type:{k}:n" for k in FOCAL)))
+        lines.append(f"| {anatomy} | {counts} | {mean_sd(m['focal:specificity'])} | "
+                     + " | ".join(f"{mean_sd(m.get(f'focal:type:{k}:auroc', []))} | {mean_sd(m.get(f'focal:type:{k}:sensitivity', []))}"
+                                  for k in FOCAL) + " |")
+    lines += ["", "The same by drawn diameter, AUROC against the normal sinuses (all held-out anatomies; lesions per set):", "",
+              "| kind | " + " | ".join(f"{low}-{high} mm" for low, high in SIZE_BINS_MM) + " |", "|---|" + "---|" * len(SIZE_BINS_MM)]
+    for kind in FOCAL:
+        cells = []
+        for low, high in SIZE_BINS_MM:
+            key = f"focal:size:{kind}:{low:g}-{high:g}"
+            n = by_anatomy["all"].get(f"{key}:n", [])
+            cells.append(f"{mean_sd(by_anatomy['all'].get(f'{key}:auroc', []))} ({np.mean(n):.0f})" if n else "-")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plot(table: dict, path: Path) -> Path:
@@ -240,6 +316,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", type=Path, default=CONFIG, help="the recipe's configuration (default: configs/default.json)")
     parser.add_argument("--tag", default="", help="a variant's name: its runs and predictions carry it and reuse the base "
                                                   "runs' CAE, residuals and pretraining (for variants of fine-tuning)")
+    parser.add_argument("--focal-heads", type=int, default=48, help="heads per anatomy of its focal test pool (0: none)")
     parser.add_argument("--prepare-only", action="store_true", help="make the pools and extract every head, then stop "
                                                                    "(so that several processes can then train the splits)")
     args = parser.parse_args(argv)
@@ -253,21 +330,31 @@ def main(argv=None) -> int:
     if not (master_dir / "dataset.json").is_file():
         prepare_dataset(tables["images"], tables["labels"], master_dir, n_folds=2, test_fraction=0.0, fractions=[1.0],
                         progress=True, unlabelled=tables["unlabelled"])
+    focal_tables = None
+    if args.focal_heads:
+        focal_tables = combine_pools(make_focal_pools(args.work, args.focal_heads, anatomies), args.work / "focal")
+        if not (args.work / "focal" / "dataset" / "dataset.json").is_file():
+            prepare_dataset(focal_tables["images"], focal_tables["labels"], args.work / "focal" / "dataset", n_folds=2,
+                            test_fraction=0.0, fractions=[1.0], progress=True)
     if args.prepare_only:
         return 0
     master = load_dataset(master_dir)
-    files = []
+    focal = load_dataset(args.work / "focal" / "dataset") if focal_tables else None
+    files, focal_files = [], []
     for held_out in (args.held_out.split(",") if args.held_out else anatomies):
         for seed in seeds:
             t0 = time.perf_counter()
             files.append(train_and_classify(args.work, tables, master, held_out, anatomies, seed, methods, device, args.config, args.tag))
+            if focal is not None:
+                focal_files.append(classify_focal_pool(args.work, focal, focal_tables["sinuses"], held_out, seed, methods, args.tag))
             print(f"held out {held_out}, seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-    table = summarise(files)
+    table = summarise(files, [f for f in focal_files if f is not None])
     finite = {method: {anatomy: {k: [v if np.isfinite(v) else None for v in values] for k, values in m.items()}
                        for anatomy, m in by_anatomy.items()} for method, by_anatomy in table.items()}  # JSON has no NaN
     name = f"loao{args.tag}"
     write_json_atomic(args.work / f"{name}.json", {"commit": source_commit(), "seeds": seeds, "methods": methods,
                                                 "heads_per_anatomy": args.heads, "unlabelled_per_anatomy": args.unlabelled,
+                                                "focal_heads_per_anatomy": args.focal_heads,
                                                 "config": str(args.config), "tag": args.tag, "table": finite, "minutes": round((time.perf_counter() - started) / 60, 1)})
     text = markdown(table, seeds)
     (args.work / f"{name}.md").write_text(text)

@@ -1,0 +1,57 @@
+"""The leave-one-anatomy-out check's scores of polyps and retention cysts on a held-out pool and its
+focal test pool together (``benchmarks/loao.py``, issues 24 and 30)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import loao  # noqa: E402
+
+
+def _row(kind: str, probability: float, size: str = "") -> dict:
+    return {"anatomy": "colin27", "method": "none", "seed": "0", "patient": "p", "side": "left", "contrast": "t1",
+            "anomaly_type": kind, "lesion_size_mm": size, "label": str(int(kind != "normal")),
+            "probability": str(probability), "threshold": "0.5"}
+
+
+def test_focal_scores_rank_each_kind_against_the_normals_of_both_sets():
+    pool = [_row("normal", 0.1), _row("normal", 0.6), _row("polyp", 0.7, "5.0"), _row("mucosal_thickening", 0.9, "3.0")]
+    focal = [_row("normal", 0.2), _row("normal", 0.3), _row("polyp", 0.4, "10.0"), _row("retention_cyst", 0.8, "20.0"),
+             _row("retention_cyst", 0.05, "6.0")]
+    scores = loao.focal_scores(pool + focal)
+    # polyps 0.7 and 0.4 against normals 0.1, 0.6, 0.2, 0.3: 4 + 3 of 8 pairs ranked right
+    assert scores["focal:type:polyp:auroc"] == pytest.approx(7 / 8)
+    # cysts 0.8 and 0.05: 4 + 0 of 8
+    assert scores["focal:type:retention_cyst:auroc"] == pytest.approx(4 / 8)
+    assert scores["focal:type:polyp:sensitivity"] == pytest.approx(0.5)  # 0.7 at or above 0.5, 0.4 below
+    assert scores["focal:type:retention_cyst:sensitivity"] == pytest.approx(0.5)
+    assert scores["focal:specificity"] == pytest.approx(3 / 4)  # 0.6 is called anomalous
+    assert (scores["focal:n_normal"], scores["focal:type:polyp:n"], scores["focal:type:retention_cyst:n"]) == (4, 2, 2)
+    assert scores["focal:size:retention_cyst:14-26:auroc"] == pytest.approx(1.0)
+    assert scores["focal:size:retention_cyst:4-8:auroc"] == pytest.approx(0.0)
+    assert not any("mucosal_thickening" in key for key in scores)  # only the focal kinds
+
+
+def test_summarise_adds_focal_scores_only_where_a_focal_pool_was_classified(tmp_path):
+    columns = loao.PREDICTION_COLUMNS
+    pool_rows = [_row("normal", 0.1), _row("normal", 0.3), _row("polyp", 0.6, "5.0"), _row("retention_cyst", 0.2, "9.0")]
+    focal_rows = [_row("normal", 0.4), _row("retention_cyst", 0.9, "12.0")]
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text(",".join(columns) + "\n" + "".join(",".join(r[c] for c in columns) + "\n" for r in rows))
+        return path
+
+    without = loao.summarise([write("pool.csv", pool_rows)])
+    assert not any(key.startswith("focal:") for key in without["none"]["colin27"])
+    table = loao.summarise([write("pool.csv", pool_rows)], [write("focal.csv", focal_rows)])
+    m = table["none"]["colin27"]
+    assert m["type:retention_cyst:auroc"] == [0.5]  # the pool alone: 0.2 between its normals 0.1 and 0.3
+    # both sets: cysts 0.2 and 0.9 against normals 0.1, 0.3, 0.4: 1 + 3 of 6 pairs
+    assert m["focal:type:retention_cyst:auroc"] == [pytest.approx(4 / 6)]
+    assert "Polyps and retention cysts on the held-out pool and its focal test pool" in loao.markdown(table, [0])
+    assert np.isfinite(table["none"]["all"]["focal:specificity"][0])
