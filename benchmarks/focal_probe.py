@@ -146,6 +146,15 @@ def probe(args) -> dict:
     train_idx = np.array([i for i, r in enumerate(split.manifest) if r.patient not in test and (args.all_folds or r.patient in fold0)])
     x_train = torch.from_numpy(resize_crops(split.crops[train_idx], size)).float()[:, None]
     y_train = np.array([split.manifest[i].label for i in train_idx])
+    if args.extra_train:  # more polyps and cysts to learn from: the focal training pools of the other anatomies
+        extra = load_dataset(args.work / "focal-train" / "dataset")
+        with open(args.work / "focal-train" / "sinuses.csv", newline="", encoding="utf-8") as fh:
+            anatomy = {r["patient"] + r["side"]: r["anatomy"] for r in csv.DictReader(fh)}
+        half = set(extra.splits.folds[0].train)
+        rows = [i for i, r in enumerate(extra.manifest)
+                if anatomy[r.patient + r.side] != args.held_out and (args.all_folds or r.patient in half)]
+        x_train = torch.cat([x_train, torch.from_numpy(resize_crops(extra.crops[rows], size)).float()[:, None]])
+        y_train = np.r_[y_train, [extra.manifest[i].label for i in rows]]
     x_test, types = held_out_sinuses(args.work, args.held_out, size)
 
     rng = np.random.default_rng(args.seed)
@@ -155,7 +164,8 @@ def probe(args) -> dict:
     model = spec.classifier()
     result = {"held": args.held_out, "seed": args.seed, "epochs": args.epochs, "paint": args.paint, "all_folds": args.all_folds,
               "one_cycle": args.one_cycle, "segment_epochs": args.segment_epochs, "train_sinuses": len(x_train), "crop_size": size,
-              "focal_pool": (args.work / "focal" / "dataset" / "dataset.json").is_file(), "test_sinuses": len(x_test)}
+              "focal_pool": (args.work / "focal" / "dataset" / "dataset.json").is_file(), "test_sinuses": len(x_test),
+              "extra_train": args.extra_train}
     if args.segment_epochs:
         unet = train_segmenter(spec, cfg, x_train, cavities, rng, args.segment_epochs)
         for name, scores in segmentation_scores(unet, x_test).items():
@@ -178,7 +188,8 @@ def variant(r: dict) -> str:
         return f"lesion segmentation, {r['segment_epochs']} epochs{tested}"
     size = f", {r['crop_size']}^3" if r.get("crop_size", 32) != 32 else ""
     return (f"classifier {r['epochs']} epochs{size}, {'every non-test sinus' if r['all_folds'] else 'fold 0'}, "
-            f"{'one cycle' if r['one_cycle'] else 'constant lr'}, paint {r['paint']}{tested}")
+            f"{'one cycle' if r['one_cycle'] else 'constant lr'}, paint {r['paint']}"
+            f"{', + focal training pools' if r.get('extra_train') else ''}{tested}")
 
 
 def summarise(path: Path) -> str:
@@ -206,6 +217,8 @@ def main() -> None:
     parser.add_argument("--all-folds", action="store_true", help="train on every non-test sinus instead of fold 0's")
     parser.add_argument("--one-cycle", action="store_true", help="one-cycle learning rate instead of a constant one")
     parser.add_argument("--crop-size", type=int, default=0, help="crop size the networks see (default: the recipe's, 32; or 64)")
+    parser.add_argument("--extra-train", action="store_true", help="also train on the other anatomies' focal training pools "
+                                                                   "(work/focal-train, made by hand; see the docs)")
     parser.add_argument("--segment-epochs", type=int, default=0, help="train the lesion-segmentation U-Net this long (0: not)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--summarise", type=Path)

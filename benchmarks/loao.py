@@ -55,10 +55,11 @@ PREDICTION_COLUMNS = ["anatomy", "method", "seed", "patient", "side", "contrast"
                       "probability", "threshold"]
 
 
-def make_focal_pools(work: Path, heads: int, anatomies) -> dict[str, Path]:
-    """Per anatomy a held-out test pool of ``heads`` heads like its training pool (same variety and share of
-    anomalous heads) except that every anomalous sinus holds a polyp or a retention cyst (resumable)."""
-    return {anatomy: generate_cohort(work / "focal-pools" / anatomy, heads, FOCAL_POOL_SEED + ANATOMIES.index(anatomy),
+def make_focal_pools(work: Path, heads: int, anatomies, folder: str = "focal-pools", seed: int = FOCAL_POOL_SEED) -> dict[str, Path]:
+    """Per anatomy a pool of ``heads`` heads under ``work/folder`` like its training pool (same variety and share
+    of anomalous heads) except that every anomalous sinus holds a polyp or a retention cyst (resumable).
+    Anatomy k draws from synth seed ``seed + k``."""
+    return {anatomy: generate_cohort(work / folder / anatomy, heads, seed + ANATOMIES.index(anatomy),
                                      dataclasses.replace(pool_params(anatomy), anomaly_types=FOCAL), previews=0)
             for anatomy in anatomies}
 
