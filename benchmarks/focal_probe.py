@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--one-cycle", action="store_true", help="one-cycle learning rate instead of a constant one")
     parser.add_argument("--crop-size", type=int, default=0, help="crop size the networks see (default: the recipe's, 32; or 64)")
     parser.add_argument("--extra-train", action="store_true", help="also train on the other anatomies' focal training pools "
-                                                                   "(work/focal-train, made by hand; see the docs)")
+                                                                   "(work/focal-train, made by loao.py --focal-train-heads 48)")
     parser.add_argument("--segment-epochs", type=int, default=0, help="train the lesion-segmentation U-Net this long (0: not)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--summarise", type=Path)

@@ -51,6 +51,7 @@ SIZE_BINS_MM = ((4, 8), (8, 14), (14, 26))  # the drawn diameter (synth.LESION_S
 # holds about 6 of each per anatomy, too few to resolve a per-type AUROC goal of 0.85 (one AUROC of 6
 # lesions against 60 normals has a sampling SD near 0.1). Anatomy k: synth seed FOCAL_POOL_SEED + k.
 FOCAL_POOL_SEED = 201
+FOCAL_TRAIN_POOL_SEED = 301  # the focal training pools of focal_probe.py --extra-train
 PREDICTION_COLUMNS = ["anatomy", "method", "seed", "patient", "side", "contrast", "anomaly_type", "lesion_size_mm", "label",
                       "probability", "threshold"]
 
@@ -62,6 +63,15 @@ def make_focal_pools(work: Path, heads: int, anatomies, folder: str = "focal-poo
     return {anatomy: generate_cohort(work / folder / anatomy, heads, seed + ANATOMIES.index(anatomy),
                                      dataclasses.replace(pool_params(anatomy), anomaly_types=FOCAL), previews=0)
             for anatomy in anatomies}
+
+
+def prepare_focal(work: Path, folder: str, pools: dict[str, Path]) -> dict[str, Path]:
+    """The focal pools' heads combined under ``work/folder`` and extracted into ``work/folder/dataset``; their tables."""
+    tables = combine_pools(pools, work / folder)
+    if not (work / folder / "dataset" / "dataset.json").is_file():
+        prepare_dataset(tables["images"], tables["labels"], work / folder / "dataset", n_folds=2, test_fraction=0.0,
+                        fractions=[1.0], progress=True)
+    return tables
 
 
 def subset_tables(tables: dict[str, Path], out: Path, anatomies: set[str]) -> tuple[Path, Path]:
@@ -318,6 +328,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default="", help="a variant's name: its runs and predictions carry it and reuse the base "
                                                   "runs' CAE, residuals and pretraining (for variants of fine-tuning)")
     parser.add_argument("--focal-heads", type=int, default=48, help="heads per anatomy of its focal test pool (0: none)")
+    parser.add_argument("--focal-train-heads", type=int, default=0,
+                        help="heads per anatomy of a focal training pool for focal_probe.py --extra-train (synth seed 301+k; 0: none)")
     parser.add_argument("--prepare-only", action="store_true", help="make the pools and extract every head, then stop "
                                                                    "(so that several processes can then train the splits)")
     args = parser.parse_args(argv)
@@ -333,10 +345,10 @@ def main(argv=None) -> int:
                         progress=True, unlabelled=tables["unlabelled"])
     focal_tables = None
     if args.focal_heads:
-        focal_tables = combine_pools(make_focal_pools(args.work, args.focal_heads, anatomies), args.work / "focal")
-        if not (args.work / "focal" / "dataset" / "dataset.json").is_file():
-            prepare_dataset(focal_tables["images"], focal_tables["labels"], args.work / "focal" / "dataset", n_folds=2,
-                            test_fraction=0.0, fractions=[1.0], progress=True)
+        focal_tables = prepare_focal(args.work, "focal", make_focal_pools(args.work, args.focal_heads, anatomies))
+    if args.focal_train_heads:
+        prepare_focal(args.work, "focal-train", make_focal_pools(args.work, args.focal_train_heads, anatomies, "focal-train-pools",
+                                                                 FOCAL_TRAIN_POOL_SEED))
     if args.prepare_only:
         return 0
     master = load_dataset(master_dir)
