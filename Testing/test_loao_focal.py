@@ -34,6 +34,7 @@ def test_focal_scores_rank_each_kind_against_the_normals_of_both_sets():
     assert scores["focal:size:retention_cyst:14-26:auroc"] == pytest.approx(1.0)
     assert scores["focal:size:retention_cyst:4-8:auroc"] == pytest.approx(0.0)
     assert not any("mucosal_thickening" in key for key in scores)  # only the focal kinds
+    assert scores["focal:contrast:t1:polyp:auroc"] == pytest.approx(7 / 8)  # every fixture sinus is T1-like
 
 
 def test_summarise_adds_focal_scores_only_where_a_focal_pool_was_classified(tmp_path):

@@ -193,6 +193,12 @@ def focal_scores(rows: list[dict]) -> dict:
     out["focal:n_normal"] = sum(r["anomaly_type"] == "normal" for r in rows)
     for kind in FOCAL:
         out[f"focal:type:{kind}:n"] = sum(r["anomaly_type"] == kind for r in rows)
+        for contrast in sorted({r["contrast"] for r in rows}):  # a T1-dark cyst is not a T2-bright one
+            chosen = [r for r in rows if r["contrast"] == contrast and r["anomaly_type"] in ("normal", kind)]
+            y = np.array([r["anomaly_type"] == kind for r in chosen])
+            if 0 < y.sum() < len(y):
+                p = np.array([float(r["probability"]) for r in chosen])
+                out[f"focal:contrast:{contrast}:{kind}:auroc"] = binary_metrics(y.astype(int), p, float(rows[0]["threshold"]))["auroc"]
     return out
 
 
@@ -270,6 +276,12 @@ def focal_markdown(by_anatomy: dict) -> list[str]:
         lines.append(f"| {anatomy} | {counts} | {mean_sd(m['focal:specificity'])} | "
                      + " | ".join(f"{mean_sd(m.get(f'focal:type:{k}:auroc', []))} | {mean_sd(m.get(f'focal:type:{k}:sensitivity', []))}"
                                   for k in FOCAL) + " |")
+    contrasts = sorted({k.split(":")[2] for k in by_anatomy["all"] if k.startswith("focal:contrast:")})
+    lines += ["", "The same per contrast, AUROC against the normal sinuses of that contrast (all held-out anatomies):", "",
+              "| kind | " + " | ".join(contrasts) + " |", "|---|" + "---|" * len(contrasts)]
+    for kind in FOCAL:
+        lines.append(f"| {kind} | " + " | ".join(mean_sd(by_anatomy["all"].get(f"focal:contrast:{c}:{kind}:auroc", []))
+                                                 for c in contrasts) + " |")
     lines += ["", "The same by drawn diameter, AUROC against the normal sinuses (all held-out anatomies; lesions per set):", "",
               "| kind | " + " | ".join(f"{low}-{high} mm" for low, high in SIZE_BINS_MM) + " |", "|---|" + "---|" * len(SIZE_BINS_MM)]
     for kind in FOCAL:
