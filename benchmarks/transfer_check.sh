@@ -6,7 +6,9 @@
 # and its bundle classifies every head made from the held-out anatomy. Prints and writes
 # (OUT_DIR/loao.md, OUT_DIR/loao.json, per-sinus predictions in OUT_DIR/without-*/) AUROC,
 # specificity and sensitivity at the bundle's threshold, per lesion type and per contrast, as mean
-# and spread over seeds. Every step resumes when re-run. docs/default-model.md holds its last result.
+# and spread over seeds; polyps and retention cysts also on a focal test pool of 48 more heads per
+# anatomy (loao.py --focal-heads). Every step resumes when re-run. docs/default-model.md holds its
+# last result.
 #
 #   bash benchmarks/transfer_check.sh [OUT_DIR] [TRAINING_SEEDS] [HEADS_PER_ANATOMY] [UNLABELLED_PER_ANATOMY]
 #   (defaults transfer_out, 0,1,2, 48 and 16; about 4 x 3 training runs)
