@@ -250,15 +250,7 @@ def markdown(table: dict, seeds: list[int]) -> str:
         for c in contrasts:
             lines.append(f"| {c} | " + " | ".join(mean_sd(by_anatomy["all"][f"contrast:{c}:{k}"]) for k in keys) + " |")
         lines += ["", "Focal lesions by drawn diameter, AUROC against the normal sinuses (all held-out anatomies; lesions per set):", "",
-                  "| kind | " + " | ".join(f"{low}-{high} mm" for low, high in SIZE_BINS_MM) + " |", "|---|" + "---|" * len(SIZE_BINS_MM)]
-        for kind in FOCAL:
-            cells = []
-            for low, high in SIZE_BINS_MM:
-                key = f"size:{kind}:{low:g}-{high:g}"
-                n = by_anatomy["all"].get(f"{key}:n", [])
-                cells.append(f"{mean_sd(by_anatomy['all'].get(f'{key}:auroc', []))} ({np.mean(n):.0f})" if n else "-")
-            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-        lines.append("")
+                  *size_table(by_anatomy["all"], "size"), ""]
         if "focal:specificity" in by_anatomy["all"]:
             lines += focal_markdown(by_anatomy)
     return "\n".join(lines)
@@ -283,15 +275,21 @@ def focal_markdown(by_anatomy: dict) -> list[str]:
         lines.append(f"| {kind} | " + " | ".join(mean_sd(by_anatomy["all"].get(f"focal:contrast:{c}:{kind}:auroc", []))
                                                  for c in contrasts) + " |")
     lines += ["", "The same by drawn diameter, AUROC against the normal sinuses (all held-out anatomies; lesions per set):", "",
-              "| kind | " + " | ".join(f"{low}-{high} mm" for low, high in SIZE_BINS_MM) + " |", "|---|" + "---|" * len(SIZE_BINS_MM)]
+              *size_table(by_anatomy["all"], "focal:size")]
+    return lines + [""]
+
+
+def size_table(scores: dict, prefix: str) -> list[str]:
+    """Markdown lines: AUROC of each focal kind per drawn-diameter bin (keys ``<prefix>:<kind>:<low>-<high>:auroc``, ``...:n``)."""
+    lines = ["| kind | " + " | ".join(f"{low}-{high} mm" for low, high in SIZE_BINS_MM) + " |", "|---|" + "---|" * len(SIZE_BINS_MM)]
     for kind in FOCAL:
         cells = []
         for low, high in SIZE_BINS_MM:
-            key = f"focal:size:{kind}:{low:g}-{high:g}"
-            n = by_anatomy["all"].get(f"{key}:n", [])
-            cells.append(f"{mean_sd(by_anatomy['all'].get(f'{key}:auroc', []))} ({np.mean(n):.0f})" if n else "-")
+            key = f"{prefix}:{kind}:{low:g}-{high:g}"
+            n = scores.get(f"{key}:n", [])
+            cells.append(f"{mean_sd(scores.get(f'{key}:auroc', []))} ({np.mean(n):.0f})" if n else "-")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return lines
 
 
 def plot(table: dict, path: Path) -> Path:
