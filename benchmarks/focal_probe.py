@@ -61,6 +61,15 @@ def type_aurocs(types: np.ndarray, scores: np.ndarray, prefix: str = "") -> dict
     return out
 
 
+def pooled_sinuses(work: Path, folder: str):
+    """A folder of ``loao.py`` (``all``, ``focal``, ``focal-train``): its prepared dataset and, for each manifest
+    row, that sinus's row of ``sinuses.csv`` (anatomy, contrast, anomaly type, ...)."""
+    dataset = load_dataset(work / folder / "dataset")
+    with open(work / folder / "sinuses.csv", newline="", encoding="utf-8") as fh:
+        info = {r["patient"] + r["side"]: r for r in csv.DictReader(fh)}
+    return dataset, [info[r.patient + r.side] for r in dataset.manifest]
+
+
 def held_out_sinuses(work: Path, anatomy: str, size: int) -> tuple[torch.Tensor, np.ndarray]:
     """``(n, 1, size, size, size)`` crops and (n,) lesion types of every sinus of ``anatomy``'s pool and,
     where ``loao.py`` made it (``work/focal``), of its focal test pool."""
@@ -68,12 +77,10 @@ def held_out_sinuses(work: Path, anatomy: str, size: int) -> tuple[torch.Tensor,
     for folder in ("all", "focal"):
         if not (work / folder / "dataset" / "dataset.json").is_file():
             continue
-        dataset = load_dataset(work / folder / "dataset")
-        with open(work / folder / "sinuses.csv", newline="", encoding="utf-8") as fh:
-            info = {r["patient"] + r["side"]: r for r in csv.DictReader(fh)}
-        rows = [(i, r) for i, r in enumerate(dataset.manifest) if info[r.patient + r.side]["anatomy"] == anatomy]
-        crops.append(resize_crops(dataset.crops[[i for i, _ in rows]], size))
-        types += [info[r.patient + r.side]["anomaly_type"] for _, r in rows]
+        dataset, sinuses = pooled_sinuses(work, folder)
+        rows = [i for i, sinus in enumerate(sinuses) if sinus["anatomy"] == anatomy]
+        crops.append(resize_crops(dataset.crops[rows], size))
+        types += [sinuses[i]["anomaly_type"] for i in rows]
     return torch.from_numpy(np.concatenate(crops)).float()[:, None], np.array(types)
 
 
@@ -147,12 +154,10 @@ def probe(args) -> dict:
     x_train = torch.from_numpy(resize_crops(split.crops[train_idx], size)).float()[:, None]
     y_train = np.array([split.manifest[i].label for i in train_idx])
     if args.extra_train:  # more polyps and cysts to learn from: the focal training pools of the other anatomies
-        extra = load_dataset(args.work / "focal-train" / "dataset")
-        with open(args.work / "focal-train" / "sinuses.csv", newline="", encoding="utf-8") as fh:
-            anatomy = {r["patient"] + r["side"]: r["anatomy"] for r in csv.DictReader(fh)}
+        extra, sinuses = pooled_sinuses(args.work, "focal-train")
         half = set(extra.splits.folds[0].train)
         rows = [i for i, r in enumerate(extra.manifest)
-                if anatomy[r.patient + r.side] != args.held_out and (args.all_folds or r.patient in half)]
+                if sinuses[i]["anatomy"] != args.held_out and (args.all_folds or r.patient in half)]
         x_train = torch.cat([x_train, torch.from_numpy(resize_crops(extra.crops[rows], size)).float()[:, None]])
         y_train = np.r_[y_train, [extra.manifest[i].label for i in rows]]
     x_test, types = held_out_sinuses(args.work, args.held_out, size)

@@ -36,9 +36,9 @@ from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic
 from SinusAnomalyLib.inference import fold_probabilities
 from SinusAnomalyLib.reference import ANATOMIES
 from SinusAnomalyLib.residuals import resize_crops
+from SinusAnomalyLib.synth import generate_cohort
 from SinusAnomalyTraining import pipeline, runtime
 from SinusAnomalyTraining.config import load_config
-from SinusAnomalyLib.synth import generate_cohort
 from SinusAnomalyTraining.defaultmodel import (CONFIG, PoolSizes, anatomy_of, combine_pools, link_cached_scans, make_pools,
                                                pool_params, pool_patients, read_table, source_commit)
 from SinusAnomalyTraining.evaluation import binary_metrics
@@ -152,9 +152,9 @@ def classify_focal_pool(work: Path, focal, focal_sinuses: Path, held_out: str, s
     out = split / f"focal_predictions_seed{seed}{tag}.csv"
     bundles = {method: split / f"seed{seed}{tag}-{method}.sabundle" for method in methods}
     bundles = {method: path for method, path in bundles.items() if path.is_file()}
-    if out.is_file() or not bundles:
-        return out if out.is_file() else None
-    return write_predictions(bundles, focal, focal_sinuses, held_out, seed, out)
+    if out.is_file():
+        return out
+    return write_predictions(bundles, focal, focal_sinuses, held_out, seed, out) if bundles else None
 
 
 def scores(rows: list[dict]) -> dict:

@@ -14,7 +14,6 @@ anatomy beside each run's threshold: where the threshold fails to carry, one see
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -24,14 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "SinusAnomaly")]
 
 from SinusAnomalyLib.reference import ANATOMIES  # noqa: E402
+from SinusAnomalyTraining.defaultmodel import read_table  # noqa: E402
 from SinusAnomalyTraining.evaluation import best_youden_threshold  # noqa: E402
 
 RULES = ("youden", "q80", "q90", "q95")
 
-
-def read(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def fold_threshold(rule: str, labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -45,7 +41,7 @@ def run_thresholds(run: Path) -> dict[str, float]:
     """Each rule's threshold for the bundle of ``run`` (median over its folds)."""
     per_fold = {rule: [] for rule in RULES}
     for predictions in sorted(run.glob("fold*/finetune/none/frac100/predictions.csv")):
-        val = [r for r in read(predictions) if r["split"] == "val"]
+        val = [r for r in read_table(predictions) if r["split"] == "val"]
         y = np.array([int(r["label"]) for r in val])
         p = np.array([float(r["p_anomalous"]) for r in val])
         for rule in RULES:
@@ -64,7 +60,7 @@ def plot_scores(work: Path, tags: list[str], seeds: list[str], path: Path) -> Pa
     for ax, tag in zip(fig.subplots(len(tags), 1, squeeze=False)[:, 0], tags):
         for i, anatomy in enumerate(ANATOMIES):
             rows = [r for seed in seeds if (f := work / f"without-{anatomy}" / f"predictions_seed{seed}{tag}.csv").is_file()
-                    for r in read(f) if r["method"] == "none"]
+                    for r in read_table(f) if r["method"] == "none"]
             if not rows:
                 continue
             for offset, label, colour in ((-0.18, "0", "tab:blue"), (0.18, "1", "tab:red")):
@@ -101,7 +97,7 @@ def main() -> None:
                 split = args.work / f"without-{anatomy}"
                 if not (split / f"predictions_seed{seed}{tag}.csv").is_file():
                     continue
-                rows = [r for r in read(split / f"predictions_seed{seed}{tag}.csv") if r["method"] == "none"]
+                rows = [r for r in read_table(split / f"predictions_seed{seed}{tag}.csv") if r["method"] == "none"]
                 y = np.array([int(r["label"]) for r in rows])
                 p = np.array([float(r["probability"]) for r in rows])
                 for rule, t in run_thresholds(split / f"run_seed{seed}{tag}").items():
