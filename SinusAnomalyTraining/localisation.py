@@ -21,15 +21,18 @@ from SinusAnomalyLib.synth import LESION_LABELS
 from SinusAnomalyLib.residuals import resize_crops
 
 
-def lesion_masks_in_crops(cohort_dir: Path, dataset: PreparedDataset, crop_size: int) -> dict:
-    """``{sample_id: (S, S, S) lesion fraction}`` for every anomalous sinus of ``dataset``."""
+def lesion_masks_in_crops(cohort_dir: Path, dataset: PreparedDataset, crop_size: int, name_in_cohort=None) -> dict:
+    """``{sample_id: (S, S, S) lesion fraction}`` for every anomalous sinus of ``dataset`` that is a head of the
+    cohort; ``name_in_cohort`` maps a dataset's patient name to its name in the cohort's ``truth.json``
+    (default: the same name; the default model's combined pools prefix the anatomy)."""
     truth = json.loads((Path(cohort_dir) / "truth.json").read_text(encoding="utf-8"))
     masks = {}
     for row in dataset.manifest:
-        if row.label != 1 or row.patient not in truth:
+        name = name_in_cohort(row.patient) if name_in_cohort else row.patient
+        if row.label != 1 or name not in truth:
             continue
         summary = json.loads((dataset.root / "scans" / row.patient / "extraction.json").read_text(encoding="utf-8"))
-        lesions = sitk.ReadImage(str(Path(cohort_dir) / truth[row.patient]["lesion_mask"]), sitk.sitkUInt8)
+        lesions = sitk.ReadImage(str(Path(cohort_dir) / truth[name]["lesion_mask"]), sitk.sitkUInt8)
         side_mask = sitk.Cast(lesions == LESION_LABELS[row.side], sitk.sitkFloat32)
         grid = grid_from_affine_ras(summary[row.side]["affine_ras"], CROP_SIZE)
         crop = sitk.Resample(side_mask, grid, sitk.Transform(), sitk.sitkLinear, 0.0)

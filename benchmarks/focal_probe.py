@@ -16,6 +16,11 @@ made one (AUROC overall and per lesion type against the normal sinuses). It meas
   weight 10, the recipe's augmentation on image and mask together); a sinus's score is the mean of
   its 50 most lesion-like voxels (``seg_top50``; also the maximum and the sum).
 
+* **classifier with a lesion-segmentation task** (``--true-masks W``): the recipe's classifier and
+  the U-Net's decoder share one encoder; besides the class loss the decoder learns the sinus's
+  true lesion mask (synth's ``masks/``, resampled onto the crop, empty for normal sinuses; BCE,
+  weight ``W``). Scored by its class probability, as the recipe's classifier is.
+
 Results are appended as JSON lines to ``--out``; ``--summarise FILE`` prints mean ± SD per variant.
 
     python benchmarks/focal_probe.py --work /work/loao --held-out colin27 --seed 0 --epochs 60 --paint 0.5 --out probe.jsonl
@@ -41,6 +46,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "SinusAnomaly")]
 from SinusAnomalyLib.dataset import load_dataset  # noqa: E402
 from SinusAnomalyLib.models import parameter_groups  # noqa: E402
 from SinusAnomalyLib.residuals import resize_crops  # noqa: E402
+from SinusAnomalyTraining.defaultmodel import anatomy_of  # noqa: E402
+from SinusAnomalyTraining.localisation import lesion_masks_in_crops  # noqa: E402
 from SinusAnomalyTraining.augment import augment_batch  # noqa: E402
 from SinusAnomalyTraining.config import FocalLesionSettings, load_config  # noqa: E402
 from SinusAnomalyTraining.focal_lesions import find_cavity, paint_lesion  # noqa: E402
@@ -82,6 +89,46 @@ def held_out_sinuses(work: Path, anatomy: str, size: int) -> tuple[torch.Tensor,
         crops.append(resize_crops(dataset.crops[rows], size))
         types += [sinuses[i]["anomaly_type"] for i in rows]
     return torch.from_numpy(np.concatenate(crops)).float()[:, None], np.array(types)
+
+
+def true_masks(work: Path, dataset, folder: str, size: int) -> np.ndarray:
+    """``(n, size, size, size)`` lesion fraction of every manifest row of ``dataset`` (zeros for
+    normal sinuses), from the synth masks of the pools in ``work/<folder>`` (``pools`` or
+    ``focal-train-pools``); cached in ``work/<folder>-masks-<size>.npz`` by sample id."""
+    cache = work / f"{folder}-masks-{size}.npz"
+    stored = dict(np.load(cache)) if cache.is_file() else {}
+    missing = [r for r in dataset.manifest if r.label == 1 and r.sample_id not in stored]
+    for anatomy in sorted({anatomy_of(r.patient) for r in missing}):
+        in_pool = lambda name, anatomy=anatomy: name.split("-", 1)[1] if anatomy_of(name) == anatomy else None  # noqa: E731
+        for sid, fraction in lesion_masks_in_crops(work / folder / anatomy, dataset, size, in_pool).items():
+            stored[sid] = fraction.astype(np.float16)
+    if missing:
+        np.savez(cache, **stored)
+    return np.stack([stored.get(r.sample_id, np.zeros((size,) * 3, np.float16)) for r in dataset.manifest])
+
+
+def train_multitask(spec, cfg, x_train, y_train, m_train, epochs: int, weight: float):
+    """Classifier and U-Net decoder on one encoder: class cross-entropy + ``weight`` x lesion BCE."""
+    unet, model = spec.unet(), spec.classifier()
+    model.encoder = unet.encoder
+    params = {id(p): p for p in [*model.parameters(), *unet.parameters()]}
+    optimizer = torch.optim.AdamW(list(params.values()), lr=1e-3, weight_decay=0.01)
+    weights = class_weights(y_train)
+    for _ in range(epochs):
+        model.train(), unet.train()
+        order = torch.randperm(len(x_train))
+        for b in range(len(x_train) // BATCH):
+            rows = order[b * BATCH:(b + 1) * BATCH].numpy()
+            both = augment_batch(torch.cat([x_train[rows], m_train[rows]], 1), cfg.finetune.augment)
+            features = unet.encoder(both[:, :1])
+            logits = model.head(model.pool(features[-1]))
+            seg = unet.segmentation_head(unet.decoder(features, len(features) - 1))
+            loss = (F.cross_entropy(logits, torch.from_numpy(y_train[rows].copy()), weight=weights)
+                    + weight * F.binary_cross_entropy_with_logits(seg, (both[:, 1:] > 0.5).float(), pos_weight=torch.tensor(10.0)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval(), unet.eval()
 
 
 def train_segmenter(spec, cfg, x_train, cavities, rng, epochs: int):
@@ -153,6 +200,8 @@ def probe(args) -> dict:
     train_idx = np.array([i for i, r in enumerate(split.manifest) if r.patient not in test and (args.all_folds or r.patient in fold0)])
     x_train = torch.from_numpy(resize_crops(split.crops[train_idx], size)).float()[:, None]
     y_train = np.array([split.manifest[i].label for i in train_idx])
+    if args.true_masks:
+        m_train = torch.from_numpy(true_masks(args.work, split, "pools", size)[train_idx]).float()[:, None]
     if args.extra_train:  # more polyps and cysts to learn from: the focal training pools of the other anatomies
         extra, sinuses = pooled_sinuses(args.work, "focal-train")
         half = set(extra.splits.folds[0].train)
@@ -160,6 +209,9 @@ def probe(args) -> dict:
                 if sinuses[i]["anatomy"] != args.held_out and (args.all_folds or r.patient in half)]
         x_train = torch.cat([x_train, torch.from_numpy(resize_crops(extra.crops[rows], size)).float()[:, None]])
         y_train = np.r_[y_train, [extra.manifest[i].label for i in rows]]
+        if args.true_masks:
+            m_extra = torch.from_numpy(true_masks(args.work, extra, "focal-train-pools", size)[rows]).float()[:, None]
+            m_train = torch.cat([m_train, m_extra])
     x_test, types = held_out_sinuses(args.work, args.held_out, size)
 
     rng = np.random.default_rng(args.seed)
@@ -170,12 +222,17 @@ def probe(args) -> dict:
     result = {"held": args.held_out, "seed": args.seed, "epochs": args.epochs, "paint": args.paint, "all_folds": args.all_folds,
               "one_cycle": args.one_cycle, "segment_epochs": args.segment_epochs, "train_sinuses": len(x_train), "crop_size": size,
               "focal_pool": (args.work / "focal" / "dataset" / "dataset.json").is_file(), "test_sinuses": len(x_test),
-              "extra_train": args.extra_train}
+              "extra_train": args.extra_train, "true_masks": args.true_masks}
     if args.segment_epochs:
         unet = train_segmenter(spec, cfg, x_train, cavities, rng, args.segment_epochs)
         for name, scores in segmentation_scores(unet, x_test).items():
             result.update(type_aurocs(types, scores, f"seg_{name}:"))
-    if args.epochs:
+    if args.epochs and args.true_masks:
+        model, unet = train_multitask(spec, cfg, x_train, y_train, m_train, args.epochs, args.true_masks)
+        result.update(type_aurocs(types, probabilities(model, x_test)))
+        for name, scores in segmentation_scores(unet, x_test).items():
+            result.update(type_aurocs(types, scores, f"seg_{name}:"))
+    elif args.epochs:
         model = train_classifier(model, cfg, x_train, y_train, cavities, rng, args.epochs, args.paint, args.one_cycle)
         p = probabilities(model, x_test)
         result.update(type_aurocs(types, p))
@@ -194,7 +251,8 @@ def variant(r: dict) -> str:
     size = f", {r['crop_size']}^3" if r.get("crop_size", 32) != 32 else ""
     return (f"classifier {r['epochs']} epochs{size}, {'every non-test sinus' if r['all_folds'] else 'fold 0'}, "
             f"{'one cycle' if r['one_cycle'] else 'constant lr'}, paint {r['paint']}"
-            f"{', + focal training pools' if r.get('extra_train') else ''}{tested}")
+            f"{', + focal training pools' if r.get('extra_train') else ''}"
+            f"{f', + true lesion masks (weight {w:g})' if (w := r.get('true_masks')) else ''}{tested}")
 
 
 def summarise(path: Path) -> str:
@@ -224,6 +282,8 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int, default=0, help="crop size the networks see (default: the recipe's, 32; or 64)")
     parser.add_argument("--extra-train", action="store_true", help="also train on the other anatomies' focal training pools "
                                                                    "(work/focal-train, made by loao.py --focal-train-heads 48)")
+    parser.add_argument("--true-masks", type=float, default=0.0, help="weight of a lesion-segmentation loss on the synth "
+                                                                      "lesion masks, trained with the classifier (0: none)")
     parser.add_argument("--segment-epochs", type=int, default=0, help="train the lesion-segmentation U-Net this long (0: not)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--summarise", type=Path)
