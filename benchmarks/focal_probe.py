@@ -21,6 +21,10 @@ made one (AUROC overall and per lesion type against the normal sinuses). It meas
   true lesion mask (synth's ``masks/``, resampled onto the crop, empty for normal sinuses; BCE,
   weight ``W``). Scored by its class probability, as the recipe's classifier is.
 
+* **both sinuses of the head** (``--bilateral``): the classifier sees the sinus and, as a second
+  channel, the head's other sinus (mirrored like every right crop, so both lie the same way; the
+  sinus itself where the other one was not extracted): a reference of the same anatomy and scan.
+
 Results are appended as JSON lines to ``--out``; ``--summarise FILE`` prints mean ± SD per variant.
 
     python benchmarks/focal_probe.py --work /work/loao --held-out colin27 --seed 0 --epochs 60 --paint 0.5 --out probe.jsonl
@@ -44,9 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "SinusAnomaly")]
 
 from SinusAnomalyLib.dataset import load_dataset  # noqa: E402
-from SinusAnomalyLib.models import parameter_groups  # noqa: E402
+from SinusAnomalyLib.models import SinusClassifier, parameter_groups  # noqa: E402
 from SinusAnomalyLib.residuals import resize_crops  # noqa: E402
 from SinusAnomalyTraining.defaultmodel import anatomy_of  # noqa: E402
+from SinusAnomalyTraining.evaluation import best_youden_threshold  # noqa: E402
 from SinusAnomalyTraining.localisation import lesion_masks_in_crops  # noqa: E402
 from SinusAnomalyTraining.augment import augment_batch  # noqa: E402
 from SinusAnomalyTraining.config import FocalLesionSettings, load_config  # noqa: E402
@@ -68,6 +73,13 @@ def type_aurocs(types: np.ndarray, scores: np.ndarray, prefix: str = "") -> dict
     return out
 
 
+def at_threshold(types: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Specificity and sensitivity on the held-out sinuses at a threshold chosen on the training anatomies."""
+    normal = types == "normal"
+    return {"threshold": float(threshold), "specificity": float((scores[normal] < threshold).mean()),
+            "sensitivity": float((scores[~normal] >= threshold).mean())}
+
+
 def pooled_sinuses(work: Path, folder: str):
     """A folder of ``loao.py`` (``all``, ``focal``, ``focal-train``): its prepared dataset and, for each manifest
     row, that sinus's row of ``sinuses.csv`` (anatomy, contrast, anomaly type, ...)."""
@@ -77,18 +89,33 @@ def pooled_sinuses(work: Path, folder: str):
     return dataset, [info[r.patient + r.side] for r in dataset.manifest]
 
 
-def held_out_sinuses(work: Path, anatomy: str, size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """``(n, 1, size, size, size)`` crops and (n,) lesion types of every sinus of ``anatomy``'s pool and,
-    where ``loao.py`` made it (``work/focal``), of its focal test pool."""
+def other_sides(dataset, rows) -> list[int]:
+    """For each manifest index of ``rows``, the index of the same head's other sinus (itself where it was not extracted)."""
+    index = {(r.patient, r.side): i for i, r in enumerate(dataset.manifest)}
+    flip = {"left": "right", "right": "left"}
+    return [index.get((dataset.manifest[i].patient, flip[dataset.manifest[i].side]), i) for i in rows]
+
+
+def crops_of(dataset, rows, size: int, bilateral: bool) -> torch.Tensor:
+    """``(n, C, size, size, size)`` crops of manifest ``rows``; C = 2 with the other sinus as the second channel."""
+    x = torch.from_numpy(resize_crops(dataset.crops[rows], size)).float()[:, None]
+    if bilateral:
+        x = torch.cat([x, torch.from_numpy(resize_crops(dataset.crops[other_sides(dataset, rows)], size)).float()[:, None]], 1)
+    return x
+
+
+def held_out_sinuses(work: Path, anatomy: str, size: int, bilateral: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    """``(n, C, size, size, size)`` crops and (n,) lesion types of every sinus of ``anatomy``'s pool and,
+    where ``loao.py`` made it (``work/focal``), of its focal test pool (C: see :func:`crops_of`)."""
     crops, types = [], []
     for folder in ("all", "focal"):
         if not (work / folder / "dataset" / "dataset.json").is_file():
             continue
         dataset, sinuses = pooled_sinuses(work, folder)
         rows = [i for i, sinus in enumerate(sinuses) if sinus["anatomy"] == anatomy]
-        crops.append(resize_crops(dataset.crops[rows], size))
+        crops.append(crops_of(dataset, rows, size, bilateral))
         types += [sinuses[i]["anomaly_type"] for i in rows]
-    return torch.from_numpy(np.concatenate(crops)).float()[:, None], np.array(types)
+    return torch.cat(crops), np.array(types)
 
 
 def true_masks(work: Path, dataset, folder: str, size: int) -> np.ndarray:
@@ -176,7 +203,7 @@ def train_classifier(model, cfg, x_train, y_train, cavities, rng, epochs: int, p
                     painted, lesion = paint_lesion(x[k, 0].numpy(), cavities[i], rng, LESIONS)
                     if lesion.any():
                         x[k, 0], y[k] = torch.from_numpy(painted), 1
-            loss = F.cross_entropy(model(augment_batch(x, cfg.finetune.augment)), y, weight=weights)
+            loss = F.cross_entropy(model(augment_batch(x, cfg.finetune.augment, image_channels=x.shape[1])), y, weight=weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -198,7 +225,7 @@ def probe(args) -> dict:
     test = set(split.splits.test)
     fold0 = set(split.splits.folds[0].train)
     train_idx = np.array([i for i, r in enumerate(split.manifest) if r.patient not in test and (args.all_folds or r.patient in fold0)])
-    x_train = torch.from_numpy(resize_crops(split.crops[train_idx], size)).float()[:, None]
+    x_train = crops_of(split, train_idx, size, args.bilateral)
     y_train = np.array([split.manifest[i].label for i in train_idx])
     if args.true_masks:
         m_train = torch.from_numpy(true_masks(args.work, split, "pools", size)[train_idx]).float()[:, None]
@@ -207,39 +234,49 @@ def probe(args) -> dict:
         half = set(extra.splits.folds[0].train)
         rows = [i for i, r in enumerate(extra.manifest)
                 if sinuses[i]["anatomy"] != args.held_out and (args.all_folds or r.patient in half)]
-        x_train = torch.cat([x_train, torch.from_numpy(resize_crops(extra.crops[rows], size)).float()[:, None]])
+        x_train = torch.cat([x_train, crops_of(extra, rows, size, args.bilateral)])
         y_train = np.r_[y_train, [extra.manifest[i].label for i in rows]]
         if args.true_masks:
             m_extra = torch.from_numpy(true_masks(args.work, extra, "focal-train-pools", size)[rows]).float()[:, None]
             m_train = torch.cat([m_train, m_extra])
-    x_test, types = held_out_sinuses(args.work, args.held_out, size)
+    x_test, types = held_out_sinuses(args.work, args.held_out, size, args.bilateral)
+    val_idx = np.array([i for i, r in enumerate(split.manifest) if r.patient in set(split.splits.folds[0].val)])
+    x_val, y_val = crops_of(split, val_idx, size, args.bilateral), np.array([split.manifest[i].label for i in val_idx])
 
     rng = np.random.default_rng(args.seed)
     cavities = [find_cavity(x_train[i, 0].numpy()) if y_train[i] == 0 else None for i in range(len(x_train))]
     spec = network_spec(cfg)
     torch.manual_seed(args.seed)
-    model = spec.classifier()
+    model = SinusClassifier(in_channels=2, encoder_widths=spec.encoder_widths) if args.bilateral else spec.classifier()
     result = {"held": args.held_out, "seed": args.seed, "epochs": args.epochs, "paint": args.paint, "all_folds": args.all_folds,
               "one_cycle": args.one_cycle, "segment_epochs": args.segment_epochs, "train_sinuses": len(x_train), "crop_size": size,
               "focal_pool": (args.work / "focal" / "dataset" / "dataset.json").is_file(), "test_sinuses": len(x_test),
-              "extra_train": args.extra_train, "true_masks": args.true_masks}
+              "extra_train": args.extra_train, "true_masks": args.true_masks, "bilateral": args.bilateral}
     if args.segment_epochs:
         unet = train_segmenter(spec, cfg, x_train, cavities, rng, args.segment_epochs)
         for name, scores in segmentation_scores(unet, x_test).items():
             result.update(type_aurocs(types, scores, f"seg_{name}:"))
     if args.epochs and args.true_masks:
         model, unet = train_multitask(spec, cfg, x_train, y_train, m_train, args.epochs, args.true_masks)
-        result.update(type_aurocs(types, probabilities(model, x_test)))
+        result.update(type_aurocs(types, p := probabilities(model, x_test)))
+        if not args.all_folds:
+            result.update(at_threshold(types, p, best_youden_threshold(y_val, probabilities(model, x_val))))
         for name, scores in segmentation_scores(unet, x_test).items():
             result.update(type_aurocs(types, scores, f"seg_{name}:"))
     elif args.epochs:
         model = train_classifier(model, cfg, x_train, y_train, cavities, rng, args.epochs, args.paint, args.one_cycle)
         p = probabilities(model, x_test)
         result.update(type_aurocs(types, p))
+        if not args.all_folds:  # fold 0's validation sinuses are then unseen: the threshold as the recipe picks it
+            result.update(at_threshold(types, p, best_youden_threshold(y_val, probabilities(model, x_val))))
         normals = np.flatnonzero(types == "normal")
-        painted = [paint_lesion(x_test[k, 0].numpy(), c, rng, LESIONS)[0] for k in normals
-                   if (c := find_cavity(x_test[k, 0].numpy())) is not None]
-        pp = probabilities(model, torch.from_numpy(np.stack(painted))[:, None])
+        painted = []  # each normal crop with a lesion painted in (the other sinus, if shown, as it is)
+        for k in normals:
+            if (cavity := find_cavity(x_test[k, 0].numpy())) is not None:
+                x = x_test[k].clone()
+                x[0] = torch.from_numpy(paint_lesion(x[0].numpy(), cavity, rng, LESIONS)[0])
+                painted.append(x)
+        pp = probabilities(model, torch.stack(painted))
         result["painted"] = roc_auc_score(np.r_[np.zeros(len(normals)), np.ones(len(pp))], np.r_[p[normals], pp])
     return result
 
@@ -252,12 +289,14 @@ def variant(r: dict) -> str:
     return (f"classifier {r['epochs']} epochs{size}, {'every non-test sinus' if r['all_folds'] else 'fold 0'}, "
             f"{'one cycle' if r['one_cycle'] else 'constant lr'}, paint {r['paint']}"
             f"{', + focal training pools' if r.get('extra_train') else ''}"
-            f"{f', + true lesion masks (weight {w:g})' if (w := r.get('true_masks')) else ''}{tested}")
+            f"{f', + true lesion masks (weight {w:g})' if (w := r.get('true_masks')) else ''}"
+            f"{', both sinuses of the head' if r.get('bilateral') else ''}{tested}")
 
 
 def summarise(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keys = ["all", "polyp", "retention_cyst", "mucosal_thickening", "air_fluid_level", "fully_occupied", "painted"]
+    keys = ["all", "polyp", "retention_cyst", "mucosal_thickening", "air_fluid_level", "fully_occupied", "painted",
+            "specificity", "sensitivity"]
     lines = ["| variant | runs | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name in sorted({variant(r) for r in rows}):
         group = [r for r in rows if variant(r) == name]
@@ -284,6 +323,7 @@ def main() -> None:
                                                                    "(work/focal-train, made by loao.py --focal-train-heads 48)")
     parser.add_argument("--true-masks", type=float, default=0.0, help="weight of a lesion-segmentation loss on the synth "
                                                                       "lesion masks, trained with the classifier (0: none)")
+    parser.add_argument("--bilateral", action="store_true", help="the head's other sinus as the classifier's second channel")
     parser.add_argument("--segment-epochs", type=int, default=0, help="train the lesion-segmentation U-Net this long (0: not)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--summarise", type=Path)
