@@ -56,3 +56,34 @@ def test_summarise_adds_focal_scores_only_where_a_focal_pool_was_classified(tmp_
     assert m["focal:type:retention_cyst:auroc"] == [pytest.approx(4 / 6)]
     assert "Polyps and retention cysts on the held-out pool and its focal test pool" in loao.markdown(table, [0])
     assert np.isfinite(table["none"]["all"]["focal:specificity"][0])
+
+
+def test_compare_loao_scores_only_the_sinuses_both_variants_classified(tmp_path):
+    import compare_loao
+
+    columns = loao.PREDICTION_COLUMNS
+
+    def row(patient, kind, probability):
+        return _row(kind, probability, "8.0" if kind != "normal" else "") | {"patient": patient}
+
+    def write(work, tag, pool, focal):
+        split = work / "without-colin27"
+        split.mkdir(parents=True, exist_ok=True)
+        for name, rows in ((f"predictions_seed0{tag}.csv", pool), (f"focal_predictions_seed0{tag}.csv", focal)):
+            (split / name).write_text(",".join(columns) + "\n" + "".join(",".join(r[c] for c in columns) + "\n" for r in rows))
+
+    small = [row("a", "normal", 0.1), row("b", "normal", 0.6), row("c", "polyp", 0.7)]
+    focal = [row("f", "normal", 0.2), row("g", "retention_cyst", 0.9)]
+    write(tmp_path / "small", "", small, focal)
+    # the larger pool adds a head that the first variant never classified, scored so as to change every metric
+    big = [row("a", "normal", 0.2), row("b", "normal", 0.3), row("c", "polyp", 0.8), row("z", "normal", 0.99)]
+    write(tmp_path / "big", "_x", big, [row("f", "normal", 0.1), row("g", "retention_cyst", 0.05)])
+    pairs = compare_loao.compare((tmp_path / "small", ""), (tmp_path / "big", "_x"), [0, 1], "none", anatomies=("colin27",))
+    assert list(pairs) == [("colin27", 0)]  # seed 1 has no predictions: left out, not an error
+    a, b, n = pairs["colin27", 0]
+    assert n == 5  # a, b, c, f, g: z is not in the first variant's pool
+    assert (a["specificity"], b["specificity"]) == (pytest.approx(0.5), pytest.approx(1.0))  # 0.6 called anomalous; z left out
+    assert b["focal:type:retention_cyst:auroc"] == pytest.approx(0.0)  # 0.05 below the normals 0.2, 0.3, 0.1
+    assert a["focal:type:polyp:auroc"] == pytest.approx(1.0)
+    text = compare_loao.markdown(pairs, "small", "big_x")
+    assert "| specificity | 0.50 | 1.00 |" in text

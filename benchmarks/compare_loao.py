@@ -1,0 +1,111 @@
+"""Two leave-one-anatomy-out variants compared on the same held-out sinuses, paired by anatomy and seed.
+
+``loao.py`` writes, per held-out anatomy and seed, the predictions of a variant's bundle on that
+anatomy's pool (``without-<A>/predictions_seed<S><tag>.csv``) and focal test pool
+(``focal_predictions_seed<S><tag>.csv``). Two variants may come from different work folders whose
+pools differ in size (``--heads``): only the sinuses both classified are scored, so a difference is
+the variants', not the test sets'. For each variant: AUROC, specificity and sensitivity at its
+bundle's threshold on the pool; AUROC of polyps and retention cysts against the normal sinuses on the
+pool and focal pool together; then the paired differences (mean ± SD over the (anatomy, seed) pairs,
+and in how many pairs the second variant is higher).
+
+    python benchmarks/compare_loao.py --a /work/loao --b /work/loao_big [--a-tag T] [--b-tag T] [--method none]
+                                      [--seeds 0,1,2] [--out FILE.md]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "SinusAnomaly")]
+
+from SinusAnomalyLib.reference import ANATOMIES  # noqa: E402
+from SinusAnomalyTraining.defaultmodel import read_table  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loao import focal_scores, mean_sd, scores  # noqa: E402
+
+METRICS = {"AUROC": "auroc", "specificity": "specificity", "sensitivity": "sensitivity",
+           "polyps (pool + focal pool)": "focal:type:polyp:auroc", "cysts (pool + focal pool)": "focal:type:retention_cyst:auroc"}
+
+
+def predictions(work: Path, anatomy: str, seed: int, tag: str, method: str) -> tuple[list[dict], list[dict]]:
+    """One run's rows of ``method`` on the held-out pool and on the focal test pool (empty where it has none)."""
+    split = work / f"without-{anatomy}"
+    pool = [r for r in read_table(split / f"predictions_seed{seed}{tag}.csv") if r["method"] == method]
+    focal_csv = split / f"focal_predictions_seed{seed}{tag}.csv"
+    focal = [r for r in read_table(focal_csv) if r["method"] == method] if focal_csv.is_file() else []
+    return pool, focal
+
+
+def common(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The rows of ``a`` and ``b`` of the sinuses both hold, in the same order."""
+    key = lambda r: (r["patient"], r["side"])  # noqa: E731
+    shared = {key(r) for r in a} & {key(r) for r in b}
+    return sorted((r for r in a if key(r) in shared), key=key), sorted((r for r in b if key(r) in shared), key=key)
+
+
+def run_scores(pool: list[dict], focal: list[dict]) -> dict:
+    out = scores(pool)
+    out.update(focal_scores(pool + focal))
+    return out
+
+
+def compare(a: tuple[Path, str], b: tuple[Path, str], seeds, method: str, anatomies=ANATOMIES) -> dict:
+    """``{(anatomy, seed): (scores of a, scores of b, sinuses compared)}`` for every run both variants have."""
+    pairs = {}
+    for anatomy in anatomies:
+        for seed in seeds:
+            try:
+                (pool_a, focal_a), (pool_b, focal_b) = (predictions(w, anatomy, seed, t, method) for w, t in (a, b))
+            except FileNotFoundError:
+                continue
+            pool_a, pool_b = common(pool_a, pool_b)
+            focal_a, focal_b = common(focal_a, focal_b)
+            pairs[anatomy, seed] = (run_scores(pool_a, focal_a), run_scores(pool_b, focal_b), len(pool_a) + len(focal_a))
+    return pairs
+
+
+def markdown(pairs: dict, name_a: str, name_b: str) -> str:
+    lines = [f"Runs compared: {len(pairs)} (anatomy, seed) pairs; sinuses per pair "
+             f"{min(n for *_, n in pairs.values())}-{max(n for *_, n in pairs.values())} (pool + focal pool).", "",
+             f"| metric | {name_a} | {name_b} | difference | {name_b} higher |", "|---|---|---|---|---|"]
+    for label, key in METRICS.items():
+        va = np.array([s_a[key] for s_a, _, _ in pairs.values()])
+        vb = np.array([s_b[key] for _, s_b, _ in pairs.values()])
+        lines.append(f"| {label} | {mean_sd(va)} | {mean_sd(vb)} | {mean_sd(vb - va)} | {int((vb > va).sum())} of {len(va)} |")
+    lines += ["", f"Per held-out anatomy (mean over seeds), {name_a} → {name_b}:", "",
+              "| held out | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    for anatomy in dict.fromkeys(a for a, _ in pairs):
+        runs = [v for (a, _), v in pairs.items() if a == anatomy]
+        cells = [f"{np.mean([s_a[k] for s_a, _, _ in runs]):.2f} → {np.mean([s_b[k] for _, s_b, _ in runs]):.2f}" for k in METRICS.values()]
+        lines.append(f"| {anatomy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--a", type=Path, required=True, help="the first variant's loao.py work folder")
+    parser.add_argument("--b", type=Path, required=True, help="the second variant's loao.py work folder")
+    parser.add_argument("--a-tag", default="")
+    parser.add_argument("--b-tag", default="")
+    parser.add_argument("--method", default="none")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, help="also write the tables here")
+    args = parser.parse_args(argv)
+    pairs = compare((args.a, args.a_tag), (args.b, args.b_tag), [int(s) for s in args.seeds.split(",")], args.method)
+    if not pairs:
+        print("no (anatomy, seed) run that both variants have", file=sys.stderr)
+        return 1
+    text = markdown(pairs, f"{args.a.name}{args.a_tag}", f"{args.b.name}{args.b_tag}")
+    print(text)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
