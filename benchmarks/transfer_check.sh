@@ -11,11 +11,13 @@
 # last result.
 #
 #   bash benchmarks/transfer_check.sh [OUT_DIR] [TRAINING_SEEDS] [HEADS_PER_ANATOMY] [UNLABELLED_PER_ANATOMY]
-#   (defaults transfer_out, 0,1,2, 48 and 16; about 4 x 3 training runs)
+#   (defaults transfer_out, 0,1,2, and the recipe's pool sizes, defaultmodel.PoolSizes: 120 and 16;
+#   4 x 3 training runs, about 11 minutes each on one CPU core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-transfer_out}
 seeds=${2:-0,1,2}
-heads=${3:-48}
-unlabelled=${4:-16}
-.venv/bin/python benchmarks/loao.py --work "$out" --seeds "$seeds" --heads "$heads" --unlabelled "$unlabelled"
+sizes=()
+[ -n "${3:-}" ] && sizes+=(--heads "$3")
+[ -n "${4:-}" ] && sizes+=(--unlabelled "$4")
+.venv/bin/python benchmarks/loao.py --work "$out" --seeds "$seeds" "${sizes[@]}"
