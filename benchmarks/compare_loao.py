@@ -23,22 +23,12 @@ import numpy as np
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "SinusAnomaly")]
 
 from SinusAnomalyLib.reference import ANATOMIES  # noqa: E402
-from SinusAnomalyTraining.defaultmodel import read_table  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loao import focal_scores, mean_sd, scores  # noqa: E402
+from loao import focal_scores, mean_sd, scores, stored_predictions  # noqa: E402
 
 METRICS = {"AUROC": "auroc", "specificity": "specificity", "sensitivity": "sensitivity",
            "polyps (pool + focal pool)": "focal:type:polyp:auroc", "cysts (pool + focal pool)": "focal:type:retention_cyst:auroc"}
-
-
-def predictions(work: Path, anatomy: str, seed: int, tag: str, method: str) -> tuple[list[dict], list[dict]]:
-    """One run's rows of ``method`` on the held-out pool and on the focal test pool (empty where it has none)."""
-    split = work / f"without-{anatomy}"
-    pool = [r for r in read_table(split / f"predictions_seed{seed}{tag}.csv") if r["method"] == method]
-    focal_csv = split / f"focal_predictions_seed{seed}{tag}.csv"
-    focal = [r for r in read_table(focal_csv) if r["method"] == method] if focal_csv.is_file() else []
-    return pool, focal
 
 
 def common(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -59,10 +49,10 @@ def compare(a: tuple[Path, str], b: tuple[Path, str], seeds, method: str, anatom
     pairs = {}
     for anatomy in anatomies:
         for seed in seeds:
-            try:
-                (pool_a, focal_a), (pool_b, focal_b) = (predictions(w, anatomy, seed, t, method) for w, t in (a, b))
-            except FileNotFoundError:
+            pool_a, pool_b = (stored_predictions(w, anatomy, seed, t, method) for w, t in (a, b))
+            if pool_a is None or pool_b is None:
                 continue
+            focal_a, focal_b = (stored_predictions(w, anatomy, seed, t, method, focal=True) or [] for w, t in (a, b))
             pool_a, pool_b = common(pool_a, pool_b)
             focal_a, focal_b = common(focal_a, focal_b)
             pairs[anatomy, seed] = (run_scores(pool_a, focal_a), run_scores(pool_b, focal_b), len(pool_a) + len(focal_a))

@@ -20,7 +20,9 @@ from sklearn.metrics import roc_auc_score
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "SinusAnomaly")]
 
 from SinusAnomalyLib.reference import ANATOMIES  # noqa: E402
-from SinusAnomalyTraining.defaultmodel import read_table  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loao import stored_predictions  # noqa: E402
 
 KINDS = ("polyp", "retention_cyst", "mucosal_thickening", "air_fluid_level", "fully_occupied")
 OTHER = {"left": "right", "right": "left"}
@@ -56,11 +58,8 @@ def table(work: Path, tag: str, betas, seeds=(0, 1, 2), method: str = "none") ->
         runs = {a: [] for a in ANATOMIES}
         for anatomy in ANATOMIES:
             for seed in seeds:
-                split = work / f"without-{anatomy}"
-                rows = []
-                for name in (f"predictions_seed{seed}{tag}.csv", f"focal_predictions_seed{seed}{tag}.csv"):
-                    if (split / name).is_file():  # the two sets hold different heads: each pairs its own sides
-                        rows.append([r for r in read_table(split / name) if r["method"] == method])
+                # pool and focal pool hold different heads: each pairs its own sides
+                rows = [r for focal in (False, True) if (r := stored_predictions(work, anatomy, seed, tag, method, focal))]
                 if rows:
                     pairs = [adjusted(r, beta) for r in rows]
                     runs[anatomy].append(run_scores(np.concatenate([t for t, _ in pairs]), np.concatenate([s for _, s in pairs])))

@@ -51,7 +51,7 @@ from SinusAnomalyLib.dataset import load_dataset  # noqa: E402
 from SinusAnomalyLib.models import SinusClassifier, parameter_groups  # noqa: E402
 from SinusAnomalyLib.residuals import resize_crops  # noqa: E402
 from SinusAnomalyTraining.defaultmodel import anatomy_of  # noqa: E402
-from SinusAnomalyTraining.evaluation import best_youden_threshold  # noqa: E402
+from SinusAnomalyTraining.evaluation import best_youden_threshold, binary_metrics  # noqa: E402
 from SinusAnomalyTraining.localisation import lesion_masks_in_crops  # noqa: E402
 from SinusAnomalyTraining.augment import augment_batch  # noqa: E402
 from SinusAnomalyTraining.config import FocalLesionSettings, load_config  # noqa: E402
@@ -75,9 +75,8 @@ def type_aurocs(types: np.ndarray, scores: np.ndarray, prefix: str = "") -> dict
 
 def at_threshold(types: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Specificity and sensitivity on the held-out sinuses at a threshold chosen on the training anatomies."""
-    normal = types == "normal"
-    return {"threshold": float(threshold), "specificity": float((scores[normal] < threshold).mean()),
-            "sensitivity": float((scores[~normal] >= threshold).mean())}
+    m = binary_metrics((types != "normal").astype(int), scores, threshold)
+    return {"threshold": float(threshold), "specificity": m["specificity"], "sensitivity": m["recall"]}
 
 
 def pooled_sinuses(work: Path, folder: str):
@@ -217,6 +216,20 @@ def probabilities(model, x) -> np.ndarray:
         return torch.cat([torch.softmax(model(x[s:s + 32]), 1)[:, 1] for s in range(0, len(x), 32)]).numpy()
 
 
+def painted_auroc(model, x_test: torch.Tensor, types: np.ndarray, p: np.ndarray, rng) -> float:
+    """AUROC of the held-out normal crops with a lesion painted in (the other sinus, if shown, as it is)
+    against the same crops as they are (``p``: the model's probabilities on ``x_test``)."""
+    normals = np.flatnonzero(types == "normal")
+    painted = []
+    for k in normals:
+        if (cavity := find_cavity(x_test[k, 0].numpy())) is not None:
+            x = x_test[k].clone()
+            x[0] = torch.from_numpy(paint_lesion(x[0].numpy(), cavity, rng, LESIONS)[0])
+            painted.append(x)
+    pp = probabilities(model, torch.stack(painted))
+    return roc_auc_score(np.r_[np.zeros(len(normals)), np.ones(len(pp))], np.r_[p[normals], pp])
+
+
 def probe(args) -> dict:
     torch.set_num_threads(1)
     cfg = load_config("default")
@@ -240,8 +253,6 @@ def probe(args) -> dict:
             m_extra = torch.from_numpy(true_masks(args.work, extra, "focal-train-pools", size)[rows]).float()[:, None]
             m_train = torch.cat([m_train, m_extra])
     x_test, types = held_out_sinuses(args.work, args.held_out, size, args.bilateral)
-    val_idx = np.array([i for i, r in enumerate(split.manifest) if r.patient in set(split.splits.folds[0].val)])
-    x_val, y_val = crops_of(split, val_idx, size, args.bilateral), np.array([split.manifest[i].label for i in val_idx])
 
     rng = np.random.default_rng(args.seed)
     cavities = [find_cavity(x_train[i, 0].numpy()) if y_train[i] == 0 else None for i in range(len(x_train))]
@@ -256,28 +267,23 @@ def probe(args) -> dict:
         unet = train_segmenter(spec, cfg, x_train, cavities, rng, args.segment_epochs)
         for name, scores in segmentation_scores(unet, x_test).items():
             result.update(type_aurocs(types, scores, f"seg_{name}:"))
-    if args.epochs and args.true_masks:
-        model, unet = train_multitask(spec, cfg, x_train, y_train, m_train, args.epochs, args.true_masks)
-        result.update(type_aurocs(types, p := probabilities(model, x_test)))
-        if not args.all_folds:
-            result.update(at_threshold(types, p, best_youden_threshold(y_val, probabilities(model, x_val))))
-        for name, scores in segmentation_scores(unet, x_test).items():
-            result.update(type_aurocs(types, scores, f"seg_{name}:"))
-    elif args.epochs:
-        model = train_classifier(model, cfg, x_train, y_train, cavities, rng, args.epochs, args.paint, args.one_cycle)
+    if args.epochs:
+        if args.true_masks:
+            model, unet = train_multitask(spec, cfg, x_train, y_train, m_train, args.epochs, args.true_masks)
+        else:
+            model = train_classifier(model, cfg, x_train, y_train, cavities, rng, args.epochs, args.paint, args.one_cycle)
         p = probabilities(model, x_test)
         result.update(type_aurocs(types, p))
         if not args.all_folds:  # fold 0's validation sinuses are then unseen: the threshold as the recipe picks it
-            result.update(at_threshold(types, p, best_youden_threshold(y_val, probabilities(model, x_val))))
-        normals = np.flatnonzero(types == "normal")
-        painted = []  # each normal crop with a lesion painted in (the other sinus, if shown, as it is)
-        for k in normals:
-            if (cavity := find_cavity(x_test[k, 0].numpy())) is not None:
-                x = x_test[k].clone()
-                x[0] = torch.from_numpy(paint_lesion(x[0].numpy(), cavity, rng, LESIONS)[0])
-                painted.append(x)
-        pp = probabilities(model, torch.stack(painted))
-        result["painted"] = roc_auc_score(np.r_[np.zeros(len(normals)), np.ones(len(pp))], np.r_[p[normals], pp])
+            val_idx = np.array([i for i, r in enumerate(split.manifest) if r.patient in set(split.splits.folds[0].val)])
+            y_val = np.array([split.manifest[i].label for i in val_idx])
+            threshold = best_youden_threshold(y_val, probabilities(model, crops_of(split, val_idx, size, args.bilateral)))
+            result.update(at_threshold(types, p, threshold))
+        if args.true_masks:
+            for name, scores in segmentation_scores(unet, x_test).items():
+                result.update(type_aurocs(types, scores, f"seg_{name}:"))
+        else:
+            result["painted"] = painted_auroc(model, x_test, types, p, rng)
     return result
 
 

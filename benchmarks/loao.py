@@ -106,12 +106,24 @@ def seed_from_base(base: Path, run_dir: Path) -> None:
                 shutil.copytree(fold / stage, run_dir / fold.name / stage, copy_function=os.link)
 
 
+def predictions_path(work: Path, held_out: str, seed: int, tag: str = "", focal: bool = False) -> Path:
+    """Where a run (held-out anatomy, seed, variant tag) stores its predictions on the held-out pool, or on its focal test pool."""
+    return work / f"without-{held_out}" / f"{'focal_' if focal else ''}predictions_seed{seed}{tag}.csv"
+
+
+def stored_predictions(work: Path, held_out: str, seed: int, tag: str = "", method: str = "none",
+                       focal: bool = False) -> list[dict] | None:
+    """The rows of ``method`` in a run's stored predictions (:func:`predictions_path`); None where the run wrote none."""
+    path = predictions_path(work, held_out, seed, tag, focal)
+    return [r for r in read_table(path) if r["method"] == method] if path.is_file() else None
+
+
 def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomies: list[str], seed: int, methods: list[str],
                        device, config_path: Path = CONFIG, tag: str = "") -> Path:
     """Train the recipe (``config_path``) without ``held_out``, classify its heads; the predictions CSV.
     ``tag`` names a variant: its run folder and predictions carry it, its first stages come from the base run."""
     split = work / f"without-{held_out}"
-    predictions = split / f"predictions_seed{seed}{tag}.csv"
+    predictions = predictions_path(work, held_out, seed, tag)
     if predictions.is_file():
         return predictions
     labels, unlabelled = subset_tables(tables, split, set(anatomies) - {held_out})
@@ -149,7 +161,7 @@ def write_predictions(bundles: dict[str, Path], dataset, sinuses_csv: Path, held
 def classify_focal_pool(work: Path, focal, focal_sinuses: Path, held_out: str, seed: int, methods: list[str], tag: str = "") -> Path | None:
     """The focal test pool of ``held_out`` classified by the bundles its split's run exported; None where none was."""
     split = work / f"without-{held_out}"
-    out = split / f"focal_predictions_seed{seed}{tag}.csv"
+    out = predictions_path(work, held_out, seed, tag, focal=True)
     bundles = {method: split / f"seed{seed}{tag}-{method}.sabundle" for method in methods}
     bundles = {method: path for method, path in bundles.items() if path.is_file()}
     if out.is_file():

@@ -26,6 +26,9 @@ from SinusAnomalyLib.reference import ANATOMIES  # noqa: E402
 from SinusAnomalyTraining.defaultmodel import read_table  # noqa: E402
 from SinusAnomalyTraining.evaluation import best_youden_threshold  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from loao import stored_predictions  # noqa: E402
+
 RULES = ("youden", "q80", "q90", "q95")
 
 
@@ -59,8 +62,7 @@ def plot_scores(work: Path, tags: list[str], seeds: list[str], path: Path) -> Pa
     FigureCanvasAgg(fig)
     for ax, tag in zip(fig.subplots(len(tags), 1, squeeze=False)[:, 0], tags):
         for i, anatomy in enumerate(ANATOMIES):
-            rows = [r for seed in seeds if (f := work / f"without-{anatomy}" / f"predictions_seed{seed}{tag}.csv").is_file()
-                    for r in read_table(f) if r["method"] == "none"]
+            rows = [r for seed in seeds for r in stored_predictions(work, anatomy, int(seed), tag) or []]
             if not rows:
                 continue
             for offset, label, colour in ((-0.18, "0", "tab:blue"), (0.18, "1", "tab:red")):
@@ -94,13 +96,12 @@ def main() -> None:
         found = {rule: [] for rule in RULES}
         for anatomy in ANATOMIES:
             for seed in args.seeds.split(","):
-                split = args.work / f"without-{anatomy}"
-                if not (split / f"predictions_seed{seed}{tag}.csv").is_file():
+                rows = stored_predictions(args.work, anatomy, int(seed), tag)
+                if rows is None:
                     continue
-                rows = [r for r in read_table(split / f"predictions_seed{seed}{tag}.csv") if r["method"] == "none"]
                 y = np.array([int(r["label"]) for r in rows])
                 p = np.array([float(r["probability"]) for r in rows])
-                for rule, t in run_thresholds(split / f"run_seed{seed}{tag}").items():
+                for rule, t in run_thresholds(args.work / f"without-{anatomy}" / f"run_seed{seed}{tag}").items():
                     found[rule].append((np.mean(p[y == 0] < t), np.mean(p[y == 1] >= t)))
         for rule, values in found.items():
             v = np.array(values)
