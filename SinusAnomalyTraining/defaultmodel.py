@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from SinusAnomalyLib.errors import DatasetError
+from SinusAnomalyLib.errors import DatasetError, InvalidValueError
 from SinusAnomalyLib.fileio import write_csv_atomic
 from SinusAnomalyLib.reference import ANATOMIES, SIDES
 from SinusAnomalyLib.synth import ANOMALY_TYPES, SynthParams, generate_cohort
@@ -53,14 +55,45 @@ def pool_params(anatomy: str) -> SynthParams:
     return SynthParams(anatomies=(anatomy,), **POOL_VARIETY)
 
 
-def make_pools(work: Path, sizes: PoolSizes = PoolSizes(), anatomies=ANATOMIES, progress: bool = True) -> dict[str, Path]:
-    """One synthetic cohort per anatomy under ``work/pools/<anatomy>`` (resumable); anatomy -> folder."""
-    pools = {}
-    for anatomy in anatomies:
-        seed = POOL_SEED + ANATOMIES.index(anatomy)
-        pools[anatomy] = generate_cohort(work / "pools" / anatomy, sizes.labelled, seed, pool_params(anatomy), progress=progress,
-                                         previews=0, n_unlabelled=sizes.unlabelled)
-    return pools
+def make_pools(work: Path, sizes: PoolSizes = PoolSizes(), anatomies=ANATOMIES, progress: bool = True,
+               workers: int = 1) -> dict[str, Path]:
+    """One synthetic cohort per anatomy under ``work/pools/<anatomy>`` (resumable); anatomy -> folder.
+    ``workers``: see :func:`make_cohorts`."""
+    return make_cohorts({anatomy: dict(out_dir=work / "pools" / anatomy, n_cases=sizes.labelled,
+                                       seed=POOL_SEED + ANATOMIES.index(anatomy), params=pool_params(anatomy), previews=0,
+                                       n_unlabelled=sizes.unlabelled) for anatomy in anatomies}, progress, workers)
+
+
+def make_cohorts(jobs: dict[str, dict], progress: bool = True, workers: int = 1) -> dict[str, Path]:
+    """:func:`generate_cohort` for each ``name -> keyword arguments``; name -> folder. With ``workers``
+    above 1, that many processes make the cohorts side by side, one each at a time (a head is made on
+    one core; the cohorts are the same whatever the number of workers)."""
+    if workers < 1:
+        raise InvalidValueError(f"--workers must be at least 1 (got {workers})")
+    if workers == 1 or len(jobs) <= 1:
+        return {name: generate_cohort(**job, progress=progress) for name, job in jobs.items()}
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    total = sum(job["n_cases"] + job.get("n_unlabelled", 0) for job in jobs.values())
+    # spawn, not fork: the parent may hold torch's and ITK's threads, which a forked child would inherit half-made
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool, \
+            tqdm(total=total, desc="synthetic heads", unit="head", disable=not progress) as bar:
+        futures = {name: pool.submit(generate_cohort, **job, progress=False) for name, job in jobs.items()}
+        pending = set(futures.values())
+        while pending:
+            done, pending = wait(pending, timeout=5.0, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    pool.shutdown(cancel_futures=True)
+                    raise future.exception()
+            bar.update(min(total, sum(_heads_written(job["out_dir"]) for job in jobs.values())) - bar.n)
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _heads_written(pool: Path) -> int:
+    """Heads whose image a pool being made holds so far (for progress only)."""
+    images = pool / "images"
+    return sum(1 for f in images.iterdir() if ".partial" not in f.name) if images.is_dir() else 0
 
 
 def patient_name(anatomy: str, patient: str) -> str:

@@ -7,13 +7,15 @@ import logging
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from SinusAnomalyLib import modelstore
 from SinusAnomalyLib.bundle import load_bundle
+from SinusAnomalyLib.errors import DatasetError
 from SinusAnomalyLib.inference import classify
 from SinusAnomalyLib.modelstore import DEFAULT_BUNDLE, default_bundle, is_default_bundle
 from SinusAnomalyTraining.cli import main
-from SinusAnomalyTraining.defaultmodel import anatomy_of, combine_pools, link_cached_scans, patient_name
+from SinusAnomalyTraining.defaultmodel import PoolSizes, anatomy_of, combine_pools, link_cached_scans, make_pools, patient_name
 from test_bundle import bundle_path, head  # noqa: F401  (fixtures: a tiny trained bundle, a synthetic head)
 
 MAX_SHIPPED_MB = 25
@@ -114,3 +116,26 @@ def test_cached_scans_are_shared_not_copied(tmp_path):
     linked = tmp_path / "dst" / "scans" / "p1" / "crops.npz"
     assert linked.read_bytes() == (source / "crops.npz").read_bytes()
     assert link_cached_scans(tmp_path / "src", tmp_path / "dst", ["p1"]) == 0  # already there: left as it is
+
+
+def test_pools_made_by_two_processes_are_those_made_by_one(tmp_path):
+    sizes = PoolSizes(labelled=2, unlabelled=1)
+    anatomies = ("reference", "robex_atlas")
+    one = make_pools(tmp_path / "one", sizes, anatomies, progress=False, workers=1)
+    two = make_pools(tmp_path / "two", sizes, anatomies, progress=False, workers=2)
+    assert list(two) == list(anatomies)
+    for anatomy in anatomies:
+        for table in ("truth.json", "unlabelled_truth.json", "labels.csv", "unlabelled.csv"):
+            assert (two[anatomy] / table).read_text(encoding="utf-8") == (one[anatomy] / table).read_text(encoding="utf-8")
+        heads = sorted(p.name for p in (one[anatomy] / "images").iterdir())
+        assert len(heads) == 3 and heads == sorted(p.name for p in (two[anatomy] / "images").iterdir())
+        first = heads[0]
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(one[anatomy] / "images" / first))),
+                              sitk.GetArrayFromImage(sitk.ReadImage(str(two[anatomy] / "images" / first))))
+
+
+def test_a_failing_pool_stops_the_parallel_making_with_its_error(tmp_path):
+    (tmp_path / "pools" / "reference").mkdir(parents=True)
+    (tmp_path / "pools" / "reference" / "synth.json").write_text(json.dumps({"seed": 999, "params": {}}))
+    with pytest.raises(DatasetError, match="seed"):
+        make_pools(tmp_path, PoolSizes(labelled=1, unlabelled=0), ("reference", "robex_atlas"), progress=False, workers=2)

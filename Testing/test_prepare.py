@@ -322,7 +322,7 @@ def test_prepare_command_prints_summary(tmp_path, extractor, capsys):
     parser = argparse.ArgumentParser()
     prepare_command.add_arguments(parser)
     args = parser.parse_args(["--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "ds"),
-                              "--folds", "3", "--fractions", "25,50,100", "--no-progress"])
+                              "--folds", "3", "--fractions", "25,50,100", "--no-progress", "--workers", "1"])  # the fake: this process only
     assert prepare_command.run(args) == 0
     printed = capsys.readouterr().out
     assert "12 of 12 prepared" in printed and "fold 2 val" in printed and "test" in printed
@@ -361,3 +361,32 @@ def test_a_change_to_the_extraction_code_extracts_every_scan_again(tmp_path, ext
         assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["extraction"] != first
     finally:
         scancache.extraction_fingerprint.cache_clear()  # the next test computes it from the real sources
+
+
+def test_extraction_in_two_processes_gives_the_dataset_of_one(tmp_path):
+    """Real extraction of two synthetic heads and one unreadable file, by two worker processes and by one."""
+    from SinusAnomalyLib.synth import generate_cohort
+
+    cohort = generate_cohort(tmp_path / "cohort", n_cases=2, seed=5, progress=False, previews=0)
+    (cohort / "images" / "broken.nii.gz").write_bytes(b"not an image")
+    rows = [row for row in read_csv(cohort / "labels.csv")]
+    labels = write_labels(tmp_path / "labels.csv", [(r["patient"], r["side"], r["label"], r["anomaly_type"]) for r in rows]
+                          + [("broken", side, 0, "normal") for side in ("left", "right")])
+    made = {}
+    for workers in (2, 1):
+        out = tmp_path / f"dataset-{workers}"
+        report = prepare_dataset(cohort / "images", labels, out, n_folds=2, test_fraction=0.0, fractions=[1.0], progress=False,
+                                 workers=workers)
+        assert report.n_scans_extracted == 2 and [f.patient for f in report.failures] == ["broken"]
+        assert "broken.nii.gz" in report.failures[0].error
+        made[workers] = load_dataset(out)
+    assert [r.sample_id for r in made[2].manifest] == [r.sample_id for r in made[1].manifest]
+    assert np.array_equal(made[2].crops, made[1].crops)
+    assert (tmp_path / "dataset-2" / "failures.csv").read_text() == (tmp_path / "dataset-1" / "failures.csv").read_text()
+
+
+def test_workers_below_one_are_refused(tmp_path):
+    images, labels = make_cohort(tmp_path)
+    with pytest.raises(ValueError, match="--workers must be at least 1"):
+        prepare_dataset(images, labels, tmp_path / "dataset", workers=0)
+    assert not (tmp_path / "dataset").exists()

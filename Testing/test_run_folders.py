@@ -91,7 +91,7 @@ def test_sigterm_stops_prepare_as_ctrl_c_does(tmp_path):
                  "d.extract_sinuses = fake\n")
     dataset = tmp_path / "dataset"
     proc = terminated_when(["prepare", "--images", str(images), "--labels", str(tmp_path / "labels.csv"), "--out", str(dataset),
-                            "--folds", "2", "--no-progress"], lambda: len(list(dataset.glob("scans/*/crops.npz"))) >= 2,
+                            "--folds", "2", "--no-progress", "--workers", "1"], lambda: len(list(dataset.glob("scans/*/crops.npz"))) >= 2,
                            script="sys.path.insert(0, 'Testing')\n" + slow_fake)
     assert_stopped_like_ctrl_c(proc)
     cached = list(dataset.glob("scans/*/crops.npz"))

@@ -150,7 +150,7 @@ def test_prepare_command_reads_an_unlabelled_folder(tmp_path, extractor, capsys)
     for patient in ("U1", "U2"):
         (folder / f"{patient}.nrrd").write_bytes(b"head")
     code = main(["prepare", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "dataset"),
-                 "--folds", "3", "--unlabelled", str(folder), "--no-progress"])
+                 "--folds", "3", "--unlabelled", str(folder), "--no-progress", "--workers", "1"])  # the fake: this process only
     assert code == 0
     assert "unlabelled set: 2 of 2 scans prepared (2 extracted, 0 reused), 0 failed; 4 sinuses for pretraining" in capsys.readouterr().out
     assert [r.sample_id for r in load_dataset(tmp_path / "dataset").unlabelled.manifest] == ["U1_left", "U1_right", "U2_left", "U2_right"]

@@ -31,16 +31,15 @@ import numpy as np
 import torch
 
 from SinusAnomalyLib.bundle import load_bundle
-from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
+from SinusAnomalyLib.dataset import default_workers, load_dataset, prepare_dataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic
 from SinusAnomalyLib.inference import fold_probabilities
 from SinusAnomalyLib.reference import ANATOMIES
 from SinusAnomalyLib.residuals import resize_crops
-from SinusAnomalyLib.synth import generate_cohort
 from SinusAnomalyTraining import pipeline, runtime
 from SinusAnomalyTraining.config import load_config
-from SinusAnomalyTraining.defaultmodel import (CONFIG, PoolSizes, anatomy_of, combine_pools, link_cached_scans, make_pools,
-                                               pool_params, pool_patients, read_table, source_commit)
+from SinusAnomalyTraining.defaultmodel import (CONFIG, PoolSizes, anatomy_of, combine_pools, link_cached_scans, make_cohorts,
+                                               make_pools, pool_params, pool_patients, read_table, source_commit)
 from SinusAnomalyTraining.evaluation import binary_metrics
 from SinusAnomalyTraining.export import export_run
 from SinusAnomalyTraining.lesion_types import by_type
@@ -56,21 +55,22 @@ PREDICTION_COLUMNS = ["anatomy", "method", "seed", "patient", "side", "contrast"
                       "probability", "threshold"]
 
 
-def make_focal_pools(work: Path, heads: int, anatomies, folder: str = "focal-pools", seed: int = FOCAL_POOL_SEED) -> dict[str, Path]:
+def make_focal_pools(work: Path, heads: int, anatomies, folder: str = "focal-pools", seed: int = FOCAL_POOL_SEED,
+                     workers: int = 1) -> dict[str, Path]:
     """Per anatomy a pool of ``heads`` heads under ``work/folder`` like its training pool (same variety and share
     of anomalous heads) except that every anomalous sinus holds a polyp or a retention cyst (resumable).
     Anatomy k draws from synth seed ``seed + k``."""
-    return {anatomy: generate_cohort(work / folder / anatomy, heads, seed + ANATOMIES.index(anatomy),
-                                     dataclasses.replace(pool_params(anatomy), anomaly_types=FOCAL), previews=0)
-            for anatomy in anatomies}
+    return make_cohorts({anatomy: dict(out_dir=work / folder / anatomy, n_cases=heads, seed=seed + ANATOMIES.index(anatomy),
+                                       params=dataclasses.replace(pool_params(anatomy), anomaly_types=FOCAL), previews=0)
+                         for anatomy in anatomies}, workers=workers)
 
 
-def prepare_focal(work: Path, folder: str, pools: dict[str, Path]) -> dict[str, Path]:
+def prepare_focal(work: Path, folder: str, pools: dict[str, Path], workers: int = 1) -> dict[str, Path]:
     """The focal pools' heads combined under ``work/folder`` and extracted into ``work/folder/dataset``; their tables."""
     tables = combine_pools(pools, work / folder)
     if not (work / folder / "dataset" / "dataset.json").is_file():
         prepare_dataset(tables["images"], tables["labels"], work / folder / "dataset", n_folds=2, test_fraction=0.0,
-                        fractions=[1.0], progress=True)
+                        fractions=[1.0], progress=True, workers=workers)
     return tables
 
 
@@ -354,23 +354,26 @@ def main(argv=None) -> int:
                         help="heads per anatomy of a focal training pool for focal_probe.py --extra-train (synth seed 301+k; 0: none)")
     parser.add_argument("--prepare-only", action="store_true", help="make the pools and extract every head, then stop "
                                                                    "(so that several processes can then train the splits)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="processes making pools and extracting heads side by side (default: the cores, at most 4)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     anatomies, seeds, methods = args.anatomies.split(","), [int(s) for s in args.seeds.split(",")], args.methods.split(",")
     runtime.set_deterministic(True)
     device = runtime.select_device("auto")
-    pools = make_pools(args.work, PoolSizes(args.heads, args.unlabelled), anatomies)
+    pools = make_pools(args.work, PoolSizes(args.heads, args.unlabelled), anatomies, workers=args.workers)
     tables = combine_pools(pools, args.work / "all")
     master_dir = args.work / "all" / "dataset"
     if not (master_dir / "dataset.json").is_file():
         prepare_dataset(tables["images"], tables["labels"], master_dir, n_folds=2, test_fraction=0.0, fractions=[1.0],
-                        progress=True, unlabelled=tables["unlabelled"])
+                        progress=True, unlabelled=tables["unlabelled"], workers=args.workers)
     focal_tables = None
     if args.focal_heads:
-        focal_tables = prepare_focal(args.work, "focal", make_focal_pools(args.work, args.focal_heads, anatomies))
+        focal_tables = prepare_focal(args.work, "focal", make_focal_pools(args.work, args.focal_heads, anatomies, workers=args.workers),
+                                     args.workers)
     if args.focal_train_heads:
         prepare_focal(args.work, "focal-train", make_focal_pools(args.work, args.focal_train_heads, anatomies, "focal-train-pools",
-                                                                 FOCAL_TRAIN_POOL_SEED))
+                                                                 FOCAL_TRAIN_POOL_SEED, args.workers), args.workers)
     if args.prepare_only:
         return 0
     master = load_dataset(master_dir)

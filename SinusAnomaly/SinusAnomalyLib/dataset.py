@@ -41,7 +41,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
+import os
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +55,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
-from .errors import DatasetError, OutputError, SinusAnomalyError
+from .errors import DatasetError, InvalidValueError, OutputError, SinusAnomalyError
 from .extraction import MIN_COVERAGE, extract_sinuses
 from .fileio import atomic_path, check_output_folder, locked_output_folder, sha256_file, write_csv_atomic, write_json_atomic
 from .labels import LabelledSinus, UnlabelledScan, read_labels, read_unlabelled
@@ -228,6 +231,12 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def default_workers() -> int:
+    """Processes for the CPU-bound work on heads (extracting scans, making synthetic pools): one per
+    core, at most 4 (each holds a head and its registration in memory, about 1 GB)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def prepare_dataset(
     images_dir: str | Path,
     labels_csv: str | Path,
@@ -238,6 +247,7 @@ def prepare_dataset(
     seed: int = 0,
     progress: bool = True,
     unlabelled: str | Path | None = None,
+    workers: int = 1,
 ) -> PrepareReport:
     """Extract and cache every labelled scan, then write crops, manifest, splits and summary.
 
@@ -246,7 +256,8 @@ def prepare_dataset(
     bad scans are skipped and recorded the same way); a patient both labelled and unlabelled is a
     :class:`DatasetError`. Without it, an unlabelled set of an earlier run is removed.
 
-    Scans complete in the cache (same image, unchanged) are reused. A scan failing with
+    Scans complete in the cache (same image, unchanged) are reused; ``workers`` processes extract
+    the others side by side (the outputs are the same for any number). A scan failing with
     :class:`SinusAnomalyError` is logged as ``skipped <patient>: <message>``, recorded in
     ``failures.csv`` and left out; other exceptions propagate. Raises :class:`DatasetError` for
     an invalid labels table, when no scan could be prepared, or when too few patients remain for
@@ -254,6 +265,8 @@ def prepare_dataset(
     preparing it now (one process at a time holds its lock). See the module docstring for the
     layout of ``out_dir``.
     """
+    if workers < 1:
+        raise InvalidValueError(f"--workers must be at least 1 (got {workers})")
     images_dir, labels_csv, out_dir = Path(images_dir), Path(labels_csv), Path(out_dir)
     sinuses = read_labels(labels_csv, images_dir)
     unlabelled_scans = read_unlabelled(unlabelled, images_dir) if unlabelled is not None else None
@@ -266,33 +279,63 @@ def prepare_dataset(
     make_splits([s.sample for s in sinuses], n_folds, test_fraction, fractions, seed)  # fail early on bad parameters
     with locked_output_folder(out_dir, "dataset"):  # checked before minutes of registration
         return _prepare(images_dir, labels_csv, out_dir, sinuses, n_folds, test_fraction, fractions, seed, progress,
-                        unlabelled, unlabelled_scans)
+                        unlabelled, unlabelled_scans, workers)
 
 
-def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: bool
+def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: bool, workers: int = 1
                    ) -> tuple[dict[str, dict], list[ScanFailure], int, int]:
     """Extract (or reuse from the cache) each ``(patient, image)``; the summaries by patient, the
-    failures, and how many scans were extracted and reused."""
+    failures, and how many scans were extracted and reused. With ``workers`` above 1, that many
+    processes extract scans side by side (each scan writes only its own folder)."""
     summaries: dict[str, dict] = {}
-    failures: list[ScanFailure] = []
-    n_extracted = n_reused = 0
-    with logging_redirect_tqdm(), tqdm(scans, desc="prepare", unit="scan", disable=not progress) as bar:
-        for patient, image in bar:
-            scan_dir = out_dir / SCANS_DIR / patient
-            if cached_scan_is_complete(scan_dir, image):
-                summaries[patient] = json.loads((scan_dir / SCAN_SUMMARY).read_text(encoding="utf-8"))
-                n_reused += 1
-            else:
+    failures: dict[str, ScanFailure] = {}
+    todo = []
+    for patient, image in scans:
+        scan_dir = out_dir / SCANS_DIR / patient
+        if cached_scan_is_complete(scan_dir, image):
+            summaries[patient] = json.loads((scan_dir / SCAN_SUMMARY).read_text(encoding="utf-8"))
+        else:
+            todo.append((patient, image))
+    n_reused = len(summaries)
+
+    def record(patient: str, image: Path, outcome: dict | SinusAnomalyError) -> None:
+        if isinstance(outcome, OutputError):  # the dataset folder, not the scan: stop
+            raise outcome
+        if isinstance(outcome, SinusAnomalyError):
+            failures[patient] = ScanFailure(patient, str(image), _one_line(outcome))
+            logger.warning("skipped %s: %s", patient, _one_line(outcome))
+        else:
+            summaries[patient] = outcome
+        bar.update()
+        bar.set_postfix(extracted=len(summaries) - n_reused, reused=n_reused, failed=len(failures))
+
+    with logging_redirect_tqdm(), tqdm(total=len(scans), initial=n_reused, desc="prepare", unit="scan", disable=not progress) as bar:
+        if workers <= 1 or len(todo) <= 1:
+            for patient, image in todo:
+                record(patient, image, _extract_or_error(image, out_dir / SCANS_DIR / patient))
+        else:
+            # spawn, not fork: the parent may hold torch's and ITK's threads, which a forked child would inherit half-made
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_extract_or_error, image, out_dir / SCANS_DIR / patient): (patient, image)
+                           for patient, image in todo}
                 try:
-                    summaries[patient] = extract_scan(image, scan_dir)
-                    n_extracted += 1
-                except OutputError:  # the dataset folder, not the scan: stop
+                    for future in as_completed(futures):
+                        record(*futures[future], future.result())
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
                     raise
-                except SinusAnomalyError as exc:
-                    failures.append(ScanFailure(patient, str(image), _one_line(exc)))
-                    logger.warning("skipped %s: %s", patient, _one_line(exc))
-            bar.set_postfix(extracted=n_extracted, reused=n_reused, failed=len(failures))
-    return summaries, failures, n_extracted, n_reused
+    order = {patient: i for i, (patient, _) in enumerate(scans)}  # the same tables whatever the workers' pace
+    summaries = dict(sorted(summaries.items(), key=lambda item: order[item[0]]))
+    return summaries, sorted(failures.values(), key=lambda f: order[f.patient]), len(summaries) - n_reused, n_reused
+
+
+def _extract_or_error(image: Path, scan_dir: Path) -> dict | SinusAnomalyError:
+    """:func:`extract_scan`'s summary, or the :class:`SinusAnomalyError` it raised (returned, so a worker
+    process hands it back like a result); other exceptions propagate."""
+    try:
+        return extract_scan(image, scan_dir)
+    except SinusAnomalyError as exc:
+        return exc
 
 
 def _not_assessable(patient: str, image: Path, side: str, side_summary: dict) -> ScanFailure | None:
@@ -307,14 +350,15 @@ def _not_assessable(patient: str, image: Path, side: str, side_summary: dict) ->
 
 def _prepare(images_dir: Path, labels_csv: Path, out_dir: Path, sinuses: list[LabelledSinus], n_folds: int,
              test_fraction: float, fractions: Sequence[float], seed: int, progress: bool,
-             unlabelled: str | Path | None = None, unlabelled_scans: list[UnlabelledScan] | None = None) -> PrepareReport:
+             unlabelled: str | Path | None = None, unlabelled_scans: list[UnlabelledScan] | None = None,
+             workers: int = 1) -> PrepareReport:
     by_patient: dict[str, list[LabelledSinus]] = {}
     for sinus in sinuses:
         by_patient.setdefault(sinus.patient, []).append(sinus)
     summaries, failures, n_extracted, n_reused = _extract_scans(
-        [(patient, patient_sinuses[0].image) for patient, patient_sinuses in by_patient.items()], out_dir, progress)
+        [(patient, patient_sinuses[0].image) for patient, patient_sinuses in by_patient.items()], out_dir, progress, workers)
     u_summaries, u_failures, u_extracted, u_reused = _extract_scans(
-        [(scan.patient, scan.image) for scan in unlabelled_scans or []], out_dir, progress and bool(unlabelled_scans))
+        [(scan.patient, scan.image) for scan in unlabelled_scans or []], out_dir, progress and bool(unlabelled_scans), workers)
 
     # From here on the outputs change together; dataset.json marks them consistent again at the end.
     (out_dir / DATASET_FILE).unlink(missing_ok=True)

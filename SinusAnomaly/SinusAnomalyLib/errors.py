@@ -18,6 +18,9 @@ class PathError(SinusAnomalyError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # rebuilt from (path, problem), so it crosses to and from worker processes
+        return self.__class__, (self.path, self.problem)
+
 
 class ImageError(PathError):
     """An input image that cannot be used."""

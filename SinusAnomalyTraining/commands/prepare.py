@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SinusAnomalyLib.dataset import PrepareReport, prepare_dataset
+from SinusAnomalyLib.dataset import PrepareReport, default_workers, prepare_dataset
 from SinusAnomalyLib.splits import DEFAULT_FRACTIONS
+
 
 
 def _percentages(text: str) -> list[float]:
@@ -49,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="label fractions of each fold's training sinuses, in %% (default 10,20,40,60,80,100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
+                        help=f"processes extracting scans side by side (default here {default_workers()}: the cores, at most 4)")
 
 
 def format_report(report: PrepareReport) -> str:
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     report = prepare_dataset(
         args.images, args.labels, args.out,
         n_folds=args.folds, test_fraction=args.test_fraction, fractions=args.fractions,
-        seed=args.seed, progress=not args.no_progress, unlabelled=args.unlabelled,
+        seed=args.seed, progress=not args.no_progress, unlabelled=args.unlabelled, workers=args.workers,
     )
     print(format_report(report))
     return 0

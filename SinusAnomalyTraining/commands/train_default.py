@@ -21,7 +21,7 @@ from pathlib import Path
 
 from SinusAnomalyLib.bundle import load_bundle
 from SinusAnomalyLib.bundlefile import describe_bundle
-from SinusAnomalyLib.dataset import prepare_dataset
+from SinusAnomalyLib.dataset import default_workers, prepare_dataset
 from SinusAnomalyLib.fileio import check_output_folder
 from SinusAnomalyLib.modelstore import DEFAULT_BUNDLE
 
@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"unlabelled heads per anatomy for pretraining (default {PoolSizes.unlabelled})")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--device", default=None, help="torch device (default: the configuration's, auto)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help=f"processes making pools and extracting heads side by side (default here {default_workers()}: "
+                             "the cores, at most 4)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,14 +53,14 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(device=args.device)
     runtime.set_deterministic(config.deterministic)
     device = runtime.select_device(config.device)
-    pools = make_pools(args.out, PoolSizes(args.heads, args.unlabelled))
+    pools = make_pools(args.out, PoolSizes(args.heads, args.unlabelled), workers=args.workers)
     tables = combine_pools(pools, args.out / "all")  # the layout of benchmarks/loao.py: one work folder serves both
     dataset_dir = args.out / "dataset"
     linked = link_cached_scans(args.out / "all" / "dataset", dataset_dir, pool_patients(tables["labels"], tables["unlabelled"]))
     if linked:
         print(f"{linked} scans' extraction reused from {args.out / 'all' / 'dataset'} (the leave-one-anatomy-out check's)")
     prepare_dataset(tables["images"], tables["labels"], dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
-                    unlabelled=tables["unlabelled"])
+                    unlabelled=tables["unlabelled"], workers=args.workers)
     with locked_run_folder(args.out / "run"):
         pipeline.run_pipeline(config, dataset_dir, args.out / "run", device)
     command = "sinus-anomaly " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train-default"):]) \
