@@ -306,8 +306,8 @@ def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: b
             logger.warning("skipped %s: %s", patient, _one_line(outcome))
         else:
             summaries[patient] = outcome
+        bar.set_postfix(extracted=len(summaries) - n_reused, reused=n_reused, failed=len(failures), refresh=False)
         bar.update()
-        bar.set_postfix(extracted=len(summaries) - n_reused, reused=n_reused, failed=len(failures))
 
     with logging_redirect_tqdm(), tqdm(total=len(scans), initial=n_reused, desc="prepare", unit="scan", disable=not progress) as bar:
         if workers <= 1 or len(todo) <= 1:
