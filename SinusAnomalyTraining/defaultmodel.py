@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from SinusAnomalyLib.errors import DatasetError, InvalidValueError
 from SinusAnomalyLib.fileio import write_csv_atomic
 from SinusAnomalyLib.reference import ANATOMIES, SIDES
 from SinusAnomalyLib.synth import ANOMALY_TYPES, SynthParams, generate_cohort
+from SinusAnomalyLib.workers import process_pool
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "default.json"
 # The exported classifiers' pretraining, chosen on the leave-one-anatomy-out check (docs/default-model.md):
@@ -75,8 +75,7 @@ def make_cohorts(jobs: dict[str, dict], progress: bool = True, workers: int = 1)
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     total = sum(job["n_cases"] + job.get("n_unlabelled", 0) for job in jobs.values())
-    # spawn, not fork: the parent may hold torch's and ITK's threads, which a forked child would inherit half-made
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool, \
+    with process_pool(min(workers, len(jobs))) as pool, \
             tqdm(total=total, desc="synthetic heads", unit="head", disable=not progress) as bar:
         futures = {name: pool.submit(generate_cohort, **job, progress=False) for name, job in jobs.items()}
         pending = set(futures.values())

@@ -390,3 +390,31 @@ def test_workers_below_one_are_refused(tmp_path):
     with pytest.raises(ValueError, match="--workers must be at least 1"):
         prepare_dataset(images, labels, tmp_path / "dataset", workers=0)
     assert not (tmp_path / "dataset").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_a_worker_leaves_when_its_parent_is_killed(tmp_path):
+    """A command killed outright (no shutdown of its pool) leaves no worker process waiting for work."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time\nsys.path[:0] = ['SinusAnomaly']\nfrom SinusAnomalyLib.workers import process_pool\n"
+              "pool = process_pool(1)\nprint(pool.submit(__import__('os').getpid).result(), flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(worker):
+        time.sleep(0.2)
+    assert not _alive(worker), f"worker {worker} outlived its killed parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie has left; only its entry waits to be reaped
+    except FileNotFoundError:
+        return False

@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 from SinusAnomalyLib.bundle import load_bundle
-from SinusAnomalyLib.dataset import default_workers, load_dataset, prepare_dataset
+from SinusAnomalyLib.dataset import load_dataset, prepare_dataset
 from SinusAnomalyLib.fileio import write_csv_atomic, write_json_atomic
 from SinusAnomalyLib.inference import fold_probabilities
 from SinusAnomalyLib.reference import ANATOMIES
 from SinusAnomalyLib.residuals import resize_crops
+from SinusAnomalyLib.workers import default_workers
 from SinusAnomalyTraining import pipeline, runtime
 from SinusAnomalyTraining.config import load_config
 from SinusAnomalyTraining.defaultmodel import (CONFIG, PoolSizes, anatomy_of, combine_pools, link_cached_scans, make_cohorts,

@@ -41,10 +41,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import multiprocessing
-import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,6 +62,7 @@ from .manifest import (MANIFEST_FILE, UNLABELLED_MANIFEST_FILE, ManifestRow, Unl
 from .reference import SIDES
 from .scancache import SCAN_CROPS, SCAN_SUMMARY, cache_block, cached_scan_is_complete, extraction_fingerprint
 from .splits import DEFAULT_FRACTIONS, Splits, sample_id, fraction_key, fraction_percent, load_splits, make_splits, save_splits
+from .workers import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -231,12 +230,6 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def default_workers() -> int:
-    """Processes for the CPU-bound work on heads (extracting scans, making synthetic pools): one per
-    core, at most 4 (each holds a head and its registration in memory, about 1 GB)."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 def prepare_dataset(
     images_dir: str | Path,
     labels_csv: str | Path,
@@ -314,8 +307,7 @@ def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: b
             for patient, image in todo:
                 record(patient, image, _extract_or_error(image, out_dir / SCANS_DIR / patient))
         else:
-            # spawn, not fork: the parent may hold torch's and ITK's threads, which a forked child would inherit half-made
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            with process_pool(min(workers, len(todo))) as pool:
                 futures = {pool.submit(_extract_or_error, image, out_dir / SCANS_DIR / patient): (patient, image)
                            for patient, image in todo}
                 try:

@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SinusAnomalyLib.dataset import PrepareReport, default_workers, prepare_dataset
+from SinusAnomalyLib.dataset import PrepareReport, prepare_dataset
 from SinusAnomalyLib.splits import DEFAULT_FRACTIONS
+from SinusAnomalyLib.workers import default_workers
 
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from SinusAnomalyLib.bundle import load_bundle
 from SinusAnomalyLib.bundlefile import describe_bundle
-from SinusAnomalyLib.dataset import default_workers, prepare_dataset
+from SinusAnomalyLib.dataset import prepare_dataset
 from SinusAnomalyLib.fileio import check_output_folder
 from SinusAnomalyLib.modelstore import DEFAULT_BUNDLE
+from SinusAnomalyLib.workers import default_workers
 
 from .. import pipeline, runtime
 from ..config import load_config

@@ -1,0 +1,36 @@
+"""Worker processes for the CPU-bound work on heads (extraction, synthetic pools).
+
+One way to make them: :func:`process_pool`. Its workers are spawned, not forked (the parent may
+hold torch's and ITK's threads, which a forked child would inherit half-made), and each leaves
+when its parent is gone, so a killed command leaves no worker behind waiting for work forever.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+PARENT_CHECK_S = 1.0
+
+
+def default_workers() -> int:
+    """Processes for the CPU-bound work on heads: one per core, at most 4 (each holds a head and its
+    registration in memory, about 1 GB)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes that exit when this process is gone."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_leave_with_parent, initargs=(os.getpid(),))
+
+
+def _leave_with_parent(parent: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)  # the parent died without shutting the pool down (killed): nobody waits for results
+
+    threading.Thread(target=watch, name="leave-with-parent", daemon=True).start()
