@@ -28,7 +28,7 @@ from SinusAnomalyLib.errors import DatasetError, InvalidValueError
 from SinusAnomalyLib.fileio import write_csv_atomic
 from SinusAnomalyLib.reference import ANATOMIES, SIDES
 from SinusAnomalyLib.synth import ANOMALY_TYPES, SynthParams, generate_cohort
-from SinusAnomalyLib.workers import process_pool
+from SinusAnomalyLib.workers import process_pool, stop_workers
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "default.json"
 # The exported classifiers' pretraining, chosen on the leave-one-anatomy-out check (docs/default-model.md):
@@ -79,13 +79,15 @@ def make_cohorts(jobs: dict[str, dict], progress: bool = True, workers: int = 1)
             tqdm(total=total, desc="synthetic heads", unit="head", disable=not progress) as bar:
         futures = {name: pool.submit(generate_cohort, **job, progress=False) for name, job in jobs.items()}
         pending = set(futures.values())
-        while pending:
-            done, pending = wait(pending, timeout=5.0, return_when=FIRST_EXCEPTION)
-            for future in done:
-                if future.exception() is not None:
-                    pool.shutdown(cancel_futures=True)
-                    raise future.exception()
-            bar.update(min(total, sum(_heads_written(job["out_dir"]) for job in jobs.values())) - bar.n)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=5.0, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # a pool's error stops them all
+                bar.update(min(total, sum(_heads_written(job["out_dir"]) for job in jobs.values())) - bar.n)
+        except BaseException:
+            stop_workers(pool)
+            raise
         return {name: future.result() for name, future in futures.items()}
 
 

@@ -163,3 +163,16 @@ def test_a_signal_as_the_temporary_file_or_folder_is_made_leaves_nothing_behind(
     finally:
         stop.set()
     assert [p.name for p in tmp_path.rglob("*") if p != target] == []
+
+
+def test_sigterm_stops_the_pool_workers_of_train_default_at_once(tmp_path):
+    """The pools' worker processes end with the command; each pool keeps the heads it finished, whole."""
+    work = tmp_path / "work"
+    heads = lambda: sorted(work.glob("pools/*/images/synth-*.nii.gz"))  # noqa: E731
+    proc = terminated_when(["train-default", "--out", str(work), "--heads", "20", "--unlabelled", "0", "--workers", "2"],
+                           lambda: len(heads()) >= 1)
+    assert_stopped_like_ctrl_c(proc)
+    made = heads()
+    time.sleep(3)  # a worker left running would go on writing heads
+    assert heads() == made and 1 <= len(made) < 2 * 20
+    assert leftovers(work) == []

@@ -62,7 +62,7 @@ from .manifest import (MANIFEST_FILE, UNLABELLED_MANIFEST_FILE, ManifestRow, Unl
 from .reference import SIDES
 from .scancache import SCAN_CROPS, SCAN_SUMMARY, cache_block, cached_scan_is_complete, extraction_fingerprint
 from .splits import DEFAULT_FRACTIONS, Splits, sample_id, fraction_key, fraction_percent, load_splits, make_splits, save_splits
-from .workers import process_pool
+from .workers import process_pool, stop_workers
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: b
                     for future in as_completed(futures):
                         record(*futures[future], future.result())
                 except BaseException:
-                    pool.shutdown(cancel_futures=True)
+                    stop_workers(pool)
                     raise
     order = {patient: i for i, (patient, _) in enumerate(scans)}  # the same tables whatever the workers' pace
     summaries = dict(sorted(summaries.items(), key=lambda item: order[item[0]]))

@@ -27,6 +27,16 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
                                initializer=_leave_with_parent, initargs=(os.getpid(),))
 
 
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel the jobs not started and end the running ones now (on an error or an interrupt: Ctrl-C,
+    SIGTERM, the Slicer module's Cancel), rather than wait for them. Safe for work that writes each
+    head or scan whole or not at all, so that a re-run resumes it."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public way before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+
+
 def _leave_with_parent(parent: int) -> None:
     def watch() -> None:
         while os.getppid() == parent:
