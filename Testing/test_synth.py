@@ -17,7 +17,7 @@ from SinusAnomalyLib.synth import ANOMALY_TYPES, LESION_LABELS, SynthParams, gen
 from SinusAnomalyLib.synth.anatomy import _anatomy, _face_weight, _tissue_layers, _white_matter
 from SinusAnomalyLib.synth.contrast import _render
 from SinusAnomalyLib.synth.lesions import _draw_lesion, _lesioned_anatomy
-from SinusAnomalyLib.synth.pose import _displacement
+from SinusAnomalyLib.synth.pose import SINUS_SCALE_LIMITS, _displacement
 from SinusAnomalyTraining.cli import main
 
 
@@ -274,6 +274,24 @@ def test_sinus_scale_changes_each_sinus_size():
                                * np.prod(case.lesion_labels.GetSpacing()))
     assert 1.5 < volumes[1.3] / volumes[1.0] < 2.3, volumes
     assert 0.35 < volumes[0.7] / volumes[1.0] < 0.75, volumes
+
+
+@pytest.mark.parametrize("scale", SINUS_SCALE_LIMITS)
+def test_sinus_scales_at_the_allowed_limits_do_not_fold_the_head(scale):
+    """Each end of the range ``synth --sinus-scale`` accepts keeps the deformation invertible (Jacobian
+    determinant above 0 everywhere) with the default deformation and a 3 mm shape change."""
+    for anatomy in ANATOMIES:
+        head = load_anatomy(anatomy)
+        for seed in range(2):
+            field = _displacement(head, np.random.default_rng(seed), SynthParams().deformation_mm, (scale, scale), 3.0)
+            jacobian = sitk.DisplacementFieldJacobianDeterminant(sitk.Cast(field.GetDisplacementField(), sitk.sitkVectorFloat64))
+            assert sitk.GetArrayViewFromImage(jacobian).min() > 0.0, (anatomy, seed)
+
+
+def test_a_sinus_scale_that_would_fold_the_head_is_refused(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["synth", "--out", "unused", "--cases", "1", "--sinus-scale", "0.5,1.3"])
+    assert stopped.value.code == 2 and "--sinus-scale: expected 0.6 <= LOW" in capsys.readouterr().err
 
 
 def test_floor_first_thickening_sits_low_in_the_cavity():

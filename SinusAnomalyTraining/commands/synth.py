@@ -21,6 +21,7 @@ from pathlib import Path
 
 from SinusAnomalyLib.reference import ANATOMIES
 from SinusAnomalyLib.synth import ANOMALY_TYPES, CONTRASTS, SynthParams, generate_cohort
+from SinusAnomalyLib.synth.pose import SINUS_SCALE_LIMITS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +93,7 @@ def _range_within(lowest: float, highest: float):
     return parse
 
 
-_range = _range_within(0.5, 1.5)
+_range = _range_within(*SINUS_SCALE_LIMITS)
 
 
 def _bounded(lowest: float, highest: float):

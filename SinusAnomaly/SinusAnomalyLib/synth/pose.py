@@ -23,7 +23,10 @@ def _random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
-SINUS_SCALE_WINDOW_MM = 25.0  # Gaussian window of a sinus's own size change: ~0.8 at its walls; no folding for scales 0.7-1.3
+SINUS_SCALE_WINDOW_MM = 25.0  # Gaussian window of a sinus's own size change: ~0.8 at its walls
+# Sinus scales that keep the deformation free of folds (its Jacobian determinant above 0 everywhere, with
+# the default deformation and 3 mm shape change, every anatomy; Testing/test_synth.py): at 0.5 it folds.
+SINUS_SCALE_LIMITS = (0.6, 1.5)
 SINUS_SHAPE_WINDOW_MM = 20.0  # Gaussian window of a sinus's own shape change
 SINUS_SHAPE_LENGTH_MM = 8.0  # correlation length of that change: lobes of about a third of the sinus
 
