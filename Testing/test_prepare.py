@@ -207,6 +207,28 @@ def test_bad_scan_is_skipped_and_recorded(tmp_path, monkeypatch, caplog):
     assert "P004" not in load_dataset(out).splits.patients()
 
 
+def test_a_failed_scan_is_not_tried_again_until_its_image_changes(tmp_path, monkeypatch, caplog):
+    fake = FakeExtractor(bad={"P004"})
+    monkeypatch.setattr(dataset, "extract_sinuses", fake)
+    images, labels = make_cohort(tmp_path)
+    out = tmp_path / "dataset"
+    first = prepare_dataset(images, labels, out, n_folds=3, progress=False)
+    fake.calls.clear()
+    with caplog.at_level(logging.WARNING, logger="SinusAnomalyLib.dataset"):
+        again = prepare_dataset(images, labels, out, n_folds=3, progress=False)
+    assert fake.calls == [] and again.failures == first.failures and again.n_scans_reused == 11
+    assert any(m.startswith("skipped P004 (failed before; unchanged since): ") for m in caplog.messages)
+    assert [f["patient"] for f in read_csv(out / "failures.csv")] == ["P004"]
+
+    fake.bad.clear()  # the scan is replaced by a usable one
+    fixed = images / "P004.nii.gz"
+    fixed.write_bytes(b"a usable head scan now")
+    os.utime(fixed, ns=(fixed.stat().st_atime_ns, fixed.stat().st_mtime_ns + 10**9))
+    report = prepare_dataset(images, labels, out, n_folds=3, progress=False)
+    assert fake.calls == ["P004"] and report.failures == [] and report.n_scans_extracted == 1
+    assert not (out / "scans" / "P004" / "failure.json").exists()
+
+
 def test_all_scans_failing_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(dataset, "extract_sinuses", FakeExtractor(bad={f"P{i:03d}" for i in range(12)}))
     images, labels = make_cohort(tmp_path)

@@ -11,6 +11,9 @@ the files training reads::
       scans/<patient>/crops.npz        float16 arrays "left" and "right" (64^3, right mirrored);
                                        both sides are cached even if the labels list one, so
                                        labelling the other side later needs no new extraction
+      scans/<patient>/failure.json     a scan that could not be used: the error and the same "cache"
+                                       block; not tried again until the image or the extraction
+                                       changes (delete the folder to force it)
       crops.npy                        float16 (N, 64, 64, 64), one crop per manifest row, in
                                        manifest order; open with np.load(mmap_mode="r")
       manifest.csv                     one row per extracted, labelled sinus (manifest.py: MANIFEST_COLUMNS)
@@ -60,7 +63,8 @@ from .labels import LabelledSinus, UnlabelledScan, read_labels, read_unlabelled
 from .manifest import (MANIFEST_FILE, UNLABELLED_MANIFEST_FILE, ManifestRow, UnlabelledRow, load_manifest,
                        read_unlabelled_manifest, write_manifest, write_unlabelled_manifest)
 from .reference import SIDES
-from .scancache import SCAN_CROPS, SCAN_SUMMARY, cache_block, cached_scan_is_complete, extraction_fingerprint
+from .scancache import (SCAN_CROPS, SCAN_FAILURE, SCAN_SUMMARY, cache_block, cached_failure, cached_scan_is_complete,
+                        extraction_fingerprint)
 from .splits import DEFAULT_FRACTIONS, Splits, sample_id, fraction_key, fraction_percent, load_splits, make_splits, save_splits
 from .workers import process_pool, stop_workers
 
@@ -287,6 +291,9 @@ def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: b
         scan_dir = out_dir / SCANS_DIR / patient
         if cached_scan_is_complete(scan_dir, image):
             summaries[patient] = json.loads((scan_dir / SCAN_SUMMARY).read_text(encoding="utf-8"))
+        elif (error := cached_failure(scan_dir, image)) is not None:
+            failures[patient] = ScanFailure(patient, str(image), error)
+            logger.warning("skipped %s (failed before; unchanged since): %s", patient, error)
         else:
             todo.append((patient, image))
     n_reused = len(summaries)
@@ -302,7 +309,7 @@ def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: b
         bar.set_postfix(extracted=len(summaries) - n_reused, reused=n_reused, failed=len(failures), refresh=False)
         bar.update()
 
-    with logging_redirect_tqdm(), tqdm(total=len(scans), initial=n_reused, desc="prepare", unit="scan", disable=not progress) as bar:
+    with logging_redirect_tqdm(), tqdm(total=len(scans), initial=len(scans) - len(todo), desc="prepare", unit="scan", disable=not progress) as bar:
         if workers <= 1 or len(todo) <= 1:
             for patient, image in todo:
                 record(patient, image, _extract_or_error(image, out_dir / SCANS_DIR / patient))
@@ -323,11 +330,23 @@ def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: b
 
 def _extract_or_error(image: Path, scan_dir: Path) -> dict | SinusAnomalyError:
     """:func:`extract_scan`'s summary, or the :class:`SinusAnomalyError` it raised (returned, so a worker
-    process hands it back like a result); other exceptions propagate."""
+    process hands it back like a result); other exceptions propagate. A scan that cannot be used is
+    recorded in ``scan_dir`` (:data:`SCAN_FAILURE`) so that the next ``prepare`` does not try it again
+    while the image and the extraction stay the same."""
     try:
-        return extract_scan(image, scan_dir)
-    except SinusAnomalyError as exc:
+        cache = cache_block(image)  # taken before reading, as for the crops
+    except OSError:
+        cache = None
+    try:
+        summary = extract_scan(image, scan_dir)
+    except OutputError as exc:
         return exc
+    except SinusAnomalyError as exc:
+        if cache is not None:
+            write_json_atomic(scan_dir / SCAN_FAILURE, {"cache": cache, "error": _one_line(exc)})
+        return exc
+    (scan_dir / SCAN_FAILURE).unlink(missing_ok=True)
+    return summary
 
 
 def _not_assessable(patient: str, image: Path, side: str, side_summary: dict) -> ScanFailure | None:

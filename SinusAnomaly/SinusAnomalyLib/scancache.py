@@ -24,6 +24,7 @@ from .reference import SIDES, load_reference
 CACHE_FORMAT = 2  # 2: the extraction's fingerprint replaced the library version
 SCAN_CROPS = "crops.npz"
 SCAN_SUMMARY = "extraction.json"
+SCAN_FAILURE = "failure.json"  # why the scan could not be used, with the cache key it was found under
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -81,6 +82,16 @@ def cache_block(image: Path) -> dict:
         "extraction": extraction_fingerprint(),
         "reference_sha256": load_reference().sha256,
     }
+
+
+def cached_failure(scan_dir: Path, image: Path) -> str | None:
+    """The error recorded for ``image`` as it is now, by this extraction (a scan that cannot be used
+    fails the same way again: it is not retried until the image or the extraction changes), else None."""
+    try:
+        recorded = json.loads((scan_dir / SCAN_FAILURE).read_text(encoding="utf-8"))
+        return recorded["error"] if recorded.get("cache") == cache_block(image) else None
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def cached_scan_is_complete(scan_dir: Path, image: Path) -> bool:
