@@ -254,7 +254,9 @@ def prepare_dataset(
     :class:`DatasetError`. Without it, an unlabelled set of an earlier run is removed.
 
     Scans complete in the cache (same image, unchanged) are reused; ``workers`` processes extract
-    the others side by side (the outputs are the same for any number). A scan failing with
+    the others side by side (the outputs are the same for any number; the processes are spawned, so
+    a script calling this with ``workers`` above 1 needs Python's ``if __name__ == "__main__":``
+    guard). A scan failing with
     :class:`SinusAnomalyError` is logged as ``skipped <patient>: <message>``, recorded in
     ``failures.csv`` and left out; other exceptions propagate. Raises :class:`DatasetError` for
     an invalid labels table, when no scan could be prepared, or when too few patients remain for
