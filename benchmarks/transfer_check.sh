@@ -11,8 +11,10 @@
 # last result.
 #
 #   bash benchmarks/transfer_check.sh [OUT_DIR] [TRAINING_SEEDS] [HEADS_PER_ANATOMY] [UNLABELLED_PER_ANATOMY]
-#   (defaults transfer_out, 0,1,2, and the recipe's pool sizes, defaultmodel.PoolSizes: 120 and 16;
-#   4 x 3 training runs, about 11 minutes each on one CPU core)
+#   (defaults transfer_out, 0,1,2, and the recipe's pool sizes, defaultmodel.PoolSizes: 240 and 16;
+#   pools and extraction of about 1,200 heads in worker processes, then 4 x 3 training runs. The
+#   check in docs/default-model.md passed --methods none --config benchmarks/loao-cae1.json: the
+#   same classifiers with a 1-epoch CAE, about 3 minutes per training on one core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-transfer_out}
