@@ -20,8 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from SinusAnomalyLib.reference import ANATOMIES
-from SinusAnomalyLib.synth import ANOMALY_TYPES, CONTRASTS, SynthParams, generate_cohort
-from SinusAnomalyLib.synth.pose import SINUS_SCALE_LIMITS
+from SinusAnomalyLib.synth import ANOMALY_TYPES, CONTRASTS, SINUS_SCALE_LIMITS, SynthParams, generate_cohort
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
