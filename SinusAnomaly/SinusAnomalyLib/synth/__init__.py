@@ -48,5 +48,6 @@ __all__ = [
     "LESION_BOX_HALF_MM", "LESION_LABELS", "LESION_LEVELS", "LESION_SIZES_MM", "OUT_OF_VIEW", "SCANNER_GRAVITY_LPS",
     "SINUS_SCALE_LIMITS", "SINUS_SCALE_WINDOW_MM", "SINUS_SHAPE_LENGTH_MM", "SINUS_SHAPE_WINDOW_MM", "SynthParams",
     "SyntheticCase", "TEMPLATE_BRIGHT", "TISSUE_FLOOR", "UNLABELLED_PREFIX", "UNLABELLED_STREAM", "WALL_LEVEL",
-    "WHITE_MATTER_LEVEL", "generate_cohort", "make_case", "pose_variant", "random_anomalies", "remap_contrast", "save_preview", "stored_as_integers",
+    "WHITE_MATTER_LEVEL", "generate_cohort", "make_case", "pose_variant", "random_anomalies", "remap_contrast",
+    "save_preview", "stored_as_integers",
 ]
