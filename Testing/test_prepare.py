@@ -424,7 +424,8 @@ def test_a_worker_leaves_when_its_parent_is_killed(tmp_path):
 
     script = ("import sys, time\nsys.path[:0] = ['SinusAnomaly']\nfrom SinusAnomalyLib.workers import process_pool\n"
               "pool = process_pool(1)\nprint(pool.submit(__import__('os').getpid).result(), flush=True)\ntime.sleep(60)\n")
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=repo)
     worker = int(parent.stdout.readline())
     parent.send_signal(signal.SIGKILL)
     parent.wait(10)
