@@ -24,11 +24,11 @@ from concurrent.futures import FIRST_EXCEPTION, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from SinusAnomalyLib.errors import DatasetError, InvalidValueError
+from SinusAnomalyLib.errors import DatasetError
 from SinusAnomalyLib.fileio import write_csv_atomic
 from SinusAnomalyLib.reference import ANATOMIES, SIDES
 from SinusAnomalyLib.synth import ANOMALY_TYPES, SynthParams, generate_cohort
-from SinusAnomalyLib.workers import process_pool, stop_workers
+from SinusAnomalyLib.workers import check_workers, process_pool
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "default.json"
 # The exported classifiers' pretraining, chosen on the leave-one-anatomy-out check (docs/default-model.md):
@@ -71,8 +71,7 @@ def make_cohorts(jobs: dict[str, dict], progress: bool = True, workers: int = 1)
     """:func:`generate_cohort` for each ``name -> keyword arguments``; name -> folder. With ``workers``
     above 1, that many processes make the cohorts side by side, one each at a time (a head is made on
     one core; the cohorts are the same whatever the number of workers)."""
-    if workers < 1:
-        raise InvalidValueError(f"--workers must be at least 1 (got {workers})")
+    check_workers(workers)
     if workers == 1 or len(jobs) <= 1:
         return {name: generate_cohort(**job, progress=progress) for name, job in jobs.items()}
     from tqdm.auto import tqdm  # noqa: PLC0415
@@ -82,15 +81,11 @@ def make_cohorts(jobs: dict[str, dict], progress: bool = True, workers: int = 1)
             tqdm(total=total, desc="synthetic heads", unit="head", disable=not progress) as bar:
         futures = {name: pool.submit(generate_cohort, **job, progress=False) for name, job in jobs.items()}
         pending = set(futures.values())
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=5.0, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    future.result()  # a pool's error stops them all
-                bar.update(min(total, sum(_heads_written(job["out_dir"]) for job in jobs.values())) - bar.n)
-        except BaseException:
-            stop_workers(pool)
-            raise
+        while pending:
+            done, pending = wait(pending, timeout=5.0, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # a pool's error stops them all
+            bar.update(min(total, sum(_heads_written(job["out_dir"]) for job in jobs.values())) - bar.n)
         return {name: future.result() for name, future in futures.items()}
 
 

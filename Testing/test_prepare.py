@@ -423,7 +423,8 @@ def test_a_worker_leaves_when_its_parent_is_killed(tmp_path):
     import time
 
     script = ("import sys, time\nsys.path[:0] = ['SinusAnomaly']\nfrom SinusAnomalyLib.workers import process_pool\n"
-              "pool = process_pool(1)\nprint(pool.submit(__import__('os').getpid).result(), flush=True)\ntime.sleep(60)\n")
+              "with process_pool(1) as pool:\n    print(pool.submit(__import__('os').getpid).result(), flush=True)\n"
+              "    time.sleep(60)\n")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=repo)
     worker = int(parent.stdout.readline())

@@ -18,7 +18,6 @@ less air in view mean a higher score within one anatomy too?
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "SinusAnomaly"), str(ROOT / "benchmarks")]
 
 from focal_probe import crops_of, held_out_sinuses, pooled_sinuses  # noqa: E402
 from SinusAnomalyLib.reference import ANATOMIES  # noqa: E402
+from SinusAnomalyTraining.defaultmodel import read_table  # noqa: E402
 from SinusAnomalyTraining.focal_lesions import DARK_LEVEL, find_cavity  # noqa: E402
 
 SIZE = 32  # the recipe's crop size
@@ -48,7 +48,7 @@ def main() -> None:
         crops = crops[:, 0].numpy()[types == "normal"]
         cavities = [(crop, find_cavity(crop)) for crop in crops]
         cavities = [(crop, c) for crop, c in cavities if c is not None]
-        dark = np.median((crops[:, CORE, CORE, CORE] < DARK_LEVEL).mean((1, 2, 3)))
+        dark = np.median(dark_share(crops))
         level = np.median([crop[c.mask].mean() for crop, c in cavities])
         noise = np.median([crop[c.mask].std() for crop, c in cavities])
         volume = np.median([c.mask.sum() * (64.0 / SIZE) ** 3 / 1000.0 for _, c in cavities])
@@ -57,14 +57,18 @@ def main() -> None:
         print_air_score_correlation(args.work, args.predictions)
 
 
+def dark_share(crops: np.ndarray) -> np.ndarray:
+    """(n,) share of dark voxels in the central 12^3 of ``(n, 32, 32, 32)`` crops."""
+    return (crops[:, CORE, CORE, CORE] < DARK_LEVEL).mean((1, 2, 3))
+
+
 def print_air_score_correlation(work: Path, predictions: Path) -> None:
     """Per held-out anatomy: Spearman's rho between dark share and mean probability of its normal sinuses in the pool."""
     probabilities: dict[tuple[str, str], list[float]] = {}
     for path in sorted(predictions.glob("predictions-without-*-seed*.csv")):
-        with open(path, newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                if row["anomaly_type"] == "normal":
-                    probabilities.setdefault((row["patient"], row["side"]), []).append(float(row["probability"]))
+        for row in read_table(path):
+            if row["anomaly_type"] == "normal":
+                probabilities.setdefault((row["patient"], row["side"]), []).append(float(row["probability"]))
     dataset, sinuses = pooled_sinuses(work, "all")
     print(f"\nNormal sinuses of each held-out pool, probabilities from {predictions} (mean over seeds):\n")
     print("| anatomy | normal sinuses | median probability | Spearman rho, dark share vs probability |")
@@ -75,7 +79,7 @@ def print_air_score_correlation(work: Path, predictions: Path) -> None:
         if len(rows) < 3:
             continue
         crops = crops_of(dataset, rows, SIZE, bilateral=False)[:, 0].numpy()
-        dark = (crops[:, CORE, CORE, CORE] < DARK_LEVEL).mean((1, 2, 3))
+        dark = dark_share(crops)
         score = np.array([np.mean(probabilities[(dataset.manifest[i].patient, dataset.manifest[i].side)]) for i in rows])
         print(f"| {anatomy} | {len(rows)} | {np.median(score):.2f} | {spearmanr(dark, score)[0]:.2f} |")
 

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
-from .errors import DatasetError, InvalidValueError, OutputError, SinusAnomalyError
+from .errors import DatasetError, OutputError, SinusAnomalyError
 from .extraction import MIN_COVERAGE, extract_sinuses
 from .fileio import atomic_path, check_output_folder, locked_output_folder, sha256_file, write_csv_atomic, write_json_atomic
 from .labels import LabelledSinus, UnlabelledScan, read_labels, read_unlabelled
@@ -66,7 +66,7 @@ from .reference import SIDES
 from .scancache import (SCAN_CROPS, SCAN_FAILURE, SCAN_SUMMARY, cache_block, cached_failure, cached_scan_is_complete,
                         extraction_fingerprint)
 from .splits import DEFAULT_FRACTIONS, Splits, sample_id, fraction_key, fraction_percent, load_splits, make_splits, save_splits
-from .workers import process_pool, stop_workers
+from .workers import check_workers, process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -264,8 +264,7 @@ def prepare_dataset(
     preparing it now (one process at a time holds its lock). See the module docstring for the
     layout of ``out_dir``.
     """
-    if workers < 1:
-        raise InvalidValueError(f"--workers must be at least 1 (got {workers})")
+    check_workers(workers)
     images_dir, labels_csv, out_dir = Path(images_dir), Path(labels_csv), Path(out_dir)
     sinuses = read_labels(labels_csv, images_dir)
     unlabelled_scans = read_unlabelled(unlabelled, images_dir) if unlabelled is not None else None
@@ -311,7 +310,8 @@ def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: b
         bar.set_postfix(extracted=len(summaries) - n_reused, reused=n_reused, failed=len(failures), refresh=False)
         bar.update()
 
-    with logging_redirect_tqdm(), tqdm(total=len(scans), initial=len(scans) - len(todo), desc="prepare", unit="scan", disable=not progress) as bar:
+    with logging_redirect_tqdm(), tqdm(total=len(scans), initial=len(scans) - len(todo), desc="prepare", unit="scan",
+                                       disable=not progress) as bar:
         if workers <= 1 or len(todo) <= 1:
             for patient, image in todo:
                 record(patient, image, _extract_or_error(image, out_dir / SCANS_DIR / patient))
@@ -319,12 +319,8 @@ def _extract_scans(scans: Sequence[tuple[str, Path]], out_dir: Path, progress: b
             with process_pool(min(workers, len(todo))) as pool:
                 futures = {pool.submit(_extract_or_error, image, out_dir / SCANS_DIR / patient): (patient, image)
                            for patient, image in todo}
-                try:
-                    for future in as_completed(futures):
-                        record(*futures[future], future.result())
-                except BaseException:
-                    stop_workers(pool)
-                    raise
+                for future in as_completed(futures):
+                    record(*futures[future], future.result())
     order = {patient: i for i, (patient, _) in enumerate(scans)}  # the same tables whatever the workers' pace
     summaries = dict(sorted(summaries.items(), key=lambda item: order[item[0]]))
     return summaries, sorted(failures.values(), key=lambda f: order[f.patient]), len(summaries) - n_reused, n_reused

@@ -1,16 +1,21 @@
 """Worker processes for the CPU-bound work on heads (extraction, synthetic pools).
 
-One way to make them: :func:`process_pool`. Its workers are spawned, not forked (the parent may
-hold torch's and ITK's threads, which a forked child would inherit half-made), and each leaves
-when its parent is gone, so a killed command leaves no worker behind waiting for work forever.
+One way to make them: ``with process_pool(n) as pool``. Its workers are spawned, not forked (the
+parent may hold torch's and ITK's threads, which a forked child would inherit half-made); an error
+or an interrupt in the ``with`` block ends them at once; and each leaves when its parent is gone,
+so a killed command leaves no worker behind waiting for work forever.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+
+from .errors import InvalidValueError
 
 PARENT_CHECK_S = 1.0
 
@@ -21,10 +26,24 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def process_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` spawned processes that exit when this process is gone."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_leave_with_parent, initargs=(os.getpid(),))
+def check_workers(workers: int) -> None:
+    """Refuse a number of worker processes below 1 (the ``--workers`` of the commands)."""
+    if workers < 1:
+        raise InvalidValueError(f"--workers must be at least 1 (got {workers})")
+
+
+@contextlib.contextmanager
+def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of ``workers`` spawned processes that exit when this process is gone. An exception
+    leaving the ``with`` block (an error, Ctrl-C, SIGTERM) ends them at once (:func:`stop_workers`);
+    otherwise they are shut down as usual, after their jobs."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_leave_with_parent, initargs=(os.getpid(),)) as pool:
+        try:
+            yield pool
+        except BaseException:
+            stop_workers(pool)
+            raise
 
 
 def stop_workers(pool: ProcessPoolExecutor) -> None:

@@ -29,7 +29,6 @@ from SinusAnomalyLib.splits import DEFAULT_FRACTIONS
 from SinusAnomalyLib.workers import default_workers
 
 
-
 def _percentages(text: str) -> list[float]:
     """"10,20,100" -> [0.1, 0.2, 1.0]."""
     try:
