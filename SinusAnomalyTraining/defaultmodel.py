@@ -168,10 +168,12 @@ def combine_pools(pools: dict[str, Path], out: Path, anatomies=None) -> dict[str
 
 def link_cached_scans(source_dataset: Path, dataset: Path, patients) -> int:
     """Hard-link (or copy) the scan caches of ``patients`` from a prepared dataset into another, so
-    ``prepare`` there finds them extracted (the cache checks the image, so a stale one is redone)."""
+    ``prepare`` there finds them extracted (the cache checks the image, so a stale one is redone).
+    ``patients`` is names, or a mapping {name in ``dataset``: name in ``source_dataset``} for renamed heads."""
     linked = 0
-    for patient in patients:
-        src, dst = source_dataset / "scans" / patient, dataset / "scans" / patient
+    names = patients if isinstance(patients, dict) else {patient: patient for patient in patients}
+    for patient, source_name in names.items():
+        src, dst = source_dataset / "scans" / source_name, dataset / "scans" / patient
         if not src.is_dir() or dst.exists():
             continue
         dst.mkdir(parents=True)

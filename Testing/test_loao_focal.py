@@ -87,3 +87,47 @@ def test_compare_loao_scores_only_the_sinuses_both_variants_classified(tmp_path)
     assert a["focal:type:polyp:auroc"] == pytest.approx(1.0)
     text = compare_loao.markdown(pairs, "small", "big_x")
     assert "| specificity | 0.50 | 1.00 |" in text
+
+
+def _pool_tables(root: Path, heads: dict[str, list[tuple[str, str]]], unlabelled: list[str] = ()) -> dict[str, Path]:
+    """Combined tables like ``combine_pools`` writes: {anatomy: [(patient suffix, anomaly type of both sides)]}."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for anatomy, patients in heads.items():
+        for suffix, kind in patients:
+            name = f"{anatomy}-{suffix}"
+            (images / f"{name}.nii.gz").write_bytes(name.encode())
+            rows += [f"{name},{side},{int(kind != 'normal')},{kind},{name}.nii.gz" for side in ("left", "right")]
+    for name in unlabelled:
+        (images / f"{name}.nii.gz").write_bytes(name.encode())
+    (root / "labels.csv").write_text("patient,side,label,anomaly_type,image\n" + "\n".join(rows) + "\n")
+    (root / "unlabelled.csv").write_text("patient,image\n" + "".join(f"{n},{n}.nii.gz\n" for n in unlabelled))
+    return {"images": images, "labels": root / "labels.csv", "unlabelled": root / "unlabelled.csv"}
+
+
+def test_training_tables_take_the_first_heads_of_each_pool_and_rename_the_focal_ones(tmp_path):
+    pools = _pool_tables(tmp_path / "all", {"colin27": [("synth-0000", "normal"), ("synth-0001", "polyp"), ("synth-0002", "normal")],
+                                            "reference": [("synth-0000", "mucosal_thickening"), ("synth-0001", "normal")]},
+                         unlabelled=["colin27-synth-u0000"])
+    focal = _pool_tables(tmp_path / "focal-train", {"colin27": [("synth-0000", "retention_cyst"), ("synth-0001", "normal")],
+                                                    "reference": [("synth-0000", "polyp"), ("synth-0001", "retention_cyst")]})
+    train = loao.training_tables(tmp_path, pools, focal, pool_heads=2, focal_heads=1)
+    labels = loao.read_table(train["labels"])
+    assert sorted({r["patient"] for r in labels}) == ["colin27-focal-synth-0000", "colin27-synth-0000", "colin27-synth-0001",
+                                                      "reference-focal-synth-0000", "reference-synth-0000", "reference-synth-0001"]
+    assert {r["anomaly_type"] for r in labels if "-focal-" in r["patient"]} == {"retention_cyst", "polyp"}
+    # each renamed head's image is its focal pool's file, and its scans are found under its old name
+    assert (train["images"] / "colin27-focal-synth-0000.nii.gz").read_bytes() == b"colin27-synth-0000"
+    assert train["scans"] == {"colin27-focal-synth-0000": "colin27-synth-0000", "reference-focal-synth-0000": "reference-synth-0000"}
+    assert [r["patient"] for r in loao.read_table(train["unlabelled"])] == ["colin27-synth-u0000"]
+    assert (train["images"] / "colin27-synth-u0000.nii.gz").is_file()
+    assert {anatomy for anatomy in map(loao.anatomy_of, (r["patient"] for r in labels))} == {"colin27", "reference"}
+
+
+def test_renamed_heads_find_their_cached_scans(tmp_path):
+    source = tmp_path / "src" / "scans" / "colin27-synth-0000"
+    source.mkdir(parents=True)
+    (source / "crops.npz").write_bytes(b"crops")
+    assert loao.link_cached_scans(tmp_path / "src", tmp_path / "dst", {"colin27-focal-synth-0000": "colin27-synth-0000"}) == 1
+    assert (tmp_path / "dst" / "scans" / "colin27-focal-synth-0000" / "crops.npz").read_bytes() == b"crops"

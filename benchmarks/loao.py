@@ -16,6 +16,10 @@ out, as ``classify`` would refuse it. Every step resumes when re-run.
 
     python benchmarks/loao.py --work DIR [--seeds 0,1,2] [--heads 48] [--unlabelled 16] [--focal-heads 48] [--anatomies ...]
                               [--methods none,residual] [--held-out A,B] [--prepare-only]
+                              [--focal-train-heads N --train-heads K --train-focal-heads M --tag T]
+
+``--train-focal-heads`` trains on a class balance with more polyps and cysts: the first K pool heads and the
+first M heads of each training anatomy's focal training pool (every anomalous sinus a polyp or cyst).
 """
 from __future__ import annotations
 
@@ -75,6 +79,44 @@ def prepare_focal(work: Path, folder: str, pools: dict[str, Path], workers: int 
     return tables
 
 
+def training_tables(work: Path, tables: dict[str, Path], focal_train: dict[str, Path], pool_heads: int,
+                    focal_heads: int) -> dict[str, Path]:
+    """Training heads with more polyps and cysts: per anatomy the first ``pool_heads`` labelled heads of its pool
+    and the first ``focal_heads`` of its focal training pool (renamed ``<anatomy>-focal-<patient>``), linked under
+    ``work/train-p<pool_heads>-f<focal_heads>`` with the pools' unlabelled heads; its tables as :func:`combine_pools`
+    gives them, and "scans": {renamed patient: its name in the focal training pool's dataset}."""
+    out = work / f"train-p{pool_heads}-f{focal_heads}"
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows, renamed = [], {}
+    for source, heads, prefix in ((tables, pool_heads, ""), (focal_train, focal_heads, "focal-")):
+        chosen: dict[str, list[str]] = {}
+        for row in read_table(source["labels"]):
+            patients = chosen.setdefault(anatomy_of(row["patient"]), [])
+            if row["patient"] not in patients:
+                patients.append(row["patient"])
+        keep = {p for patients in chosen.values() for p in patients[:heads]}
+        for row in read_table(source["labels"]):
+            if row["patient"] not in keep:
+                continue
+            anatomy, rest = row["patient"].split("-", 1)
+            name = f"{anatomy}-{prefix}{rest}"
+            image = f"{name}{row['image'][len(row['patient']):]}"
+            link = out / "images" / image
+            if not link.is_symlink():
+                link.symlink_to((source["images"] / row["image"]).resolve())
+            rows.append([name, row["side"], row["label"], row["anomaly_type"], image])
+            if prefix:
+                renamed[name] = row["patient"]
+    unlabelled = read_table(tables["unlabelled"])
+    for row in unlabelled:
+        link = out / "images" / row["image"]
+        if not link.is_symlink():
+            link.symlink_to((tables["images"] / row["image"]).resolve())
+    write_csv_atomic(out / "labels.csv", ["patient", "side", "label", "anomaly_type", "image"], rows)
+    write_csv_atomic(out / "unlabelled.csv", ["patient", "image"], [[r["patient"], r["image"]] for r in unlabelled])
+    return {"images": out / "images", "labels": out / "labels.csv", "unlabelled": out / "unlabelled.csv", "scans": renamed}
+
+
 def subset_tables(tables: dict[str, Path], out: Path, anatomies: set[str]) -> tuple[Path, Path]:
     """Labels and unlabelled lists of the combined tables with only ``anatomies``' heads (same images folder)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -120,22 +162,29 @@ def stored_predictions(work: Path, held_out: str, seed: int, tag: str = "", meth
 
 
 def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomies: list[str], seed: int, methods: list[str],
-                       device, config_path: Path = CONFIG, tag: str = "") -> Path:
+                       device, config_path: Path = CONFIG, tag: str = "", train: dict | None = None,
+                       focal_train_root: Path | None = None) -> Path:
     """Train the recipe (``config_path``) without ``held_out``, classify its heads; the predictions CSV.
-    ``tag`` names a variant: its run folder and predictions carry it, its first stages come from the base run."""
+    ``tag`` names a variant: its run folder and predictions carry it, its first stages come from the base run.
+    ``train``: other training heads (:func:`training_tables`; their focal heads' scans cached under ``focal_train_root``)."""
     split = work / f"without-{held_out}"
     predictions = predictions_path(work, held_out, seed, tag)
     if predictions.is_file():
         return predictions
-    labels, unlabelled = subset_tables(tables, split, set(anatomies) - {held_out})
-    dataset_dir = split / "dataset"
+    source = train or tables
+    tables_dir = split / source["labels"].parent.name if train else split
+    labels, unlabelled = subset_tables(source, tables_dir, set(anatomies) - {held_out})
+    dataset_dir = tables_dir / "dataset"
     if not (dataset_dir / "dataset.json").is_file():
-        link_cached_scans(master.root, dataset_dir, pool_patients(labels, unlabelled))
-        prepare_dataset(tables["images"], labels, dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
+        patients = pool_patients(labels, unlabelled)
+        link_cached_scans(master.root, dataset_dir, [p for p in patients if p not in source.get("scans", {})])
+        if train:
+            link_cached_scans(focal_train_root, dataset_dir, {p: train["scans"][p] for p in patients if p in train["scans"]})
+        prepare_dataset(source["images"], labels, dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
                         progress=False, unlabelled=unlabelled)
     config = load_config(config_path).replace(seed=seed, methods=tuple(methods))
     run_dir = split / f"run_seed{seed}{tag}"
-    if tag:
+    if tag and not train:  # other training heads: every stage trains on them
         seed_from_base(split / f"run_seed{seed}", run_dir)
     pipeline.run_pipeline(config, dataset_dir, run_dir, device, progress=False)
     bundles = {method: export_run(run_dir, split / f"seed{seed}{tag}-{method}.sabundle", method, 100) for method in methods}
@@ -353,6 +402,11 @@ def main(argv=None) -> int:
     parser.add_argument("--focal-heads", type=int, default=48, help="heads per anatomy of its focal test pool (0: none)")
     parser.add_argument("--focal-train-heads", type=int, default=0,
                         help="heads per anatomy of a focal training pool for focal_probe.py --extra-train (synth seed 301+k; 0: none)")
+    parser.add_argument("--train-heads", type=int, default=None,
+                        help="train on only the first N labelled heads of each training anatomy's pool (default: all of --heads)")
+    parser.add_argument("--train-focal-heads", type=int, default=0,
+                        help="add the first N heads of each training anatomy's focal training pool to its training heads "
+                             "(more polyps and cysts; at most --focal-train-heads; use with --tag)")
     parser.add_argument("--prepare-only", action="store_true", help="make the pools and extract every head, then stop "
                                                                    "(so that several processes can then train the splits)")
     parser.add_argument("--workers", type=int, default=default_workers(),
@@ -372,9 +426,18 @@ def main(argv=None) -> int:
     if args.focal_heads:
         focal_tables = prepare_focal(args.work, "focal", make_focal_pools(args.work, args.focal_heads, anatomies, workers=args.workers),
                                      args.workers)
+    if args.train_focal_heads > args.focal_train_heads:
+        parser.error(f"--train-focal-heads {args.train_focal_heads} needs --focal-train-heads of at least that many")
+    focal_train = None
     if args.focal_train_heads:
-        prepare_focal(args.work, "focal-train", make_focal_pools(args.work, args.focal_train_heads, anatomies, "focal-train-pools",
-                                                                 FOCAL_TRAIN_POOL_SEED, args.workers), args.workers)
+        focal_train = prepare_focal(args.work, "focal-train", make_focal_pools(args.work, args.focal_train_heads, anatomies,
+                                                                               "focal-train-pools", FOCAL_TRAIN_POOL_SEED,
+                                                                               args.workers), args.workers)
+    train = None
+    if args.train_focal_heads or (args.train_heads or args.heads) < args.heads:
+        if not args.tag:
+            parser.error("other training heads (--train-heads, --train-focal-heads) need a --tag of their own")
+        train = training_tables(args.work, tables, focal_train or tables, args.train_heads or args.heads, args.train_focal_heads)
     if args.prepare_only:
         return 0
     master = load_dataset(master_dir)
@@ -383,7 +446,8 @@ def main(argv=None) -> int:
     for held_out in (args.held_out.split(",") if args.held_out else anatomies):
         for seed in seeds:
             t0 = time.perf_counter()
-            files.append(train_and_classify(args.work, tables, master, held_out, anatomies, seed, methods, device, args.config, args.tag))
+            files.append(train_and_classify(args.work, tables, master, held_out, anatomies, seed, methods, device, args.config, args.tag,
+                                            train, args.work / "focal-train" / "dataset"))
             if focal is not None:
                 focal_files.append(classify_focal_pool(args.work, focal, focal_tables["sinuses"], held_out, seed, methods, args.tag))
             print(f"held out {held_out}, seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
@@ -394,6 +458,8 @@ def main(argv=None) -> int:
     write_json_atomic(args.work / f"{name}.json", {"commit": source_commit(), "seeds": seeds, "methods": methods,
                                                 "heads_per_anatomy": args.heads, "unlabelled_per_anatomy": args.unlabelled,
                                                 "focal_heads_per_anatomy": args.focal_heads,
+                                                "train_heads_per_anatomy": args.train_heads or args.heads,
+                                                "train_focal_heads_per_anatomy": args.train_focal_heads,
                                                 "config": str(args.config), "tag": args.tag, "table": finite, "minutes": round((time.perf_counter() - started) / 60, 1)})
     text = markdown(table, seeds)
     (args.work / f"{name}.md").write_text(text)
