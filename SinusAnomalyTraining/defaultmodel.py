@@ -4,9 +4,11 @@ The recipe, in order (``sinus-anomaly train-default``; docs/default-model.md):
 
 1. **Pools**: per real anatomy of ``Resources/Anatomies`` a synthetic cohort of its own seed
    (:data:`POOL_VARIETY`: T1/T2/FLAIR-like contrasts, sinus size and shape, bony walls, septa,
-   every lesion kind at the literature's sizes), labelled heads plus an unlabelled set.
-2. **One images folder**: the pools' heads linked into ``images/`` as ``<anatomy>-<patient>``,
-   with one labels table and one unlabelled list, so one ``prepare`` extracts them all once.
+   every lesion kind at the literature's sizes), labelled heads plus an unlabelled set; and a focal
+   pool of the same variety whose anomalous sinuses are all polyps or retention cysts.
+2. **One images folder**: the pools' heads linked into ``images/`` as ``<anatomy>-<patient>`` (a
+   focal pool's as ``<anatomy>-focal-<patient>``), with one labels table and one unlabelled list,
+   so one ``prepare`` extracts them all once.
 3. **prepare** (patient-level folds, a small in-distribution test set), **run** with
    ``configs/default.json``, **export** of the chosen method at 100 % labels with its provenance.
 
@@ -21,7 +23,7 @@ import os
 import shutil
 import subprocess
 from concurrent.futures import FIRST_EXCEPTION, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from SinusAnomalyLib.errors import DatasetError
@@ -41,6 +43,9 @@ POOL_VARIETY = dict(contrasts=("t1", "t2", "flair"), sinus_scale_range=(0.6, 1.3
                     wall_thickness_mm=(0.0, 2.5), septum_rate=0.2, floor_first_thickening=True,
                     anomaly_types=ANOMALY_TYPES)
 POOL_SEED = 101  # anatomy k of ANATOMIES: seed POOL_SEED + k (heads of different anatomies never share draws)
+FOCAL_KINDS = ("polyp", "retention_cyst")
+FOCAL_TRAIN_POOL_SEED = 301  # anatomy k's focal pool: seed FOCAL_TRAIN_POOL_SEED + k
+FOCAL_POOL_TAG = "focal"  # make_pools names anatomy k's focal pool "<anatomy>-focal"
 INTENDED_USE = ("research and trying the workflow; trained on synthetic heads only; NOT a medical device, "
                 "not for diagnosis or any clinical decision")
 
@@ -52,19 +57,32 @@ class PoolSizes:
     # pools and extraction in worker processes keep 240 within the recipe's 60 minutes on 2 cores
     labelled: int = 240
     unlabelled: int = 16  # heads per anatomy for pretraining
+    focal: int = 0  # labelled heads per anatomy from its focal pool (anomalous sinuses: polyps and retention cysts)
 
 
 def pool_params(anatomy: str) -> SynthParams:
     return SynthParams(anatomies=(anatomy,), **POOL_VARIETY)
 
 
+def focal_pool_params(anatomy: str) -> SynthParams:
+    """A pool's variety with every anomalous sinus a polyp or a retention cyst."""
+    return replace(pool_params(anatomy), anomaly_types=FOCAL_KINDS)
+
+
 def make_pools(work: Path, sizes: PoolSizes = PoolSizes(), anatomies=ANATOMIES, progress: bool = True,
                workers: int = 1) -> dict[str, Path]:
-    """One synthetic cohort per anatomy under ``work/pools/<anatomy>`` (resumable); anatomy -> folder.
-    ``workers``: see :func:`make_cohorts`."""
-    return make_cohorts({anatomy: dict(out_dir=work / "pools" / anatomy, n_cases=sizes.labelled,
-                                       seed=POOL_SEED + ANATOMIES.index(anatomy), params=pool_params(anatomy), previews=0,
-                                       n_unlabelled=sizes.unlabelled) for anatomy in anatomies}, progress, workers)
+    """One synthetic cohort per anatomy under ``work/pools/<anatomy>`` (resumable), and with ``sizes.focal``
+    its focal pool under ``work/focal-train-pools/<anatomy>`` (named ``<anatomy>-focal``); name -> folder.
+    A pool's first N heads are the same whatever its size. ``workers``: see :func:`make_cohorts`."""
+    if sizes.focal < 0:
+        raise DatasetError(f"focal heads per anatomy (--focal-heads) must be at least 0 (got {sizes.focal})")
+    jobs = {anatomy: dict(out_dir=work / "pools" / anatomy, n_cases=sizes.labelled, seed=POOL_SEED + ANATOMIES.index(anatomy),
+                          params=pool_params(anatomy), previews=0, n_unlabelled=sizes.unlabelled) for anatomy in anatomies}
+    if sizes.focal:
+        jobs |= {f"{anatomy}-{FOCAL_POOL_TAG}": dict(out_dir=work / "focal-train-pools" / anatomy, n_cases=sizes.focal,
+                                                     seed=FOCAL_TRAIN_POOL_SEED + ANATOMIES.index(anatomy),
+                                                     params=focal_pool_params(anatomy), previews=0) for anatomy in anatomies}
+    return make_cohorts(jobs, progress, workers)
 
 
 def make_cohorts(jobs: dict[str, dict], progress: bool = True, workers: int = 1) -> dict[str, Path]:
@@ -129,19 +147,19 @@ def _link(target: Path, link: Path) -> None:
 
 
 def combine_pools(pools: dict[str, Path], out: Path, anatomies=None) -> dict[str, Path]:
-    """Link the heads of ``anatomies`` (default: every pool) into ``out/images`` and write
-    ``out/labels.csv``, ``out/unlabelled.csv`` and ``out/sinuses.csv`` (one row per labelled
-    sinus: patient, side, anatomy, contrast, anomaly type, lesion size, for per-group metrics).
+    """Link the heads of the pools of ``anatomies`` (default: every pool; :func:`make_pools`' names) into
+    ``out/images`` and write ``out/labels.csv``, ``out/unlabelled.csv`` and ``out/sinuses.csv`` (one row per
+    labelled sinus: patient, side, anatomy, contrast, anomaly type, lesion size, for per-group metrics).
     Returns the paths by name ("images", "labels", "unlabelled", "sinuses")."""
-    anatomies = list(pools) if anatomies is None else list(anatomies)
+    names = [name for name in pools if anatomies is None or anatomy_of(name) in set(anatomies)]
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     labels, unlabelled, sinuses = [], [], []
-    for anatomy in anatomies:
-        pool = pools[anatomy]
+    for pool_name in names:
+        pool, (anatomy, _, tag) = pools[pool_name], pool_name.partition("-")
         truth = json.loads((pool / "truth.json").read_text(encoding="utf-8"))
         for patient, entry in truth.items():
-            name = patient_name(anatomy, patient)
+            name = patient_name(anatomy, f"{tag}-{patient}" if tag else patient)
             image = images / f"{name}{Path(entry['image']).name[len(patient):]}"
             _link(pool / entry["image"], image)
             for side in SIDES:
@@ -157,7 +175,7 @@ def combine_pools(pools: dict[str, Path], out: Path, anatomies=None) -> dict[str
             _link(pool / "images" / row["image"], image)
             unlabelled.append([name, image.name])
     if not labels:
-        raise DatasetError(f"no labelled heads in the pools of {', '.join(anatomies)}")
+        raise DatasetError(f"no labelled heads in the pools of {', '.join(anatomies or pools)}")
     paths = {"images": images, "labels": out / "labels.csv", "unlabelled": out / "unlabelled.csv", "sinuses": out / "sinuses.csv"}
     write_csv_atomic(paths["labels"], ["patient", "side", "label", "anomaly_type", "image"], labels)
     write_csv_atomic(paths["unlabelled"], ["patient", "image"], unlabelled)

@@ -118,6 +118,31 @@ def test_cached_scans_are_shared_not_copied(tmp_path):
     assert link_cached_scans(tmp_path / "src", tmp_path / "dst", ["p1"]) == 0  # already there: left as it is
 
 
+def test_a_focal_pool_joins_its_anatomy_under_names_of_its_own(tmp_path):
+    pools = {"colin27": _fake_pool(tmp_path / "a", [(None, "polyp")]),
+             "colin27-focal": _fake_pool(tmp_path / "b", [("retention_cyst", None)])}
+    paths = combine_pools(pools, tmp_path / "out")
+    labels = {(r["patient"], r["side"]): r["anomaly_type"] for r in csv.DictReader(open(paths["labels"]))}
+    assert labels == {("colin27-synth-0000", "left"): "normal", ("colin27-synth-0000", "right"): "polyp",
+                      ("colin27-focal-synth-0000", "left"): "retention_cyst", ("colin27-focal-synth-0000", "right"): "normal"}
+    assert {anatomy_of(patient) for patient, _ in labels} == {"colin27"}
+    assert {r["anatomy"] for r in csv.DictReader(open(paths["sinuses"]))} == {"colin27"}
+    assert (paths["images"] / "colin27-focal-synth-0000.nii.gz").read_bytes() == b"image"
+    assert len(list(csv.DictReader(open(combine_pools(pools, tmp_path / "one", ["colin27"])["labels"])))) == 4
+    with pytest.raises(DatasetError, match="at least 0"):
+        make_pools(tmp_path, PoolSizes(labelled=1, unlabelled=0, focal=-1), ("colin27",), progress=False)
+
+
+def test_focal_pools_hold_only_polyps_and_cysts_and_share_their_first_heads(tmp_path):
+    pools = make_pools(tmp_path / "w", PoolSizes(labelled=1, unlabelled=0, focal=3), ("reference",), progress=False)
+    assert pools["reference-focal"] == tmp_path / "w" / "focal-train-pools" / "reference"
+    truth = json.loads((pools["reference-focal"] / "truth.json").read_text())
+    assert {entry[side]["anomaly"] for entry in truth.values() for side in ("left", "right")} - {None} <= {"polyp", "retention_cyst"}
+    shorter = make_pools(tmp_path / "v", PoolSizes(labelled=1, unlabelled=0, focal=1), ("reference",), progress=False)
+    first = json.loads((shorter["reference-focal"] / "truth.json").read_text())
+    assert first["synth-0000"]["left"] == truth["synth-0000"]["left"]  # a head's draws do not depend on the pool's size
+
+
 def test_pools_made_by_two_processes_are_those_made_by_one(tmp_path):
     sizes = PoolSizes(labelled=2, unlabelled=1)
     anatomies = ("reference", "robex_atlas")

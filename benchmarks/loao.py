@@ -24,7 +24,6 @@ first M heads of each training anatomy's focal training pool (every anomalous si
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import sys
@@ -43,19 +42,19 @@ from SinusAnomalyLib.residuals import resize_crops
 from SinusAnomalyLib.workers import default_workers
 from SinusAnomalyTraining import pipeline, runtime
 from SinusAnomalyTraining.config import load_config
-from SinusAnomalyTraining.defaultmodel import (CONFIG, PoolSizes, anatomy_of, combine_pools, link_cached_scans, make_cohorts,
-                                               make_pools, pool_params, pool_patients, read_table, source_commit)
+from SinusAnomalyTraining.defaultmodel import (CONFIG, FOCAL_KINDS, FOCAL_POOL_TAG, FOCAL_TRAIN_POOL_SEED, PoolSizes, anatomy_of,
+                                               combine_pools, focal_pool_params, link_cached_scans, make_cohorts, make_pools,
+                                               pool_patients, read_table, source_commit)
 from SinusAnomalyTraining.evaluation import binary_metrics
 from SinusAnomalyTraining.export import export_run
 from SinusAnomalyTraining.lesion_types import by_type
 
-FOCAL = ("polyp", "retention_cyst")
+FOCAL = FOCAL_KINDS
 SIZE_BINS_MM = ((4, 8), (8, 14), (14, 26))  # the drawn diameter (synth.LESION_SIZES_MM: 4-16 and 4-25 mm)
 # Per anatomy a second held-out test set whose anomalous sinuses are all polyps or retention cysts: a pool
 # holds about 6 of each per anatomy, too few to resolve a per-type AUROC goal of 0.85 (one AUROC of 6
 # lesions against 60 normals has a sampling SD near 0.1). Anatomy k: synth seed FOCAL_POOL_SEED + k.
 FOCAL_POOL_SEED = 201
-FOCAL_TRAIN_POOL_SEED = 301  # the focal training pools of focal_probe.py --extra-train
 PREDICTION_COLUMNS = ["anatomy", "method", "seed", "patient", "side", "contrast", "anomaly_type", "lesion_size_mm", "label",
                       "probability", "threshold"]
 
@@ -66,7 +65,7 @@ def make_focal_pools(work: Path, heads: int, anatomies, folder: str = "focal-poo
     of anomalous heads) except that every anomalous sinus holds a polyp or a retention cyst (resumable).
     Anatomy k draws from synth seed ``seed + k``."""
     return make_cohorts({anatomy: dict(out_dir=work / folder / anatomy, n_cases=heads, seed=seed + ANATOMIES.index(anatomy),
-                                       params=dataclasses.replace(pool_params(anatomy), anomaly_types=FOCAL), previews=0)
+                                       params=focal_pool_params(anatomy), previews=0)
                          for anatomy in anatomies}, workers=workers)
 
 
@@ -82,13 +81,14 @@ def prepare_focal(work: Path, folder: str, pools: dict[str, Path], workers: int 
 def training_tables(work: Path, tables: dict[str, Path], focal_train: dict[str, Path], pool_heads: int,
                     focal_heads: int) -> dict[str, Path]:
     """Training heads with more polyps and cysts: per anatomy the first ``pool_heads`` labelled heads of its pool
-    and the first ``focal_heads`` of its focal training pool (renamed ``<anatomy>-focal-<patient>``), linked under
+    and the first ``focal_heads`` of its focal training pool (renamed ``<anatomy>-focal-<patient>``, as
+    ``combine_pools`` names the focal pools of ``train-default``: these are the heads it trains on), linked under
     ``work/train-p<pool_heads>-f<focal_heads>`` with the pools' unlabelled heads; its tables as :func:`combine_pools`
     gives them, and "scans": {renamed patient: its name in the focal training pool's dataset}."""
     out = work / f"train-p{pool_heads}-f{focal_heads}"
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows, renamed = [], {}
-    for source, heads, prefix in ((tables, pool_heads, ""), (focal_train, focal_heads, "focal-")):
+    for source, heads, prefix in ((tables, pool_heads, ""), (focal_train, focal_heads, f"{FOCAL_POOL_TAG}-")):
         chosen: dict[str, list[str]] = {}
         for row in read_table(source["labels"]):
             patients = chosen.setdefault(anatomy_of(row["patient"]), [])

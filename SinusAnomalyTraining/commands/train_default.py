@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=PoolSizes.labelled, help=f"labelled heads per anatomy (default {PoolSizes.labelled})")
     parser.add_argument("--unlabelled", type=int, default=PoolSizes.unlabelled,
                         help=f"unlabelled heads per anatomy for pretraining (default {PoolSizes.unlabelled})")
+    parser.add_argument("--focal-heads", type=int, default=PoolSizes.focal,
+                        help=f"labelled heads per anatomy whose anomalous sinuses are polyps or retention cysts "
+                             f"(default {PoolSizes.focal})")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--device", default=None, help="torch device (default: the configuration's, auto)")
     parser.add_argument("--workers", type=int, default=default_workers(),
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(device=args.device)
     runtime.set_deterministic(config.deterministic)
     device = runtime.select_device(config.device)
-    pools = make_pools(args.out, PoolSizes(args.heads, args.unlabelled), workers=args.workers)
+    pools = make_pools(args.out, PoolSizes(args.heads, args.unlabelled, args.focal_heads), workers=args.workers)
     tables = combine_pools(pools, args.out / "all")  # the layout of benchmarks/loao.py: one work folder serves both
     dataset_dir = args.out / "dataset"
     linked = link_cached_scans(args.out / "all" / "dataset", dataset_dir, pool_patients(tables["labels"], tables["unlabelled"]))
@@ -68,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
         if "train-default" in sys.argv else "sinus-anomaly train-default"
     provenance = {
         "intended_use": INTENDED_USE,
-        "trained_on": f"synthetic heads only: {args.heads} labelled and {args.unlabelled} unlabelled per anatomy "
-                      f"({', '.join(pools)}), made by sinus-anomaly synth",
+        "trained_on": f"synthetic heads only: {args.heads} labelled and {args.unlabelled} unlabelled per anatomy, and "
+                      f"{args.focal_heads} whose anomalous sinuses are polyps or retention cysts "
+                      f"({', '.join(anatomy for anatomy in pools if '-' not in anatomy)}), made by sinus-anomaly synth",
         "command": command,
         "commit": source_commit(),
         "seed": args.seed,
