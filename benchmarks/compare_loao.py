@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loao import focal_scores, mean_sd, scores, stored_predictions  # noqa: E402
 
 METRICS = {"AUROC": "auroc", "specificity": "specificity", "sensitivity": "sensitivity",
-           "polyps (pool + focal pool)": "focal:type:polyp:auroc", "cysts (pool + focal pool)": "focal:type:retention_cyst:auroc"}
+           "polyps (pool + focal pool)": "focal:type:polyp:auroc", "cysts (pool + focal pool)": "focal:type:retention_cyst:auroc",
+           "thickening": "type:mucosal_thickening:auroc", "fully occupied": "type:fully_occupied:auroc",
+           "air-fluid level": "type:air_fluid_level:auroc"}  # the other kinds: on the pool only
 
 
 def common(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -64,14 +66,15 @@ def markdown(pairs: dict, name_a: str, name_b: str) -> str:
              f"{min(n for *_, n in pairs.values())}-{max(n for *_, n in pairs.values())} (pool + focal pool).", "",
              f"| metric | {name_a} | {name_b} | difference | {name_b} higher |", "|---|---|---|---|---|"]
     for label, key in METRICS.items():
-        va = np.array([s_a[key] for s_a, _, _ in pairs.values()])
-        vb = np.array([s_b[key] for _, s_b, _ in pairs.values()])
+        va = np.array([s_a.get(key, np.nan) for s_a, _, _ in pairs.values()])
+        vb = np.array([s_b.get(key, np.nan) for _, s_b, _ in pairs.values()])
         lines.append(f"| {label} | {mean_sd(va)} | {mean_sd(vb)} | {mean_sd(vb - va)} | {int((vb > va).sum())} of {len(va)} |")
     lines += ["", f"Per held-out anatomy (mean over seeds), {name_a} → {name_b}:", "",
               "| held out | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for anatomy in dict.fromkeys(a for a, _ in pairs):
         runs = [v for (a, _), v in pairs.items() if a == anatomy]
-        cells = [f"{np.mean([s_a[k] for s_a, _, _ in runs]):.2f} → {np.mean([s_b[k] for _, s_b, _ in runs]):.2f}" for k in METRICS.values()]
+        cells = [f"{np.nanmean([s_a.get(k, np.nan) for s_a, _, _ in runs]):.2f} → "
+                 f"{np.nanmean([s_b.get(k, np.nan) for _, s_b, _ in runs]):.2f}" for k in METRICS.values()]
         lines.append(f"| {anatomy} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
