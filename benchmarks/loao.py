@@ -101,20 +101,24 @@ def training_tables(work: Path, tables: dict[str, Path], focal_train: dict[str, 
             anatomy, rest = row["patient"].split("-", 1)
             name = f"{anatomy}-{prefix}{rest}"
             image = f"{name}{row['image'][len(row['patient']):]}"
-            link = out / "images" / image
-            if not link.is_symlink():
-                link.symlink_to((source["images"] / row["image"]).resolve())
+            _link_once(source["images"] / row["image"], out / "images" / image)
             rows.append([name, row["side"], row["label"], row["anomaly_type"], image])
             if prefix:
                 renamed[name] = row["patient"]
     unlabelled = read_table(tables["unlabelled"])
     for row in unlabelled:
-        link = out / "images" / row["image"]
-        if not link.is_symlink():
-            link.symlink_to((tables["images"] / row["image"]).resolve())
+        _link_once(tables["images"] / row["image"], out / "images" / row["image"])
     write_csv_atomic(out / "labels.csv", ["patient", "side", "label", "anomaly_type", "image"], rows)
     write_csv_atomic(out / "unlabelled.csv", ["patient", "image"], [[r["patient"], r["image"]] for r in unlabelled])
     return {"images": out / "images", "labels": out / "labels.csv", "unlabelled": out / "unlabelled.csv", "scans": renamed}
+
+
+def _link_once(image: Path, link: Path) -> None:
+    """A symbolic link to ``image``'s file; one that is there already (another split's process made it) is kept."""
+    try:
+        link.symlink_to(image.resolve())
+    except FileExistsError:
+        pass
 
 
 def subset_tables(tables: dict[str, Path], out: Path, anatomies: set[str]) -> tuple[Path, Path]:
