@@ -136,12 +136,15 @@ def pool_patients(labels_csv: Path, unlabelled_csv: Path) -> set[str]:
     return {row["patient"] for path in (labels_csv, unlabelled_csv) for row in read_table(path)}
 
 
-def _link(target: Path, link: Path) -> None:
-    """A relative symbolic link, or a copy where links are not allowed (some Windows setups)."""
+def link_image(target: Path, link: Path) -> None:
+    """A relative symbolic link, or a copy where links are not allowed (some Windows setups). A link
+    that is there already is kept, also one another process (a split trained beside) made meanwhile."""
     if link.is_symlink() or link.exists():
         return
     try:
         link.symlink_to(os.path.relpath(target, link.parent))
+    except FileExistsError:
+        return
     except OSError:
         shutil.copyfile(target, link)
 
@@ -161,7 +164,7 @@ def combine_pools(pools: dict[str, Path], out: Path, anatomies=None) -> dict[str
         for patient, entry in truth.items():
             name = patient_name(anatomy, f"{tag}-{patient}" if tag else patient)
             image = images / f"{name}{Path(entry['image']).name[len(patient):]}"
-            _link(pool / entry["image"], image)
+            link_image(pool / entry["image"], image)
             for side in SIDES:
                 kind = entry[side]["anomaly"]
                 labels.append([name, side, int(kind is not None), kind or "normal", image.name])
@@ -172,7 +175,7 @@ def combine_pools(pools: dict[str, Path], out: Path, anatomies=None) -> dict[str
         for row in read_table(listed) if listed.is_file() else []:
             name = patient_name(anatomy, row["patient"])
             image = images / f"{name}{row['image'][len(row['patient']):]}"
-            _link(pool / "images" / row["image"], image)
+            link_image(pool / "images" / row["image"], image)
             unlabelled.append([name, image.name])
     if not labels:
         raise DatasetError(f"no labelled heads in the pools of {', '.join(anatomies or pools)}")

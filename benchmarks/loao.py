@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +44,12 @@ from SinusAnomalyLib.workers import default_workers
 from SinusAnomalyTraining import pipeline, runtime
 from SinusAnomalyTraining.config import load_config
 from SinusAnomalyTraining.defaultmodel import (CONFIG, FOCAL_KINDS, FOCAL_POOL_TAG, FOCAL_TRAIN_POOL_SEED, PoolSizes, anatomy_of,
-                                               combine_pools, focal_pool_params, link_cached_scans, make_cohorts, make_pools,
-                                               pool_patients, read_table, source_commit)
+                                               combine_pools, focal_pool_params, link_cached_scans, link_image, make_cohorts,
+                                               make_pools, patient_name, pool_patients, read_table, source_commit)
 from SinusAnomalyTraining.evaluation import binary_metrics
 from SinusAnomalyTraining.export import export_run
 from SinusAnomalyTraining.lesion_types import by_type
 
-FOCAL = FOCAL_KINDS
 SIZE_BINS_MM = ((4, 8), (8, 14), (14, 26))  # the drawn diameter (synth.LESION_SIZES_MM: 4-16 and 4-25 mm)
 # Per anatomy a second held-out test set whose anomalous sinuses are all polyps or retention cysts: a pool
 # holds about 6 of each per anatomy, too few to resolve a per-type AUROC goal of 0.85 (one AUROC of 6
@@ -88,37 +88,27 @@ def training_tables(work: Path, tables: dict[str, Path], focal_train: dict[str, 
     out = work / f"train-p{pool_heads}-f{focal_heads}"
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows, renamed = [], {}
-    for source, heads, prefix in ((tables, pool_heads, ""), (focal_train, focal_heads, f"{FOCAL_POOL_TAG}-")):
-        chosen: dict[str, list[str]] = {}
-        for row in read_table(source["labels"]):
-            patients = chosen.setdefault(anatomy_of(row["patient"]), [])
-            if row["patient"] not in patients:
-                patients.append(row["patient"])
-        keep = {p for patients in chosen.values() for p in patients[:heads]}
-        for row in read_table(source["labels"]):
-            if row["patient"] not in keep:
-                continue
+    for source, heads, tag in ((tables, pool_heads, ""), (focal_train, focal_heads, FOCAL_POOL_TAG)):
+        labelled = read_table(source["labels"])
+        taken, keep = Counter(), set()
+        for patient in dict.fromkeys(r["patient"] for r in labelled):  # in table order: an anatomy's first heads
+            taken[anatomy_of(patient)] += 1
+            if taken[anatomy_of(patient)] <= heads:
+                keep.add(patient)
+        for row in (r for r in labelled if r["patient"] in keep):
             anatomy, rest = row["patient"].split("-", 1)
-            name = f"{anatomy}-{prefix}{rest}"
+            name = patient_name(anatomy, f"{tag}-{rest}" if tag else rest)
             image = f"{name}{row['image'][len(row['patient']):]}"
-            _link_once(source["images"] / row["image"], out / "images" / image)
+            link_image(source["images"] / row["image"], out / "images" / image)
             rows.append([name, row["side"], row["label"], row["anomaly_type"], image])
-            if prefix:
+            if tag:
                 renamed[name] = row["patient"]
     unlabelled = read_table(tables["unlabelled"])
     for row in unlabelled:
-        _link_once(tables["images"] / row["image"], out / "images" / row["image"])
+        link_image(tables["images"] / row["image"], out / "images" / row["image"])
     write_csv_atomic(out / "labels.csv", ["patient", "side", "label", "anomaly_type", "image"], rows)
     write_csv_atomic(out / "unlabelled.csv", ["patient", "image"], [[r["patient"], r["image"]] for r in unlabelled])
     return {"images": out / "images", "labels": out / "labels.csv", "unlabelled": out / "unlabelled.csv", "scans": renamed}
-
-
-def _link_once(image: Path, link: Path) -> None:
-    """A symbolic link to ``image``'s file; one that is there already (another split's process made it) is kept."""
-    try:
-        link.symlink_to(image.resolve())
-    except FileExistsError:
-        pass
 
 
 def subset_tables(tables: dict[str, Path], out: Path, anatomies: set[str]) -> tuple[Path, Path]:
@@ -233,7 +223,7 @@ def scores(rows: list[dict]) -> dict:
     for kind, t in by_type([r["anomaly_type"] for r in rows], y, p, threshold).items():
         out[f"type:{kind}:auroc"], out[f"type:{kind}:sensitivity"] = t["auroc"], t["sensitivity"]
     normal = y == 0
-    for kind in FOCAL:  # by size: which focal lesions the model sees
+    for kind in FOCAL_KINDS:  # by size: which focal lesions the model sees
         for low, high in SIZE_BINS_MM:
             chosen = np.array([r["anomaly_type"] == kind and r["lesion_size_mm"] != "" and low <= float(r["lesion_size_mm"]) < high
                                for r in rows])
@@ -255,9 +245,9 @@ def focal_scores(rows: list[dict]) -> dict:
     """``focal:``-prefixed scores of polyps and retention cysts against the normal sinuses of a held-out pool and
     its focal test pool together (one bundle, one threshold): AUROC, sensitivity and counts per kind and size, specificity."""
     out = {f"focal:{key}": value for key, value in scores(rows).items()
-           if key == "specificity" or key.startswith(tuple(f"{group}:{kind}:" for group in ("type", "size") for kind in FOCAL))}
+           if key == "specificity" or key.startswith(tuple(f"{group}:{kind}:" for group in ("type", "size") for kind in FOCAL_KINDS))}
     out["focal:n_normal"] = sum(r["anomaly_type"] == "normal" for r in rows)
-    for kind in FOCAL:
+    for kind in FOCAL_KINDS:
         out[f"focal:type:{kind}:n"] = sum(r["anomaly_type"] == kind for r in rows)
         for contrast in sorted({r["contrast"] for r in rows}):  # a T1-dark cyst is not a T2-bright one
             chosen = [r for r in rows if r["contrast"] == contrast and r["anomaly_type"] in ("normal", kind)]
@@ -330,14 +320,14 @@ def focal_markdown(by_anatomy: dict) -> list[str]:
              "sensitivity retention cyst |", "|---|---|---|---|---|---|---|"]
     for anatomy in sorted(by_anatomy, key=lambda a: (a == "all", a)):
         m = by_anatomy[anatomy]
-        counts = " / ".join(f"{np.mean(m[key]):.0f}" for key in ("focal:n_normal", *(f"focal:type:{k}:n" for k in FOCAL)))
+        counts = " / ".join(f"{np.mean(m[key]):.0f}" for key in ("focal:n_normal", *(f"focal:type:{k}:n" for k in FOCAL_KINDS)))
         lines.append(f"| {anatomy} | {counts} | {mean_sd(m['focal:specificity'])} | "
                      + " | ".join(f"{mean_sd(m.get(f'focal:type:{k}:auroc', []))} | {mean_sd(m.get(f'focal:type:{k}:sensitivity', []))}"
-                                  for k in FOCAL) + " |")
+                                  for k in FOCAL_KINDS) + " |")
     contrasts = sorted({k.split(":")[2] for k in by_anatomy["all"] if k.startswith("focal:contrast:")})
     lines += ["", "The same per contrast, AUROC against the normal sinuses of that contrast (all held-out anatomies):", "",
               "| kind | " + " | ".join(contrasts) + " |", "|---|" + "---|" * len(contrasts)]
-    for kind in FOCAL:
+    for kind in FOCAL_KINDS:
         lines.append(f"| {kind} | " + " | ".join(mean_sd(by_anatomy["all"].get(f"focal:contrast:{c}:{kind}:auroc", []))
                                                  for c in contrasts) + " |")
     lines += ["", "The same by drawn diameter, AUROC against the normal sinuses (all held-out anatomies; lesions per set):", "",
@@ -348,7 +338,7 @@ def focal_markdown(by_anatomy: dict) -> list[str]:
 def size_table(scores: dict, prefix: str) -> list[str]:
     """Markdown lines: AUROC of each focal kind per drawn-diameter bin (keys ``<prefix>:<kind>:<low>-<high>:auroc``, ``...:n``)."""
     lines = ["| kind | " + " | ".join(f"{low}-{high} mm" for low, high in SIZE_BINS_MM) + " |", "|---|" + "---|" * len(SIZE_BINS_MM)]
-    for kind in FOCAL:
+    for kind in FOCAL_KINDS:
         cells = []
         for low, high in SIZE_BINS_MM:
             key = f"{prefix}:{kind}:{low:g}-{high:g}"

@@ -28,7 +28,7 @@ from SinusAnomalyLib.workers import default_workers
 
 from .. import pipeline, runtime
 from ..config import load_config
-from ..defaultmodel import (CONFIG, INTENDED_USE, METHOD, PoolSizes, combine_pools, link_cached_scans, make_pools, pool_patients,
+from ..defaultmodel import (CONFIG, INTENDED_USE, METHOD, PoolSizes, anatomy_of, combine_pools, link_cached_scans, make_pools, pool_patients,
                            source_commit)
 from ..export import export_run
 from ._training import locked_run_folder
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         "intended_use": INTENDED_USE,
         "trained_on": f"synthetic heads only: {args.heads} labelled and {args.unlabelled} unlabelled per anatomy, and "
                       f"{args.focal_heads} whose anomalous sinuses are polyps or retention cysts "
-                      f"({', '.join(anatomy for anatomy in pools if '-' not in anatomy)}), made by sinus-anomaly synth",
+                      f"({', '.join(dict.fromkeys(map(anatomy_of, pools)))}), made by sinus-anomaly synth",
         "command": command,
         "commit": source_commit(),
         "seed": args.seed,
