@@ -295,7 +295,8 @@ class RunConfig(_Settings):
     """
 
     description: str
-    crop_size: int  # voxels per edge the networks see: 32 or 64
+    crop_size: int  # voxels per edge the classifier and the U-Net see: 32 or 64
+    cae_crop_size: int  # voxels per edge the CAE (the heat map) sees: crop_size unless set apart
     seed: int
     device: str  # auto, cpu, cuda or cuda:N
     amp: bool
@@ -330,6 +331,13 @@ class RunConfig(_Settings):
         if crop not in (32, 64):
             raise ConfigError(f"{path}: crop_size must be 32 or 64 (the U-Net needs multiples of 32 dividing 64), got {crop}")
         methods = tuple(data["methods"])
+        cae_crop = crop if data["cae_crop_size"] is None else _checked_number(data["cae_crop_size"], "cae_crop_size", path, True)
+        if cae_crop not in (32, 64):
+            raise ConfigError(f"{path}: cae_crop_size must be 32 or 64 (or null: crop_size), got {cae_crop}")
+        if cae_crop != crop and ("residual" in methods or data["cae_fractions"]):
+            raise ConfigError(f"{path}: cae_crop_size {cae_crop} differs from crop_size {crop}, but residual pretraining "
+                              "(method 'residual', cae_fractions) learns the CAE's residual maps at crop_size: leave "
+                              "cae_crop_size null or drop those")
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"{path}: unknown methods {unknown} (known: {', '.join(METHODS)})")
@@ -346,7 +354,7 @@ class RunConfig(_Settings):
             raise ConfigError(f"{path}: method 'medicalnet' needs medicalnet_weights: the path of a local MedicalNet "
                               "ResNet18 file (nothing is downloaded)")
         bootstrap = _checked_number(data["evaluate"]["bootstrap"], "evaluate.bootstrap", path, True, 1)
-        return cls(description=str(data.get("description", "")), crop_size=crop, seed=_checked_number(data["seed"], "seed", path, True),
+        return cls(description=str(data.get("description", "")), crop_size=crop, cae_crop_size=cae_crop, seed=_checked_number(data["seed"], "seed", path, True),
                    device=str(data["device"]), amp=_flag(data["amp"], "amp", path), deterministic=_flag(data["deterministic"], "deterministic", path),
                    channels_last=_flag(data["channels_last"], "channels_last", path),
                    folds="all" if folds == "all" else tuple(folds), fractions=fractions, methods=methods, encoder_widths=widths,

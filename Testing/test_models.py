@@ -343,7 +343,7 @@ def test_backward_classifier(classifier):
 
 
 def test_network_spec_builds_every_network_with_its_settings():
-    spec = NetworkSpec(crop_size=32, encoder_widths=(8, 16, 32, 64), cae_channels=(4, 8), cae_latent_dim=8)
+    spec = NetworkSpec(cae_crop_size=32, encoder_widths=(8, 16, 32, 64), cae_channels=(4, 8), cae_latent_dim=8)
     cae = spec.cae()
     assert isinstance(cae, ConvAutoencoder) and cae.in_size == 32
     x = torch.rand(2, 1, 32, 32, 32)

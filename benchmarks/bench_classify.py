@@ -46,18 +46,18 @@ def random_bundle(path: Path, size: dict, folds: int) -> Path:
 def layout_ratio(bundle, reps: int = 5) -> float:
     """Model time (every fold's classifier and the CAE, both sides) channels-last 3D over
     contiguous, alternated ``reps`` times, best of each: what :func:`inference._channels_last` buys."""
-    size = bundle.model_crop_size
-    batch = torch.rand(2, 1, size, size, size)
+    sizes = [bundle.cae_crop_size] + [bundle.model_crop_size] * len(bundle.classifiers)  # each network's input edge
+    batches = [torch.rand(2, 1, s, s, s) for s in sizes]
     nets = {"contiguous": [m.to(memory_format=torch.contiguous_format) for m in (bundle.cae, *bundle.classifiers)]}
     nets["channels_last"] = [copy.deepcopy(m).to(memory_format=torch.channels_last_3d) for m in nets["contiguous"]]
-    inputs = {"contiguous": batch, "channels_last": batch.contiguous(memory_format=torch.channels_last_3d)}
+    inputs = {"contiguous": batches, "channels_last": [b.contiguous(memory_format=torch.channels_last_3d) for b in batches]}
     best = {name: float("inf") for name in nets}
     with torch.inference_mode():
         for _ in range(reps):
             for name, models in nets.items():
                 start = time.perf_counter()
-                for model in models:
-                    model(inputs[name])
+                for model, x in zip(models, inputs[name]):
+                    model(x)
                 best[name] = min(best[name], time.perf_counter() - start)
     return best["channels_last"] / best["contiguous"]
 

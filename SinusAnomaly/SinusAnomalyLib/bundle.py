@@ -56,7 +56,13 @@ class ModelBundle:
 
     @property
     def model_crop_size(self) -> int:
+        """Voxels per edge of the classifiers' input."""
         return int(self.meta["crop"]["model_crop_size"])
+
+    @property
+    def cae_crop_size(self) -> int:
+        """Voxels per edge of the CAE's input (the heat map's grid): :func:`cae_crop_size`."""
+        return cae_crop_size(self.meta)
 
     def to(self, device: torch.device) -> "ModelBundle":
         for model in (self.cae, *self.classifiers):
@@ -64,11 +70,17 @@ class ModelBundle:
         return self
 
 
+def cae_crop_size(meta: dict) -> int:
+    """The CAE's input size a ``bundle.json`` gives (``models.cae.crop_size``); a bundle without it (exported
+    before the CAE could see coarser crops than the classifiers) has one size for both: ``crop.model_crop_size``."""
+    return int(meta["models"]["cae"].get("crop_size", meta["crop"]["model_crop_size"]))
+
+
 def network_spec(meta: dict) -> NetworkSpec:
     """The networks a ``bundle.json`` describes. A bundle without ``models.shortcut_type`` (exported
     before it was recorded) has projection shortcuts ("B"): export could not bundle any other then."""
     models = meta["models"]
-    return NetworkSpec(crop_size=int(meta["crop"]["model_crop_size"]), encoder_widths=tuple(models["encoder_widths"]),
+    return NetworkSpec(cae_crop_size=cae_crop_size(meta), encoder_widths=tuple(models["encoder_widths"]),
                        cae_channels=tuple(models["cae"]["channels"]), cae_latent_dim=int(models["cae"]["latent_dim"]),
                        shortcut_type=str(models.get("shortcut_type", "B")))
 
@@ -104,7 +116,8 @@ def load_bundle(bundle: str | Path | BundleFile, expected_reference_sha256: str 
 
 
 def build_untrained_bundle(path: str | Path, model_crop_size: int = 32, encoder_widths=(8, 16, 32, 64),
-                           cae_channels=(8, 16, 32), latent_dim: int = 64, folds: int = 1) -> Path:
+                           cae_channels=(8, 16, 32), latent_dim: int = 64, folds: int = 1,
+                           cae_crop_size: int | None = None) -> Path:
     """A bundle of RANDOMLY initialised networks: for tests, self-tests and timing, never for use.
 
     Speed does not depend on the weights, and every file format, check and overlay can be
@@ -113,6 +126,8 @@ def build_untrained_bundle(path: str | Path, model_crop_size: int = 32, encoder_
     from .reference import load_reference  # noqa: PLC0415
 
     cae = {"channels": list(cae_channels), "latent_dim": int(latent_dim)}
+    if cae_crop_size is not None:
+        cae["crop_size"] = int(cae_crop_size)
     meta = {"name": f"untrained-{Path(path).stem}", "method": "untrained", "fraction": 0, "threshold": 0.5,
             "residual_threshold": 0.5,
             "crop": {"size_voxels": 64, "spacing_mm": 1.0, "model_crop_size": int(model_crop_size)},

@@ -168,6 +168,7 @@ _SCHEMA = {
                               and 0 <= v[0] < v[1] <= 100, "two percentiles [low, high] with 0 <= low < high <= 100"),
     "models.cae.channels": (_positive_ints, "a list of positive whole numbers"),
     "models.cae.latent_dim": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
+    "models.cae.crop_size": (lambda v: _is_int(v) and 8 <= v <= 256, "a whole number from 8 to 256"),
     "models.encoder_widths": (lambda v: _positive_ints(v, 4), "a list of four positive whole numbers"),
     "models.shortcut_type": (lambda v: v in ("A", "B"), '"A" or "B" (the classifier encoder\'s shortcuts)'),
     "reference_sha256": (_is_sha256, "a SHA-256 in hexadecimal"),
@@ -185,7 +186,8 @@ _SCHEMA = {
     "versions": (lambda v: isinstance(v, dict), "a table"),
 }
 _OPTIONAL = {"folds", "fold_thresholds", "weights_storage", "intended_use", "metrics", "training_data", "versions",
-             "models.shortcut_type"}  # absent in bundles exported before MedicalNet runs could be: "B"
+             "models.shortcut_type",  # absent in bundles exported before MedicalNet runs could be: "B"
+             "models.cae.crop_size"}  # absent in bundles whose CAE sees the classifiers' crop.model_crop_size
 
 
 def check_manifest(path: str | Path, meta: dict) -> None:
@@ -398,7 +400,9 @@ def describe_bundle(meta: dict) -> str:
     fraction = meta.get("fraction", "?")
     fraction = f"{fraction:g}" if isinstance(fraction, (int, float)) else fraction
     lines = [f"{meta.get('name', '?')}: {meta.get('method', '?')} pretraining, {fraction} % labels, "
-             f"{meta.get('n_folds', '?')} fold(s), {crop.get('model_crop_size', '?')}^3 network input"]
+             f"{meta.get('n_folds', '?')} fold(s), {crop.get('model_crop_size', '?')}^3 network input"
+             + (f" ({cae_size}^3 for the heat map)" if (cae_size := (meta.get("models") or {}).get("cae", {}).get("crop_size"))
+                not in (None, crop.get("model_crop_size")) else "")]
     metrics = meta.get("metrics") or {}
     scores = [f"{name.upper()} {m['mean']:.2f}" + (f" ({m['low']:.2f}-{m['high']:.2f})" if is_finite_number(m.get("low"))
                                                      and is_finite_number(m.get("high")) else "")

@@ -165,15 +165,15 @@ def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: 
         raise ImageError(source, "neither maxillary sinus is in view enough to assess ("
                          + ", ".join(f"{s} {float(extraction.coverage[s]):.0%}" for s in SIDES) + " of the cavity in view)")
     arrays = extraction.arrays()
-    size = bundle.model_crop_size
-    batch = torch.from_numpy(resize_crops(np.stack([arrays[s] for s in assessed]), size))[:, None].to(device)
-    batch = batch.contiguous(memory_format=torch.channels_last_3d)
+    crops = np.stack([arrays[s] for s in assessed])
+    batch, cae_batch = (torch.from_numpy(resize_crops(crops, size))[:, None].to(device).contiguous(memory_format=torch.channels_last_3d)
+                        for size in (bundle.model_crop_size, bundle.cae_crop_size))
     residual_cfg = bundle.meta["residuals"]
     normal_scale, ood_range = normal_scale_of(bundle.meta, bundle.path), ood_range_of(bundle.meta, bundle.path)
     _channels_last(bundle)
     with torch.inference_mode():
         probabilities = fold_probabilities(bundle, batch).cpu().numpy()  # (folds, sides)
-        raw = raw_residuals(bundle.cae, batch)
+        raw = raw_residuals(bundle.cae, cae_batch)
         reconstruction_errors = ood_measure(raw)
         if normal_scale is not None:
             residuals = normal_scale.heat(raw, int(residual_cfg["median_kernel"]))

@@ -547,7 +547,8 @@ class NetworkSpec:
     forget a setting (the MedicalNet classifier's shortcut type was forgotten in one).
 
     Attributes:
-        crop_size: edge of the cubic crops the networks see, in voxels (32 or 64).
+        cae_crop_size: edge of the cubic crops the CAE sees, in voxels (32 or 64); the U-Net and
+            the classifier take any multiple of 32 (global pooling), so only the CAE is built for one.
         encoder_widths: the four ResNet18 stage widths (64-128-256-512 in the paper).
         cae_channels: the CAE encoder's channels per stage.
         cae_latent_dim: the CAE's latent vector length.
@@ -555,7 +556,7 @@ class NetworkSpec:
             projections (ours), ``"A"`` parameter-free (MedicalNet's layout).
     """
 
-    crop_size: int
+    cae_crop_size: int
     encoder_widths: tuple[int, ...]
     cae_channels: tuple[int, ...]
     cae_latent_dim: int
@@ -563,7 +564,7 @@ class NetworkSpec:
 
     def cae(self) -> ConvAutoencoder:
         """The CAE: ``(B, 1, S, S, S)`` -> reconstruction of the same shape."""
-        return ConvAutoencoder(in_size=int(self.crop_size), channels=tuple(self.cae_channels), latent_dim=int(self.cae_latent_dim))
+        return ConvAutoencoder(in_size=int(self.cae_crop_size), channels=tuple(self.cae_channels), latent_dim=int(self.cae_latent_dim))
 
     def unet(self) -> ResidualUNet:
         """The residual-reconstruction U-Net: ``(B, 1, S, S, S)`` -> logits of the same shape."""
