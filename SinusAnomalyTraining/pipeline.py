@@ -3,10 +3,13 @@
 ``run_pipeline`` runs, for every chosen fold: CAE -> residuals -> residual pretraining (when the
 "residual" method is asked for) and each baseline's pretraining -> fine-tuning per method and
 label fraction; finished stages are skipped and an interrupted one continues from its last
-checkpoint, so re-running resumes. :func:`SinusAnomalyTraining.report.evaluate_run` then writes ``RUN/evaluation``.
+checkpoint, so re-running resumes. On the CPU, :func:`train_folds_side_by_side` trains the folds
+in worker processes first (``train-default``). :func:`SinusAnomalyTraining.report.evaluate_run` then writes ``RUN/evaluation``.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import torch
@@ -14,6 +17,7 @@ import torch
 from SinusAnomalyLib.dataset import PreparedDataset, load_dataset
 from SinusAnomalyLib.errors import ConfigError
 from SinusAnomalyLib.fileio import write_json_atomic
+from SinusAnomalyLib.workers import process_pool
 
 from . import report, runtime, stages
 from .config import PRETRAINING, RunConfig, ablation_fractions, chosen_folds, load_config
@@ -68,23 +72,55 @@ def run_pipeline(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path
     run_dir = Path(run_dir)
     save_run_config(config, run_dir, dataset)
     for fold in chosen_folds(config, len(dataset.splits.folds)):
-        ctx = fold_context(config, dataset, run_dir, fold, device, progress=progress)
-        stages.train_cae(ctx)
-        for method in config.methods:
-            if method == "residual":
-                stages.compute_residuals(ctx)
-            if method in PRETRAINING:
-                stages.pretrain_method(ctx, method)  # once per fold, shared by every label fraction
-            for fraction in config.fractions:
-                stages.finetune(ctx, method, fraction)
-        for cae_fraction in ablation_fractions(config):  # the paper's Table 3
-            actx = fold_context(config, dataset, run_dir, fold, device, progress=progress, cae_fraction=cae_fraction)
-            stages.train_cae(actx)
-            stages.compute_residuals(actx)
-            stages.pretrain(actx)
-            stages.finetune(actx, "residual", config.cae_ablation_label_fraction)
+        train_fold(config, dataset, run_dir, fold, device, progress)
     runtime.barrier()
     return report.evaluate_run(config, dataset, run_dir) if runtime.is_main_process() else {}
+
+
+def train_fold(config: RunConfig, dataset: PreparedDataset, run_dir: Path, fold: int, device: torch.device,
+               progress: bool = True) -> None:
+    """Every stage of one fold, in order; each depends on nothing but this fold's earlier stages."""
+    ctx = fold_context(config, dataset, run_dir, fold, device, progress=progress)
+    stages.train_cae(ctx)
+    for method in config.methods:
+        if method == "residual":
+            stages.compute_residuals(ctx)
+        if method in PRETRAINING:
+            stages.pretrain_method(ctx, method)  # once per fold, shared by every label fraction
+        for fraction in config.fractions:
+            stages.finetune(ctx, method, fraction)
+    for cae_fraction in ablation_fractions(config):  # the paper's Table 3
+        actx = fold_context(config, dataset, run_dir, fold, device, progress=progress, cae_fraction=cae_fraction)
+        stages.train_cae(actx)
+        stages.compute_residuals(actx)
+        stages.pretrain(actx)
+        stages.finetune(actx, "residual", config.cae_ablation_label_fraction)
+
+
+def train_folds_side_by_side(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, workers: int) -> None:
+    """Train the configured folds on the CPU in up to ``workers`` processes at once, one thread each.
+
+    A fold's stages seed themselves and read nothing of another fold, so each fold's checkpoints are
+    those :func:`run_pipeline` makes on one thread, bit for bit; on 2 cores two folds take the time of
+    one. :func:`run_pipeline` then finds every stage finished and evaluates. An error or an interrupt
+    ends the other processes (their stages resume when re-run).
+    """
+    dataset = load_dataset(dataset_dir)
+    run_dir = Path(run_dir)
+    save_run_config(config, run_dir, dataset)
+    folds = chosen_folds(config, len(dataset.splits.folds))
+    with process_pool(max(1, min(workers, len(folds)))) as pool:
+        futures = [pool.submit(_train_fold_alone, config, str(dataset_dir), str(run_dir), fold) for fold in folds]
+        for future in as_completed(futures):
+            future.result()  # the first error stops the others (process_pool)
+
+
+def _train_fold_alone(config: RunConfig, dataset_dir: str, run_dir: str, fold: int) -> None:
+    """One fold in a worker process (:func:`train_folds_side_by_side`), on one CPU thread, without progress bars."""
+    torch.set_num_threads(1)
+    runtime.set_deterministic(config.deterministic)
+    print(f"fold {fold}: training in process {os.getpid()}", flush=True)
+    train_fold(config, load_dataset(dataset_dir), Path(run_dir), fold, torch.device("cpu"), progress=False)
 
 
 def load_run_config(run_dir: Path, config_arg: str | None) -> RunConfig:

@@ -4,9 +4,9 @@ Makes a synthetic pool per real anatomy of Resources/Anatomies (T1/T2/FLAIR-like
 size and shape variety, bony walls, septa, every lesion kind at the literature's sizes, plus an
 unlabelled set for pretraining), extracts every head once (prepare: 2 patient-level folds and a
 15 % in-distribution test set; in a work folder of benchmarks/loao.py its extraction is reused),
-trains configs/default.json (CAE, residual pretraining, fine-tuning with and without it at 100 %
-labels) and exports the fold ensemble of defaultmodel.METHOD (without pretraining: it held as
-well on unseen anatomy) as OUT/synthetic-default.sabundle. Its
+trains configs/default.json (the heat map's CAE on 32^3 crops, classifiers fine-tuned on 64^3 crops
+without pretraining at 100 % labels; on the CPU the folds side by side in --workers processes) and
+exports their fold ensemble (defaultmodel.METHOD) as OUT/synthetic-default.sabundle. Its
 bundle.json records that it was trained on synthetic heads, by which command, at which commit,
 and that it is not a medical device. What it is worth on anatomy it never saw is measured by
 benchmarks/transfer_check.sh (docs/default-model.md). Every step resumes when re-run.
@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--device", default=None, help="torch device (default: the configuration's, auto)")
     parser.add_argument("--workers", type=int, default=default_workers(),
-                        help=f"processes making pools and extracting heads side by side (default here {default_workers()}: "
-                             "the cores, at most 4)")
+                        help=f"processes making pools, extracting heads and (on the CPU, one thread each) training folds "
+                             f"side by side (default here {default_workers()}: the cores, at most 4)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     prepare_dataset(tables["images"], tables["labels"], dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
                     unlabelled=tables["unlabelled"], workers=args.workers)
     with locked_run_folder(args.out / "run"):
-        pipeline.run_pipeline(config, dataset_dir, args.out / "run", device)
+        if device.type == "cpu" and args.workers > 1:
+            pipeline.train_folds_side_by_side(config, dataset_dir, args.out / "run", args.workers)
+        pipeline.run_pipeline(config, dataset_dir, args.out / "run", device)  # evaluates (and trains what is left)
     command = "sinus-anomaly " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train-default"):]) \
         if "train-default" in sys.argv else "sinus-anomaly train-default"
     provenance = {
