@@ -1,8 +1,8 @@
 """The CAE (heat map) may see coarser crops than the classifiers: ``cae_crop_size`` end to end.
 
-The default recipe classifies 64^3 crops (1 mm) but draws its heat map with a CAE on 32^3 crops
-(2 mm), which a 60-minute CPU budget affords; these tests hold the configuration's rules, the run,
-the bundle it exports and classification with it to that split.
+Classifiers on 64^3 crops (1 mm) with the heat map of a CAE on 32^3 crops (2 mm) fit a CPU budget
+that 64^3 for both would not; these tests hold the configuration's rules, the run, the bundle it
+exports and classification with it to that split.
 """
 from __future__ import annotations
 

@@ -4,9 +4,10 @@ Makes a synthetic pool per real anatomy of Resources/Anatomies (T1/T2/FLAIR-like
 size and shape variety, bony walls, septa, every lesion kind at the literature's sizes, plus an
 unlabelled set for pretraining), extracts every head once (prepare: 2 patient-level folds and a
 15 % in-distribution test set; in a work folder of benchmarks/loao.py its extraction is reused),
-trains configs/default.json (the heat map's CAE on 32^3 crops, classifiers fine-tuned on 64^3 crops
-without pretraining at 100 % labels; on the CPU the folds side by side in --workers processes) and
-exports their fold ensemble (defaultmodel.METHOD) as OUT/synthetic-default.sabundle. Its
+trains configs/default.json (CAE, residual pretraining, fine-tuning with and without it at 100 %
+labels; on the CPU the folds side by side in --workers processes) and exports the fold ensemble of
+defaultmodel.METHOD (without pretraining: it held as well on unseen anatomy) as
+OUT/synthetic-default.sabundle. Its
 bundle.json records that it was trained on synthetic heads, by which command, at which commit,
 and that it is not a medical device. What it is worth on anatomy it never saw is measured by
 benchmarks/transfer_check.sh (docs/default-model.md). Every step resumes when re-run.
