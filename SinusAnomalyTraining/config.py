@@ -296,7 +296,7 @@ class RunConfig(_Settings):
 
     description: str
     crop_size: int  # voxels per edge the classifier and the U-Net see: 32 or 64
-    cae_crop_size: int  # voxels per edge the CAE (the heat map) sees: crop_size unless set apart
+    cae_crop_size: int | None  # as set: None follows crop_size (a saved config.json keeps following it)
     seed: int
     device: str  # auto, cpu, cuda or cuda:N
     amp: bool
@@ -318,6 +318,11 @@ class RunConfig(_Settings):
     source: str = ""  # the file it was read from
 
     @property
+    def cae_size(self) -> int:
+        """Voxels per edge the CAE (the heat map) sees: ``cae_crop_size``, or ``crop_size`` where it is not set."""
+        return self.crop_size if self.cae_crop_size is None else self.cae_crop_size
+
+    @property
     def bootstrap(self) -> int:
         """Bootstrap replicates of the pooled intervals."""
         return self.evaluate["bootstrap"]
@@ -331,7 +336,8 @@ class RunConfig(_Settings):
         if crop not in (32, 64):
             raise ConfigError(f"{path}: crop_size must be 32 or 64 (the U-Net needs multiples of 32 dividing 64), got {crop}")
         methods = tuple(data["methods"])
-        cae_crop = crop if data["cae_crop_size"] is None else _checked_number(data["cae_crop_size"], "cae_crop_size", path, True)
+        cae_setting = data["cae_crop_size"]
+        cae_crop = crop if cae_setting is None else _checked_number(data["cae_crop_size"], "cae_crop_size", path, True)
         if cae_crop not in (32, 64):
             raise ConfigError(f"{path}: cae_crop_size must be 32 or 64 (or null: crop_size), got {cae_crop}")
         if cae_crop != crop and ("residual" in methods or data["cae_fractions"]):
@@ -354,7 +360,7 @@ class RunConfig(_Settings):
             raise ConfigError(f"{path}: method 'medicalnet' needs medicalnet_weights: the path of a local MedicalNet "
                               "ResNet18 file (nothing is downloaded)")
         bootstrap = _checked_number(data["evaluate"]["bootstrap"], "evaluate.bootstrap", path, True, 1)
-        return cls(description=str(data.get("description", "")), crop_size=crop, cae_crop_size=cae_crop, seed=_checked_number(data["seed"], "seed", path, True),
+        return cls(description=str(data.get("description", "")), crop_size=crop, cae_crop_size=cae_setting, seed=_checked_number(data["seed"], "seed", path, True),
                    device=str(data["device"]), amp=_flag(data["amp"], "amp", path), deterministic=_flag(data["deterministic"], "deterministic", path),
                    channels_last=_flag(data["channels_last"], "channels_last", path),
                    folds="all" if folds == "all" else tuple(folds), fractions=fractions, methods=methods, encoder_widths=widths,

@@ -168,7 +168,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
     half_weights = half_change is not None and half_change <= HALF_WEIGHTS_MAX_CHANGE
     dataset = _run_dataset(run_dir)
     calibrated = {} if dataset is None else calibration.calibrate(
-        dataset, cae_fold, calibration.cae_from_state(config, cae_state), config.cae_crop_size, config.residuals.median_kernel)
+        dataset, cae_fold, calibration.cae_from_state(config, cae_state), config.cae_size, config.residuals.median_kernel)
     chosen_level = calibrated.pop("residual_threshold", None)
     if residual_threshold is not None and residual_threshold != chosen_level:
         calibrated.pop("label_validation", None)  # it validated another level
@@ -193,7 +193,7 @@ def export_run(run_dir: str | Path, out: str | Path, method: str = "residual", f
         "intensity": {"percentiles": list(PERCENTILES), "range": [0, 1]},
         "residuals": config.residuals.as_dict(),
         "models": {"cae": {"channels": list(config.cae.channels), "latent_dim": config.cae.latent_dim,
-                           "crop_size": config.cae_crop_size},
+                           "crop_size": config.cae_size},
                    "encoder_widths": list(config.encoder_widths), "shortcut_type": shortcut},
         "reference_sha256": load_reference().sha256,
         # per-fold means; their t interval only from 3 folds on (an absent one is left out)

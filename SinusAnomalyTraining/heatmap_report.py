@@ -78,7 +78,7 @@ def evaluation_lines(config: RunConfig, dataset: PreparedDataset, run_dir: Path,
         if not checkpoint.is_file():
             continue
         cae = calibration.cae_from_state(config, load_checkpoint(checkpoint)["model"])
-        fitted = calibration.calibrate(dataset, fold, cae, config.cae_crop_size, config.residuals.median_kernel)
+        fitted = calibration.calibrate(dataset, fold, cae, config.cae_size, config.residuals.median_kernel)
         lines += [f"### Fold {fold}'s CAE", "", *heatmap_lines({"residual_threshold": DEFAULT_LABEL_LEVEL, **fitted})]
     if not lines:
         return []

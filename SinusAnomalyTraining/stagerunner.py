@@ -166,7 +166,7 @@ def _image_batch(batch: dict, device: torch.device) -> torch.Tensor:
 
 def network_spec(config: RunConfig, shortcut_type: str = "B") -> NetworkSpec:
     """The shapes of a run's networks (``shortcut_type`` from :func:`classifier_shortcut`)."""
-    return NetworkSpec(cae_crop_size=config.cae_crop_size, encoder_widths=config.encoder_widths,
+    return NetworkSpec(cae_crop_size=config.cae_size, encoder_widths=config.encoder_widths,
                        cae_channels=config.cae.channels, cae_latent_dim=config.cae.latent_dim,
                        shortcut_type=shortcut_type)
 

@@ -69,7 +69,7 @@ def train_cae(ctx: FoldContext) -> Path:
     """
     stage_dir = ctx.cae_dir
     cfg = ctx.config.cae
-    made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "crop_size": ctx.config.cae_crop_size, "cae": cfg.as_dict(),
+    made_from = {"dataset": ctx.dataset_fingerprint, "fold": ctx.fold, "crop_size": ctx.config.cae_size, "cae": cfg.as_dict(),
                  "seed": ctx.config.seed, "cae_fraction": ctx.cae_fraction}
 
     def build() -> Training:
@@ -78,7 +78,7 @@ def train_cae(ctx: FoldContext) -> Path:
         val = [i for i in ctx.indices("val") if labels[i] == 0]
         if not train:
             raise DatasetError(f"fold {ctx.fold} has no normal training sinus to train the CAE on")
-        size, batch = ctx.config.cae_crop_size, runtime.per_process_batch(cfg.batch_size)
+        size, batch = ctx.config.cae_size, runtime.per_process_batch(cfg.batch_size)
         train_loader = CropLoader(SinusCrops.from_dataset(ctx.dataset, train, size), batch, True, ctx.config.seed, ctx.device)
         val_loader = CropLoader(SinusCrops.from_dataset(ctx.dataset, val, size), batch, False, ctx.config.seed,
                                 ctx.device) if val else None

@@ -31,9 +31,10 @@ def _config(**changes) -> dict:
 
 
 def test_the_cae_sees_the_classifiers_crops_unless_told_otherwise():
-    assert config_from_dict(_config(crop_size=64)).cae_crop_size == 64
+    follows = config_from_dict(_config(crop_size=64))
+    assert follows.cae_size == 64 and follows.as_dict()["cae_crop_size"] is None  # a saved config keeps following crop_size
     split = config_from_dict(_config(crop_size=64, cae_crop_size=32, methods=["none"]))
-    assert (split.crop_size, split.cae_crop_size) == (64, 32)
+    assert (split.crop_size, split.cae_size) == (64, 32)
 
 
 @pytest.mark.parametrize("changes, message", [
