@@ -337,7 +337,7 @@ class RunConfig(_Settings):
             raise ConfigError(f"{path}: crop_size must be 32 or 64 (the U-Net needs multiples of 32 dividing 64), got {crop}")
         methods = tuple(data["methods"])
         cae_setting = data["cae_crop_size"]
-        cae_crop = crop if cae_setting is None else _checked_number(data["cae_crop_size"], "cae_crop_size", path, True)
+        cae_crop = crop if cae_setting is None else _checked_number(cae_setting, "cae_crop_size", path, True)
         if cae_crop not in (32, 64):
             raise ConfigError(f"{path}: cae_crop_size must be 32 or 64 (or null: crop_size), got {cae_crop}")
         if cae_crop != crop and ("residual" in methods or data["cae_fractions"]):

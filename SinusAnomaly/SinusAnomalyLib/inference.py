@@ -166,8 +166,13 @@ def classify_extraction(image: sitk.Image, extraction: SinusExtraction, bundle: 
                          + ", ".join(f"{s} {float(extraction.coverage[s]):.0%}" for s in SIDES) + " of the cavity in view)")
     arrays = extraction.arrays()
     crops = np.stack([arrays[s] for s in assessed])
-    batch, cae_batch = (torch.from_numpy(resize_crops(crops, size))[:, None].to(device).contiguous(memory_format=torch.channels_last_3d)
-                        for size in (bundle.model_crop_size, bundle.cae_crop_size))
+
+    def network_input(size: int) -> torch.Tensor:
+        return torch.from_numpy(resize_crops(crops, size))[:, None].to(device).contiguous(memory_format=torch.channels_last_3d)
+
+    batch = network_input(bundle.model_crop_size)
+    # the CAE sees the classifiers' batch unless its bundle gives it a size of its own
+    cae_batch = batch if bundle.cae_crop_size == bundle.model_crop_size else network_input(bundle.cae_crop_size)
     residual_cfg = bundle.meta["residuals"]
     normal_scale, ood_range = normal_scale_of(bundle.meta, bundle.path), ood_range_of(bundle.meta, bundle.path)
     _channels_last(bundle)
