@@ -18,12 +18,17 @@ Per sample, independently, with the ranges of :class:`~SinusAnomalyTraining.conf
    flip that gives an anatomically possible sinus; "authors" flips H and W as the paper's code does,
    though they are the anterior-posterior and superior-inferior axes (upside-down sinuses, fluid
    levels with the fluid on top); "none" flips nothing;
-3. when ``gamma_max`` is above 1, with probability ``prob`` a gamma change of the image
+3. when ``blur_sigma_max`` is above 0, with probability ``prob`` a Gaussian blur of the image
+   channel(s), its standard deviation uniform in ``[0, blur_sigma_max]`` voxels of the served crop
+   (MONAI's separable Gaussian, edges replicated). Not in the paper; it makes sharpness an
+   unreliable cue, as it is across scanners and resolutions (an average of many heads, such as the
+   ROBEX atlas, is smoother than any single scan; a 1 mm crop shows texture a 2 mm one averages);
+4. when ``gamma_max`` is above 1, with probability ``prob`` a gamma change of the image
    channel(s): ``x ** gamma`` (``x`` clamped to ``[0, 1]``, the crops' range), ``gamma``
    log-uniform in ``[1 / gamma_max, gamma_max]``. Not in the paper; it makes tissue brightness an
    unreliable cue, as it is across MRI contrasts (a normal sinus in T2-like tissue is brighter
    than in T1-like tissue, a lesion is brighter than air in every contrast);
-4. with probability ``prob`` Gaussian noise of a standard deviation uniform in ``[0, noise_std]``,
+5. with probability ``prob`` Gaussian noise of a standard deviation uniform in ``[0, noise_std]``,
    on the image channel(s) only (the authors also noised the target).
 
 Which methods get which (``docs/training.md``, *Comparing pretraining methods*): residual pretraining and
@@ -46,6 +51,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers import gaussian_1d, separable_filtering
 
 from . import runtime
 from .config import AugmentSettings
@@ -72,6 +78,7 @@ class AugmentParams:
     noise: torch.Tensor  # (B,) bool: noised
     noise_std: torch.Tensor  # (B,) standard deviation of the noise (0 where not noised)
     gamma: torch.Tensor | None = None  # (B,) exponent of the image (1 where unchanged); None: off
+    blur_sigma: torch.Tensor | None = None  # (B,) Gaussian blur's standard deviation in voxels (0 where unchanged); None: off
 
 
 def draw_params(batch: int, settings: AugmentSettings) -> AugmentParams:
@@ -85,6 +92,10 @@ def draw_params(batch: int, settings: AugmentSettings) -> AugmentParams:
         g = torch.rand(batch, 2, dtype=torch.float64)
         log_gamma = (g[:, 1] * 2.0 - 1.0) * math.log(float(settings.gamma_max))
         gamma = torch.where(g[:, 0] < p, log_gamma.exp(), torch.ones(batch, dtype=torch.float64))
+    blur_sigma = None
+    if float(settings.blur_sigma_max) > 0.0:  # drawn last, for the same reason
+        b = torch.rand(batch, 2, dtype=torch.float64)
+        blur_sigma = torch.where(b[:, 0] < p, b[:, 1] * float(settings.blur_sigma_max), torch.zeros(batch, dtype=torch.float64))
     return AugmentParams(
         affine=u[:, 0] < p,
         angles=symmetric[:, 0:3] * math.radians(float(settings.rotate_deg)),
@@ -94,6 +105,7 @@ def draw_params(batch: int, settings: AugmentSettings) -> AugmentParams:
         noise=noise & (float(settings.noise_std) > 0.0),
         noise_std=torch.where(noise, u[:, 13] * float(settings.noise_std), torch.zeros(batch, dtype=torch.float64)),
         gamma=gamma,
+        blur_sigma=blur_sigma,
     )
 
 
@@ -155,6 +167,13 @@ def augment_batch(x: torch.Tensor, settings: AugmentSettings, image_channels: in
             out = x.clone() if out is None else out
             rows = runtime.to_device(flipped, x.device)
             out.index_copy_(0, rows, out.index_select(0, rows).flip(dim))
+    blurred = [] if params.blur_sigma is None else (params.blur_sigma > 0.0).nonzero().flatten()
+    if len(blurred):
+        out = x.clone() if out is None else out
+        for row in blurred.tolist():  # one sigma per sample; a batch holds a few
+            kernel = runtime.to_device(gaussian_1d(params.blur_sigma[row].float(), truncated=4.0, approx="erf", normalize=True).to(x.dtype), x.device)
+            image = out[row:row + 1, :image_channels]
+            out[row:row + 1, :image_channels] = separable_filtering(image, [kernel] * (x.dim() - 2), mode="replicate")
     changed = [] if params.gamma is None else (params.gamma != 1.0).nonzero().flatten()
     if len(changed):
         out = x.clone() if out is None else out

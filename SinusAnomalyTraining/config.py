@@ -138,6 +138,7 @@ class AugmentSettings(_Settings):
     translate_voxels: float  # voxels of the served crop
     noise_std: float  # Gaussian noise on the image only
     gamma_max: float = 1.0  # image ** gamma, gamma log-uniform in [1 / gamma_max, gamma_max]; 1: off (the paper's)
+    blur_sigma_max: float = 0.0  # Gaussian blur of the image, sigma uniform in [0, blur_sigma_max] voxels; 0: off (the paper's)
     flips: str = "left-right"  # one of FLIPS
 
     @classmethod

@@ -163,6 +163,43 @@ def test_gamma_is_log_uniform_in_its_range_and_leaves_the_other_draws_as_they_we
         config_from_dict({"finetune": {"augment": {"gamma_max": 0.5}}})
 
 
+def test_blur_smooths_the_image_channel_of_the_drawn_samples_only():
+    """A point in a blurred sample spreads as a Gaussian of the drawn sigma; its mass stays (edges
+    replicated, not darkened); undrawn samples and the target channel are left exactly as they were."""
+    x = torch.zeros(3, 2, 21, 21, 21)
+    x[:, :, 10, 10, 10] = 1.0
+    sigma = torch.tensor([1.5, 0.0, 0.7], dtype=torch.float64)
+    out = augment_batch(x, AugmentSettings(1.0, 0, 0, 0, 0.0, blur_sigma_max=2.0), params=only(3, blur_sigma=sigma))
+    assert torch.equal(out[1], x[1]) and torch.equal(out[:, 1], x[:, 1])
+    for row, s in ((0, 1.5), (2, 0.7)):
+        line = out[row, 0, 10, 10, 4:17].double()  # through the point, away from the bright face
+        offsets = torch.arange(-6, 7, dtype=torch.float64)
+        measured = float((line * offsets ** 2).sum() / line.sum()) ** 0.5
+        expected = (s ** 2 + 1 / 12) ** 0.5  # erf kernel: the Gaussian integrated over each voxel adds a box's variance
+        assert abs(measured - expected) < 0.02 * expected, (row, measured, expected)
+    assert float(out[0, 0, 10, 10, 10]) < float(out[2, 0, 10, 10, 10]) < 1.0
+    flat = torch.full((1, 1, 8, 8, 8), 0.5)  # replicated edges: a uniform crop gets no dark rim
+    blurred = augment_batch(flat, AugmentSettings(1.0, 0, 0, 0, 0.0, blur_sigma_max=2.0), params=only(1, blur_sigma=sigma[:1]))
+    torch.testing.assert_close(blurred, flat)
+
+
+def test_blur_is_uniform_in_its_range_and_leaves_the_other_draws_as_they_were():
+    plain = AugmentSettings(prob=0.5, rotate_deg=10, scale=0.1, translate_voxels=2, noise_std=0.1, gamma_max=2.0)
+    with_blur = dataclasses.replace(plain, blur_sigma_max=1.0)
+    torch.manual_seed(4)
+    a = draw_params(4000, plain)
+    torch.manual_seed(4)
+    b = draw_params(4000, with_blur)
+    assert a.blur_sigma is None
+    for name in ("affine", "angles", "scale", "shift", "flip", "noise", "noise_std", "gamma"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    drawn = b.blur_sigma[b.blur_sigma > 0]
+    assert abs(len(drawn) / 4000 - 0.5) < 0.05
+    assert drawn.max() <= 1.0 and abs(float(drawn.mean()) - 0.5) < 0.03
+    with pytest.raises(ConfigError, match="blur_sigma_max"):
+        config_from_dict({"finetune": {"augment": {"blur_sigma_max": -1}}})
+
+
 def test_the_same_seed_gives_the_same_batch_and_the_input_is_not_modified():
     x = torch.rand(6, 2, 16, 16, 16)
     original = x.clone()

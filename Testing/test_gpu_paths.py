@@ -276,11 +276,12 @@ def test_augmentation_moves_its_parameters_to_the_device_only_through_pinned_cop
 
     monkeypatch.setattr(runtime, "to_device", to_device)
     monkeypatch.setattr(torch.Tensor, "to", tensor_to)
-    settings = AugmentSettings(prob=1.0, rotate_deg=10, scale=0.1, translate_voxels=2, noise_std=0.1, gamma_max=2.0)
+    settings = AugmentSettings(prob=1.0, rotate_deg=10, scale=0.1, translate_voxels=2, noise_std=0.1, gamma_max=2.0,
+                               blur_sigma_max=1.0)
     x = torch.rand(4, 2, 8, 8, 8)
     out = augment.augment_batch(x, settings)
     augment.random_intensity_scale(out, 1.0, 0.2)
-    assert direct == [] and len(through) >= 6  # theta, rows, gamma, noise std, intensity factor, ...
+    assert direct == [] and len(through) >= 6  # theta, rows, blur kernels, gamma, noise std, intensity factor, ...
     assert out.shape == x.shape and not torch.equal(out, x)
 
 
