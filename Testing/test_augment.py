@@ -172,7 +172,7 @@ def test_blur_smooths_the_image_channel_of_the_drawn_samples_only():
     out = augment_batch(x, AugmentSettings(1.0, 0, 0, 0, 0.0, blur_sigma_max=2.0), params=only(3, blur_sigma=sigma))
     assert torch.equal(out[1], x[1]) and torch.equal(out[:, 1], x[:, 1])
     for row, s in ((0, 1.5), (2, 0.7)):
-        line = out[row, 0, 10, 10, 4:17].double()  # through the point, away from the bright face
+        line = out[row, 0, 10, 10, 4:17].double()  # through the point
         offsets = torch.arange(-6, 7, dtype=torch.float64)
         measured = float((line * offsets ** 2).sum() / line.sum()) ** 0.5
         expected = (s ** 2 + 1 / 12) ** 0.5  # erf kernel: the Gaussian integrated over each voxel adds a box's variance
