@@ -89,6 +89,39 @@ def test_compare_loao_scores_only_the_sinuses_both_variants_classified(tmp_path)
     assert "| specificity | 0.50 | 1.00 |" in text
 
 
+
+def test_seed_ensemble_averages_the_seeds_on_the_sinuses_every_seed_classified(tmp_path):
+    import seed_ensemble
+
+    columns = loao.PREDICTION_COLUMNS
+    split = tmp_path / "without-colin27"
+    split.mkdir()
+
+    def write(seed, pool, focal, threshold):
+        for name, rows in ((f"predictions_seed{seed}.csv", pool), (f"focal_predictions_seed{seed}.csv", focal)):
+            rows = [_row(kind, probability, "8.0" if kind != "normal" else "") | {"patient": patient, "seed": str(seed),
+                                                                                 "threshold": str(threshold)}
+                    for patient, kind, probability in rows]
+            (split / name).write_text(",".join(columns) + "\n" + "".join(",".join(r[c] for c in columns) + "\n" for r in rows))
+
+    # seed 0 ranks the cyst below one normal, seed 1 above both: their mean ranks it above both
+    write(0, [("a", "normal", 0.1), ("b", "normal", 0.5), ("c", "polyp", 0.6)], [("g", "retention_cyst", 0.3)], 0.4)
+    write(1, [("a", "normal", 0.3), ("b", "normal", 0.1), ("c", "polyp", 0.2), ("z", "normal", 0.9)],
+          [("g", "retention_cyst", 0.9)], 0.6)
+    found = seed_ensemble.ensemble_scores(tmp_path, "", "none", [0, 1], anatomies=("colin27", "reference"))
+    assert list(found) == ["colin27"]  # the reference has no predictions: left out, not an error
+    singles, ensemble = found["colin27"]
+    assert [s["focal:type:retention_cyst:auroc"] for s in singles] == [pytest.approx(0.5), pytest.approx(1.0)]
+    # mean probabilities: a 0.2, b 0.3, c 0.4, g 0.6 (z, classified by seed 1 only, is left out)
+    assert ensemble["focal:type:retention_cyst:auroc"] == pytest.approx(1.0)
+    assert ensemble["type:polyp:auroc"] == pytest.approx(1.0)
+    assert ensemble["n"] == 3
+    assert ensemble["specificity"] == pytest.approx(1.0)  # both normals below the mean threshold 0.5
+    assert ensemble["sensitivity"] == pytest.approx(0.0)  # the polyp's 0.4 too
+    text = seed_ensemble.markdown(found, "x", 2)
+    assert "| specificity | 0.75 ± 0.35 | 1.00 | 0.25 | 1 of 1 |" in text
+
+
 def _pool_tables(root: Path, heads: dict[str, list[tuple[str, str]]], unlabelled: list[str] = ()) -> dict[str, Path]:
     """Combined tables like ``combine_pools`` writes: {anatomy: [(patient suffix, anomaly type of both sides)]}."""
     images = root / "images"

@@ -61,7 +61,7 @@ def compare(a: tuple[Path, str], b: tuple[Path, str], seeds, method: str, anatom
     return pairs
 
 
-def _mean(values) -> float:
+def finite_mean(values) -> float:
     """The mean of the finite values; NaN where there are none (a kind absent from an anatomy's sets)."""
     v = np.array([np.nan if x is None else x for x in values], float)
     return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
@@ -79,7 +79,7 @@ def markdown(pairs: dict, name_a: str, name_b: str) -> str:
               "| held out | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for anatomy in dict.fromkeys(a for a, _ in pairs):
         runs = [v for (a, _), v in pairs.items() if a == anatomy]
-        cells = [f"{_mean([s_a.get(k) for s_a, _, _ in runs]):.2f} → {_mean([s_b.get(k) for _, s_b, _ in runs]):.2f}"
+        cells = [f"{finite_mean([s_a.get(k) for s_a, _, _ in runs]):.2f} → {finite_mean([s_b.get(k) for _, s_b, _ in runs]):.2f}"
                  for k in METRICS.values()]
         lines.append(f"| {anatomy} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
