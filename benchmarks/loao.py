@@ -43,7 +43,8 @@ from SinusAnomalyLib.residuals import resize_crops
 from SinusAnomalyLib.workers import default_workers
 from SinusAnomalyTraining import pipeline, runtime
 from SinusAnomalyTraining.config import load_config
-from SinusAnomalyTraining.defaultmodel import (CONFIG, FOCAL_KINDS, FOCAL_POOL_TAG, FOCAL_TRAIN_POOL_SEED, PoolSizes, anatomy_of,
+from SinusAnomalyTraining.defaultmodel import (CONFIG, FOCAL_KINDS, FOCAL_POOL_TAG, FOCAL_TRAIN_POOL_SEED, RECIPE_FOLDS,
+                                               RECIPE_TEST_FRACTION, PoolSizes, anatomy_of,
                                                combine_pools, focal_pool_params, link_cached_scans, link_image, make_cohorts,
                                                make_pools, patient_name, pool_patients, read_table, source_commit)
 from SinusAnomalyTraining.evaluation import binary_metrics
@@ -157,10 +158,11 @@ def stored_predictions(work: Path, held_out: str, seed: int, tag: str = "", meth
 
 def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomies: list[str], seed: int, methods: list[str],
                        device, config_path: Path = CONFIG, tag: str = "", train: dict | None = None,
-                       focal_train_root: Path | None = None) -> Path:
+                       focal_train_root: Path | None = None, n_folds: int = RECIPE_FOLDS) -> Path:
     """Train the recipe (``config_path``) without ``held_out``, classify its heads; the predictions CSV.
     ``tag`` names a variant: its run folder and predictions carry it, its first stages come from the base run.
-    ``train``: other training heads (:func:`training_tables`; their focal heads' scans cached under ``focal_train_root``)."""
+    ``train``: other training heads (:func:`training_tables`; their focal heads' scans cached under ``focal_train_root``).
+    ``n_folds``: the training heads split into that many folds (a dataset folder of its own where not the recipe's)."""
     split = work / f"without-{held_out}"
     predictions = predictions_path(work, held_out, seed, tag)
     if predictions.is_file():
@@ -168,17 +170,17 @@ def train_and_classify(work: Path, tables: dict, master, held_out: str, anatomie
     source = train or tables
     tables_dir = split / source["labels"].parent.name if train else split
     labels, unlabelled = subset_tables(source, tables_dir, set(anatomies) - {held_out})
-    dataset_dir = tables_dir / "dataset"
+    dataset_dir = tables_dir / ("dataset" if n_folds == RECIPE_FOLDS else f"dataset-folds{n_folds}")
     if not (dataset_dir / "dataset.json").is_file():
         patients = pool_patients(labels, unlabelled)
         link_cached_scans(master.root, dataset_dir, [p for p in patients if p not in source.get("scans", {})])
         if train:
             link_cached_scans(focal_train_root, dataset_dir, {p: train["scans"][p] for p in patients if p in train["scans"]})
-        prepare_dataset(source["images"], labels, dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
-                        progress=False, unlabelled=unlabelled)
+        prepare_dataset(source["images"], labels, dataset_dir, n_folds=n_folds, test_fraction=RECIPE_TEST_FRACTION, fractions=[1.0],
+                        seed=0, progress=False, unlabelled=unlabelled)
     config = load_config(config_path).replace(seed=seed, methods=tuple(methods))
     run_dir = split / f"run_seed{seed}{tag}"
-    if tag and not train:  # other training heads: every stage trains on them
+    if tag and not train and n_folds == RECIPE_FOLDS:  # other training heads or folds: every stage trains on them
         seed_from_base(split / f"run_seed{seed}", run_dir)
     pipeline.run_pipeline(config, dataset_dir, run_dir, device, progress=False)
     bundles = {method: export_run(run_dir, split / f"seed{seed}{tag}-{method}.sabundle", method, 100) for method in methods}
@@ -401,6 +403,9 @@ def main(argv=None) -> int:
     parser.add_argument("--train-focal-heads", type=int, default=0,
                         help="add the first N heads of each training anatomy's focal training pool to its training heads "
                              "(more polyps and cysts; at most --focal-train-heads; use with --tag)")
+    parser.add_argument("--folds", type=int, default=RECIPE_FOLDS,
+                        help=f"split each split's training heads into this many folds (default: the recipe's {RECIPE_FOLDS}; "
+                             "the config's 'folds' picks which are trained; use with --tag)")
     parser.add_argument("--prepare-only", action="store_true", help="make the pools and extract every head, then stop "
                                                                    "(so that several processes can then train the splits)")
     parser.add_argument("--workers", type=int, default=default_workers(),
@@ -432,6 +437,8 @@ def main(argv=None) -> int:
         if not args.tag:
             parser.error("other training heads (--train-heads, --train-focal-heads) need a --tag of their own")
         train = training_tables(args.work, tables, focal_train or tables, args.train_heads or args.heads, args.train_focal_heads)
+    if args.folds != RECIPE_FOLDS and not args.tag:
+        parser.error(f"--folds {args.folds} needs a --tag of its own")
     if args.prepare_only:
         return 0
     master = load_dataset(master_dir)
@@ -441,7 +448,7 @@ def main(argv=None) -> int:
         for seed in seeds:
             t0 = time.perf_counter()
             files.append(train_and_classify(args.work, tables, master, held_out, anatomies, seed, methods, device, args.config, args.tag,
-                                            train, args.work / "focal-train" / "dataset"))
+                                            train, args.work / "focal-train" / "dataset", args.folds))
             if focal is not None:
                 focal_files.append(classify_focal_pool(args.work, focal, focal_tables["sinuses"], held_out, seed, methods, args.tag))
             print(f"held out {held_out}, seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
@@ -453,7 +460,7 @@ def main(argv=None) -> int:
                                                 "heads_per_anatomy": args.heads, "unlabelled_per_anatomy": args.unlabelled,
                                                 "focal_heads_per_anatomy": args.focal_heads,
                                                 "train_heads_per_anatomy": args.train_heads or args.heads,
-                                                "train_focal_heads_per_anatomy": args.train_focal_heads,
+                                                "train_focal_heads_per_anatomy": args.train_focal_heads, "folds": args.folds,
                                                 "config": str(args.config), "tag": args.tag, "table": finite, "minutes": round((time.perf_counter() - started) / 60, 1)})
     text = markdown(table, seeds)
     (args.work / f"{name}.md").write_text(text)

@@ -29,8 +29,8 @@ from SinusAnomalyLib.workers import default_workers
 
 from .. import pipeline, runtime
 from ..config import load_config
-from ..defaultmodel import (CONFIG, INTENDED_USE, METHOD, PoolSizes, anatomy_of, combine_pools, link_cached_scans, make_pools, pool_patients,
-                           source_commit)
+from ..defaultmodel import (CONFIG, INTENDED_USE, METHOD, RECIPE_FOLDS, RECIPE_TEST_FRACTION, PoolSizes, anatomy_of, combine_pools,
+                           link_cached_scans, make_pools, pool_patients, source_commit)
 from ..export import export_run
 from ._training import locked_run_folder
 
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     linked = link_cached_scans(args.out / "all" / "dataset", dataset_dir, pool_patients(tables["labels"], tables["unlabelled"]))
     if linked:
         print(f"{linked} scans' extraction reused from {args.out / 'all' / 'dataset'} (the leave-one-anatomy-out check's)")
-    prepare_dataset(tables["images"], tables["labels"], dataset_dir, n_folds=2, test_fraction=0.15, fractions=[1.0], seed=0,
-                    unlabelled=tables["unlabelled"], workers=args.workers)
+    prepare_dataset(tables["images"], tables["labels"], dataset_dir, n_folds=RECIPE_FOLDS, test_fraction=RECIPE_TEST_FRACTION,
+                    fractions=[1.0], seed=0, unlabelled=tables["unlabelled"], workers=args.workers)
     with locked_run_folder(args.out / "run"):
         if device.type == "cpu" and args.workers > 1:
             pipeline.train_folds_side_by_side(config, dataset_dir, args.out / "run", args.workers)
