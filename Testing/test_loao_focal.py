@@ -164,3 +164,10 @@ def test_renamed_heads_find_their_cached_scans(tmp_path):
     (source / "crops.npz").write_bytes(b"crops")
     assert loao.link_cached_scans(tmp_path / "src", tmp_path / "dst", {"colin27-focal-synth-0000": "colin27-synth-0000"}) == 1
     assert (tmp_path / "dst" / "scans" / "colin27-focal-synth-0000" / "crops.npz").read_bytes() == b"crops"
+
+
+def test_other_folds_need_a_tag_of_their_own(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        loao.main(["--work", str(tmp_path / "work"), "--folds", "5"])
+    assert stopped.value.code == 2 and "--folds 5 needs a --tag" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()  # refused before any pool was made

@@ -411,6 +411,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help="processes making pools and extracting heads side by side (default: the cores, at most 4)")
     args = parser.parse_args(argv)
+    if args.folds != RECIPE_FOLDS and not args.tag:
+        parser.error(f"--folds {args.folds} needs a --tag of its own")
     started = time.perf_counter()
     anatomies, seeds, methods = args.anatomies.split(","), [int(s) for s in args.seeds.split(",")], args.methods.split(",")
     runtime.set_deterministic(True)
@@ -437,8 +439,6 @@ def main(argv=None) -> int:
         if not args.tag:
             parser.error("other training heads (--train-heads, --train-focal-heads) need a --tag of their own")
         train = training_tables(args.work, tables, focal_train or tables, args.train_heads or args.heads, args.train_focal_heads)
-    if args.folds != RECIPE_FOLDS and not args.tag:
-        parser.error(f"--folds {args.folds} needs a --tag of its own")
     if args.prepare_only:
         return 0
     master = load_dataset(master_dir)
