@@ -128,6 +128,12 @@ FLIPS = ("left-right", "authors", "none")
 SCHEDULES = ("constant", "cosine")  # fine-tuning learning rate: the paper's constant, or warm-up then cosine decay
 
 
+# Augmentation settings added after stages were first recorded, at the values where they do nothing
+# (no random draw, no change): a stage recorded before such a setting existed was made exactly as
+# one with it at this value (stagerunner.same_inputs).
+AUGMENT_OFF = {"gamma_max": 1.0, "blur_sigma_max": 0.0}
+
+
 @dataclass(frozen=True)
 class AugmentSettings(_Settings):
     """Training augmentation (:func:`SinusAnomalyTraining.augment.augment_batch`): each with probability ``prob``."""

@@ -25,7 +25,7 @@ from SinusAnomalyLib.manifest import UNLABELLED_MANIFEST_FILE
 from SinusAnomalyLib.models import NetworkSpec
 
 from . import runtime
-from .config import RunConfig, percent_key
+from .config import AUGMENT_OFF, RunConfig, percent_key
 from .engine import Checkpointer, LossStepFn, fit
 
 DONE = "done.json"
@@ -121,10 +121,26 @@ def _done(stage_dir: Path) -> dict | None:
         return None
 
 
+def _without_off_settings(value):
+    """``value`` (a recorded ``made_from``) without the augmentation settings at their off value (:data:`AUGMENT_OFF`)."""
+    if isinstance(value, dict):
+        return {k: _without_off_settings(v) for k, v in value.items() if not (k in AUGMENT_OFF and v == AUGMENT_OFF[k])}
+    if isinstance(value, list):
+        return [_without_off_settings(v) for v in value]
+    return value
+
+
+def same_inputs(recorded: dict | None, made_from: dict) -> bool:
+    """Whether a stage recorded as made from ``recorded`` was made from ``made_from``: equal, except that a
+    setting added since (:data:`AUGMENT_OFF`) counts as off where the record does not name it, so that
+    upgrading does not retrain stages whose training the new setting leaves as it was."""
+    return recorded is not None and _without_off_settings(recorded) == _without_off_settings(made_from)
+
+
 def _finished(stage_dir: Path, made_from: dict) -> bool:
-    """True when ``stage_dir`` holds a finished stage made from exactly ``made_from``."""
+    """True when ``stage_dir`` holds a finished stage made from ``made_from`` (:func:`same_inputs`)."""
     done = _done(stage_dir)
-    return done is not None and done.get("made_from") == made_from
+    return done is not None and same_inputs(done.get("made_from"), made_from)
 
 
 def _start_stage(stage_dir: Path, made_from: dict, restart: bool = False) -> None:
@@ -142,7 +158,7 @@ def _start_stage(stage_dir: Path, made_from: dict, restart: bool = False) -> Non
             previous = json.loads(started.read_text(encoding="utf-8")).get("made_from")
         except json.JSONDecodeError:
             previous = None
-        if restart or previous != made_from:
+        if restart or not same_inputs(previous, made_from):
             for name in (Checkpointer.LAST, Checkpointer.BEST, "history.json", "history.csv", DONE, "predictions.csv"):
                 (stage_dir / name).unlink(missing_ok=True)
     write_json_atomic(started, {"made_from": made_from})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -246,6 +247,42 @@ def test_fine_tuning_at_another_crop_size_starts_over_instead_of_counting_as_fin
     stages.finetune(tiny_fold_context(tiny_dataset, tmp_path / "run", crop_size=64, finetune={"epochs": 1}), "none", 50)
     (stage_dir, made_from), = asked
     assert stage_dir == stage and made_from["crop_size"] == 64 and not stages._finished(stage, made_from)
+
+
+def test_a_stage_recorded_before_an_augmentation_setting_existed_is_not_retrained(tiny_dataset, tmp_path):
+    """Upgrading adds settings (gamma, blur) whose off value changes nothing: a run resumed with the
+    new code must not retrain what it finished; turning the setting on must."""
+    from SinusAnomalyTraining.config import AUGMENT_OFF, AugmentSettings
+
+    assert AUGMENT_OFF == {f.name: f.default for f in dataclasses.fields(AugmentSettings) if f.name in AUGMENT_OFF}
+    run = tmp_path / "run"
+    stages.finetune(tiny_fold_context(tiny_dataset, run, finetune={"epochs": 1}), "none", 50)
+    stage = run / "fold0" / "finetune" / "none" / "frac50"
+    for name in ("done.json", "started.json"):  # as an older version recorded them: without the new keys
+        record = json.loads((stage / name).read_text(encoding="utf-8"))
+        for key in AUGMENT_OFF:
+            del record["made_from"]["finetune"]["augment"][key]
+        (stage / name).write_text(json.dumps(record), encoding="utf-8")
+    weights = stage / "best.pt"
+    before = weights.stat().st_mtime_ns
+    stages.finetune(tiny_fold_context(tiny_dataset, run, finetune={"epochs": 1}), "none", 50)
+    assert weights.stat().st_mtime_ns == before
+    blurred = {"epochs": 1, "augment": {"blur_sigma_max": 0.5}}
+    stages.finetune(tiny_fold_context(tiny_dataset, run, finetune=blurred), "none", 50)
+    assert weights.stat().st_mtime_ns != before
+    done = json.loads((stage / "done.json").read_text(encoding="utf-8"))["made_from"]["finetune"]["augment"]
+    assert done["blur_sigma_max"] == 0.5
+
+
+def test_same_inputs_ignores_only_settings_at_their_off_value():
+    from SinusAnomalyTraining.stagerunner import same_inputs
+
+    old = {"finetune": {"augment": {"prob": 0.5}}, "folds": [{"noise_std": 0.1}]}
+    assert same_inputs(old, {"finetune": {"augment": {"prob": 0.5, "gamma_max": 1.0, "blur_sigma_max": 0.0}},
+                             "folds": [{"noise_std": 0.1, "gamma_max": 1.0}]})
+    assert not same_inputs(old, {"finetune": {"augment": {"prob": 0.5, "gamma_max": 2.0}}, "folds": [{"noise_std": 0.1}]})
+    assert not same_inputs(old, {"finetune": {"augment": {"prob": 0.4}}, "folds": [{"noise_std": 0.1}]})
+    assert not same_inputs(None, old)
 
 
 def test_a_dataset_whose_crops_changed_is_new_data_to_the_stages(tmp_path, monkeypatch):
