@@ -25,7 +25,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from SinusAnomalyLib.reference import ANATOMIES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loao import focal_scores, mean_sd, scores, stored_predictions  # noqa: E402
+from loao import focal_scores, mean_sd, print_and_write, scores, stored_predictions  # noqa: E402
 
 METRICS = {"AUROC": "auroc", "specificity": "specificity", "sensitivity": "sensitivity",
            "polyps (pool + focal pool)": "focal:type:polyp:auroc", "cysts (pool + focal pool)": "focal:type:retention_cyst:auroc",
@@ -100,9 +100,7 @@ def main(argv=None) -> int:
         print("no (anatomy, seed) run that both variants have", file=sys.stderr)
         return 1
     text = markdown(pairs, f"{args.a.name}{args.a_tag}", f"{args.b.name}{args.b_tag}")
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    print_and_write(text, args.out)
     return 0
 
 

@@ -22,7 +22,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from SinusAnomalyLib.reference import ANATOMIES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loao import stored_predictions  # noqa: E402
+from loao import print_and_write, stored_predictions  # noqa: E402
 
 KINDS = ("polyp", "retention_cyst", "mucosal_thickening", "air_fluid_level", "fully_occupied")
 OTHER = {"left": "right", "right": "left"}
@@ -78,9 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     text = table(args.work, args.tag, [float(b) for b in args.betas.split(",")])
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    print_and_write(text, args.out)
     return 0
 
 

@@ -16,10 +16,11 @@ out, as ``classify`` would refuse it. Every step resumes when re-run.
 
     python benchmarks/loao.py --work DIR [--seeds 0,1,2] [--heads 48] [--unlabelled 16] [--focal-heads 48] [--anatomies ...]
                               [--methods none,residual] [--held-out A,B] [--prepare-only]
-                              [--focal-train-heads N --train-heads K --train-focal-heads M --tag T]
+                              [--focal-train-heads N --train-heads K --train-focal-heads M --tag T] [--folds K --tag T]
 
 ``--train-focal-heads`` trains on a class balance with more polyps and cysts: the first K pool heads and the
-first M heads of each training anatomy's focal training pool (every anomalous sinus a polyp or cyst).
+first M heads of each training anatomy's focal training pool (every anomalous sinus a polyp or cyst). ``--folds``
+splits each split's training heads into K folds instead of the recipe's 2 (the config's ``folds`` picks which are trained).
 """
 from __future__ import annotations
 
@@ -279,6 +280,13 @@ def summarise(prediction_files: list[Path], focal_files: list[Path] = ()) -> dic
                     table.setdefault(method, {}).setdefault(anatomy, {}).setdefault(key, []).append(value)
                     table[method].setdefault("all", {}).setdefault(key, []).append(value)
     return table
+
+
+def print_and_write(text: str, out: Path | None) -> None:
+    """A benchmark's tables: printed, and also written to ``out`` where given."""
+    print(text)
+    if out:
+        out.write_text(text, encoding="utf-8")
 
 
 def mean_sd(values) -> str:

@@ -27,7 +27,7 @@ from SinusAnomalyLib.reference import ANATOMIES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_loao import METRICS, finite_mean, run_scores  # noqa: E402
-from loao import mean_sd, stored_predictions  # noqa: E402
+from loao import mean_sd, print_and_write, stored_predictions  # noqa: E402
 
 
 def shared_rows(runs: list[list[dict]]) -> list[list[dict]]:
@@ -88,9 +88,7 @@ def main(argv=None) -> int:
             return 1
         tables.append(markdown(found, f"Variant {tag or '(no tag)'}", len(seeds)))
     text = "\n".join(tables)
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    print_and_write(text, args.out)
     return 0
 
 
