@@ -89,7 +89,6 @@ def test_compare_loao_scores_only_the_sinuses_both_variants_classified(tmp_path)
     assert "| specificity | 0.50 | 1.00 |" in text
 
 
-
 def test_seed_ensemble_averages_the_seeds_on_the_sinuses_every_seed_classified(tmp_path):
     import seed_ensemble
 

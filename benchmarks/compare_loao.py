@@ -33,11 +33,11 @@ METRICS = {"AUROC": "auroc", "specificity": "specificity", "sensitivity": "sensi
            "air-fluid level": "type:air_fluid_level:auroc"}  # the other kinds: on the pool only
 
 
-def common(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
-    """The rows of ``a`` and ``b`` of the sinuses both hold, in the same order."""
+def common(*runs: list[dict]) -> list[list[dict]]:
+    """Each run's rows of the sinuses every run holds, in one order."""
     key = lambda r: (r["patient"], r["side"])  # noqa: E731
-    shared = {key(r) for r in a} & {key(r) for r in b}
-    return sorted((r for r in a if key(r) in shared), key=key), sorted((r for r in b if key(r) in shared), key=key)
+    shared = set.intersection(*({key(r) for r in rows} for rows in runs))
+    return [sorted((r for r in rows if key(r) in shared), key=key) for rows in runs]
 
 
 def run_scores(pool: list[dict], focal: list[dict]) -> dict:

@@ -26,19 +26,12 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from SinusAnomalyLib.reference import ANATOMIES  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_loao import METRICS, finite_mean, run_scores  # noqa: E402
+from compare_loao import METRICS, common, finite_mean, run_scores  # noqa: E402
 from loao import mean_sd, print_and_write, stored_predictions  # noqa: E402
 
 
-def shared_rows(runs: list[list[dict]]) -> list[list[dict]]:
-    """Each run's rows of the sinuses every run holds, in one order."""
-    key = lambda r: (r["patient"], r["side"])  # noqa: E731
-    shared = set.intersection(*({key(r) for r in rows} for rows in runs))
-    return [sorted((r for r in rows if key(r) in shared), key=key) for rows in runs]
-
-
 def averaged(runs: list[list[dict]]) -> list[dict]:
-    """One set of rows (as :func:`shared_rows` gives them): probability and threshold the seeds' means."""
+    """One set of rows (as :func:`compare_loao.common` gives them): probability and threshold the seeds' means."""
     threshold = float(np.mean([float(rows[0]["threshold"]) for rows in runs])) if runs[0] else float("nan")
     return [dict(row, probability=float(np.mean([float(rows[i]["probability"]) for rows in runs])), threshold=threshold)
             for i, row in enumerate(runs[0])]
@@ -52,7 +45,7 @@ def ensemble_scores(work: Path, tag: str, method: str, seeds, anatomies=ANATOMIE
         if any(p is None for p in pools):
             continue
         focals = [stored_predictions(work, anatomy, s, tag, method, focal=True) or [] for s in seeds]
-        pools, focals = shared_rows(pools), shared_rows(focals)
+        pools, focals = common(*pools), common(*focals)
         singles = [run_scores(p, f) for p, f in zip(pools, focals)]
         out[anatomy] = (singles, run_scores(averaged(pools), averaged(focals) if focals[0] else []))
     return out
